@@ -1,0 +1,438 @@
+//! The engine: one task per election that campaigns, leads and steps down.
+//!
+//! The timing rules (DESIGN.md §3) live here, and nowhere else:
+//!
+//! 1. **Deadline from send time.** After a successful acquire or renew sent at `t_send`, the
+//!    local deadline is `t_send + leader_validity`, where validity is the lease minus drift and
+//!    safety margin. `is_leader()` compares against it at every call.
+//! 2. **Step down on time.** The leader steps down at the earliest of: a renewal answering
+//!    `Lost`; `renew_interval + grace_period` after the last successful renewal was sent; the
+//!    deadline. A renewal in flight is raced against that moment and abandoned, never awaited.
+//! 3. **Followers** wait for the earliest of a watch notification or the holder's remaining
+//!    TTL plus a small jitter, then try again; on store errors they back off (capped, jittered)
+//!    and never stop campaigning until the election is stopped.
+//! 4. **Graceful stop**: cancel the leadership scope, emit `LostLeadership(Stopped)`, release.
+//! 5. **Events** go into channels; a slow subscriber never delays a renewal.
+
+use std::future::{Future, pending};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{ElectionState, Event, LossReason, Role, Shared};
+use crate::store::{Acquire, Candidacy, Changes, Lease, LeaseRecord, Renew};
+use crate::{Clock, Error, Result};
+
+/// Longest single timer sleep. Timers are re-checked against the (suspend-aware) clock at
+/// least this often, so a machine that was suspended notices a passed deadline promptly.
+const MAX_SLEEP_SLICE: Duration = Duration::from_secs(1);
+
+/// Sleep for `d` as measured on `clock`.
+pub(crate) async fn sleep_on(clock: &Clock, d: Duration) {
+    let target = clock.now() + d;
+    loop {
+        let now = clock.now();
+        if now >= target {
+            return;
+        }
+        tokio::time::sleep((target - now).min(MAX_SLEEP_SLICE)).await;
+    }
+}
+
+/// Run a store call with a timeout; a timeout becomes [`Error::Timeout`] (an indeterminate
+/// outcome).
+async fn with_timeout<T>(limit: Duration, call: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(limit)),
+    }
+}
+
+/// The next change, or never if there is no subscription.
+async fn next_change(changes: &mut Option<Changes>) -> Option<crate::Change> {
+    match changes {
+        Some(stream) => stream.next().await,
+        None => pending().await,
+    }
+}
+
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    first: Option<oneshot::Sender<Result<()>>>,
+    backoff: Duration,
+}
+
+impl Engine {
+    pub fn new(
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        first: oneshot::Sender<Result<()>>,
+    ) -> Self {
+        let backoff = shared.timing.backoff_min;
+        Engine {
+            shared,
+            stop,
+            first: Some(first),
+            backoff,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let span =
+            info_span!("election", key = %self.shared.key, candidate = %self.shared.candidate);
+        async move {
+            if let Some(mut candidacy) = self.join().await {
+                self.update_state(|s| s.role = Role::Follower);
+                self.campaign(&mut candidacy).await;
+                if let Err(e) = with_timeout(self.shared.timing.request_timeout, candidacy.leave()).await {
+                    debug!(error = %e, "leaving the election failed; the store cleans up on expiry");
+                }
+            }
+            self.update_state(|s| {
+                s.role = Role::Stopped;
+                s.token = None;
+            });
+            self.report_first(Err(Error::Stopped));
+            info!("election stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Join the election, retrying transient errors until stopped.
+    async fn join(&mut self) -> Option<Box<dyn Candidacy>> {
+        loop {
+            let call = self
+                .shared
+                .store
+                .join(&self.shared.key, &self.shared.candidate);
+            match with_timeout(self.shared.timing.request_timeout, call).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    if self.fail(e) {
+                        return None;
+                    }
+                }
+            }
+            let backoff = self.next_backoff();
+            if self.wait(backoff, &mut None).await.is_none() {
+                return None;
+            }
+        }
+    }
+
+    /// Follow and lead until stopped.
+    async fn campaign(&mut self, candidacy: &mut Box<dyn Candidacy>) {
+        let timing = self.shared.timing;
+        let mut changes: Option<Changes> = None;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            if changes.is_none() {
+                // Subscribe before trying, so a release between the try and the wait is seen.
+                match with_timeout(timing.request_timeout, candidacy.watch()).await {
+                    Ok(c) => changes = c,
+                    Err(e) => debug!(error = %e, "subscribing to changes failed; using timers"),
+                }
+            }
+            // Not raced against stop: an acquire abandoned mid-flight could leave a lease
+            // nobody releases. The call is bounded by its timeout instead.
+            let t_send = self.shared.clock.now();
+            let outcome =
+                with_timeout(timing.request_timeout, candidacy.try_acquire(timing.lease)).await;
+            let wait = match outcome {
+                Ok(Acquire::Acquired(lease)) => {
+                    self.backoff = timing.backoff_min;
+                    changes = None;
+                    if self.shared.clock.now() >= t_send + timing.validity {
+                        warn!("acquire took longer than the lease validity; giving the lease back");
+                        self.release(candidacy, &lease).await;
+                        continue;
+                    }
+                    if self.lead(candidacy, lease, t_send).await == LossReason::Stopped {
+                        return;
+                    }
+                    Duration::ZERO
+                }
+                Ok(Acquire::Held(record)) => {
+                    self.backoff = timing.backoff_min;
+                    self.clear_error();
+                    self.set_leader(Some(record.holder.clone()), Some(&record));
+                    self.report_first(Ok(()));
+                    let jitter = Duration::from_nanos(fastrand::u64(
+                        0..=timing.jitter_max.as_nanos() as u64,
+                    ));
+                    (record.ttl + jitter).min(timing.lease)
+                }
+                Err(e) => {
+                    if self.fail(e) {
+                        return;
+                    }
+                    self.next_backoff()
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            match self.wait(wait, &mut changes).await {
+                None => return,
+                Some(Some(change)) => debug!(?change, "store reported a change"),
+                Some(None) => {}
+            }
+        }
+    }
+
+    /// Wait for `d`, a change, or stop. `None` when stopped; `Some(Some(change))` on a change.
+    async fn wait(
+        &self,
+        d: Duration,
+        changes: &mut Option<Changes>,
+    ) -> Option<Option<crate::Change>> {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => None,
+            change = next_change(changes) => {
+                if change.is_none() {
+                    debug!("change subscription ended; will subscribe again");
+                    *changes = None;
+                }
+                Some(change)
+            }
+            () = sleep_on(&self.shared.clock, d) => Some(None),
+        }
+    }
+
+    /// Lead until the term ends; returns why it ended.
+    async fn lead(
+        &mut self,
+        candidacy: &mut Box<dyn Candidacy>,
+        lease: Lease,
+        t_send: Duration,
+    ) -> LossReason {
+        let timing = self.shared.timing;
+        let clock = self.shared.clock.clone();
+        let unsafe_mode = self.shared.unsafe_ignore_deadline;
+        let mut last_ok = t_send;
+        let mut deadline = t_send + timing.validity;
+        self.become_leader(&lease, deadline);
+        let mut next_renew = t_send + timing.renew;
+
+        let reason = loop {
+            let step_down_at = if unsafe_mode {
+                Duration::MAX
+            } else {
+                (last_ok + timing.renew + timing.grace).min(deadline)
+            };
+            let wake = next_renew.min(step_down_at);
+            let stopped = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => true,
+                () = sleep_on(&clock, wake.saturating_sub(clock.now())) => false,
+            };
+            if stopped {
+                break LossReason::Stopped;
+            }
+            let now = clock.now();
+            if now >= step_down_at {
+                break if step_down_at == deadline {
+                    LossReason::DeadlineReached
+                } else {
+                    LossReason::RenewalsFailed
+                };
+            }
+            // The renewal may take at most the time left before stepping down.
+            let budget = if unsafe_mode {
+                timing.request_timeout
+            } else {
+                step_down_at - now
+            };
+            let t_renew = clock.now();
+            let outcome = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => None,
+                r = with_timeout(budget, candidacy.renew(&lease, timing.lease)) => Some(r),
+            };
+            let Some(outcome) = outcome else {
+                break LossReason::Stopped;
+            };
+            metrics::histogram!("baton_renew_duration_seconds", "key" => self.shared.key.clone())
+                .record((clock.now().saturating_sub(t_renew)).as_secs_f64());
+            match outcome {
+                Ok(Renew::Renewed) => {
+                    self.clear_error();
+                    last_ok = t_renew;
+                    deadline = t_renew + timing.validity;
+                    self.shared
+                        .deadline
+                        .store(deadline.as_nanos() as u64, Ordering::Release);
+                    next_renew = t_renew + timing.renew;
+                }
+                Ok(Renew::Lost(record)) => {
+                    self.step_down(&lease, LossReason::LeaseLost, record.as_ref());
+                    return LossReason::LeaseLost;
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewal failed; retrying within the grace period");
+                    self.note_error(&e);
+                    let retry = timing.renew_retry.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    next_renew = clock.now() + retry;
+                }
+            }
+        };
+        self.step_down(&lease, reason, None);
+        // After a graceful stop or a failed renewal the lease may still be ours in the store:
+        // give it back (owner-checked, so never someone else's) so followers need not wait.
+        self.release(candidacy, &lease).await;
+        reason
+    }
+
+    async fn release(&self, candidacy: &mut Box<dyn Candidacy>, lease: &Lease) {
+        match with_timeout(self.shared.timing.request_timeout, candidacy.release(lease)).await {
+            Ok(()) => debug!(token = %lease.token, "lease released"),
+            Err(e) => warn!(error = %e, "releasing the lease failed; it will expire in the store"),
+        }
+    }
+
+    fn become_leader(&mut self, lease: &Lease, deadline: Duration) {
+        let cancel = CancellationToken::new();
+        *self.shared.scope.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease.token, cancel));
+        self.shared
+            .deadline
+            .store(deadline.as_nanos() as u64, Ordering::Release);
+        let me = self.shared.candidate.clone();
+        let previous = self.shared.state.borrow().leader.clone();
+        self.update_state(|s| {
+            s.role = Role::Leader;
+            s.token = Some(lease.token);
+            s.leader = Some(me.clone());
+            s.last_error = None;
+        });
+        info!(token = %lease.token, "became leader");
+        metrics::gauge!("baton_is_leader", "key" => self.shared.key.clone()).set(1.0);
+        metrics::counter!("baton_transitions_total", "key" => self.shared.key.clone(), "reason" => "acquired")
+            .increment(1);
+        self.emit(Event::BecameLeader {
+            candidate: me.clone(),
+            key: self.shared.key.clone(),
+            token: lease.token,
+        });
+        if previous.as_deref() != Some(me.as_str()) {
+            self.emit(Event::LeaderChanged {
+                previous,
+                current: Some(me),
+            });
+        }
+        self.report_first(Ok(()));
+    }
+
+    /// Stop acting as leader: clear the deadline, cancel the scope, publish, emit.
+    fn step_down(&mut self, lease: &Lease, reason: LossReason, record: Option<&LeaseRecord>) {
+        self.shared.deadline.store(0, Ordering::Release);
+        if let Some((_, cancel)) = self
+            .shared
+            .scope
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            cancel.cancel();
+        }
+        let current = record.map(|r| r.holder.clone());
+        let previous = self.shared.state.borrow().leader.clone();
+        self.update_state(|s| {
+            s.role = Role::Follower;
+            s.token = None;
+            s.leader = current.clone();
+        });
+        match reason {
+            LossReason::Stopped => info!(token = %lease.token, "stepped down: stopping"),
+            _ => warn!(token = %lease.token, %reason, "stepped down"),
+        }
+        metrics::gauge!("baton_is_leader", "key" => self.shared.key.clone()).set(0.0);
+        metrics::counter!("baton_transitions_total", "key" => self.shared.key.clone(), "reason" => reason.as_str())
+            .increment(1);
+        self.emit(Event::LostLeadership {
+            candidate: self.shared.candidate.clone(),
+            key: self.shared.key.clone(),
+            token: lease.token,
+            reason,
+        });
+        if previous != current {
+            self.emit(Event::LeaderChanged { previous, current });
+        }
+    }
+
+    fn set_leader(&self, leader: Option<String>, _record: Option<&LeaseRecord>) {
+        let previous = self.shared.state.borrow().leader.clone();
+        if previous == leader {
+            return;
+        }
+        self.update_state(|s| s.leader = leader.clone());
+        debug!(?previous, current = ?leader, "leader changed");
+        self.emit(Event::LeaderChanged {
+            previous,
+            current: leader,
+        });
+    }
+
+    /// Handle a store error. Returns true if the election must stop: only errors that retrying
+    /// cannot fix, and only on the first attempt (later they are logged and retried, so a
+    /// candidate never silently stops competing).
+    fn fail(&mut self, e: Error) -> bool {
+        self.note_error(&e);
+        if self.first.is_some() && !e.is_transient() {
+            self.report_first(Err(e));
+            return true;
+        }
+        if self.first.is_some() {
+            warn!(error = %e, "store error on the first attempt; campaigning on with backoff");
+            self.report_first(Ok(()));
+        } else {
+            warn!(error = %e, "store error; retrying with backoff");
+        }
+        false
+    }
+
+    fn note_error(&self, e: &Error) {
+        metrics::counter!("baton_store_errors_total", "key" => self.shared.key.clone(), "kind" => e.kind())
+            .increment(1);
+        let msg = e.to_string();
+        self.update_state(|s| s.last_error = Some(msg.clone()));
+    }
+
+    fn clear_error(&self) {
+        if self.shared.state.borrow().last_error.is_some() {
+            self.update_state(|s| s.last_error = None);
+        }
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let timing = self.shared.timing;
+        let current = self.backoff;
+        self.backoff = (self.backoff * 2).min(timing.backoff_max);
+        // "Equal jitter": between half and all of the current step.
+        current.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    fn update_state(&self, f: impl FnOnce(&mut ElectionState)) {
+        self.shared.state.send_modify(f);
+    }
+
+    fn emit(&self, event: Event) {
+        // No receivers is fine; a full buffer drops the oldest for laggards, never blocks.
+        let _ = self.shared.events.send(event);
+    }
+
+    fn report_first(&mut self, result: Result<()>) {
+        if let Some(tx) = self.first.take() {
+            let _ = tx.send(result);
+        }
+    }
+}

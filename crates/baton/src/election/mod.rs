@@ -1,0 +1,465 @@
+//! The application's handle on an election: [`LeaderElection`].
+
+mod engine;
+mod events;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use events::{Event, Events, LossReason};
+
+use crate::options::Timing;
+use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result};
+
+/// This candidate's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not started yet.
+    Idle,
+    /// Campaigning; someone else leads, or nobody is known to.
+    Follower,
+    /// Leading. Check [`LeaderElection::is_leader`] before acting: it also checks the deadline.
+    Leader,
+    /// Stopped; the lease, if any, has been released.
+    Stopped,
+}
+
+/// A snapshot of an election, published on [`LeaderElection::state`] at every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionState {
+    /// This candidate's role.
+    pub role: Role,
+    /// The leader as this candidate last learned it from the store.
+    pub leader: Option<String>,
+    /// The fencing token of this candidate's current term, while it leads.
+    pub token: Option<FencingToken>,
+    /// The last store error, cleared by the next successful store call.
+    pub last_error: Option<String>,
+}
+
+/// State shared by the handle, the engine task and leadership scopes.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub key: String,
+    pub candidate: String,
+    pub options: ElectionOptions,
+    pub timing: Timing,
+    pub clock: Clock,
+    pub store: Arc<dyn LeaseStore>,
+    /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading.
+    pub deadline: AtomicU64,
+    pub state: watch::Sender<ElectionState>,
+    pub events: broadcast::Sender<Event>,
+    /// The current leadership scope's token and cancellation, while leading.
+    pub scope: Mutex<Option<(FencingToken, CancellationToken)>>,
+    pub control: Mutex<Control>,
+    /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
+    /// checker must catch). Never set in production code.
+    pub unsafe_ignore_deadline: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    pub stop: Option<CancellationToken>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl Shared {
+    pub fn is_leader_now(&self) -> bool {
+        let d = self.deadline.load(Ordering::Acquire);
+        d != 0 && (self.unsafe_ignore_deadline || (self.clock.now().as_nanos() as u64) < d)
+    }
+
+    pub fn deadline(&self) -> Option<Duration> {
+        match self.deadline.load(Ordering::Acquire) {
+            0 => None,
+            d => Some(Duration::from_nanos(d)),
+        }
+    }
+}
+
+/// Stops the election when the last [`LeaderElection`] clone is dropped.
+#[derive(Debug)]
+struct DropGuard(Arc<Shared>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let control = self.0.control.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = &control.stop {
+            // The engine task releases the lease in the background, if the runtime lives on.
+            stop.cancel();
+        }
+    }
+}
+
+/// One candidate in one election.
+///
+/// Build it with [`LeaderElection::builder`], [`start`](Self::start) it, and either ask
+/// [`is_leader`](Self::is_leader) before leader-only work or run that work inside
+/// [`run_while_leader`](Self::run_while_leader), which cancels it no later than the local
+/// deadline. [`stop`](Self::stop) releases the lease so a follower takes over at once.
+///
+/// Clones share the election. Dropping the last clone stops it and releases the lease in the
+/// background (best effort: prefer an explicit `stop().await`).
+///
+/// ```
+/// use baton::{LeaderElection, MemoryStore};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> baton::Result<()> {
+/// let store = MemoryStore::new();
+/// let election = LeaderElection::builder(store, "myapp:leader")
+///     .lease_duration(Duration::from_secs(30))
+///     .renew_interval(Duration::from_secs(10))
+///     .grace_period(Duration::from_secs(15))
+///     .instance_id("instance-1")
+///     .build()?;
+/// let mut events = election.subscribe();
+/// election.start().await?;
+/// assert!(election.is_leader());
+/// assert_eq!(election.current_leader_id().as_deref(), Some("instance-1"));
+/// println!("{:?}", events.recv().await);
+/// election.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+/// Builds a [`LeaderElection`]; see [`LeaderElection::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct LeaderElectionBuilder {
+    store: Arc<dyn LeaseStore>,
+    key: String,
+    options: ElectionOptions,
+    clock: Clock,
+    unsafe_ignore_deadline: bool,
+}
+
+impl LeaderElectionBuilder {
+    /// All options at once.
+    pub fn options(mut self, options: ElectionOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// How long a lease lasts without renewal (default 15 s).
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.options.lease_duration = d;
+        self
+    }
+    /// How often the leader renews (default 5 s).
+    pub fn renew_interval(mut self, d: Duration) -> Self {
+        self.options.renew_interval = d;
+        self
+    }
+    /// How long past a missed renewal the leader keeps trying (default 5 s).
+    pub fn grace_period(mut self, d: Duration) -> Self {
+        self.options.grace_period = d;
+        self
+    }
+    /// This candidate's id (default `<hostname>-<pid>`).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.options.instance_id = Some(id.into());
+        self
+    }
+    /// The clock deadlines are measured on. Defaults to [`Clock::boot`]; tests pass
+    /// [`Clock::tokio`] to drive time with `tokio::time::pause`.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// **Unsafe, for testing safety checkers only.** Keeps reporting leadership past the
+    /// deadline and ignores failed renewals until the store says the lease is lost. A checker
+    /// that cannot catch an election built this way proves nothing.
+    #[doc(hidden)]
+    pub fn unsafe_ignore_deadline_for_testing(mut self) -> Self {
+        self.unsafe_ignore_deadline = true;
+        self
+    }
+
+    /// Validate the options and build the election (not yet started).
+    pub fn build(self) -> Result<LeaderElection> {
+        if self.key.trim().is_empty() {
+            return Err(Error::Config(
+                "the election key must not be empty: pass a name such as \"myapp:leader\"".into(),
+            ));
+        }
+        self.options.validate()?;
+        let candidate = self.options.effective_instance_id();
+        let shared = Arc::new(Shared {
+            key: self.key,
+            candidate,
+            timing: self.options.timing(),
+            options: self.options,
+            clock: self.clock,
+            store: self.store,
+            deadline: AtomicU64::new(0),
+            state: watch::Sender::new(ElectionState {
+                role: Role::Idle,
+                leader: None,
+                token: None,
+                last_error: None,
+            }),
+            events: broadcast::Sender::new(1024),
+            scope: Mutex::new(None),
+            control: Mutex::new(Control::default()),
+            unsafe_ignore_deadline: self.unsafe_ignore_deadline,
+        });
+        Ok(LeaderElection {
+            _guard: Arc::new(DropGuard(shared.clone())),
+            shared,
+        })
+    }
+}
+
+impl LeaderElection {
+    /// Start building an election at `key` on `store`, with the seed's defaults.
+    pub fn builder(store: impl LeaseStore, key: impl Into<String>) -> LeaderElectionBuilder {
+        Self::builder_dyn(Arc::new(store), key)
+    }
+
+    /// Like [`builder`](Self::builder), for a store chosen at run time.
+    pub fn builder_dyn(
+        store: Arc<dyn LeaseStore>,
+        key: impl Into<String>,
+    ) -> LeaderElectionBuilder {
+        LeaderElectionBuilder {
+            store,
+            key: key.into(),
+            options: ElectionOptions::default(),
+            clock: Clock::default(),
+            unsafe_ignore_deadline: false,
+        }
+    }
+
+    /// Join the election. Returns once the first attempt has an outcome, so
+    /// [`is_leader`](Self::is_leader) and [`current_leader_id`](Self::current_leader_id) are
+    /// meaningful right after.
+    ///
+    /// If the store is unreachable, `start` still returns `Ok` and the election keeps trying,
+    /// with capped, jittered backoff (the error is logged and kept in
+    /// [`ElectionState::last_error`]). Errors that retrying cannot fix, such as
+    /// [`Error::Config`] or [`Error::ForeignData`] on the first attempt, are returned and the
+    /// election stops.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn start(&self) -> Result<()> {
+        let (first_tx, first_rx) = oneshot::channel();
+        {
+            let mut control = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if control.stop.is_some() {
+                return Err(Error::AlreadyStarted);
+            }
+            let stop = CancellationToken::new();
+            control.stop = Some(stop.clone());
+            let engine = engine::Engine::new(self.shared.clone(), stop, first_tx);
+            control.task = Some(tokio::spawn(engine.run()));
+        }
+        match first_rx.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+
+    /// Leave the election gracefully: cancel the leadership scope, emit
+    /// [`Event::LostLeadership`] with [`LossReason::Stopped`], release the lease so a follower
+    /// takes over at once, and leave. Idempotent.
+    pub async fn stop(&self) -> Result<()> {
+        let task = {
+            let mut control = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(stop) = &control.stop {
+                stop.cancel();
+            }
+            control.task.take()
+        };
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// This candidate's id.
+    pub fn candidate_id(&self) -> &str {
+        &self.shared.candidate
+    }
+
+    /// The election key.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> &ElectionOptions {
+        &self.shared.options
+    }
+
+    /// Whether this candidate leads *now*: it holds the lease and its local deadline has not
+    /// passed. Checked against the clock at every call, so a stalled event loop or a paused
+    /// process never reports stale leadership.
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader_now()
+    }
+
+    /// The leader as this candidate last learned it from the store (itself, while it leads).
+    pub fn current_leader_id(&self) -> Option<String> {
+        if self.is_leader() {
+            return Some(self.shared.candidate.clone());
+        }
+        self.shared.state.borrow().leader.clone()
+    }
+
+    /// The fencing token of the current term, while this candidate leads.
+    pub fn fencing_token(&self) -> Option<FencingToken> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.shared.state.borrow().token
+    }
+
+    /// Time left before this candidate must stop acting as leader, while it leads.
+    pub fn time_to_deadline(&self) -> Option<Duration> {
+        let deadline = self.shared.deadline()?;
+        deadline.checked_sub(self.shared.clock.now())
+    }
+
+    /// Subscribe to events from now on.
+    pub fn subscribe(&self) -> Events {
+        Events {
+            rx: self.shared.events.subscribe(),
+            missed: 0,
+        }
+    }
+
+    /// A channel that always holds the current [`ElectionState`].
+    pub fn state(&self) -> watch::Receiver<ElectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Wait until this candidate leads, and return the [`Leadership`] scope of that term.
+    /// Fails with [`Error::Stopped`] if the election stops first.
+    pub async fn leadership(&self) -> Result<Leadership> {
+        let mut state = self.shared.state.subscribe();
+        loop {
+            {
+                let s = state.borrow_and_update();
+                if s.role == Role::Stopped {
+                    return Err(Error::Stopped);
+                }
+            }
+            if let Some(scope) = self.current_scope() {
+                return Ok(scope);
+            }
+            if state.changed().await.is_err() {
+                return Err(Error::Stopped);
+            }
+        }
+    }
+
+    fn current_scope(&self) -> Option<Leadership> {
+        if !self.is_leader() {
+            return None;
+        }
+        let scope = self.shared.scope.lock().unwrap_or_else(|e| e.into_inner());
+        let (token, cancel) = scope.as_ref()?;
+        Some(Leadership {
+            shared: self.shared.clone(),
+            token: *token,
+            cancel: cancel.clone(),
+        })
+    }
+
+    /// The seed's "leader work pattern", made safe: wait for leadership, run `work` with the
+    /// term's [`Leadership`], and cancel (drop) it the moment leadership ends, no later than
+    /// the local deadline. If leadership is lost, wait to lead again and run `work` anew.
+    ///
+    /// Returns `work`'s output once it completes while leading, or [`Error::Stopped`] if the
+    /// election stops first.
+    pub async fn run_while_leader<F, Fut, T>(&self, mut work: F) -> Result<T>
+    where
+        F: FnMut(Leadership) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        loop {
+            let scope = self.leadership().await?;
+            let lost = scope.clone();
+            tokio::select! {
+                biased;
+                () = lost.lost() => continue,
+                out = work(scope) => return Ok(out),
+            }
+        }
+    }
+}
+
+/// One term of leadership: its fencing token, and a signal that fires when it ends.
+///
+/// The signal fires no later than the local deadline even if the election's own task is
+/// delayed: [`Leadership::lost`] also watches the deadline itself.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    shared: Arc<Shared>,
+    token: FencingToken,
+    cancel: CancellationToken,
+}
+
+impl Leadership {
+    /// The fencing token of this term. Pass it to every resource the leader writes.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The election key.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// This candidate's id.
+    pub fn candidate_id(&self) -> &str {
+        &self.shared.candidate
+    }
+
+    /// Whether this term is still current: not cancelled and before the deadline.
+    pub fn is_current(&self) -> bool {
+        !self.cancel.is_cancelled() && self.shared.is_leader_now()
+    }
+
+    /// Resolves when this term ends: step-down, stop, or the deadline passing.
+    pub async fn lost(&self) {
+        loop {
+            if !self.is_current() {
+                return;
+            }
+            let Some(deadline) = self.shared.deadline() else {
+                return;
+            };
+            let wait = deadline.saturating_sub(self.shared.clock.now());
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = engine::sleep_on(&self.shared.clock, wait) => {}
+            }
+        }
+    }
+
+    /// A cancellation token that the engine cancels when this term ends.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+}

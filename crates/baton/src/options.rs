@@ -1,0 +1,231 @@
+//! Election options, with the seed's names and defaults, and the timing derived from them.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Options of one election. The names and defaults are the seed library's.
+///
+/// | option | default | meaning |
+/// |---|---|---|
+/// | `lease_duration` | 15 s | how long a lease lasts in the store without renewal |
+/// | `renew_interval` | 5 s | how often the leader renews |
+/// | `grace_period` | 5 s | how long after a missed renewal the leader keeps trying before it steps down |
+/// | `instance_id` | `<hostname>-<pid>` | this candidate's id, as stored in the lease |
+///
+/// Validation requires every duration to be greater than zero and
+/// `renew_interval + grace_period + skew_margin < lease_duration`, where the skew margin is
+/// 2 % of the lease plus 5 ms (see [`ElectionOptions::skew_margin`]). The leader therefore
+/// always steps down before the lease can expire in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionOptions {
+    /// How long a lease lasts in the store without renewal.
+    pub lease_duration: Duration,
+    /// How often the leader renews its lease.
+    pub renew_interval: Duration,
+    /// How long past a missed renewal the leader keeps trying before it steps down.
+    pub grace_period: Duration,
+    /// This candidate's id. `None` means `<hostname>-<pid>`, so two processes on one host never
+    /// share an id.
+    pub instance_id: Option<String>,
+}
+
+impl Default for ElectionOptions {
+    fn default() -> Self {
+        ElectionOptions {
+            lease_duration: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
+            grace_period: Duration::from_secs(5),
+            instance_id: None,
+        }
+    }
+}
+
+/// Rate at which a local clock may run fast relative to the store's clock (1 %).
+const DRIFT_PERCENT: u32 = 1;
+/// Fixed part of the safety margin, for scheduling and one-way network delay.
+const MARGIN_FIXED: Duration = Duration::from_millis(5);
+
+impl ElectionOptions {
+    /// The default instance id: `<hostname>-<pid>`.
+    pub fn default_instance_id() -> String {
+        let host = gethostname::gethostname();
+        format!("{}-{}", host.to_string_lossy(), std::process::id())
+    }
+
+    /// The instance id in effect: the configured one, or the default.
+    pub fn effective_instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(Self::default_instance_id)
+    }
+
+    /// The safety margin subtracted from every lease: 1 % of the lease plus 5 ms.
+    pub fn safety_margin(&self) -> Duration {
+        self.lease_duration / 100 + MARGIN_FIXED
+    }
+
+    /// Drift allowance plus safety margin: 2 % of the lease plus 5 ms. It scales with the lease,
+    /// so sub-second leases stay valid.
+    pub fn skew_margin(&self) -> Duration {
+        self.lease_duration * DRIFT_PERCENT / 100 + self.safety_margin()
+    }
+
+    /// How long after sending a successful acquire or renew this candidate may consider itself
+    /// the leader: `lease_duration * (1 - drift) - safety_margin`.
+    pub fn leader_validity(&self) -> Duration {
+        let drifted = self.lease_duration - self.lease_duration * DRIFT_PERCENT / 100;
+        drifted.saturating_sub(self.safety_margin())
+    }
+
+    /// Check the options; every problem is a [`Error::Config`] naming the fix.
+    pub fn validate(&self) -> Result<()> {
+        for (name, d) in [
+            ("lease_duration", self.lease_duration),
+            ("renew_interval", self.renew_interval),
+            ("grace_period", self.grace_period),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be greater than 0")));
+            }
+        }
+        if let Some(id) = &self.instance_id
+            && id.trim().is_empty()
+        {
+            return Err(Error::Config(
+                "instance_id must not be empty: leave it unset for <hostname>-<pid>".into(),
+            ));
+        }
+        let needed = self.renew_interval + self.grace_period + self.skew_margin();
+        if needed >= self.lease_duration {
+            return Err(Error::Config(format!(
+                "renew_interval ({}) + grace_period ({}) + skew margin ({}) must be less than lease_duration ({}): \
+                 lengthen the lease or shorten renew/grace, e.g. lease 15s, renew 5s, grace 5s",
+                fmt_duration(self.renew_interval),
+                fmt_duration(self.grace_period),
+                fmt_duration(self.skew_margin()),
+                fmt_duration(self.lease_duration),
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        let renew = self.renew_interval;
+        Timing {
+            lease: self.lease_duration,
+            renew,
+            grace: self.grace_period,
+            validity: self.leader_validity(),
+            request_timeout: renew,
+            renew_retry: (renew / 4).max(Duration::from_millis(1)),
+            backoff_min: (renew / 10).clamp(Duration::from_millis(1), Duration::from_millis(100)),
+            backoff_max: renew.min(Duration::from_secs(5)),
+            jitter_max: self.lease_duration / 100 + Duration::from_millis(1),
+        }
+    }
+}
+
+/// Durations the engine works with, derived once from validated options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub lease: Duration,
+    pub renew: Duration,
+    pub grace: Duration,
+    /// Leader validity after a successful send (see [`ElectionOptions::leader_validity`]).
+    pub validity: Duration,
+    /// Timeout of a follower's store call.
+    pub request_timeout: Duration,
+    /// Delay between renewal attempts after a failed one.
+    pub renew_retry: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Jitter added to a follower's wake-up at the holder's expiry.
+    pub jitter_max: Duration,
+}
+
+/// Formats a duration the way the CLI parses them (`1s 500ms`).
+pub fn fmt_duration(d: Duration) -> String {
+    humantime_like(d)
+}
+
+fn humantime_like(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    let (s, ms) = (ms / 1000, ms % 1000);
+    match (s, ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) => format!("{s}s"),
+        (s, ms) => format!("{s}s {ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(lease: u64, renew: u64, grace: u64) -> ElectionOptions {
+        ElectionOptions {
+            lease_duration: Duration::from_millis(lease),
+            renew_interval: Duration::from_millis(renew),
+            grace_period: Duration::from_millis(grace),
+            instance_id: None,
+        }
+    }
+
+    #[test]
+    fn seed_defaults_are_valid() {
+        let o = ElectionOptions::default();
+        assert_eq!(o.lease_duration, Duration::from_secs(15));
+        assert_eq!(o.renew_interval, Duration::from_secs(5));
+        assert_eq!(o.grace_period, Duration::from_secs(5));
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn sub_second_and_short_leases_are_valid() {
+        opts(500, 100, 100).validate().unwrap();
+        opts(1500, 300, 300).validate().unwrap();
+        opts(2000, 500, 500).validate().unwrap();
+    }
+
+    #[test]
+    fn renew_plus_grace_must_fit_in_the_lease() {
+        let e = opts(10_000, 5_000, 5_000).validate().unwrap_err();
+        assert!(
+            e.to_string().contains("must be less than lease_duration"),
+            "{e}"
+        );
+        // Exactly at the margin is rejected too.
+        let e = opts(1000, 490, 485).validate().unwrap_err();
+        assert!(matches!(e, Error::Config(_)));
+    }
+
+    #[test]
+    fn zero_durations_are_rejected() {
+        for o in [opts(0, 1, 1), opts(1000, 0, 1), opts(1000, 1, 0)] {
+            assert!(matches!(o.validate(), Err(Error::Config(_))));
+        }
+    }
+
+    #[test]
+    fn validity_is_lease_minus_drift_and_margin() {
+        let o = ElectionOptions::default();
+        // 15 s * 0.99 - (150 ms + 5 ms)
+        assert_eq!(o.leader_validity(), Duration::from_millis(14_850 - 155));
+        assert!(o.renew_interval + o.grace_period < o.leader_validity());
+    }
+
+    #[test]
+    fn empty_instance_id_is_rejected() {
+        let mut o = ElectionOptions::default();
+        o.instance_id = Some(" ".into());
+        assert!(matches!(o.validate(), Err(Error::Config(_))));
+        assert!(ElectionOptions::default_instance_id().contains(&std::process::id().to_string()));
+    }
+}

@@ -1,0 +1,188 @@
+//! An in-process store, for tests and for electing among tasks of one process.
+//!
+//! Layout: one map from key to slot. A slot keeps the current lease (holder, token, expiry on
+//! tokio's clock) and the last token minted, which survives release, so tokens strictly
+//! increase for the life of the store. Expiry follows tokio's time, so tests that pause and
+//! advance time drive it too. Every change is broadcast to watchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
+use crate::{FencingToken, Result};
+
+/// An in-process [`LeaseStore`]. Clones share the same leases.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    lease: Option<Held>,
+    last_token: u64,
+    changes: broadcast::Sender<Change>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    holder: String,
+    token: u64,
+    expires: Instant,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            lease: None,
+            last_token: 0,
+            changes: broadcast::channel(64).0,
+        }
+    }
+
+    /// The live lease, dropping it if it has expired.
+    fn live(&mut self, now: Instant) -> Option<&Held> {
+        if self.lease.as_ref().is_some_and(|h| h.expires <= now) {
+            self.lease = None;
+        }
+        self.lease.as_ref()
+    }
+
+    fn record(&mut self, now: Instant) -> Option<LeaseRecord> {
+        self.live(now).map(|h| LeaseRecord {
+            holder: h.holder.clone(),
+            token: FencingToken(h.token),
+            ttl: h.expires - now,
+        })
+    }
+
+    fn owns(&mut self, lease: &Lease, now: Instant) -> bool {
+        self.live(now)
+            .is_some_and(|h| h.holder == lease.holder && h.token == lease.token.0)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_slot<T>(&self, key: &str, f: impl FnOnce(&mut Slot) -> T) -> T {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        f(slots.entry(key.to_owned()).or_insert_with(Slot::new))
+    }
+
+    fn subscribe(&self, key: &str) -> Changes {
+        let rx = self.with_slot(key, |s| s.changes.subscribe());
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) => return Some((change, rx)),
+                    // A watcher that fell behind only needs to know that something changed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((Change::Other, rx));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        Ok(Box::new(MemoryCandidacy {
+            store: self.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        Ok(self.with_slot(key, |s| s.record(Instant::now())))
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        Ok(Some(self.subscribe(key)))
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            name: "memory",
+            location: "memory:".to_owned(),
+            can_watch: true,
+        }
+    }
+}
+
+/// A candidate in a [`MemoryStore`] election.
+#[derive(Debug)]
+struct MemoryCandidacy {
+    store: MemoryStore,
+    key: String,
+    candidate: String,
+}
+
+#[async_trait]
+impl Candidacy for MemoryCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        let now = Instant::now();
+        Ok(self.store.with_slot(&self.key, |slot| {
+            if let Some(record) = slot.record(now) {
+                return Acquire::Held(record);
+            }
+            slot.last_token += 1;
+            slot.lease = Some(Held {
+                holder: self.candidate.clone(),
+                token: slot.last_token,
+                expires: now + ttl,
+            });
+            let _ = slot.changes.send(Change::Acquired {
+                holder: self.candidate.clone(),
+            });
+            Acquire::Acquired(Lease {
+                key: self.key.clone(),
+                holder: self.candidate.clone(),
+                token: FencingToken(slot.last_token),
+            })
+        }))
+    }
+
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let now = Instant::now();
+        Ok(self.store.with_slot(&lease.key, |slot| {
+            if slot.owns(lease, now) {
+                if let Some(h) = slot.lease.as_mut() {
+                    h.expires = now + ttl;
+                }
+                Renew::Renewed
+            } else {
+                Renew::Lost(slot.record(now))
+            }
+        }))
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let now = Instant::now();
+        self.store.with_slot(&lease.key, |slot| {
+            if slot.owns(lease, now) {
+                slot.lease = None;
+                let _ = slot.changes.send(Change::Released);
+            }
+        });
+        Ok(())
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        Ok(Some(self.store.subscribe(&self.key)))
+    }
+}

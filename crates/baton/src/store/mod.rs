@@ -1,0 +1,221 @@
+//! The store contract: atomic lease primitives on one backend.
+//!
+//! A store keeps one lease record per key: the holder (a candidate id), a fencing token and an
+//! expiry judged by the store's own clock. The engine ([`crate::LeaderElection`]) is written
+//! once against these two traits and never names a concrete store.
+//!
+//! # Shape: a store, and a candidacy per candidate
+//!
+//! [`LeaseStore`] is what the application hands to the election: it can [`read`] a key and let a
+//! candidate [`join`] the election for a key. Joining returns a [`Candidacy`], a per-candidate
+//! handle that owns whatever per-candidate state the backend's native recipe needs, and is the
+//! only thing the engine writes through.
+//!
+//! | backend | what `join` creates | `try_acquire` | token | `leave` |
+//! |---|---|---|---|---|
+//! | memory, SQLite, SQL, Redis | nothing (a key and an id) | CAS on the single record | counter bumped in the same atomic step | no-op |
+//! | etcd (`concurrency.Election`) | a lease (session) kept alive by the candidacy | put `<prefix>/<lease id>` if absent, then lead iff it has the lowest create revision | the leader key's create revision | delete own key, revoke the lease |
+//! | ZooKeeper (Curator `LeaderLatch`) | an ephemeral sequential znode | lead iff own znode is the lowest | the znode's sequence / czxid | delete the znode |
+//! | Consul (`consul lock`) | a session with a TTL and the candidate's checks | `PUT ?acquire=<session>` | the KV pair's `LockIndex` | destroy the session |
+//! | Kubernetes Lease | the time the record was last observed to change (client-go's `observedTime`) | PUT with `resourceVersion` when the observed record is stale | `leaseTransitions` | no-op |
+//!
+//! A follower in a queue-shaped store (etcd, ZooKeeper) keeps its queue entry between
+//! attempts; `try_acquire` then answers [`Acquire::Held`] until the entry reaches the head, and
+//! [`Candidacy::watch`] watches the predecessor only, so a handoff wakes one follower, not all.
+//!
+//! # Rules every implementation keeps
+//!
+//! * Every write is one atomic compare-and-set on the backend.
+//! * Contention is a result ([`Acquire::Held`]), never an error.
+//! * `renew` and `release` act only while *this* lease (same holder **and** same token) holds
+//!   the key; two processes that share a candidate id never renew or release each other's
+//!   lease.
+//! * Fencing tokens strictly increase with every acquisition of a key, across releases,
+//!   expiries and restarts.
+//! * Expiry is judged by the store's clock, never by a client's wall clock.
+//! * Data Baton did not write gives [`Error::ForeignData`](crate::Error::ForeignData) and is
+//!   left untouched.
+//!
+//! The conformance suite in `baton-testkit` checks these rules against every store.
+//!
+//! [`read`]: LeaseStore::read
+//! [`join`]: LeaseStore::join
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+
+use crate::Result;
+
+pub mod memory;
+
+/// A fencing token: strictly increases with every acquisition of a key.
+///
+/// Hand it to every resource the leader writes to; a resource that remembers the highest token
+/// it has accepted and rejects lower ones cannot be corrupted by a stale leader, even one that
+/// was paused past its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FencingToken(pub u64);
+
+impl FencingToken {
+    /// The raw number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<FencingToken> for u64 {
+    fn from(t: FencingToken) -> u64 {
+        t.0
+    }
+}
+
+/// A lease this candidate holds: proof of a successful acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The election key.
+    pub key: String,
+    /// The candidate that holds it.
+    pub holder: String,
+    /// The fencing token minted when it was acquired.
+    pub token: FencingToken,
+}
+
+/// What the store says about a key: who holds it, with which token, for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The holder's candidate id.
+    pub holder: String,
+    /// The holder's fencing token.
+    pub token: FencingToken,
+    /// Time left on the lease, by the store's clock, when it was read.
+    pub ttl: Duration,
+}
+
+/// The outcome of [`Candidacy::try_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// The key was free or expired, and is now ours.
+    Acquired(Lease),
+    /// Someone holds the key. For queue-shaped stores: this candidate is queued behind it.
+    Held(LeaseRecord),
+}
+
+/// The outcome of [`Candidacy::renew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renew {
+    /// The lease was extended by the requested TTL.
+    Renewed,
+    /// The lease is no longer ours; the current record, if any.
+    Lost(Option<LeaseRecord>),
+}
+
+/// A hint that the lease at a key may have changed. Followers react by trying to acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The holder released the key.
+    Released,
+    /// A candidate acquired the key.
+    Acquired {
+        /// Its candidate id.
+        holder: String,
+    },
+    /// The lease expired (or the holder's session ended).
+    Expired,
+    /// Something changed; read the store to learn what.
+    Other,
+}
+
+/// A stream of [`Change`]s. It ends when the subscription breaks; the engine then falls back to
+/// timers and subscribes again.
+pub type Changes = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
+
+/// Static facts about a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// A short name: `"memory"`, `"sqlite"`, `"redis"`, ...
+    pub name: &'static str,
+    /// Where it is, with any password redacted.
+    pub location: String,
+    /// Whether [`Candidacy::watch`] / [`LeaseStore::watch`] push changes.
+    pub can_watch: bool,
+}
+
+/// A backend that keeps leases. Object safe: the CLI picks one at run time as
+/// `Arc<dyn LeaseStore>`.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
+    /// Join the election at `key` as `candidate`. Cheap for single-record stores; queue- and
+    /// session-shaped stores create the candidate's per-candidate state here.
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>>;
+
+    /// The current record at `key`, or `None` if the key is free or expired.
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>>;
+
+    /// Changes to `key`, for observers that are not candidates (`baton watch`). `None` when the
+    /// store cannot push; observers then poll [`read`](LeaseStore::read).
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Name, redacted location and capabilities.
+    fn info(&self) -> StoreInfo;
+}
+
+#[async_trait]
+impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        (**self).join(key, candidate).await
+    }
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        (**self).read(key).await
+    }
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        (**self).watch(key).await
+    }
+    fn info(&self) -> StoreInfo {
+        (**self).info()
+    }
+}
+
+/// One candidate's place in one election. The engine's only write path.
+///
+/// Each call is a single atomic operation on the backend. The engine wraps every call in a
+/// timeout and treats a timeout as an indeterminate outcome.
+#[async_trait]
+pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
+    /// If the key is free or expired, take it and mint a new fencing token in the same atomic
+    /// step. Otherwise report the holder.
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire>;
+
+    /// Extend `lease` by `ttl`, only while it still holds the key (same holder and token).
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew>;
+
+    /// Give up `lease` if it still holds the key; a no-op otherwise. Never touches another
+    /// holder's lease. Stores that can push notify followers.
+    async fn release(&mut self, lease: &Lease) -> Result<()>;
+
+    /// Leave the election: remove this candidate's per-candidate state (queue entry, session).
+    /// The engine calls it once, after the last release, when the election stops.
+    async fn leave(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Subscribe to changes that concern this candidate (for queue-shaped stores: its
+    /// predecessor). The engine subscribes *before* it tries to acquire, so no release is
+    /// missed. `None` when the store cannot push.
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        Ok(None)
+    }
+}
