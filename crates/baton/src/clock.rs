@@ -6,6 +6,8 @@
 //! tokio's (pausable) time, so every timing rule can be driven deterministically.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A monotonic clock. [`Clock::now`] is the time elapsed since an arbitrary fixed origin.
@@ -15,7 +17,12 @@ pub struct Clock(ClockKind);
 #[derive(Clone)]
 enum ClockKind {
     Boot,
-    Tokio(tokio::time::Instant),
+    Tokio {
+        origin: tokio::time::Instant,
+        /// Time added by [`Clock::jump`], in nanoseconds: time that passed without timers
+        /// seeing it, as during a suspend.
+        jumped: Arc<AtomicU64>,
+    },
 }
 
 impl Clock {
@@ -28,14 +35,28 @@ impl Clock {
     /// A clock that follows tokio's time, which tests can pause and advance
     /// (`tokio::time::pause`, `advance`). Must be created inside a tokio runtime.
     pub fn tokio() -> Self {
-        Clock(ClockKind::Tokio(tokio::time::Instant::now()))
+        Clock(ClockKind::Tokio {
+            origin: tokio::time::Instant::now(),
+            jumped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// **For tests.** Move a [`Clock::tokio`] clock forward by `d` without firing tokio's
+    /// timers, as a machine suspend does to the boot clock. Clones see the jump. Has no effect
+    /// on [`Clock::boot`].
+    pub fn jump(&self, d: Duration) {
+        if let ClockKind::Tokio { jumped, .. } = &self.0 {
+            jumped.fetch_add(d.as_nanos() as u64, Ordering::AcqRel);
+        }
     }
 
     /// Time since the clock's origin.
     pub fn now(&self) -> Duration {
         match &self.0 {
             ClockKind::Boot => boot_time(),
-            ClockKind::Tokio(origin) => origin.elapsed(),
+            ClockKind::Tokio { origin, jumped } => {
+                origin.elapsed() + Duration::from_nanos(jumped.load(Ordering::Acquire))
+            }
         }
     }
 }
@@ -50,7 +71,7 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             ClockKind::Boot => f.write_str("Clock::boot"),
-            ClockKind::Tokio(_) => f.write_str("Clock::tokio"),
+            ClockKind::Tokio { .. } => f.write_str("Clock::tokio"),
         }
     }
 }

@@ -223,8 +223,10 @@ mod tests {
 
     #[test]
     fn empty_instance_id_is_rejected() {
-        let mut o = ElectionOptions::default();
-        o.instance_id = Some(" ".into());
+        let o = ElectionOptions {
+            instance_id: Some(" ".into()),
+            ..Default::default()
+        };
         assert!(matches!(o.validate(), Err(Error::Config(_))));
         assert!(ElectionOptions::default_instance_id().contains(&std::process::id().to_string()));
     }

@@ -121,9 +121,8 @@ impl Engine {
                 }
             }
             let backoff = self.next_backoff();
-            if self.wait(backoff, &mut None).await.is_none() {
-                return None;
-            }
+            // `None` means stopped.
+            self.wait(backoff, &mut None).await?;
         }
     }
 
@@ -241,7 +240,7 @@ impl Engine {
             }
             let now = clock.now();
             if now >= step_down_at {
-                break if step_down_at == deadline {
+                break if now >= deadline {
                     LossReason::DeadlineReached
                 } else {
                     LossReason::RenewalsFailed

@@ -451,6 +451,14 @@ impl Leadership {
                 return;
             };
             let wait = deadline.saturating_sub(self.shared.clock.now());
+            if wait.is_zero() {
+                if self.shared.unsafe_ignore_deadline {
+                    // The test-only unsafe variant ignores deadlines: only cancellation ends it.
+                    self.cancel.cancelled().await;
+                    return;
+                }
+                continue;
+            }
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = engine::sleep_on(&self.shared.clock, wait) => {}

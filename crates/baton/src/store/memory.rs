@@ -83,15 +83,11 @@ impl MemoryStore {
     fn subscribe(&self, key: &str) -> Changes {
         let rx = self.with_slot(key, |s| s.changes.subscribe());
         Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(change) => return Some((change, rx)),
-                    // A watcher that fell behind only needs to know that something changed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((Change::Other, rx));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                Ok(change) => Some((change, rx)),
+                // A watcher that fell behind only needs to know that something changed.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Other, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         }))
     }

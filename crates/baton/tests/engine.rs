@@ -1,0 +1,918 @@
+//! The engine's timing rules (DESIGN.md §3), one test or more per rule, on the memory store
+//! with tokio's paused time. No test sleeps in real time: `tokio::time::sleep` here advances
+//! the paused clock from timer to timer, deterministically.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton::{
+    Acquire, Candidacy, Changes, Clock, ElectionOptions, Error, Event, Events, LeaderElection,
+    Lease, LeaseRecord, LeaseStore, LossReason, MemoryStore, Renew, Result, Role, StoreInfo,
+};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A test's callback run inside a store call.
+type Hook = Box<dyn FnMut() + Send>;
+
+/// What a [`Scripted`] store does to calls, set by the test while the election runs.
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    acquire: Mode,
+    renew: Mode,
+    release: Mode,
+    /// Calls seen: (operation, candidate, virtual time).
+    log: Vec<(&'static str, String, Duration)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+enum Mode {
+    #[default]
+    Pass,
+    /// Never answer.
+    Hang,
+    /// Answer with `Error::Unavailable`.
+    Fail,
+    /// Answer with a non-transient error.
+    Foreign,
+    /// Answer `Renew::Lost`.
+    Lost,
+    /// Wait, then pass.
+    Delay(Duration),
+}
+
+/// The memory store, with faults injected per operation. The test keeps a handle on the
+/// faults and changes them while the election runs.
+#[derive(Clone)]
+struct Scripted {
+    inner: MemoryStore,
+    faults: Arc<Mutex<Faults>>,
+    clock: Clock,
+    /// Runs inside `release`, before the release reaches the store.
+    on_release: Arc<Mutex<Option<Hook>>>,
+}
+
+impl std::fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripted")
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+impl Scripted {
+    fn new(clock: &Clock) -> Self {
+        Scripted {
+            inner: MemoryStore::new(),
+            faults: Arc::default(),
+            clock: clock.clone(),
+            on_release: Arc::default(),
+        }
+    }
+    fn set(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.faults.lock().unwrap());
+    }
+    fn count(&self, op: &str) -> usize {
+        self.faults
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(o, _, _)| *o == op)
+            .count()
+    }
+    fn calls(&self, op: &str) -> Vec<Duration> {
+        let faults = self.faults.lock().unwrap();
+        faults
+            .log
+            .iter()
+            .filter(|(o, _, _)| *o == op)
+            .map(|(_, _, t)| *t)
+            .collect()
+    }
+}
+
+async fn apply(mode: Mode) -> Result<()> {
+    match mode {
+        Mode::Pass | Mode::Lost => Ok(()),
+        Mode::Hang => std::future::pending().await,
+        Mode::Fail => Err(Error::Unavailable {
+            store: "scripted",
+            message: "injected".into(),
+            source: None,
+        }),
+        Mode::Foreign => Err(Error::ForeignData {
+            key: "k".into(),
+            found: "a string Baton did not write".into(),
+        }),
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Scripted {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        Ok(Box::new(ScriptedCandidacy {
+            store: self.clone(),
+            inner: self.inner.join(key, candidate).await?,
+            candidate: candidate.to_owned(),
+        }))
+    }
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        self.inner.read(key).await
+    }
+    fn info(&self) -> StoreInfo {
+        self.inner.info()
+    }
+}
+
+#[derive(Debug)]
+struct ScriptedCandidacy {
+    store: Scripted,
+    inner: Box<dyn Candidacy>,
+    candidate: String,
+}
+
+impl ScriptedCandidacy {
+    fn mode(&self, op: &'static str) -> Mode {
+        let mut f = self.store.faults.lock().unwrap();
+        f.log
+            .push((op, self.candidate.clone(), self.store.clock.now()));
+        match op {
+            "acquire" => f.acquire.clone(),
+            "renew" => f.renew.clone(),
+            _ => f.release.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Candidacy for ScriptedCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        apply(self.mode("acquire")).await?;
+        self.inner.try_acquire(ttl).await
+    }
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let mode = self.mode("renew");
+        if mode == Mode::Lost {
+            return Ok(Renew::Lost(None));
+        }
+        apply(mode).await?;
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        if let Some(hook) = self.store.on_release.lock().unwrap().as_mut() {
+            hook();
+        }
+        apply(self.mode("release")).await?;
+        self.inner.release(lease).await
+    }
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        self.inner.watch().await
+    }
+}
+
+fn election(store: &Scripted, id: &str, clock: &Clock) -> LeaderElection {
+    LeaderElection::builder(store.clone(), "jobs:leader")
+        .instance_id(id)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// Let every ready task run, without moving time.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Advance paused time by `d`, firing every timer on the way in order.
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+    settle().await;
+}
+
+fn drain(events: &mut Events) -> Vec<Event> {
+    std::iter::from_fn(|| events.try_recv()).collect()
+}
+
+fn lost_reasons(events: &[Event]) -> Vec<LossReason> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LostLeadership { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn became(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::BecameLeader { .. }))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 1: the deadline is counted from the send time, and `is_leader` checks it live.
+
+#[tokio::test(start_paused = true)]
+async fn deadline_counts_from_the_send_time_not_the_reply() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.acquire = Mode::Delay(secs(2)));
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    assert!(a.is_leader());
+    // The acquire was sent at t=0 and answered at t=2s: only validity - 2 s remain.
+    let validity = ElectionOptions::default().leader_validity();
+    assert_eq!(a.time_to_deadline(), Some(validity - secs(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn is_leader_turns_false_at_the_deadline_even_if_the_engine_never_runs() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    assert!(a.is_leader());
+    // Time passes without any task running (a suspend, a stalled event loop): the live check
+    // alone must say "not leader".
+    clock.jump(ElectionOptions::default().leader_validity());
+    assert!(!a.is_leader());
+    assert_eq!(a.fencing_token(), None);
+    assert_eq!(a.time_to_deadline().unwrap_or_default(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_suspend_the_engine_steps_down_with_deadline_reached() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    let scope = a.leadership().await.unwrap();
+    clock.jump(secs(60));
+    // Timers re-check the suspend-aware clock at least once a second.
+    run_for(secs(1) + MS).await;
+    let evs = drain(&mut events);
+    assert_eq!(lost_reasons(&evs), vec![LossReason::DeadlineReached]);
+    assert!(!scope.is_current());
+    tokio::time::timeout(MS, scope.lost())
+        .await
+        .expect("scope must be lost");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 2: the leader steps down at the earliest of Lost, renew + grace, and the deadline,
+// whatever is in flight.
+
+#[tokio::test(start_paused = true)]
+async fn renewals_happen_every_renew_interval() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    run_for(secs(60) + MS).await;
+    assert_eq!(
+        store.calls("renew"),
+        (1..=12).map(|i| secs(5 * i)).collect::<Vec<_>>()
+    );
+    assert!(a.is_leader());
+    assert_eq!(lost_reasons(&drain(&mut events)), vec![]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_answering_lost_steps_down_at_once() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    store.set(|f| f.renew = Mode::Lost);
+    run_for(secs(5) - MS).await;
+    assert!(a.is_leader());
+    run_for(2 * MS).await;
+    assert!(!a.is_leader());
+    assert_eq!(
+        lost_reasons(&drain(&mut events)),
+        vec![LossReason::LeaseLost]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_renewal_steps_down_at_renew_plus_grace_without_waiting_for_it() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    // The store stops answering anything.
+    store.set(|f| {
+        f.renew = Mode::Hang;
+        f.acquire = Mode::Hang;
+        f.release = Mode::Hang;
+    });
+    // renew_interval (5 s) + grace_period (5 s) after the last good send (t=0).
+    run_for(secs(10) - MS).await;
+    assert!(a.is_leader(), "still within renew + grace");
+    assert_eq!(
+        store.count("renew"),
+        1,
+        "the hung call is not retried concurrently"
+    );
+    run_for(2 * MS).await;
+    assert!(
+        !a.is_leader(),
+        "must step down at renew + grace although the call still hangs"
+    );
+    assert_eq!(
+        lost_reasons(&drain(&mut events)),
+        vec![LossReason::RenewalsFailed]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_renewals_are_retried_then_step_down_at_renew_plus_grace() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    store.set(|f| {
+        f.renew = Mode::Fail;
+        f.acquire = Mode::Fail;
+    });
+    run_for(secs(10) - MS).await;
+    assert!(a.is_leader());
+    assert!(
+        store.count("renew") >= 4,
+        "retries within the grace period: {}",
+        store.count("renew")
+    );
+    run_for(2 * MS).await;
+    assert!(!a.is_leader());
+    assert_eq!(
+        lost_reasons(&drain(&mut events)),
+        vec![LossReason::RenewalsFailed]
+    );
+    assert!(a.state().borrow().last_error.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_within_grace_does_not_cost_leadership() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    store.set(|f| f.renew = Mode::Fail);
+    run_for(secs(6)).await;
+    store.set(|f| f.renew = Mode::Pass);
+    run_for(secs(60)).await;
+    assert!(a.is_leader());
+    assert_eq!(lost_reasons(&drain(&mut events)), vec![]);
+    assert_eq!(
+        a.state().borrow().last_error,
+        None,
+        "cleared by the next good renewal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_counts_from_its_send_time() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    // Each renewal takes 3 s to answer; it still extends the deadline, from its send time.
+    store.set(|f| f.renew = Mode::Delay(secs(3)));
+    run_for(secs(8) + MS).await; // renewal sent at 5 s, answered at 8 s
+    let validity = ElectionOptions::default().leader_validity();
+    assert_eq!(a.time_to_deadline(), Some(validity - secs(3) - MS));
+    run_for(secs(60)).await;
+    assert!(a.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_answering_after_the_step_down_moment_is_abandoned() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    // Sent at 5 s, it would answer at 11 s, after renew + grace (10 s).
+    store.set(|f| {
+        f.renew = Mode::Delay(secs(6));
+        f.acquire = Mode::Fail;
+    });
+    run_for(secs(10) + MS).await;
+    assert!(!a.is_leader());
+    assert_eq!(
+        lost_reasons(&drain(&mut events)),
+        vec![LossReason::RenewalsFailed]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 3: followers wait for a notification, the holder's TTL or a retry, and never stop.
+
+#[tokio::test(start_paused = true)]
+async fn follower_takes_over_when_the_crashed_leaders_ttl_runs_out() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    // A leader that crashed: it acquired a 15 s lease at t=0 and will never renew or release.
+    let mut crashed = store.inner.join("jobs:leader", "crashed").await.unwrap();
+    assert!(matches!(
+        crashed.try_acquire(secs(15)).await.unwrap(),
+        Acquire::Acquired(_)
+    ));
+
+    let b = election(&store, "b", &clock);
+    let mut events = b.subscribe();
+    b.start().await.unwrap();
+    assert!(!b.is_leader());
+    assert_eq!(b.current_leader_id().as_deref(), Some("crashed"));
+    run_for(secs(15) - MS).await;
+    assert!(!b.is_leader());
+    assert_eq!(
+        store.count("acquire"),
+        1,
+        "no polling while the holder's TTL runs"
+    );
+    // Jitter is at most 1 % of the lease + 1 ms.
+    run_for(Duration::from_millis(153)).await;
+    assert!(b.is_leader());
+    let evs = drain(&mut events);
+    assert!(evs.contains(&Event::LeaderChanged {
+        previous: None,
+        current: Some("crashed".into())
+    }));
+    assert!(evs.contains(&Event::LeaderChanged {
+        previous: Some("crashed".into()),
+        current: Some("b".into())
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn follower_takes_over_at_once_when_notified_of_a_release() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    run_for(secs(7)).await;
+    assert!(a.is_leader() && !b.is_leader());
+    let t = clock.now();
+    a.stop().await.unwrap();
+    settle().await;
+    assert!(b.is_leader(), "handoff needs no time to pass");
+    assert_eq!(clock.now(), t);
+    assert_eq!(b.current_leader_id().as_deref(), Some("b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn follower_keeps_campaigning_through_store_errors() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.acquire = Mode::Fail);
+    let b = election(&store, "b", &clock);
+    b.start().await.unwrap(); // a transient error on the first attempt is not fatal
+    assert!(b.state().borrow().last_error.is_some());
+    run_for(secs(600)).await;
+    let attempts = store.calls("acquire");
+    // Capped backoff: min(renew, 5 s), jittered by half: at least one try every 5 s.
+    assert!(
+        attempts.len() >= 120,
+        "kept trying: {} attempts",
+        attempts.len()
+    );
+    assert!(attempts.windows(2).all(|w| w[1] - w[0] <= secs(5)));
+    store.set(|f| f.acquire = Mode::Pass);
+    run_for(secs(5) + MS).await;
+    assert!(b.is_leader());
+    assert_eq!(b.state().borrow().last_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_acquire_times_out_and_the_follower_tries_again() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.acquire = Mode::Hang);
+    let b = election(&store, "b", &clock);
+    let start = tokio::spawn({
+        let b = b.clone();
+        async move { b.start().await }
+    });
+    run_for(secs(5) + MS).await; // the request timeout is the renew interval
+    store.set(|f| f.acquire = Mode::Pass);
+    start.await.unwrap().unwrap();
+    run_for(secs(6)).await;
+    assert!(b.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn foreign_data_on_the_first_attempt_fails_start() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.acquire = Mode::Foreign);
+    let b = election(&store, "b", &clock);
+    let err = b.start().await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err}");
+    assert_eq!(b.state().borrow().role, Role::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn foreign_data_later_is_retried_not_fatal() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let mut crashed = store.inner.join("jobs:leader", "other").await.unwrap();
+    crashed.try_acquire(secs(15)).await.unwrap();
+    let b = election(&store, "b", &clock);
+    b.start().await.unwrap();
+    store.set(|f| f.acquire = Mode::Foreign);
+    run_for(secs(60)).await;
+    assert_eq!(b.state().borrow().role, Role::Follower);
+    store.set(|f| f.acquire = Mode::Pass);
+    run_for(secs(6)).await;
+    assert!(b.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_stepped_down_campaigns_again() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    store.set(|f| {
+        f.renew = Mode::Fail;
+        f.acquire = Mode::Fail;
+    });
+    run_for(secs(11)).await;
+    assert!(!a.is_leader());
+    store.set(|f| {
+        f.renew = Mode::Pass;
+        f.acquire = Mode::Pass;
+    });
+    // It released its lease on the way down (owner-checked), so it can take it again soon.
+    run_for(secs(6)).await;
+    assert!(a.is_leader());
+    let evs = drain(&mut events);
+    assert_eq!(became(&evs), 2);
+    let tokens: Vec<u64> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::BecameLeader { token, .. } => Some(token.get()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        tokens[1] > tokens[0],
+        "a new term has a higher token: {tokens:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 4: graceful stop cancels the scope, emits LostLeadership(Stopped), then releases.
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_cancels_then_emits_then_releases() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    let scope = a.leadership().await.unwrap();
+    // At release time: was the scope still current, and which events had been emitted?
+    type Seen = Option<(bool, Vec<Event>)>;
+    let seen_at_release: Arc<Mutex<Seen>> = Arc::default();
+    {
+        let seen = seen_at_release.clone();
+        let scope = scope.clone();
+        let mut probe = a.subscribe();
+        *store.on_release.lock().unwrap() = Some(Box::new(move || {
+            let evs = std::iter::from_fn(|| probe.try_recv()).collect();
+            *seen.lock().unwrap() = Some((scope.is_current(), evs));
+        }));
+    }
+    a.stop().await.unwrap();
+    let (scope_current, evs) = seen_at_release.lock().unwrap().take().expect("released");
+    assert!(!scope_current, "scope cancelled before the release");
+    assert_eq!(
+        lost_reasons(&evs),
+        vec![LossReason::Stopped],
+        "event emitted before the release"
+    );
+    assert!(
+        store.inner.read("jobs:leader").await.unwrap().is_none(),
+        "released"
+    );
+    assert_eq!(lost_reasons(&drain(&mut events)), vec![LossReason::Stopped]);
+    assert_eq!(a.state().borrow().role, Role::Stopped);
+    assert!(!a.is_leader());
+    a.stop().await.unwrap(); // idempotent
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_releases_in_the_background() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let a2 = a.clone();
+    drop(a);
+    settle().await;
+    assert!(!b.is_leader(), "a clone still holds the election");
+    drop(a2);
+    settle().await;
+    assert!(b.is_leader(), "the dropped leader released at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_follower_leaves_quietly() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let mut events = b.subscribe();
+    b.stop().await.unwrap();
+    assert!(a.is_leader());
+    assert_eq!(store.count("release"), 0);
+    assert_eq!(lost_reasons(&drain(&mut events)), vec![]);
+    assert!(matches!(b.leadership().await, Err(Error::Stopped)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_twice_is_an_error() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    assert!(matches!(a.start().await, Err(Error::AlreadyStarted)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 5: events are delivered through channels, never on the renewal path.
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_never_reads_does_not_delay_renewal() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    let mut stuck = a.subscribe(); // never read until the end
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    // Flap leadership many times: each flap is two or three events for `stuck`.
+    for _ in 0..600 {
+        let leader = if a.is_leader() { &a } else { &b };
+        store.set(|f| f.renew = Mode::Lost);
+        run_for(secs(5) + MS).await;
+        assert!(!leader.is_leader());
+        store.set(|f| f.renew = Mode::Pass);
+        run_for(secs(16)).await;
+    }
+    assert!(a.is_leader() || b.is_leader());
+    let got = drain(&mut stuck);
+    assert!(
+        stuck.missed() > 0,
+        "a laggard skips events instead of blocking the election"
+    );
+    assert!(got.len() <= 1024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_see_remote_leader_changes() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    let c = election(&store, "c", &clock);
+    let mut events = c.subscribe();
+    a.start().await.unwrap();
+    c.start().await.unwrap();
+    b.start().await.unwrap();
+    a.stop().await.unwrap();
+    settle().await;
+    let leader = [&b, &c].into_iter().find(|e| e.is_leader()).unwrap();
+    let changes: Vec<Event> = drain(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, Event::LeaderChanged { .. }))
+        .collect();
+    assert_eq!(
+        changes.first(),
+        Some(&Event::LeaderChanged {
+            previous: None,
+            current: Some("a".into())
+        })
+    );
+    assert_eq!(
+        changes.last(),
+        Some(&Event::LeaderChanged {
+            previous: Some("a".into()),
+            current: Some(leader.candidate_id().into())
+        })
+    );
+    assert_eq!(
+        c.current_leader_id().as_deref(),
+        Some(leader.candidate_id())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule 6: the leadership scope carries the token and ends no later than the deadline.
+
+#[tokio::test(start_paused = true)]
+async fn leadership_scope_ends_no_later_than_renew_plus_grace() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    let scope = a.leadership().await.unwrap();
+    assert_eq!(Some(scope.token()), a.fencing_token());
+    store.set(|f| f.renew = Mode::Hang);
+    let t0 = clock.now();
+    scope.lost().await;
+    assert!(
+        clock.now() - t0 <= secs(10),
+        "lost after {:?}",
+        clock.now() - t0
+    );
+    assert!(scope.cancellation().is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_while_leader_cancels_work_on_loss_and_restarts_it_on_the_next_term() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    let starts: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let work = tokio::spawn({
+        let a = a.clone();
+        let starts = starts.clone();
+        async move {
+            a.run_while_leader(|scope| {
+                let starts = starts.clone();
+                async move {
+                    starts.lock().unwrap().push(scope.token().get());
+                    let n = starts.lock().unwrap().len();
+                    if n == 1 {
+                        std::future::pending::<()>().await; // only cancellation ends this
+                    }
+                    scope.token().get()
+                }
+            })
+            .await
+        }
+    });
+    settle().await;
+    store.set(|f| f.renew = Mode::Lost);
+    run_for(secs(5) + MS).await;
+    store.set(|f| f.renew = Mode::Pass);
+    run_for(secs(16)).await;
+    let out = work.await.unwrap().unwrap();
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(
+        starts.len(),
+        2,
+        "first run cancelled, second ran to completion"
+    );
+    assert!(starts[1] > starts[0]);
+    assert_eq!(out, starts[1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_while_leader_returns_stopped_when_the_election_stops() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let mut other = store.inner.join("jobs:leader", "other").await.unwrap();
+    other.try_acquire(secs(15)).await.unwrap();
+    let b = election(&store, "b", &clock);
+    b.start().await.unwrap();
+    let work = tokio::spawn({
+        let b = b.clone();
+        async move { b.run_while_leader(|_| async {}).await }
+    });
+    settle().await;
+    b.stop().await.unwrap();
+    assert!(matches!(work.await.unwrap(), Err(Error::Stopped)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options and safety across many candidates.
+
+#[test]
+fn invalid_options_are_errors_not_panics() {
+    let store = MemoryStore::new();
+    let err = LeaderElection::builder(store.clone(), "")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)));
+    let err = LeaderElection::builder(store.clone(), "k")
+        .lease_duration(secs(10))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("lease_duration"), "{err}");
+    let err = LeaderElection::builder(store, "k")
+        .renew_interval(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sub_second_leases_work() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let opts = |id: &str| {
+        LeaderElection::builder(store.clone(), "fast")
+            .lease_duration(Duration::from_millis(500))
+            .renew_interval(Duration::from_millis(100))
+            .grace_period(Duration::from_millis(100))
+            .instance_id(id)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let a = opts("a");
+    let b = opts("b");
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    run_for(secs(10)).await;
+    assert!(a.is_leader() && !b.is_leader());
+    store.set(|f| {
+        f.renew = Mode::Hang;
+        f.acquire = Mode::Hang;
+        f.release = Mode::Hang;
+    });
+    run_for(Duration::from_millis(250)).await;
+    assert!(!a.is_leader(), "stepped down at renew + grace = 200 ms");
+    store.set(|f| *f = Faults::default());
+    run_for(Duration::from_millis(600)).await;
+    assert!(a.is_leader() ^ b.is_leader());
+}
+
+/// At every instant of a long run with random faults, at most one candidate reports
+/// leadership, and tokens of successive terms strictly increase.
+#[tokio::test(start_paused = true)]
+async fn never_two_leaders_under_random_faults() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let elections: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|id| election(&store, id, &clock))
+        .collect();
+    let mut events: Vec<_> = elections.iter().map(|e| e.subscribe()).collect();
+    for e in &elections {
+        e.start().await.unwrap();
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut last_token = 0;
+    for step in 0..20_000 {
+        if step % 50 == 0 {
+            let mode = match rng.u8(0..6) {
+                0 => Mode::Hang,
+                1 => Mode::Fail,
+                2 => Mode::Delay(Duration::from_millis(rng.u64(0..8000))),
+                _ => Mode::Pass,
+            };
+            let acquire = if rng.bool() { Mode::Pass } else { Mode::Fail };
+            store.set(|f| {
+                f.renew = mode;
+                f.acquire = acquire;
+            });
+        }
+        run_for(Duration::from_millis(rng.u64(1..400))).await;
+        let leaders = elections.iter().filter(|e| e.is_leader()).count();
+        assert!(leaders <= 1, "two leaders at step {step}");
+        for ev in &mut events {
+            for e in drain(ev) {
+                if let Event::BecameLeader { token, .. } = e {
+                    assert!(token.get() > last_token, "token went backwards");
+                    last_token = token.get();
+                }
+            }
+        }
+    }
+    assert!(
+        last_token > 10,
+        "leadership moved around: {last_token} terms"
+    );
+}
