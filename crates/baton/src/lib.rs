@@ -8,7 +8,7 @@
 //! * [`LeaderElection`] is what applications hold: state, events, leadership scopes,
 //!   start/stop. Its options keep the names and defaults of the .NET library it mirrors.
 //! * [`LeaseStore`] / [`Candidacy`] are the store contract, implemented once per backend:
-//!   [`MemoryStore`] (in process), [`SqliteStore`](store::sqlite::SqliteStore) (one file shared
+//!   [`MemoryStore`] (in process), [`SqliteStore`] (one file shared
 //!   by the processes of one machine; feature `sqlite`, on by default).
 //!
 //! The library never prints and never reads the environment. It logs with `tracing` and
@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod clock;
+pub mod connect;
 mod election;
 mod error;
 mod options;
@@ -31,6 +32,8 @@ pub use election::{
 pub use error::{BoxError, Error, Result};
 pub use options::{ElectionOptions, fmt_duration};
 pub use store::memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteStore;
 pub use store::{
     Acquire, Candidacy, Change, Changes, FencingToken, Lease, LeaseRecord, LeaseStore, Renew,
     StoreInfo,

@@ -26,6 +26,8 @@ struct Faults {
     acquire: Mode,
     renew: Mode,
     release: Mode,
+    /// Set on every lease acquired (as Redis does after a restart that lost data).
+    act_after: Duration,
     /// Calls seen: (operation, candidate, virtual time).
     log: Vec<(&'static str, String, Duration)>,
 }
@@ -158,7 +160,11 @@ impl ScriptedCandidacy {
 impl Candidacy for ScriptedCandidacy {
     async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
         apply(self.mode("acquire")).await?;
-        self.inner.try_acquire(ttl).await
+        let act_after = self.store.faults.lock().unwrap().act_after;
+        Ok(match self.inner.try_acquire(ttl).await? {
+            Acquire::Acquired(lease) => Acquire::Acquired(Lease { act_after, ..lease }),
+            held => held,
+        })
     }
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
         let mode = self.mode("renew");
@@ -483,6 +489,36 @@ async fn follower_takes_over_at_once_when_notified_of_a_release() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_handoff_costs_each_follower_at_most_one_call_and_then_they_are_quiet() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    let followers: Vec<_> = (0..5)
+        .map(|i| election(&store, &format!("f{i}"), &clock))
+        .collect();
+    for f in &followers {
+        f.start().await.unwrap();
+    }
+    let before = store.count("acquire");
+    a.stop().await.unwrap();
+    settle().await;
+    assert_eq!(followers.iter().filter(|f| f.is_leader()).count(), 1);
+    let handoff = store.count("acquire") - before;
+    assert!(handoff <= 5, "one try per follower at most, got {handoff}");
+    // The others heard who won; they wait out the new lease without asking the store.
+    run_for(secs(14)).await;
+    assert_eq!(store.count("acquire") - before, handoff);
+    let leader = followers.iter().find(|f| f.is_leader()).unwrap();
+    for f in &followers {
+        assert_eq!(
+            f.current_leader_id().as_deref(),
+            Some(leader.candidate_id())
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn follower_keeps_campaigning_through_store_errors() {
     let clock = Clock::tokio();
     let store = Scripted::new(&clock);
@@ -582,6 +618,58 @@ async fn a_leader_that_stepped_down_campaigns_again() {
         tokens[1] > tokens[0],
         "a new term has a higher token: {tokens:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_with_act_after_is_renewed_but_not_acted_on_until_then() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.act_after = secs(12));
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(!a.is_leader() && !b.is_leader());
+    assert_eq!(
+        b.current_leader_id().as_deref(),
+        Some("a"),
+        "b sees a hold the key"
+    );
+    run_for(secs(12) - MS).await;
+    assert!(!a.is_leader(), "no leadership before act_after");
+    assert_eq!(
+        store.calls("renew"),
+        vec![secs(5), secs(10)],
+        "renewed meanwhile"
+    );
+    assert!(drain(&mut events).is_empty(), "no events while waiting");
+    run_for(2 * MS).await;
+    assert!(a.is_leader());
+    let validity = ElectionOptions::default().leader_validity();
+    assert_eq!(
+        a.time_to_deadline(),
+        Some(validity - secs(2) - MS),
+        "deadline from the last renewal's send time"
+    );
+    assert_eq!(became(&drain(&mut events)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_a_lease_before_act_after_emits_nothing() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.act_after = secs(12));
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    store.set(|f| {
+        f.renew = Mode::Lost;
+        f.acquire = Mode::Fail;
+    });
+    run_for(secs(20)).await;
+    assert!(!a.is_leader());
+    assert!(drain(&mut events).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

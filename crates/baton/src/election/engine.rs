@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ElectionState, Event, LossReason, Role, Shared};
 use crate::store::{Acquire, Candidacy, Changes, Lease, LeaseRecord, Renew};
-use crate::{Clock, Error, Result};
+use crate::{Change, Clock, Error, Result};
 
 /// Longest single timer sleep. Timers are re-checked against the (suspend-aware) clock at
 /// least this often, so a machine that was suspended notices a passed deadline promptly.
@@ -54,7 +54,7 @@ async fn with_timeout<T>(limit: Duration, call: impl Future<Output = Result<T>>)
 }
 
 /// The next change, or never if there is no subscription.
-async fn next_change(changes: &mut Option<Changes>) -> Option<crate::Change> {
+async fn next_change(changes: &mut Option<Changes>) -> Option<Change> {
     match changes {
         Some(stream) => stream.next().await,
         None => pending().await,
@@ -165,10 +165,7 @@ impl Engine {
                     self.clear_error();
                     self.set_leader(Some(record.holder.clone()), Some(&record));
                     self.report_first(Ok(()));
-                    let jitter = Duration::from_nanos(fastrand::u64(
-                        0..=timing.jitter_max.as_nanos() as u64,
-                    ));
-                    (record.ttl + jitter).min(timing.lease)
+                    (record.ttl + self.jitter()).min(timing.lease)
                 }
                 Err(e) => {
                     if self.fail(e) {
@@ -177,23 +174,34 @@ impl Engine {
                     self.next_backoff()
                 }
             };
-            if wait.is_zero() {
-                continue;
-            }
-            match self.wait(wait, &mut changes).await {
-                None => return,
-                Some(Some(change)) => debug!(?change, "store reported a change"),
-                Some(None) => {}
+            let mut wait = wait;
+            while !wait.is_zero() {
+                match self.wait(wait, &mut changes).await {
+                    None => return,
+                    // Someone else just took the key: note who, and wait out their fresh lease
+                    // without asking the store, so a handoff costs followers nothing.
+                    Some(Some(Change::Acquired { holder })) if holder != self.shared.candidate => {
+                        self.set_leader(Some(holder), None);
+                        wait = timing.lease + self.jitter();
+                    }
+                    Some(Some(change)) => {
+                        debug!(?change, "store reported a change");
+                        break;
+                    }
+                    Some(None) => break,
+                }
             }
         }
     }
 
+    fn jitter(&self) -> Duration {
+        Duration::from_nanos(fastrand::u64(
+            0..=self.shared.timing.jitter_max.as_nanos() as u64,
+        ))
+    }
+
     /// Wait for `d`, a change, or stop. `None` when stopped; `Some(Some(change))` on a change.
-    async fn wait(
-        &self,
-        d: Duration,
-        changes: &mut Option<Changes>,
-    ) -> Option<Option<crate::Change>> {
+    async fn wait(&self, d: Duration, changes: &mut Option<Changes>) -> Option<Option<Change>> {
         tokio::select! {
             biased;
             () = self.stop.cancelled() => None,
@@ -208,7 +216,10 @@ impl Engine {
         }
     }
 
-    /// Lead until the term ends; returns why it ended.
+    /// Hold the lease until the term ends; returns why it ended.
+    ///
+    /// The candidate acts as leader from `t_send + lease.act_after` (normally at once) until it
+    /// steps down; before that it only renews, silently.
     async fn lead(
         &mut self,
         candidacy: &mut Box<dyn Candidacy>,
@@ -218,18 +229,31 @@ impl Engine {
         let timing = self.shared.timing;
         let clock = self.shared.clock.clone();
         let unsafe_mode = self.shared.unsafe_ignore_deadline;
+        let act_at = t_send + lease.act_after;
+        let mut leading = false;
         let mut last_ok = t_send;
         let mut deadline = t_send + timing.validity;
-        self.become_leader(&lease, deadline);
         let mut next_renew = t_send + timing.renew;
+        if !lease.act_after.is_zero() {
+            info!(token = %lease.token, wait = ?lease.act_after, "holding the lease; acting as leader after the store's wait");
+            self.report_first(Ok(()));
+        }
 
         let reason = loop {
+            let now = clock.now();
+            if !leading && now >= act_at && now < deadline {
+                self.become_leader(&lease, deadline);
+                leading = true;
+            }
             let step_down_at = if unsafe_mode {
                 Duration::MAX
             } else {
                 (last_ok + timing.renew + timing.grace).min(deadline)
             };
-            let wake = next_renew.min(step_down_at);
+            let mut wake = next_renew.min(step_down_at);
+            if !leading {
+                wake = wake.min(act_at);
+            }
             let stopped = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => true,
@@ -245,6 +269,9 @@ impl Engine {
                 } else {
                     LossReason::RenewalsFailed
                 };
+            }
+            if now < next_renew {
+                continue; // woke to start acting, not to renew
             }
             // The renewal may take at most the time left before stepping down.
             let budget = if unsafe_mode {
@@ -268,13 +295,17 @@ impl Engine {
                     self.clear_error();
                     last_ok = t_renew;
                     deadline = t_renew + timing.validity;
-                    self.shared
-                        .deadline
-                        .store(deadline.as_nanos() as u64, Ordering::Release);
+                    if leading {
+                        self.shared
+                            .deadline
+                            .store(deadline.as_nanos() as u64, Ordering::Release);
+                    }
                     next_renew = t_renew + timing.renew;
                 }
                 Ok(Renew::Lost(record)) => {
-                    self.step_down(&lease, LossReason::LeaseLost, record.as_ref());
+                    if leading {
+                        self.step_down(&lease, LossReason::LeaseLost, record.as_ref());
+                    }
                     return LossReason::LeaseLost;
                 }
                 Err(e) => {
@@ -285,7 +316,9 @@ impl Engine {
                 }
             }
         };
-        self.step_down(&lease, reason, None);
+        if leading {
+            self.step_down(&lease, reason, None);
+        }
         // After a graceful stop or a failed renewal the lease may still be ours in the store:
         // give it back (owner-checked, so never someone else's) so followers need not wait.
         self.release(candidacy, &lease).await;

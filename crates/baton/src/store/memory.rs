@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    broadcast_changes,
 };
 use crate::{FencingToken, Result};
 
@@ -81,15 +82,7 @@ impl MemoryStore {
     }
 
     fn subscribe(&self, key: &str) -> Changes {
-        let rx = self.with_slot(key, |s| s.changes.subscribe());
-        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(change) => Some((change, rx)),
-                // A watcher that fell behind only needs to know that something changed.
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Other, rx)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        }))
+        broadcast_changes(self.with_slot(key, |s| s.changes.subscribe()))
     }
 }
 
@@ -104,7 +97,9 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
-        Ok(self.with_slot(key, |s| s.record(Instant::now())))
+        // Reading a key never creates a slot, so status queries on arbitrary keys cost nothing.
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(slots.get_mut(key).and_then(|s| s.record(Instant::now())))
     }
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
@@ -149,6 +144,7 @@ impl Candidacy for MemoryCandidacy {
                 key: self.key.clone(),
                 holder: self.candidate.clone(),
                 token: FencingToken(slot.last_token),
+                act_after: Duration::ZERO,
             })
         }))
     }

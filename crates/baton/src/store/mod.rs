@@ -52,6 +52,8 @@ use futures_util::Stream;
 use crate::Result;
 
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A fencing token: strictly increases with every acquisition of a key.
 ///
@@ -89,6 +91,23 @@ pub struct Lease {
     pub holder: String,
     /// The fencing token minted when it was acquired.
     pub token: FencingToken,
+    /// How long after sending the acquire the holder must wait before acting as leader, while
+    /// it keeps renewing. Zero for almost every acquire. A store sets it when it cannot rule out
+    /// that an earlier holder still believes it leads: Redis after a restart that lost its
+    /// data waits until the server has been up for a whole lease.
+    pub act_after: Duration,
+}
+
+impl Lease {
+    /// A lease the holder may act on at once.
+    pub fn new(key: impl Into<String>, holder: impl Into<String>, token: FencingToken) -> Self {
+        Lease {
+            key: key.into(),
+            holder: holder.into(),
+            token,
+            act_after: Duration::ZERO,
+        }
+    }
 }
 
 /// What the store says about a key: who holds it, with which token, for how much longer.
@@ -139,6 +158,19 @@ pub enum Change {
 /// A stream of [`Change`]s. It ends when the subscription breaks; the engine then falls back to
 /// timers and subscribes again.
 pub type Changes = Pin<Box<dyn Stream<Item = Change> + Send + 'static>>;
+
+/// A [`Changes`] stream fed by a broadcast channel. A receiver that falls behind gets one
+/// [`Change::Other`] for everything it missed: it only needs to know to look again.
+pub(crate) fn broadcast_changes(rx: tokio::sync::broadcast::Receiver<Change>) -> Changes {
+    use tokio::sync::broadcast::error::RecvError;
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(change) => Some((change, rx)),
+            Err(RecvError::Lagged(_)) => Some((Change::Other, rx)),
+            Err(RecvError::Closed) => None,
+        }
+    }))
+}
 
 /// Static facts about a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +224,20 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
 /// One candidate's place in one election. The engine's only write path.
 ///
 /// Each call is a single atomic operation on the backend. The engine wraps every call in a
-/// timeout and treats a timeout as an indeterminate outcome.
+/// timeout and treats a timeout as an indeterminate outcome; it cancels a call by dropping its
+/// future, so a store whose work cannot be cancelled (a blocking driver) should skip work
+/// whose caller has gone, rather than apply it late.
+///
+/// Further rules, which the conformance suite checks:
+///
+/// * The [`Lease`] passed to `renew` and `release` is one this candidacy acquired: its key is
+///   the candidacy's key. The engine always renews with the TTL it acquired with.
+/// * `try_acquire` on a key held by the same candidate id (another process with the same id,
+///   or an acquire whose reply was lost) answers [`Acquire::Held`]: acquisition is never
+///   re-entrant, and the engine waits that lease out.
+/// * Releasing a lease that has expired but not been taken by anyone else may clear it.
+/// * [`watch`](Candidacy::watch) may answer `None` even when [`StoreInfo::can_watch`] is true
+///   (the subscription could not be set up); callers fall back to timers.
 #[async_trait]
 pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
     /// If the key is free or expired, take it and mint a new fencing token in the same atomic

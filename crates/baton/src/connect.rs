@@ -1,0 +1,368 @@
+//! Opening a store from a URL: the factory behind the CLI's `--store URL`.
+//!
+//! The CLI picks its store at run time, so it needs one function that turns a string into an
+//! `Arc<dyn LeaseStore>`, with errors a user can act on. That function is [`store_from_url`].
+//! [`redact`] hides passwords in URLs, so that no error, log line or banner ever shows one.
+//!
+//! | URL | store | built when |
+//! |---|---|---|
+//! | `memory:` | [`MemoryStore`]: in this process only | always |
+//! | `sqlite:PATH`, `sqlite://PATH`, `sqlite:///abs/path` | `SqliteStore`: one file shared by the processes of one machine | feature `sqlite` |
+//! | `redis://`, `rediss://`, `postgres://`, `mysql://`, `etcd://`, `kubernetes://`, `consul://` | planned | not yet |
+//!
+//! Like the rest of the library, this module never reads the environment and never prints.
+
+use std::sync::Arc;
+
+use crate::{Error, LeaseStore, MemoryStore, Result};
+
+/// The schemes this build can open, as shown in error messages.
+#[cfg(feature = "sqlite")]
+const SUPPORTED: &str = "memory:, sqlite:PATH";
+#[cfg(not(feature = "sqlite"))]
+const SUPPORTED: &str = "memory:";
+
+/// Schemes of stores that are designed (DESIGN.md §4) but not built yet, with their family.
+const PLANNED: &[(&str, &str)] = &[
+    ("redis", "redis"),
+    ("rediss", "redis"),
+    ("postgres", "postgres"),
+    ("postgresql", "postgres"),
+    ("mysql", "mysql"),
+    ("mariadb", "mysql"),
+    ("etcd", "etcd"),
+    ("kubernetes", "kubernetes"),
+    ("consul", "consul"),
+];
+
+/// Query parameter names whose values are secrets.
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "auth",
+    "access_token",
+    "api_key",
+    "apikey",
+];
+
+/// Open the store a URL names.
+///
+/// * `memory:` is an in-process [`MemoryStore`]: useful to try things out, but every process
+///   gets its own, so it elects nothing across processes.
+/// * `sqlite:PATH` (also `sqlite://PATH` and `sqlite:///abs/path`) opens or creates the SQLite
+///   file at `PATH`. Its directory must exist. Needs the `sqlite` feature.
+///
+/// Synchronous: opening a store only parses and, for SQLite, opens a local file.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a malformed URL, an unknown scheme (the message lists the supported
+/// and the planned schemes), a store not built into this binary, or a SQLite path whose
+/// directory does not exist; whatever the store's own `open` returns otherwise. Messages show
+/// the URL with any password redacted.
+///
+/// ```
+/// let store = baton::connect::store_from_url("memory:").unwrap();
+/// assert_eq!(store.info().name, "memory");
+///
+/// let err = baton::connect::store_from_url("zookeeper://zk:2181").unwrap_err();
+/// assert!(err.to_string().contains("unknown store scheme"));
+/// ```
+pub fn store_from_url(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    let url = url.trim();
+    let (scheme, rest) = split_scheme(url)?;
+    match scheme.as_str() {
+        "memory" => {
+            if !rest.trim_start_matches('/').is_empty() {
+                return Err(Error::Config(format!(
+                    "the memory store takes no location, got {:?}: use \"memory:\"",
+                    redact(url)
+                )));
+            }
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        "sqlite" => open_sqlite(url, rest),
+        other => {
+            if let Some((_, family)) = PLANNED.iter().find(|(s, _)| *s == other) {
+                return Err(Error::Config(format!(
+                    "the {family} store ({}) is planned but not built yet; stores available now: {SUPPORTED}",
+                    redact(url)
+                )));
+            }
+            Err(Error::Config(format!(
+                "unknown store scheme {other:?} in {:?}: supported now: {SUPPORTED}; planned: {}",
+                redact(url),
+                planned_list(),
+            )))
+        }
+    }
+}
+
+/// Split `scheme:rest`, checking the scheme's syntax (RFC 3986: a letter, then letters, digits,
+/// `+`, `-` or `.`). The scheme is lowercased.
+fn split_scheme(url: &str) -> Result<(String, &str)> {
+    let example = "e.g. sqlite:/path/to/baton.db or memory:";
+    if url.is_empty() {
+        return Err(Error::Config(format!(
+            "the store URL is empty: pass one, {example}"
+        )));
+    }
+    let Some((scheme, rest)) = url.split_once(':') else {
+        let hint = if url.ends_with(".db") || url.ends_with(".sqlite") || url.contains('/') {
+            format!("; for a SQLite file write sqlite:{url}")
+        } else {
+            String::new()
+        };
+        return Err(Error::Config(format!(
+            "{:?} is not a store URL: expected SCHEME:LOCATION, {example}{hint}",
+            redact(url)
+        )));
+    };
+    let valid = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid {
+        return Err(Error::Config(format!(
+            "{:?} is not a store URL: the scheme {scheme:?} is not valid; expected SCHEME:LOCATION, {example}",
+            redact(url)
+        )));
+    }
+    Ok((scheme.to_ascii_lowercase(), rest))
+}
+
+fn planned_list() -> String {
+    let mut families: Vec<&str> = Vec::new();
+    for (_, family) in PLANNED {
+        if !families.contains(family) {
+            families.push(family);
+        }
+    }
+    families.join(", ")
+}
+
+/// The file path of a `sqlite:` URL (`rest` is what follows `sqlite:`).
+///
+/// `sqlite:PATH` is taken literally. With `//`, the rest is the path, as sqlx and SQLAlchemy
+/// read it: `sqlite://rel.db` is relative, `sqlite:///abs/path` absolute.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+fn sqlite_path(url: &str, rest: &str) -> Result<String> {
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() {
+        return Err(Error::Config(format!(
+            "{:?} names no file: write sqlite:PATH, e.g. sqlite:/var/lib/myapp/baton.db",
+            redact(url)
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    use std::path::Path;
+
+    let path = sqlite_path(url, rest)?;
+    let file = Path::new(&path);
+    if file.is_dir() {
+        return Err(Error::Config(format!(
+            "{path} is a directory: the sqlite store needs a file path, e.g. sqlite:{}",
+            file.join("baton.db").display()
+        )));
+    }
+    if let Some(dir) = file.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(Error::Config(format!(
+            "cannot open the sqlite store at {path}: the directory {} does not exist; create it or choose another path",
+            dir.display()
+        )));
+    }
+    let store = crate::store::sqlite::SqliteStore::open(file)?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    let _ = sqlite_path(url, rest)?;
+    Err(Error::Config(format!(
+        "this build has no sqlite store ({}): build baton with the `sqlite` feature; stores available now: {SUPPORTED}",
+        redact(url)
+    )))
+}
+
+/// `url` with every password replaced by `****`: the password of the user info
+/// (`redis://user:****@host`) and the values of secret-looking query parameters
+/// (`?password=****`). Safe to print, log or put in an error.
+///
+/// Strings that are not URLs come back unchanged, apart from those two patterns.
+///
+/// ```
+/// use baton::connect::redact;
+/// assert_eq!(redact("redis://app:s3cret@cache:6379/0"), "redis://app:****@cache:6379/0");
+/// assert_eq!(redact("postgres://db/x?user=a&password=p"), "postgres://db/x?user=a&password=****");
+/// assert_eq!(redact("sqlite:/tmp/baton.db"), "sqlite:/tmp/baton.db");
+/// ```
+pub fn redact(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(before_query);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(&redact_query(query));
+    }
+    out
+}
+
+/// Hide the password in `scheme://user:password@host...`.
+fn redact_userinfo(s: &str) -> String {
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        return s.to_owned();
+    };
+    let authority_end = s[start..].find(['/', '#']).map_or(s.len(), |i| start + i);
+    let authority = &s[start..authority_end];
+    // The last '@' ends the user info: passwords may contain '@' when not percent-encoded.
+    let Some(at) = authority.rfind('@') else {
+        return s.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return s.to_owned();
+    };
+    format!(
+        "{}{}:****{}",
+        &s[..start],
+        &userinfo[..colon],
+        &s[start + at..]
+    )
+}
+
+/// Hide the values of secret-looking `name=value` pairs of a query string.
+fn redact_query(query: &str) -> String {
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut out = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value))
+                if !value.is_empty()
+                    && SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s)) =>
+            {
+                format!("{name}=****")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_error(url: &str) -> String {
+        match store_from_url(url) {
+            Err(Error::Config(msg)) => msg,
+            Err(other) => panic!("{url}: expected a config error, got {other}"),
+            Ok(store) => panic!("{url}: expected an error, got {store:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_url_opens_a_memory_store() {
+        for url in ["memory:", "MEMORY:", "memory://", " memory: "] {
+            assert_eq!(store_from_url(url).unwrap().info().name, "memory", "{url}");
+        }
+        assert!(config_error("memory:elsewhere").contains("takes no location"));
+    }
+
+    #[test]
+    fn unknown_scheme_lists_supported_and_planned() {
+        let msg = config_error("zookeeper://zk:2181");
+        assert!(msg.contains("unknown store scheme \"zookeeper\""), "{msg}");
+        assert!(msg.contains("memory:"), "{msg}");
+        for planned in ["redis", "postgres", "mysql", "etcd", "kubernetes", "consul"] {
+            assert!(msg.contains(planned), "{msg}");
+        }
+    }
+
+    #[test]
+    fn planned_schemes_say_so_and_redact() {
+        let msg = config_error("redis://app:hunter2@cache:6379");
+        assert!(msg.contains("redis store"), "{msg}");
+        assert!(msg.contains("planned"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        for url in [
+            "rediss://h",
+            "postgres://h/db",
+            "postgresql://h/db",
+            "mysql://h",
+            "etcd://h:2379",
+            "kubernetes://default",
+            "consul://h:8500",
+        ] {
+            assert!(config_error(url).contains("planned"), "{url}");
+        }
+    }
+
+    #[test]
+    fn malformed_urls_are_config_errors() {
+        assert!(config_error("").contains("empty"));
+        assert!(config_error("/tmp/baton.db").contains("write sqlite:/tmp/baton.db"));
+        assert!(config_error("1sqlite:/x").contains("not valid"));
+        assert!(config_error("sq lite:/x").contains("not valid"));
+        assert!(config_error("sqlite:").contains("names no file"));
+        assert!(config_error("sqlite://").contains("names no file"));
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(sqlite_path("", "/abs/b.db").unwrap(), "/abs/b.db");
+        assert_eq!(sqlite_path("", "rel/b.db").unwrap(), "rel/b.db");
+        assert_eq!(sqlite_path("", "//rel.db").unwrap(), "rel.db");
+        assert_eq!(sqlite_path("", "///abs/b.db").unwrap(), "/abs/b.db");
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_in_a_missing_directory_names_the_directory() {
+        let msg = config_error("sqlite:/nonexistent-baton-dir/sub/baton.db");
+        assert!(
+            msg.contains("/nonexistent-baton-dir/sub does not exist"),
+            "{msg}"
+        );
+        let msg = config_error(&format!("sqlite:{}", std::env::temp_dir().display()));
+        assert!(msg.contains("is a directory"), "{msg}");
+    }
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("redis://:pw@h:6379"), "redis://:****@h:6379");
+        assert_eq!(redact("redis://u:p@ss@h/0"), "redis://u:****@h/0");
+        assert_eq!(redact("redis://user@h"), "redis://user@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("etcd://h:2379/p@th"), "etcd://h:2379/p@th");
+        assert_eq!(
+            redact("mysql://u:p@h/db?ssl=true&Password=x#frag"),
+            "mysql://u:****@h/db?ssl=true&Password=****#frag"
+        );
+        assert_eq!(redact("memory:"), "memory:");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}
