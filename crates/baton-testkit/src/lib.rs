@@ -71,6 +71,7 @@
 //! them on a runtime whose time is not paused; [`conformance::block_on`] builds one.
 
 pub mod conformance;
+pub mod servers;
 
 /// Expands to one `#[test]` per conformance case, each running the case on a fresh runtime
 /// with a fresh factory, plus a test that checks no case is missing. Invoke it inside a module

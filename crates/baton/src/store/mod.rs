@@ -52,6 +52,8 @@ use futures_util::Stream;
 use crate::Result;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

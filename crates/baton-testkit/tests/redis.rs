@@ -1,0 +1,386 @@
+//! The Redis store against real `redis-server` processes: the conformance suite, plus a test
+//! for each promise of the Redis store (seed layout, atomic tokens, restarts that lose data,
+//! push handoff, killed connections, Redis down at start, foreign data, ACL users, secrets).
+//!
+//! Timing bounds here are generous on purpose: they check behaviour (push, not polling; no
+//! overlap), not speed. Speed is measured by `scripts/bench`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use baton::store::redis::RedisStore;
+use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
+use baton_testkit::conformance::{ForeignWriter, StoreFactory};
+use baton_testkit::servers::{RedisServer, free_port, shared_redis};
+
+/// Every `store()` is a new connection to the shared server, as another process would have.
+struct RedisFactory;
+
+#[async_trait]
+impl StoreFactory for RedisFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        Ok(Arc::new(RedisStore::open(&shared_redis().url())?))
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ForeignWriter for RedisFactory {
+    async fn plant(&self, key: &str) -> std::result::Result<(), BoxError> {
+        shared_redis().cli(&["RPUSH", key, "not baton's"]);
+        Ok(())
+    }
+    async fn check_untouched(&self, key: &str) -> std::result::Result<(), String> {
+        let server = shared_redis();
+        let (kind, items) = (
+            server.cli(&["TYPE", key]),
+            server.cli(&["LRANGE", key, "0", "-1"]),
+        );
+        if kind == "list" && items == "not baton's" {
+            Ok(())
+        } else {
+            Err(format!("the key is now a {kind} holding {items:?}"))
+        }
+    }
+}
+
+mod conformance {
+    baton_testkit::conformance_tests!(super::RedisFactory);
+}
+
+fn short(store: &RedisStore, key: &str, id: &str) -> LeaderElection {
+    LeaderElection::builder(store.clone(), key)
+        .lease_duration(Duration::from_secs(2))
+        .renew_interval(Duration::from_millis(500))
+        .grace_period(Duration::from_millis(500))
+        .instance_id(id)
+        .build()
+        .unwrap()
+}
+
+fn unique_key(name: &str) -> String {
+    format!("test:{name}:{:08x}", fastrand::u32(..))
+}
+
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+fn drain(events: &mut baton::Events) -> Vec<Event> {
+    std::iter::from_fn(|| events.try_recv()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cli_get_and_ttl_show_the_leader_as_in_the_seed() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let election = LeaderElection::builder(store, "myapp:leader")
+        .instance_id("Instance-12345")
+        .build()
+        .unwrap();
+    election.start().await.unwrap();
+    assert_eq!(server.cli(&["GET", "myapp:leader"]), "Instance-12345");
+    let ttl: u64 = server.cli(&["TTL", "myapp:leader"]).parse().unwrap();
+    assert!((1..=15).contains(&ttl), "TTL {ttl}");
+    // The token counter sits beside it, in the same cluster slot.
+    assert_eq!(server.cli(&["TYPE", "{myapp:leader}:baton"]), "hash");
+    election.stop().await.unwrap();
+    assert_eq!(
+        server.cli(&["EXISTS", "myapp:leader"]),
+        "0",
+        "released on stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_minted_in_the_acquire_script_from_redis_time() {
+    let store = RedisStore::open(&shared_redis().url()).unwrap();
+    let key = unique_key("time");
+    let mut c = store.join(&key, "a").await.unwrap();
+    let Acquire::Acquired(lease) = c.try_acquire(Duration::from_secs(5)).await.unwrap() else {
+        panic!("free key")
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let token = lease.token.get();
+    assert!(
+        token > now_us - 60_000_000 && token < now_us + 60_000_000,
+        "token {token} is Redis TIME in µs"
+    );
+    let stored = shared_redis().cli(&["HGET", &format!("{{{key}}}:baton"), "token"]);
+    assert_eq!(
+        stored,
+        token.to_string(),
+        "the script stored the same token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_that_loses_data_keeps_tokens_monotonic_and_never_two_leaders() {
+    let mut server = RedisServer::start();
+    let store_a = RedisStore::open(&server.url()).unwrap();
+    let store_b = RedisStore::open(&server.url()).unwrap();
+    let a = short(&store_a, "jobs", "a");
+    let b = short(&store_b, "jobs", "b");
+    let (mut ea, mut eb) = (a.subscribe(), b.subscribe());
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    // A fresh server: whoever holds the key waits until the server has been up for a lease.
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader() || b.is_leader()).await);
+    let first_token = a.fencing_token().or(b.fencing_token()).unwrap();
+    drain(&mut ea);
+    drain(&mut eb);
+
+    server.restart();
+    let restarted = Instant::now();
+    let mut became_after_restart = None;
+    let mut tokens = vec![first_token.get()];
+    while restarted.elapsed() < Duration::from_secs(8) {
+        assert!(
+            !(a.is_leader() && b.is_leader()),
+            "two leaders {:?} after the restart",
+            restarted.elapsed()
+        );
+        for e in drain(&mut ea).into_iter().chain(drain(&mut eb)) {
+            if let Event::BecameLeader { token, .. } = e {
+                became_after_restart.get_or_insert(restarted.elapsed());
+                tokens.push(token.get());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let became = became_after_restart.expect("a leader again after the restart");
+    // The new holder acts only once the server has been up for the lease (2 s), minus the
+    // rounding of INFO's whole seconds.
+    assert!(
+        became >= Duration::from_millis(990),
+        "led {became:?} after the restart"
+    );
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens {tokens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_wakes_the_follower_at_once_by_push() {
+    let store = RedisStore::open(&shared_redis().url()).unwrap();
+    let key = unique_key("push");
+    let long = |id: &str| {
+        LeaderElection::builder(store.clone(), &key)
+            .lease_duration(Duration::from_secs(30))
+            .instance_id(id)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (long("a"), long("b"));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(30), || a.is_leader()).await);
+    b.start().await.unwrap();
+    assert!(!b.is_leader());
+    let released = Instant::now();
+    a.stop().await.unwrap();
+    // Without push, b would wait out a 30 s lease.
+    assert!(wait_until(Duration::from_secs(5), || b.is_leader()).await);
+    assert!(released.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_leader_is_replaced_when_its_ttl_runs_out_without_polling() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    // Let the server age past the lease, so no restart wait applies.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut crashed = store.join("jobs", "crashed").await.unwrap();
+    let Acquire::Acquired(_) = crashed.try_acquire(Duration::from_secs(2)).await.unwrap() else {
+        panic!("free key")
+    };
+    let b = short(&store, "jobs", "b");
+    b.start().await.unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let started = Instant::now();
+    assert!(wait_until(Duration::from_secs(5), || b.is_leader()).await);
+    assert!(started.elapsed() <= Duration::from_secs(3));
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let evalsha_calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // One try at the holder's expiry, maybe a renewal: not a poll every few milliseconds.
+    assert!(
+        evalsha_calls <= 4,
+        "{evalsha_calls} script calls while waiting:\n{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_connection_within_the_grace_period_keeps_leadership() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let a = LeaderElection::builder(store, "jobs")
+        .lease_duration(Duration::from_secs(3))
+        .renew_interval(Duration::from_millis(500))
+        .grace_period(Duration::from_millis(1500))
+        .instance_id("a")
+        .build()
+        .unwrap();
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    drain(&mut events);
+    for _ in 0..3 {
+        // A RESP3 connection that subscribed counts as a pubsub client.
+        let killed: u32 = ["normal", "pubsub"]
+            .iter()
+            .map(|t| {
+                server
+                    .cli(&["CLIENT", "KILL", "TYPE", t])
+                    .parse::<u32>()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(killed > 0, "killed the election's connection");
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            assert!(a.is_leader(), "lost leadership after CLIENT KILL");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(drain(&mut events), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_at_start_is_a_clear_error_then_campaigning_goes_on() {
+    let port = free_port();
+    let store = RedisStore::open(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let a = short(&store, "jobs", "a");
+    a.start().await.expect("an unreachable store is not fatal");
+    let error = a
+        .state()
+        .borrow()
+        .last_error
+        .clone()
+        .expect("the error is kept");
+    assert!(
+        error.contains(&format!(
+            "Failed to connect to Redis at 127.0.0.1:{port}. Is Redis running?"
+        )),
+        "{error}"
+    );
+    let _server = RedisServer::start_on(port, &[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || a.is_leader()).await,
+        "leads once Redis is up: {:?}",
+        a.state().borrow()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_another_type_is_an_error_and_left_untouched() {
+    let server = shared_redis();
+    let key = unique_key("list");
+    server.cli(&["RPUSH", &key, "x", "y"]);
+    let store = RedisStore::open(&server.url()).unwrap();
+    let err = short(&store, &key, "a").start().await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err}");
+    assert!(err.to_string().contains("a list"), "{err}");
+    assert_eq!(server.cli(&["LRANGE", &key, "0", "-1"]), "x\ny");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_string_baton_did_not_write_is_an_error_and_left_untouched() {
+    let server = shared_redis();
+    let key = unique_key("string");
+    server.cli(&["SET", &key, "someone else's"]);
+    let store = RedisStore::open(&server.url()).unwrap();
+    let err = short(&store, &key, "a").start().await.unwrap_err();
+    assert!(err.to_string().contains("did not write"), "{err}");
+    assert_eq!(server.cli(&["GET", &key]), "someone else's");
+    assert_eq!(server.cli(&["TTL", &key]), "-1");
+    let err = store.read(&key).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
+    let server = RedisServer::start();
+    // The rule from the docs of baton::store::redis, for keys under `myapp:`.
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+                -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time";
+    let mut args = vec!["ACL", "SETUSER", "baton"];
+    args.extend(rule.split_whitespace());
+    assert_eq!(server.cli(&args), "OK");
+    let url = format!("redis://baton:s3cret@127.0.0.1:{}", server.port());
+    let store_a = RedisStore::open(&url).unwrap();
+    let store_b = RedisStore::open(&url).unwrap();
+    let a = short(&store_a, "myapp:leader", "a");
+    let b = short(&store_b, "myapp:leader", "b");
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || b.is_leader()).await,
+        "push works too"
+    );
+    assert_eq!(b.state().borrow().last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_are_a_config_error_that_never_shows_the_password() {
+    let server = RedisServer::start_with(&["--requirepass", "right-one"]);
+    let url = format!("redis://default:hunter2-secret@127.0.0.1:{}", server.port());
+    let store = RedisStore::open(&url).unwrap();
+    assert!(
+        !store.info().location.contains("hunter2"),
+        "{}",
+        store.info().location
+    );
+    assert!(!format!("{store:?}").contains("hunter2"));
+    let err = short(&store, "jobs", "a").start().await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(matches!(err, Error::Config(_)), "{text}");
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stepping_down_after_renewals_fail_when_redis_dies() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let a = short(&store, "jobs", "a");
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    drain(&mut events);
+    server.kill();
+    let killed = Instant::now();
+    assert!(wait_until(Duration::from_secs(3), || !a.is_leader()).await);
+    // At renew (500 ms) + grace (500 ms) after the last good renewal: in any case before the
+    // 2 s lease could expire in the store.
+    assert!(
+        killed.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        killed.elapsed()
+    );
+    let reasons: Vec<LossReason> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::LostLeadership { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![LossReason::RenewalsFailed]);
+}
