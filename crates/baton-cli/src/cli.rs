@@ -1,0 +1,178 @@
+//! The command line, as DESIGN.md §5 fixes it. Scripts and tests rely on these names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  baton demo                                  the walkthrough; run it in two terminals
+  baton campaign --json                       join the election, one JSON event per line
+  baton status                                who leads, with which fencing token
+  baton --store sqlite:/tmp/b.db --lease 2s --renew 500ms --grace 500ms campaign
+  baton --config appsettings.json status      settings in the seed's appsettings.json shape
+
+Every option can also come from the environment (BATON_STORE, BATON_KEY, BATON_ID,
+BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG) or from --config FILE.
+Precedence: flags, then environment, then the config file, then defaults.
+Bad input exits with code 2 and one line on stderr.";
+
+/// Leader election from the shell: one of several processes leads, through a store they share.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes. Durations and the store stay strings here: they may also come
+/// from a config file, so they are parsed once all sources are merged (see `config`).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where leases live: `memory:` or `sqlite:PATH` [default: a per-user SQLite file]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub store: Option<String>,
+
+    /// The election key: candidates on the same key compete [default: baton:leader]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
+
+    /// This candidate's id [default: <hostname>-<pid>]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub id: Option<String>,
+
+    /// How long a lease lasts without renewal [default: 15s]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_LEASE",
+        value_name = "DUR",
+        hide_env_values = true
+    )]
+    pub lease: Option<String>,
+
+    /// How often the leader renews [default: 5s]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_RENEW",
+        value_name = "DUR",
+        hide_env_values = true
+    )]
+    pub renew: Option<String>,
+
+    /// How long the leader keeps trying after a failed renewal before stepping down [default: 5s]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_GRACE",
+        value_name = "DUR",
+        hide_env_values = true
+    )]
+    pub grace: Option<String>,
+
+    /// A config file: TOML, or JSON in the shape of the seed's appsettings.json
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CONFIG",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// More logs on stderr: -v info, -vv debug, -vvv trace [default: warnings]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Errors only on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// How logs on stderr look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The seed's walkthrough: events, start, monitor, leader work, graceful shutdown
+    Demo(DemoArgs),
+    /// Join the election and print this candidate's events until interrupted
+    Campaign(JsonArg),
+    /// Show the current leader, fencing token and remaining lease (exit 1 if none)
+    Status(JsonArg),
+    /// Stream leader changes until interrupted
+    Watch(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// One JSON object per line on stdout, for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Knobs of the demo's pace. The defaults make a run of about 30 s: long enough to start a
+/// second copy in another terminal and watch it take over.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Status checks in Demo 3
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub checks: u32,
+
+    /// Time between status checks in Demo 3
+    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = duration)]
+    pub check_interval: Duration,
+
+    /// How long Demo 4's leader work goes on before the graceful shutdown
+    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = duration)]
+    pub work_for: Duration,
+
+    /// How long one batch of leader work takes
+    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = positive_duration)]
+    pub batch: Duration,
+}
+
+/// A humantime duration (`500ms`, `2s`, `1m`), with the fix in the message.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected a duration such as 500ms, 2s or 1m"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err("must be greater than 0, e.g. 500ms".into()),
+        d => Ok(d),
+    }
+}

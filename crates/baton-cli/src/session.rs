@@ -1,0 +1,96 @@
+//! What every command does around its own work: open the store, check it answers, catch
+//! SIGINT/SIGTERM, and leave an election gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::{LeaderElection, LeaseRecord, LeaseStore};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::config::Settings;
+use crate::failure::Failure;
+
+/// How long the first read may take before the store counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open the store the settings name. Errors say which store, with any password redacted.
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn LeaseStore>, Failure> {
+    baton::connect::store_from_url(&settings.store).map_err(|e| match e {
+        baton::Error::Config(_) => Failure::from(e),
+        other => Failure::from(other).context(format!(
+            "cannot open the store {}",
+            settings.store_display()
+        )),
+    })
+}
+
+/// Read the key once, so that an unreachable store or foreign data at the key is reported at
+/// once, as bad input, rather than retried forever by the election.
+pub async fn read_key(
+    store: &dyn LeaseStore,
+    settings: &Settings,
+) -> Result<Option<LeaseRecord>, Failure> {
+    let context = || {
+        format!(
+            "cannot read the key {:?} from the store {}",
+            settings.key,
+            settings.store_display()
+        )
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, store.read(&settings.key)).await {
+        Ok(Ok(record)) => Ok(record),
+        Ok(Err(e)) => Err(Failure::from(e).context(context())),
+        Err(_) => Err(Failure::new(format!(
+            "no answer within {}: is the store running and reachable?",
+            baton::fmt_duration(PROBE_TIMEOUT)
+        ))
+        .context(context())),
+    }
+}
+
+/// Build the election the settings describe.
+pub fn build_election(
+    store: Arc<dyn LeaseStore>,
+    settings: &Settings,
+) -> Result<LeaderElection, Failure> {
+    Ok(LeaderElection::builder_dyn(store, settings.key.clone())
+        .options(settings.options.clone())
+        .build()?)
+}
+
+/// SIGINT and SIGTERM, caught from the start of the process, so that a signal that arrives
+/// while the store is being opened still leads to a graceful stop instead of killing the
+/// process with the lease held.
+pub struct Shutdown {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Shutdown {
+    pub fn install() -> Result<Self, Failure> {
+        let catch = |kind| {
+            signal(kind).map_err(|e| Failure::new(format!("cannot install a signal handler: {e}")))
+        };
+        Ok(Shutdown {
+            interrupt: catch(SignalKind::interrupt())?,
+            terminate: catch(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Stop the election (cancel the scope, emit the event, release the lease). A second signal
+/// while stopping gives up waiting: returns false, and the lease then expires in the store.
+pub async fn leave(election: &LeaderElection, shutdown: &mut Shutdown) -> bool {
+    tokio::select! {
+        _ = election.stop() => true,
+        _ = shutdown.recv() => false,
+    }
+}

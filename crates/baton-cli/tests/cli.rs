@@ -1,0 +1,701 @@
+//! The `baton` binary, run for real against temporary SQLite files.
+//!
+//! These tests check behaviour across processes: who leads, who takes over, what is printed,
+//! what exits how. Every wait has a generous bound (seconds, not milliseconds): the machine
+//! may be busy, and these are not benchmarks (`scripts/bench` is).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+
+/// Upper bound for anything that should take well under a second.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Short leases, so that a test that goes wrong fails in seconds rather than minutes.
+const FAST: [&str; 6] = ["--lease", "2s", "--renew", "500ms", "--grace", "500ms"];
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "baton-cli-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The store every process of a test shares.
+    fn store(&self) -> String {
+        format!("sqlite:{}", self.path("baton.db").display())
+    }
+
+    /// `baton` with a clean environment: no `BATON_*` from the developer's shell, and a home
+    /// inside the scratch directory, so the default store never touches the real one.
+    fn baton(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+        cmd.env_clear()
+            .env("HOME", &self.0)
+            .env("XDG_STATE_HOME", self.path("state"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `baton --store <scratch db> <FAST> ARGS`.
+    fn baton_fast(&self, args: &[&str]) -> Command {
+        let mut cmd = self.baton();
+        cmd.arg("--store").arg(self.store()).args(FAST).args(args);
+        cmd
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("baton runs")
+}
+
+/// A running `baton` whose stdout is read line by line on a thread.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("baton starts");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = pipe.read_to_string(&mut buf);
+            sink.lock().unwrap().push_str(&buf);
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Wait for a stdout line that satisfies `want`; panic with everything seen otherwise.
+    fn wait_line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + PATIENCE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} within {PATIENCE:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Wait for a JSON event line with `event` == `name` (and `leader` == `leader`, if given).
+    fn wait_event(&mut self, name: &str, leader: Option<&str>) -> Value {
+        let line = self.wait_line(name, |line| {
+            let v: Value = serde_json::from_str(line).expect("stdout is JSON lines");
+            v["event"] == name && leader.is_none_or(|l| v["leader"] == l)
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill_process(Pid::from_child(&self.child), signal).expect("signal sent");
+    }
+
+    /// Wait for the process to exit; returns its status and the rest of its stdout.
+    fn wait_exit(&mut self) -> (ExitStatus, Vec<String>) {
+        let until = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < until,
+                "baton did not exit within {PATIENCE:?}\nstdout:\n{}",
+                self.seen.join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(PATIENCE) {
+            self.seen.push(line);
+        }
+        (status, self.seen.clone())
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn campaign(scratch: &Scratch, id: &str) -> Running {
+    Running::spawn(scratch.baton_fast(&["--id", id, "campaign", "--json"]))
+}
+
+fn status_json(scratch: &Scratch) -> (i32, Value) {
+    let out = run(&mut scratch.baton_fast(&["status", "--json"]));
+    let code = out.status.code().expect("exited");
+    let value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json printed {:?}: {e}", text(&out.stdout)));
+    (code, value)
+}
+
+// (a) Two campaigners on one file: exactly one leads; SIGINT hands over to the other.
+#[test]
+fn two_campaigns_elect_one_leader_and_sigint_hands_over() {
+    let scratch = Scratch::new("handover");
+    let mut a = campaign(&scratch, "a");
+    let first = a.wait_event("became_leader", None);
+    assert_eq!(first["candidate"], "a");
+    assert_eq!(first["key"], "baton:leader");
+    assert!(first["token"].is_u64(), "{first}");
+    assert!(first["ts"].as_str().unwrap().ends_with('Z'), "{first}");
+
+    let mut b = campaign(&scratch, "b");
+    // b has seen that a leads: it is following, subscribed and waiting.
+    let seen = b.wait_event("leader_changed", Some("a"));
+    assert_eq!(seen["candidate"], "b");
+    assert!(seen["previous"].is_null(), "{seen}");
+    assert!(
+        !b.seen.iter().any(|l| l.contains("became_leader")),
+        "two leaders: {:?}",
+        b.seen
+    );
+    assert_eq!(status_json(&scratch).1["leader"], "a");
+
+    a.signal(Signal::INT);
+    let took_over = b.wait_event("became_leader", Some("b"));
+    assert!(
+        took_over["token"].as_u64() > first["token"].as_u64(),
+        "fencing tokens must increase: {first} then {took_over}"
+    );
+
+    let (status, lines) = a.wait_exit();
+    assert!(status.success(), "a exited with {status}: {}", a.stderr());
+    let lost: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "lost_leadership")
+        .collect();
+    assert_eq!(lost.len(), 1, "{lines:?}");
+    assert_eq!(lost[0]["reason"], "stopped");
+    assert_eq!(lost[0]["token"], first["token"]);
+
+    b.signal(Signal::TERM);
+    let (status, _) = b.wait_exit();
+    assert!(status.success(), "b exited with {status}: {}", b.stderr());
+    assert_eq!(b.stderr(), "", "no warnings on a clean run");
+}
+
+// (b) The demo runs to completion with the seed's sections, plain when piped.
+#[test]
+fn demo_runs_through_the_seeds_sections() {
+    let scratch = Scratch::new("demo");
+    let out = run(&mut scratch.baton_fast(&[
+        "--id",
+        "solo",
+        "demo",
+        "--checks",
+        "2",
+        "--check-interval",
+        "100ms",
+        "--work-for",
+        "700ms",
+        "--batch",
+        "200ms",
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for expected in [
+        "Baton: Leader Election Demo",
+        "=== Demo 1: Subscribe to Leadership Events ===",
+        "Candidate ID: solo",
+        "Lock Key: baton:leader",
+        "Lease Duration: 2s",
+        "Renew Interval: 500ms",
+        "Grace Period: 500ms",
+        "Event handlers registered for:",
+        "=== Demo 2: Start Leader Election ===",
+        "*** LEADERSHIP ACQUIRED ***",
+        "Initial election result:\n  Is Leader: true\n  Current Leader: solo",
+        "=== Demo 3: Monitor Leadership Status ===",
+        "Status check 2/2:",
+        "=== Demo 4: Leader Work ===",
+        "Processing batch 1 with fencing token",
+        "=== Graceful Shutdown ===",
+        "*** LEADERSHIP LOST *** (stopped)",
+        "Lease released",
+        "Demo complete.",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let order = |s: &str| stdout.find(s).unwrap();
+    assert!(order("*** LEADERSHIP ACQUIRED ***") < order("Initial election result"));
+    assert!(order("Demo 4") < order("Graceful Shutdown"));
+    assert!(!stdout.contains('\x1b'), "colour codes in piped output");
+    assert_eq!(text(&out.stderr), "");
+    // The lease was released: nobody leads.
+    assert_eq!(status_json(&scratch).0, 1);
+}
+
+// (b) Two demos: the second follows, then takes over the moment the first is interrupted.
+#[test]
+fn a_second_demo_takes_over_when_the_first_is_interrupted() {
+    let scratch = Scratch::new("demo-takeover");
+    let slow = [
+        "--check-interval",
+        "100ms",
+        "--work-for",
+        "5m",
+        "--batch",
+        "100ms",
+    ];
+    let mut first = Running::spawn({
+        let mut cmd = scratch.baton_fast(&["--id", "first", "demo"]);
+        cmd.args(slow);
+        cmd
+    });
+    first.wait_line("leader work", |l| l.contains("Processing batch 1"));
+
+    let mut second = Running::spawn({
+        let mut cmd = scratch.baton_fast(&["--id", "second", "demo"]);
+        cmd.args(slow);
+        cmd
+    });
+    second.wait_line("following", |l| l.contains("Following: first leads"));
+
+    first.signal(Signal::INT);
+    second.wait_line("takeover", |l| l.contains("*** LEADERSHIP ACQUIRED ***"));
+    second.wait_line("leader work", |l| l.contains("Processing batch 1"));
+
+    let (status, lines) = first.wait_exit();
+    assert!(status.success(), "{status}: {}", first.stderr());
+    let all = lines.join("\n");
+    assert!(
+        all.contains("Received SIGINT: shutting down gracefully."),
+        "{all}"
+    );
+    assert!(all.contains("Lease released"), "{all}");
+
+    second.signal(Signal::INT);
+    let (status, _) = second.wait_exit();
+    assert!(status.success(), "{status}: {}", second.stderr());
+}
+
+// (c) status: no leader (exit 1), a leader (exit 0, its token and lease), released (exit 1).
+#[test]
+fn status_reports_leader_token_and_lease() {
+    let scratch = Scratch::new("status");
+    let (code, before) = status_json(&scratch);
+    assert_eq!(code, 1, "{before}");
+    assert!(
+        before["leader"].is_null() && before["token"].is_null(),
+        "{before}"
+    );
+    assert_eq!(before["key"], "baton:leader");
+    assert_eq!(before["store"], scratch.store());
+
+    let mut leader = campaign(&scratch, "leader-1");
+    let became = leader.wait_event("became_leader", None);
+    let (code, during) = status_json(&scratch);
+    assert_eq!(code, 0, "{during}");
+    assert_eq!(during["leader"], "leader-1");
+    assert_eq!(during["token"], became["token"]);
+    let ttl = during["ttl_ms"].as_u64().expect("ttl_ms");
+    assert!(ttl > 0 && ttl <= 2000, "{during}");
+
+    let out = run(&mut scratch.baton_fast(&["status"]));
+    assert!(out.status.success());
+    let human = text(&out.stdout);
+    assert!(human.contains("Leader: leader-1"), "{human}");
+    assert!(
+        human.contains(&format!("Fencing token: {}", became["token"])),
+        "{human}"
+    );
+    assert!(human.contains("Remaining lease:"), "{human}");
+
+    leader.signal(Signal::INT);
+    assert!(leader.wait_exit().0.success());
+    let (code, after) = status_json(&scratch);
+    assert_eq!(code, 1, "released, so nobody leads: {after}");
+    assert!(text(&run(&mut scratch.baton_fast(&["status"])).stdout).contains("No leader"));
+}
+
+// watch: sees a leader come and go.
+#[test]
+fn watch_streams_leader_changes() {
+    let scratch = Scratch::new("watch");
+    let mut watch = Running::spawn(scratch.baton_fast(&["watch", "--json"]));
+    let mut leader = campaign(&scratch, "w1");
+    leader.wait_event("became_leader", None);
+    let up = watch.wait_event("leader_changed", Some("w1"));
+    assert!(up["previous"].is_null(), "{up}");
+    assert!(up["candidate"].is_null(), "{up}");
+    assert!(up["token"].is_u64(), "{up}");
+
+    leader.signal(Signal::INT);
+    assert!(leader.wait_exit().0.success());
+    let down = watch.wait_line("leader gone", |l| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["leader"].is_null() && v["previous"] == "w1"
+    });
+    assert!(down.contains("\"event\":\"leader_changed\""), "{down}");
+
+    watch.signal(Signal::INT);
+    assert!(watch.wait_exit().0.success());
+}
+
+/// The settings the demo prints in Demo 1, as `(key, lease, renew, grace)`: the quickest way to
+/// see what a run of `baton` took from where.
+fn effective(cmd: &mut Command) -> (String, String, String, String) {
+    cmd.args([
+        "demo",
+        "--checks",
+        "1",
+        "--check-interval",
+        "10ms",
+        "--work-for",
+        "10ms",
+        "--batch",
+        "10ms",
+    ]);
+    let out = run(cmd);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .to_owned()
+    };
+    (
+        field("Lock Key: "),
+        field("Lease Duration: "),
+        field("Renew Interval: "),
+        field("Grace Period: "),
+    )
+}
+
+fn owned(v: (&str, &str, &str, &str)) -> (String, String, String, String) {
+    (v.0.into(), v.1.into(), v.2.into(), v.3.into())
+}
+
+// (d) Flags over environment over config file over defaults.
+#[test]
+fn config_precedence_flags_env_file_defaults() {
+    let scratch = Scratch::new("precedence");
+    let toml = scratch.path("baton.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "store = \"{}\"\nkey = \"file:key\"\nlease = \"3s\"\nrenew = \"1s\"\ngrace = \"1s\"\n",
+            scratch.store()
+        ),
+    )
+    .unwrap();
+
+    // Defaults (the store is still given, to stay in the scratch directory).
+    assert_eq!(
+        effective(scratch.baton().args(["--store", &scratch.store()])),
+        owned(("baton:leader", "15s", "5s", "5s"))
+    );
+    // The file.
+    assert_eq!(
+        effective(scratch.baton().arg("--config").arg(&toml)),
+        owned(("file:key", "3s", "1s", "1s"))
+    );
+    // The file named by BATON_CONFIG; the environment beats it.
+    assert_eq!(
+        effective(
+            scratch
+                .baton()
+                .env("BATON_CONFIG", &toml)
+                .env("BATON_KEY", "env:key")
+                .env("BATON_LEASE", "4s")
+        ),
+        owned(("env:key", "4s", "1s", "1s"))
+    );
+    // Flags beat the environment, before or after the command.
+    let mut cmd = scratch.baton();
+    cmd.env("BATON_CONFIG", &toml)
+        .env("BATON_KEY", "env:key")
+        .env("BATON_LEASE", "4s")
+        .args(["--key", "flag:key", "--lease", "5s"]);
+    assert_eq!(effective(&mut cmd), owned(("flag:key", "5s", "1s", "1s")));
+
+    // The environment alone.
+    assert_eq!(
+        effective(
+            scratch
+                .baton()
+                .env("BATON_STORE", scratch.store())
+                .env("BATON_RENEW", "2s")
+                .env("BATON_GRACE", "3s")
+        ),
+        owned(("baton:leader", "15s", "2s", "3s"))
+    );
+}
+
+/// The appsettings.json of the seed's README, byte for byte.
+const SEED_APPSETTINGS: &str = r#"{
+  "Redis": {
+    "ConnectionString": "localhost:6379"
+  },
+  "LeaderElection": {
+    "LockKey": "myapp:leader",
+    "LeaseDurationSeconds": 30,
+    "RenewIntervalSeconds": 10,
+    "GracePeriodSeconds": 15
+  }
+}
+"#;
+
+// (d) A config file copied from the seed's README parses; its Redis store is not built yet.
+#[test]
+fn the_seeds_appsettings_json_parses() {
+    let scratch = Scratch::new("appsettings");
+    let file = scratch.path("appsettings.json");
+    std::fs::write(&file, SEED_APPSETTINGS).unwrap();
+
+    let out = run(scratch.baton().arg("--config").arg(&file).arg("status"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("redis://localhost:6379"), "{stderr}");
+    assert!(stderr.contains("planned"), "{stderr}");
+
+    // With a store that exists, every other setting comes from the file.
+    let mut cmd = scratch.baton();
+    cmd.arg("--config")
+        .arg(&file)
+        .args(["--store", &scratch.store()]);
+    assert_eq!(
+        effective(&mut cmd),
+        owned(("myapp:leader", "30s", "10s", "15s"))
+    );
+}
+
+// The default store is one SQLite file at a fixed per-user path.
+#[test]
+fn the_default_store_is_a_per_user_sqlite_file() {
+    let scratch = Scratch::new("default-store");
+    let (code, value) = {
+        let out = run(scratch.baton().args(["status", "--json"]));
+        (
+            out.status.code(),
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        )
+    };
+    assert_eq!(code, Some(1), "{value}");
+    let expected = scratch.path("state").join("baton").join("baton.db");
+    assert_eq!(value["store"], format!("sqlite:{}", expected.display()));
+    assert!(expected.exists());
+}
+
+/// Run `baton` with bad input: exit 2, exactly one line on stderr naming the problem, nothing
+/// on stdout, no panic.
+fn assert_bad_input(cmd: &mut Command, expected: &str) -> String {
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{cmd:?}: not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{cmd:?}: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{cmd:?}: {stderr} lacks {expected:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(text(&out.stdout), "", "{cmd:?}");
+    stderr
+}
+
+// (e) Every kind of bad input: one line, exit 2.
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let s = Scratch::new("bad-input");
+    let store = |url: &str| {
+        let mut cmd = s.baton();
+        cmd.args(["--store", url]);
+        cmd
+    };
+    for command in [
+        &["status"][..],
+        &["campaign", "--json"],
+        &["demo"],
+        &["watch"],
+    ] {
+        assert_bad_input(
+            store("zookeeper://zk:2181").args(command),
+            "unknown store scheme",
+        );
+    }
+    assert_bad_input(store("/tmp/b.db").arg("status"), "sqlite:/tmp/b.db");
+    assert_bad_input(store("sq lite:/x").arg("status"), "not a store URL");
+    assert_bad_input(store("sqlite:").arg("status"), "names no file");
+    assert_bad_input(store("").arg("status"), "empty");
+
+    let password = assert_bad_input(
+        store("redis://app:hunter2@cache:6379").arg("status"),
+        "planned",
+    );
+    assert!(!password.contains("hunter2"), "{password}");
+    assert!(password.contains("app:****@cache"), "{password}");
+
+    // Durations.
+    assert_bad_input(
+        store(&s.store()).args(["--lease", "2x", "status", "--json"]),
+        "--lease",
+    );
+    assert_bad_input(
+        store(&s.store()).arg("status").env("BATON_RENEW", "soon"),
+        "BATON_RENEW",
+    );
+    assert_bad_input(
+        store(&s.store()).args(["--lease", "0s", "status"]),
+        "greater than 0",
+    );
+    assert_bad_input(&mut s.baton_fast(&["demo", "--batch", "nope"]), "--batch");
+    // renew + grace too large for the lease.
+    assert_bad_input(
+        store(&s.store()).args([
+            "--lease", "2s", "--renew", "1s", "--grace", "1s", "campaign",
+        ]),
+        "must be less than lease_duration",
+    );
+    // Empty key and id.
+    assert_bad_input(&mut s.baton_fast(&["--key", "", "status"]), "key");
+    assert_bad_input(&mut s.baton_fast(&["--id", " ", "campaign"]), "instance_id");
+
+    // Stores that cannot be opened.
+    let missing = s.path("no/such/dir/b.db");
+    assert_bad_input(
+        store(&format!("sqlite:{}", missing.display())).arg("status"),
+        "does not exist",
+    );
+    assert_bad_input(
+        store(&format!("sqlite:{}", s.0.display())).arg("status"),
+        "is a directory",
+    );
+    let garbage = s.path("garbage.db");
+    std::fs::write(&garbage, vec![0x5a_u8; 8192]).unwrap();
+    assert_bad_input(
+        store(&format!("sqlite:{}", garbage.display())).args(["campaign", "--json"]),
+        "error",
+    );
+
+    // Config files.
+    assert_bad_input(
+        s.baton()
+            .args(["--config"])
+            .arg(s.path("missing.toml"))
+            .arg("status"),
+        "cannot read the config file",
+    );
+    let typo = s.path("typo.toml");
+    std::fs::write(&typo, "key = \"k\"\nleese = \"2s\"\n").unwrap();
+    assert_bad_input(s.baton().arg("--config").arg(&typo).arg("status"), "line 2");
+    let bad_json = s.path("bad.json");
+    std::fs::write(
+        &bad_json,
+        "{\"LeaderElection\": {\"LeaseDurationSeconds\": \"long\"}}",
+    )
+    .unwrap();
+    assert_bad_input(
+        s.baton().arg("--config").arg(&bad_json).arg("status"),
+        "LeaseDurationSeconds",
+    );
+
+    // Usage errors. `--metrics-addr` is not built yet (docs/decisions.md, D1).
+    assert_bad_input(
+        s.baton()
+            .args(["--metrics-addr", "127.0.0.1:9090", "status"]),
+        "--metrics-addr",
+    );
+    assert_bad_input(s.baton().arg("bogus"), "bogus");
+    assert_bad_input(s.baton().args(["status", "--bogus"]), "--bogus");
+}
+
+// The README's API example is the quickstart example, which the build compiles.
+#[test]
+fn readme_api_example_is_the_compiled_quickstart() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example =
+        std::fs::read_to_string(root.join("crates/baton/examples/quickstart.rs")).unwrap();
+    // The example without its header comment.
+    let code: String = example
+        .lines()
+        .skip_while(|l| l.starts_with("//!") || l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        readme.contains(&format!("```rust\n{code}```")),
+        "README.md's API example differs from crates/baton/examples/quickstart.rs"
+    );
+}
