@@ -714,6 +714,47 @@ async fn graceful_stop_cancels_then_emits_then_releases() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_lease_is_released_only_once_the_leaders_work_has_let_go() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let work = a.leadership().await.unwrap();
+    let stopping = tokio::spawn({
+        let a = a.clone();
+        async move { a.stop().await }
+    });
+    run_for(secs(3)).await;
+    assert!(!a.is_leader() && !work.is_current(), "stepped down at once");
+    assert!(
+        !b.is_leader(),
+        "no handoff while a's work still holds its scope"
+    );
+    drop(work);
+    settle().await;
+    assert!(b.is_leader(), "handed over as soon as the work let go");
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_that_is_never_dropped_delays_the_release_only_until_the_lease_expires() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    let _stuck = a.leadership().await.unwrap();
+    a.stop().await.unwrap();
+    // Released when the lease (15 s from the acquire at t=0) would have expired anyway.
+    assert_eq!(clock.now(), secs(15));
+    settle().await;
+    assert!(b.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_releases_in_the_background() {
     let clock = Clock::tokio();
     let store = Scripted::new(&clock);

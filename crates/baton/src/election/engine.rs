@@ -20,11 +20,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{ElectionState, Event, LossReason, Role, Shared};
+use super::{ElectionState, Event, LossReason, Role, Shared, Term};
 use crate::store::{Acquire, Candidacy, Changes, Lease, LeaseRecord, Renew};
 use crate::{Change, Clock, Error, Result};
 
@@ -231,6 +231,7 @@ impl Engine {
         let unsafe_mode = self.shared.unsafe_ignore_deadline;
         let act_at = t_send + lease.act_after;
         let mut leading = false;
+        let mut scopes_gone = None;
         let mut last_ok = t_send;
         let mut deadline = t_send + timing.validity;
         let mut next_renew = t_send + timing.renew;
@@ -242,7 +243,7 @@ impl Engine {
         let reason = loop {
             let now = clock.now();
             if !leading && now >= act_at && now < deadline {
-                self.become_leader(&lease, deadline);
+                scopes_gone = Some(self.become_leader(&lease, deadline));
                 leading = true;
             }
             let step_down_at = if unsafe_mode {
@@ -319,6 +320,18 @@ impl Engine {
         if leading {
             self.step_down(&lease, reason, None);
         }
+        // Never hand the lease on while the leader's work may still run: wait until every
+        // scope of the term is dropped, or until the lease would have expired in the store
+        // anyway.
+        if let Some(mut gone) = scopes_gone {
+            let wait = (last_ok + timing.lease).saturating_sub(clock.now());
+            tokio::select! {
+                _ = gone.recv() => {}
+                () = sleep_on(&clock, wait) => {
+                    warn!("a leadership scope outlived the lease; releasing anyway");
+                }
+            }
+        }
         // After a graceful stop or a failed renewal the lease may still be ours in the store:
         // give it back (owner-checked, so never someone else's) so followers need not wait.
         self.release(candidacy, &lease).await;
@@ -332,9 +345,15 @@ impl Engine {
         }
     }
 
-    fn become_leader(&mut self, lease: &Lease, deadline: Duration) {
-        let cancel = CancellationToken::new();
-        *self.shared.scope.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease.token, cancel));
+    /// Start acting as leader. Returns a receiver that yields `None` once every
+    /// [`Leadership`](super::Leadership) scope of the term has been dropped.
+    fn become_leader(&mut self, lease: &Lease, deadline: Duration) -> mpsc::Receiver<()> {
+        let (alive, scopes_gone) = mpsc::channel(1);
+        *self.shared.scope.lock().unwrap_or_else(|e| e.into_inner()) = Some(Term {
+            token: lease.token,
+            cancel: CancellationToken::new(),
+            alive,
+        });
         self.shared
             .deadline
             .store(deadline.as_nanos() as u64, Ordering::Release);
@@ -362,19 +381,20 @@ impl Engine {
             });
         }
         self.report_first(Ok(()));
+        scopes_gone
     }
 
     /// Stop acting as leader: clear the deadline, cancel the scope, publish, emit.
     fn step_down(&mut self, lease: &Lease, reason: LossReason, record: Option<&LeaseRecord>) {
         self.shared.deadline.store(0, Ordering::Release);
-        if let Some((_, cancel)) = self
+        if let Some(term) = self
             .shared
             .scope
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            cancel.cancel();
+            term.cancel.cancel();
         }
         let current = record.map(|r| r.holder.clone());
         let previous = self.shared.state.borrow().leader.clone();

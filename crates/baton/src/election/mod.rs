@@ -56,12 +56,21 @@ pub(crate) struct Shared {
     pub deadline: AtomicU64,
     pub state: watch::Sender<ElectionState>,
     pub events: broadcast::Sender<Event>,
-    /// The current leadership scope's token and cancellation, while leading.
-    pub scope: Mutex<Option<(FencingToken, CancellationToken)>>,
+    /// The current term's scope, while leading.
+    pub scope: Mutex<Option<Term>>,
     pub control: Mutex<Control>,
     /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
     /// checker must catch). Never set in production code.
     pub unsafe_ignore_deadline: bool,
+}
+
+/// What every [`Leadership`] of one term shares: its token, its cancellation, and a sender
+/// whose clones keep the engine from releasing the lease while any scope of the term lives.
+#[derive(Debug, Clone)]
+pub(crate) struct Term {
+    pub token: FencingToken,
+    pub cancel: CancellationToken,
+    pub alive: tokio::sync::mpsc::Sender<()>,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +287,10 @@ impl LeaderElection {
     /// Leave the election gracefully: cancel the leadership scope, emit
     /// [`Event::LostLeadership`] with [`LossReason::Stopped`], release the lease so a follower
     /// takes over at once, and leave. Idempotent.
+    ///
+    /// The release waits until every [`Leadership`] scope of the term has been dropped (at
+    /// most until the lease would have expired), so a follower never starts while this
+    /// leader's work still runs.
     pub async fn stop(&self) -> Result<()> {
         let task = {
             let mut control = self
@@ -378,11 +391,12 @@ impl LeaderElection {
             return None;
         }
         let scope = self.shared.scope.lock().unwrap_or_else(|e| e.into_inner());
-        let (token, cancel) = scope.as_ref()?;
+        let term = scope.as_ref()?;
         Some(Leadership {
             shared: self.shared.clone(),
-            token: *token,
-            cancel: cancel.clone(),
+            token: term.token,
+            cancel: term.cancel.clone(),
+            _alive: term.alive.clone(),
         })
     }
 
@@ -413,11 +427,18 @@ impl LeaderElection {
 ///
 /// The signal fires no later than the local deadline even if the election's own task is
 /// delayed: [`Leadership::lost`] also watches the deadline itself.
+///
+/// While any clone of a term's `Leadership` is alive, the election does not release that
+/// term's lease after stepping down (it waits, at most until the lease would have expired in
+/// the store anyway). Drop the scope once the leader's work has really stopped: a follower
+/// can then take over at once, and never while that work still runs.
+/// [`LeaderElection::run_while_leader`] does this for you.
 #[derive(Debug, Clone)]
 pub struct Leadership {
     shared: Arc<Shared>,
     token: FencingToken,
     cancel: CancellationToken,
+    _alive: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Leadership {
