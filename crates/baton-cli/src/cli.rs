@@ -12,6 +12,7 @@ Examples:
   baton status                                who leads, with which fencing token
   baton --store sqlite:/tmp/b.db --lease 2s --renew 500ms --grace 500ms campaign
   baton --config appsettings.json status      settings in the seed's appsettings.json shape
+  baton run -- ./nightly-job.sh               run a command only while this process leads
 
 Every option can also come from the environment (BATON_STORE, BATON_KEY, BATON_ID,
 BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG) or from --config FILE.
@@ -134,6 +135,46 @@ pub enum Command {
     Status(JsonArg),
     /// Stream leader changes until interrupted
     Watch(JsonArg),
+    /// Campaign, and run CMD only while this process leads
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// (internal) Kill a `run` command's process group if `baton` dies
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        /// The process group to kill.
+        pgid: i32,
+    },
+}
+
+const RUN_HELP: &str = "\
+CMD gets BATON_KEY, BATON_CANDIDATE_ID and BATON_FENCING_TOKEN in its environment. When
+leadership ends, CMD's process group gets SIGTERM, then SIGKILL after --kill-after, before the
+lease can expire in the store; CMD never outlives baton, even if baton is killed with SIGKILL.
+When CMD exits by itself, the lease is released and baton exits with CMD's status.
+
+Examples:
+  baton run -- ./nightly-report.sh
+  baton --lease 1500ms --renew 300ms --grace 300ms run -- my-worker --queue jobs
+  baton run --once --kill-after 5s -- python3 migrate.py
+
+Exit codes: CMD's status (128 + N if a signal N ended it); 1 leadership lost with --once;
+0 stopped by SIGINT/SIGTERM; 2 bad input.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run CMD at most once: if leadership is lost, stop CMD and exit 1 instead of campaigning
+    /// again
+    #[arg(long)]
+    pub once: bool,
+
+    /// How long CMD gets between SIGTERM and SIGKILL when leadership ends [default: a quarter
+    /// of the lease, at most 10s, and always short enough to finish before the lease expires]
+    #[arg(long, value_name = "DUR", value_parser = duration)]
+    pub kill_after: Option<Duration>,
+
+    /// The command to run while leading, and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod failure;
 mod output;
+mod run;
 mod session;
 mod status;
 mod watch;
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let (cli, matches) = cli;
+    if let Command::Guard { pgid } = cli.command {
+        return run::guard(pgid);
+    }
     init_logging(cli.global.log_format, cli.global.verbose, cli.global.quiet);
     let settings = match config::resolve(&cli.global, &matches) {
         Ok(settings) => settings,
@@ -72,6 +76,9 @@ async fn run(command: Command, settings: Settings) -> Result<ExitCode, Failure> 
             campaign::run(settings, args.json, &mut Shutdown::install()?).await
         }
         Command::Watch(args) => watch::run(settings, args.json, &mut Shutdown::install()?).await,
+        Command::Run(args) => run::run(settings, args, &mut Shutdown::install()?).await,
+        // Handled before the runtime starts; kept total so nothing can panic here.
+        Command::Guard { pgid } => Ok(run::guard(pgid)),
     }
 }
 
@@ -93,8 +100,15 @@ fn usage_error(e: clap::Error) -> ExitCode {
         _ => {}
     }
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut first = lines.next().unwrap_or("invalid arguments").to_owned();
+    // "the following required arguments were not provided:" is followed by the names.
+    if first.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        first = format!("{first} {next}");
+    }
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
     fail(&Failure::new(format!("{first}; see `baton --help`")))
 }
 

@@ -699,3 +699,200 @@ fn readme_api_example_is_the_compiled_quickstart() {
         "README.md's API example differs from crates/baton/examples/quickstart.rs"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `baton run`
+
+/// Whether a process exists (and is not a zombie awaiting its reaper).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) -> String {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_owned();
+        }
+        assert!(Instant::now() < until, "{} never appeared", path.display());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: i32, what: &str) {
+    let until = Instant::now() + PATIENCE;
+    while alive(pid) {
+        assert!(Instant::now() < until, "{what} (pid {pid}) is still alive");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_passes_the_environment_and_the_exit_code_and_releases() {
+    let scratch = Scratch::new("run-env");
+    let out = run(&mut scratch.baton_fast(&[
+        "--id",
+        "worker-1",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo key=$BATON_KEY id=$BATON_CANDIDATE_ID token=$BATON_FENCING_TOKEN; exit 7",
+    ]));
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("key=baton:leader id=worker-1 token="),
+        "{stdout}"
+    );
+    let token: u64 = stdout.trim().rsplit('=').next().unwrap().parse().unwrap();
+    assert!(token > 0);
+    let (code, status) = status_json(&scratch);
+    assert_eq!(code, 1, "released when the command exited: {status}");
+}
+
+#[test]
+fn three_runs_on_one_key_never_have_two_children_alive_at_once() {
+    let scratch = Scratch::new("run-three");
+    // Each child takes a directory as a mutual-exclusion probe: mkdir fails if another child
+    // still holds it.
+    let script = format!(
+        "if ! mkdir {held} 2>/dev/null; then echo OVERLAP >> {log}; exit 99; fi; \
+         echo start $BATON_FENCING_TOKEN >> {log}; sleep 0.5; rmdir {held}; echo end >> {log}",
+        held = scratch.path("held").display(),
+        log = scratch.path("log").display(),
+    );
+    let runs: Vec<Child> = (0..3)
+        .map(|i| {
+            scratch
+                .baton_fast(&["--id", &format!("r{i}"), "run", "--", "sh", "-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "a run failed: {}", text(&out.stderr));
+    }
+    let log = std::fs::read_to_string(scratch.path("log")).unwrap();
+    assert!(!log.contains("OVERLAP"), "two children at once:\n{log}");
+    let tokens: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("start "))
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 3, "{log}");
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens {tokens:?}");
+}
+
+#[test]
+fn sigkill_of_baton_kills_its_child_and_the_childs_children() {
+    let scratch = Scratch::new("run-sigkill");
+    let script = format!(
+        "sleep 300 & echo $! > {grandchild}; echo $$ > {child}; wait",
+        grandchild = scratch.path("grandchild.pid").display(),
+        child = scratch.path("child.pid").display(),
+    );
+    let baton = Running::spawn(scratch.baton_fast(&["run", "--", "sh", "-c", &script]));
+    let child: i32 = wait_for_file(&scratch.path("child.pid")).parse().unwrap();
+    let grandchild: i32 = wait_for_file(&scratch.path("grandchild.pid"))
+        .parse()
+        .unwrap();
+    assert!(alive(child) && alive(grandchild));
+    baton.signal(Signal::KILL);
+    wait_gone(child, "the child");
+    wait_gone(grandchild, "the grandchild");
+}
+
+#[test]
+fn sigint_stops_the_child_and_releases_the_lease() {
+    let scratch = Scratch::new("run-sigint");
+    let script = format!(
+        "echo $$ > {}; exec sleep 300",
+        scratch.path("child.pid").display()
+    );
+    let mut baton = Running::spawn(scratch.baton_fast(&["run", "--", "sh", "-c", &script]));
+    let child: i32 = wait_for_file(&scratch.path("child.pid")).parse().unwrap();
+    baton.signal(Signal::INT);
+    let (status, _) = baton.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", baton.stderr());
+    assert!(!alive(child));
+    let (code, _) = status_json(&scratch);
+    assert_eq!(code, 1, "released");
+}
+
+#[test]
+fn losing_leadership_stops_the_child_and_once_exits_1() {
+    let scratch = Scratch::new("run-lost");
+    let log = scratch.path("log");
+    let script = format!(
+        "trap 'echo got-term >> {log}; exit 0' TERM; echo started >> {log}; \
+         while true; do sleep 0.05; done",
+        log = log.display()
+    );
+    let mut baton =
+        Running::spawn(scratch.baton_fast(&["run", "--once", "--", "sh", "-c", &script]));
+    wait_for_file(&log);
+    // Someone else takes the lease behind baton's back; its next renewal finds out.
+    let db = rusqlite::Connection::open(scratch.path("baton.db")).unwrap();
+    db.execute(
+        "UPDATE baton_leases SET holder = 'thief', token = token + 1",
+        [],
+    )
+    .unwrap();
+    let (status, _) = baton.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", baton.stderr());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log, "started\ngot-term\n");
+}
+
+#[test]
+fn a_run_waits_for_leadership_and_takes_over_when_the_leader_stops() {
+    let scratch = Scratch::new("run-takeover");
+    let first = format!(
+        "echo one > {}; exec sleep 300",
+        scratch.path("one").display()
+    );
+    let second = format!("echo two > {}", scratch.path("two").display());
+    let mut a = Running::spawn(scratch.baton_fast(&["--id", "a", "run", "--", "sh", "-c", &first]));
+    wait_for_file(&scratch.path("one"));
+    let b = Running::spawn(scratch.baton_fast(&["--id", "b", "run", "--", "sh", "-c", &second]));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !scratch.path("two").exists(),
+        "b must not run while a leads"
+    );
+    a.signal(Signal::TERM);
+    assert_eq!(a.wait_exit().0.code(), Some(0));
+    wait_for_file(&scratch.path("two"));
+    drop(b);
+}
+
+#[test]
+fn run_rejects_a_missing_command_and_a_kill_after_that_cannot_fit() {
+    let s = Scratch::new("run-bad");
+    assert_bad_input(&mut s.baton_fast(&["run"]), "<CMD>");
+    assert_bad_input(&mut s.baton_fast(&["run", "--"]), "<CMD>");
+    // FAST is a 2 s lease with 500 ms renew and grace: less than a second to stop the child.
+    assert_bad_input(
+        &mut s.baton_fast(&["run", "--kill-after", "5s", "--", "true"]),
+        "does not fit",
+    );
+    assert_bad_input(
+        &mut s.baton_fast(&["run", "--kill-after", "soon", "--", "true"]),
+        "--kill-after",
+    );
+    assert_bad_input(
+        &mut s.baton_fast(&["run", "--", "/no/such/program"]),
+        "cannot run",
+    );
+}
