@@ -15,7 +15,8 @@ Examples:
   baton run -- ./nightly-job.sh               run a command only while this process leads
 
 Every option can also come from the environment (BATON_STORE, BATON_KEY, BATON_ID,
-BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG) or from --config FILE.
+BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG, BATON_METRICS_ADDR) or from --config
+FILE.
 Precedence: flags, then environment, then the config file, then defaults.
 Bad input exits with code 2 and one line on stderr.";
 
@@ -102,6 +103,16 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_METRICS_ADDR",
+        value_name = "ADDR",
+        value_parser = socket_addr
+    )]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Log format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
@@ -209,6 +220,12 @@ pub struct DemoArgs {
 pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{e}; expected a duration such as 500ms, 2s or 1m"))
+}
+
+fn socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address; expected IP:PORT such as 127.0.0.1:9464"))
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod demo;
 mod failure;
+mod metrics;
 mod output;
 mod run;
 mod session;
@@ -45,6 +46,11 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(failure) => return fail(&failure),
     };
+    if let Some(addr) = cli.global.metrics_addr
+        && let Err(failure) = metrics::start(addr)
+    {
+        return fail(&failure);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -53,9 +53,11 @@ pub fn build_election(
     store: Arc<dyn LeaseStore>,
     settings: &Settings,
 ) -> Result<LeaderElection, Failure> {
-    Ok(LeaderElection::builder_dyn(store, settings.key.clone())
+    let election = LeaderElection::builder_dyn(store, settings.key.clone())
         .options(settings.options.clone())
-        .build()?)
+        .build()?;
+    crate::metrics::watch(&election);
+    Ok(election)
 }
 
 /// SIGINT and SIGTERM, caught from the start of the process, so that a signal that arrives

@@ -671,11 +671,10 @@ fn bad_input_is_one_line_and_exit_code_2() {
         "LeaseDurationSeconds",
     );
 
-    // Usage errors. `--metrics-addr` is not built yet (docs/decisions.md, D1).
+    // Usage errors.
     assert_bad_input(
-        s.baton()
-            .args(["--metrics-addr", "127.0.0.1:9090", "status"]),
-        "--metrics-addr",
+        s.baton().args(["--metrics-addr", "localhost", "status"]),
+        "not an address",
     );
     assert_bad_input(s.baton().arg("bogus"), "bogus");
     assert_bad_input(s.baton().args(["status", "--bogus"]), "--bogus");
@@ -894,5 +893,91 @@ fn run_rejects_a_missing_command_and_a_kill_after_that_cannot_fit() {
     assert_bad_input(
         &mut s.baton_fast(&["run", "--", "/no/such/program"]),
         "cannot run",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// --metrics-addr
+
+/// GET `path` from `port` over plain HTTP/1.0; returns (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the exporter listens");
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn metrics_and_healthz_are_served_and_parse_as_prometheus_text() {
+    let scratch = Scratch::new("metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut baton = Running::spawn(scratch.baton_fast(&[
+        "--metrics-addr",
+        &addr,
+        "--id",
+        "m",
+        "campaign",
+        "--json",
+    ]));
+    baton.wait_event("became_leader", None);
+    // A renewal or two, so the latency histogram has samples.
+    thread::sleep(Duration::from_millis(1200));
+    let (code, text) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(matches!(value("baton_is_leader"), prometheus_parse::Value::Gauge(v) if v == 1.0));
+    assert!(
+        matches!(value("baton_transitions_total"), prometheus_parse::Value::Counter(v) if v >= 1.0)
+    );
+    assert!(
+        matches!(value("baton_time_to_deadline_seconds"), prometheus_parse::Value::Gauge(v) if v > 0.0)
+    );
+    assert!(
+        matches!(value("baton_leaderless_seconds"), prometheus_parse::Value::Gauge(v) if v == 0.0)
+    );
+    assert!(
+        matches!(
+            value("baton_renew_duration_seconds"),
+            prometheus_parse::Value::Histogram(_)
+        ),
+        "{text}"
+    );
+    let (code, body) = http_get(port, "/healthz");
+    assert_eq!((code, body.trim()), (200, "ok: leading, renewals on time"));
+    assert_eq!(http_get(port, "/nope").0, 404);
+    baton.signal(Signal::INT);
+    assert_eq!(baton.wait_exit().0.code(), Some(0));
+}
+
+#[test]
+fn a_metrics_address_in_use_is_bad_input() {
+    let scratch = Scratch::new("metrics-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_bad_input(
+        &mut scratch.baton_fast(&["--metrics-addr", &addr, "campaign"]),
+        "cannot serve metrics",
     );
 }

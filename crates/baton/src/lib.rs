@@ -26,7 +26,7 @@ pub mod store;
 
 pub use clock::{Clock, boot_time};
 pub use election::{
-    ElectionState, Event, Events, LeaderElection, LeaderElectionBuilder, Leadership, LossReason,
+    ElectionState, Event, Events, Health, LeaderElection, LeaderElectionBuilder, Leadership, LossReason,
     Role,
 };
 pub use error::{BoxError, Error, Result};

@@ -1045,3 +1045,39 @@ async fn never_two_leaders_under_random_faults() {
         "leadership moved around: {last_token} terms"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Health, for /healthz.
+
+#[tokio::test(start_paused = true)]
+async fn health_follows_renewals_and_catches_a_wedged_leader() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    assert!(a.health().healthy, "not started");
+    a.start().await.unwrap();
+    run_for(secs(30)).await;
+    assert!(a.health().healthy, "{:?}", a.health());
+    // The process stalls: time passes and nothing runs. It still believes it leads.
+    clock.jump(secs(20));
+    let h = a.health();
+    assert!(!h.healthy && h.detail.contains("wedged"), "{h:?}");
+    run_for(secs(2)).await; // the engine notices and steps down
+    assert!(a.health().healthy, "a follower again: {:?}", a.health());
+    a.stop().await.unwrap();
+    assert!(!a.health().healthy, "stopped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_reports_a_stalled_campaign() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let mut other = store.inner.join("jobs:leader", "other").await.unwrap();
+    other.try_acquire(secs(15)).await.unwrap();
+    let b = election(&store, "b", &clock);
+    b.start().await.unwrap();
+    assert!(b.health().healthy);
+    clock.jump(secs(40));
+    let h = b.health();
+    assert!(!h.healthy && h.detail.contains("stalled"), "{h:?}");
+}

@@ -194,6 +194,12 @@ impl Engine {
         }
     }
 
+    fn mark_progress(&self) {
+        self.shared
+            .progress
+            .store(self.shared.clock.now().as_nanos() as u64, Ordering::Release);
+    }
+
     fn jitter(&self) -> Duration {
         Duration::from_nanos(fastrand::u64(
             0..=self.shared.timing.jitter_max.as_nanos() as u64,
@@ -202,7 +208,7 @@ impl Engine {
 
     /// Wait for `d`, a change, or stop. `None` when stopped; `Some(Some(change))` on a change.
     async fn wait(&self, d: Duration, changes: &mut Option<Changes>) -> Option<Option<Change>> {
-        tokio::select! {
+        let woke = tokio::select! {
             biased;
             () = self.stop.cancelled() => None,
             change = next_change(changes) => {
@@ -213,7 +219,9 @@ impl Engine {
                 Some(change)
             }
             () = sleep_on(&self.shared.clock, d) => Some(None),
-        }
+        };
+        self.mark_progress();
+        woke
     }
 
     /// Hold the lease until the term ends; returns why it ended.
@@ -243,6 +251,9 @@ impl Engine {
         let reason = loop {
             let now = clock.now();
             if !leading && now >= act_at && now < deadline {
+                self.shared
+                    .renewed
+                    .store(last_ok.as_nanos() as u64, Ordering::Release);
                 scopes_gone = Some(self.become_leader(&lease, deadline));
                 leading = true;
             }
@@ -295,6 +306,9 @@ impl Engine {
                 Ok(Renew::Renewed) => {
                     self.clear_error();
                     last_ok = t_renew;
+                    self.shared
+                        .renewed
+                        .store(t_renew.as_nanos() as u64, Ordering::Release);
                     deadline = t_renew + timing.validity;
                     if leading {
                         self.shared

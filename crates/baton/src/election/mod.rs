@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use events::{Event, Events, LossReason};
 
 use crate::options::Timing;
-use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result};
+use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result, fmt_duration};
 
 /// This candidate's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,12 @@ pub(crate) struct Shared {
     pub store: Arc<dyn LeaseStore>,
     /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading.
     pub deadline: AtomicU64,
+    /// When the engine last made progress (finished a store call or a wait), on `clock`, in
+    /// nanoseconds: a campaign that stops moving shows here.
+    pub progress: AtomicU64,
+    /// Send time of the last successful acquire or renewal of the current term, in
+    /// nanoseconds on `clock`.
+    pub renewed: AtomicU64,
     pub state: watch::Sender<ElectionState>,
     pub events: broadcast::Sender<Event>,
     /// The current term's scope, while leading.
@@ -91,6 +97,16 @@ impl Shared {
             d => Some(Duration::from_nanos(d)),
         }
     }
+}
+
+/// Whether an election is working as it should, for a health endpoint
+/// ([`LeaderElection::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// False when the process should be considered broken.
+    pub healthy: bool,
+    /// What was checked, or what is wrong.
+    pub detail: String,
 }
 
 /// Stops the election when the last [`LeaderElection`] clone is dropped.
@@ -213,6 +229,8 @@ impl LeaderElectionBuilder {
             clock: self.clock,
             store: self.store,
             deadline: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
             state: watch::Sender::new(ElectionState {
                 role: Role::Idle,
                 leader: None,
@@ -351,6 +369,64 @@ impl LeaderElection {
     pub fn time_to_deadline(&self) -> Option<Duration> {
         let deadline = self.shared.deadline()?;
         deadline.checked_sub(self.shared.clock.now())
+    }
+
+    /// Whether this election is working: a leader must have renewed within
+    /// `renew_interval + grace_period` and still be before its deadline (a leader past its
+    /// deadline that has not stepped down is wedged); a follower must keep campaigning (a store
+    /// call or a wake-up at least every two leases); the engine must not have stopped on its
+    /// own. Unlike client-go's `HealthzAdaptor`, a wedged process is unhealthy whatever it
+    /// believes about its role.
+    pub fn health(&self) -> Health {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        let since = |nanos: &AtomicU64| {
+            now.saturating_sub(Duration::from_nanos(nanos.load(Ordering::Acquire)))
+        };
+        let (role, error) = {
+            let s = shared.state.borrow();
+            (s.role, s.last_error.clone())
+        };
+        let control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+        let stopped_on_purpose = control.stop.as_ref().is_some_and(|s| s.is_cancelled());
+        let task_ended = control.task.as_ref().is_some_and(|t| t.is_finished());
+        drop(control);
+        let timing = &shared.timing;
+        let (healthy, detail) = match role {
+            Role::Idle => (true, "not started".to_owned()),
+            Role::Stopped if stopped_on_purpose => (false, "stopped".to_owned()),
+            Role::Stopped => (
+                false,
+                format!("the election stopped: {}", error.unwrap_or_default()),
+            ),
+            _ if task_ended => (false, "the election task ended unexpectedly".to_owned()),
+            Role::Leader if !self.is_leader() => (
+                false,
+                "leading past its deadline without stepping down: the election is wedged"
+                    .to_owned(),
+            ),
+            Role::Leader if since(&shared.renewed) > timing.renew + timing.grace => (
+                false,
+                format!(
+                    "leader renewal overdue: last good renewal {} ago",
+                    fmt_duration(since(&shared.renewed))
+                ),
+            ),
+            Role::Leader => (true, "leading, renewals on time".to_owned()),
+            Role::Follower
+                if since(&shared.progress) > 2 * timing.lease + timing.request_timeout =>
+            {
+                (
+                    false,
+                    format!(
+                        "campaign stalled: no progress for {}",
+                        fmt_duration(since(&shared.progress))
+                    ),
+                )
+            }
+            Role::Follower => (true, "following, campaigning".to_owned()),
+        };
+        Health { healthy, detail }
     }
 
     /// Subscribe to events from now on.
