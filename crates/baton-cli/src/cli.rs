@@ -13,6 +13,8 @@ Examples:
   baton --store sqlite:/tmp/b.db --lease 2s --renew 500ms --grace 500ms campaign
   baton --config appsettings.json status      settings in the seed's appsettings.json shape
   baton run -- ./nightly-job.sh               run a command only while this process leads
+  baton config                                the effective settings and their sources
+  baton completions bash                      a completion script for bash, zsh or fish
 
 Every option can also come from the environment (BATON_STORE, BATON_KEY, BATON_ID,
 BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG, BATON_METRICS_ADDR) or from --config
@@ -146,6 +148,14 @@ pub enum Command {
     Status(JsonArg),
     /// Stream leader changes until interrupted
     Watch(JsonArg),
+    /// Print the effective settings and where each came from (passwords hidden)
+    Config(JsonArg),
+    /// Print a shell completion script: baton completions bash > /etc/bash_completion.d/baton
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Campaign, and run CMD only while this process leads
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),

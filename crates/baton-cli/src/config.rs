@@ -34,6 +34,8 @@ pub struct Settings {
     pub store: String,
     pub key: String,
     pub options: ElectionOptions,
+    /// Where each setting came from, for `baton config`: (name, origin).
+    pub origins: Vec<(&'static str, String)>,
 }
 
 impl Settings {
@@ -84,8 +86,13 @@ struct FileSettings {
 pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Failure> {
     let file = match &args.config {
         Some(path) => load_file(path)?,
-        None => FileSettings::default(),
+        None => match default_config_path().filter(|p| p.is_file()) {
+            Some(path) => load_file(&path)?,
+            None => FileSettings::default(),
+        },
     };
+    let mut origins: Vec<(&'static str, String)> = Vec::new();
+    let default = || "default".to_owned();
     let cli = |name: &'static str, env: &'static str, value: &Option<String>| {
         value.clone().map(|v| {
             let origin = match value_source(matches, name) {
@@ -104,8 +111,14 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
     let store = match cli("store", "BATON_STORE", &args.store)
         .or_else(|| from_file(&file.store, "store"))
     {
-        Some((url, _)) => url,
-        None => default_store_url()?,
+        Some((url, origin)) => {
+            origins.push(("store", origin.to_string()));
+            url
+        }
+        None => {
+            origins.push(("store", default()));
+            default_store_url()?
+        }
     };
     let key = match cli("key", "BATON_KEY", &args.key).or_else(|| from_file(&file.key, "key")) {
         Some((key, origin)) if key.trim().is_empty() => {
@@ -113,19 +126,31 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
                 "the key from {origin} is empty: pass a name such as myapp:leader"
             )));
         }
-        Some((key, _)) => key,
-        None => DEFAULT_KEY.to_owned(),
+        Some((key, origin)) => {
+            origins.push(("key", origin.to_string()));
+            key
+        }
+        None => {
+            origins.push(("key", default()));
+            DEFAULT_KEY.to_owned()
+        }
     };
     let id = cli("id", "BATON_ID", &args.id)
         .or_else(|| from_file(&file.id, "id"))
-        .map(|(id, _)| id);
+        .map(|(id, origin)| {
+            origins.push(("id", origin.to_string()));
+            id
+        });
+    if id.is_none() {
+        origins.push(("id", "default: <hostname>-<pid>".to_owned()));
+    }
 
     let defaults = ElectionOptions::default();
-    let duration = |name: &'static str,
-                    env: &'static str,
-                    value: &Option<String>,
-                    in_file: &Option<(DurationValue, &'static str)>,
-                    default: Duration|
+    let mut duration = |name: &'static str,
+                        env: &'static str,
+                        value: &Option<String>,
+                        in_file: &Option<(DurationValue, &'static str)>,
+                        default: Duration|
      -> Result<Duration, Failure> {
         let picked = cli(name, env, value)
             .map(|(v, origin)| (DurationValue::Text(v), origin))
@@ -135,8 +160,14 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
                     .map(|(v, field)| (v, Origin::File(file.path.clone(), field)))
             });
         match picked {
-            None => Ok(default),
-            Some((v, origin)) => parse_duration(name, &v, &origin),
+            None => {
+                origins.push((name, "default".to_owned()));
+                Ok(default)
+            }
+            Some((v, origin)) => {
+                origins.push((name, origin.to_string()));
+                parse_duration(name, &v, &origin)
+            }
         }
     };
     let options = ElectionOptions {
@@ -168,6 +199,7 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
         store,
         key,
         options,
+        origins,
     })
 }
 
@@ -203,6 +235,13 @@ pub fn default_store_path() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
         .join("baton")
         .join("baton.db")
+}
+
+/// The config file read when neither `--config` nor `BATON_CONFIG` names one, if it exists:
+/// `baton/config.toml` in the user's config directory (`$XDG_CONFIG_HOME`, else
+/// `~/.config`, on Linux).
+pub fn default_config_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("baton").join("config.toml"))
 }
 
 fn default_store_url() -> Result<String, Failure> {

@@ -14,6 +14,7 @@ mod metrics;
 mod output;
 mod run;
 mod session;
+mod show_config;
 mod status;
 mod watch;
 
@@ -38,8 +39,17 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let (cli, matches) = cli;
-    if let Command::Guard { pgid } = cli.command {
-        return run::guard(pgid);
+    match cli.command {
+        Command::Guard { pgid } => return run::guard(pgid),
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a write error such as a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     init_logging(cli.global.log_format, cli.global.verbose, cli.global.quiet);
     let settings = match config::resolve(&cli.global, &matches) {
@@ -82,6 +92,8 @@ async fn run(command: Command, settings: Settings) -> Result<ExitCode, Failure> 
             campaign::run(settings, args.json, &mut Shutdown::install()?).await
         }
         Command::Watch(args) => watch::run(settings, args.json, &mut Shutdown::install()?).await,
+        Command::Config(args) => show_config::run(&settings, args.json),
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         Command::Run(args) => run::run(settings, args, &mut Shutdown::install()?).await,
         // Handled before the runtime starts; kept total so nothing can panic here.
         Command::Guard { pgid } => Ok(run::guard(pgid)),

@@ -328,11 +328,12 @@ mod tests {
             Duration::from_millis(375)
         );
         assert!(kill_after(&short, None).unwrap() < kill_budget(&short));
-        // The seed's defaults: 3.75 s.
+        // The seed's defaults: a quarter (3.75 s) would not leave half the budget of 4.695 s.
         let seed = opts(15_000, 5_000, 5_000);
+        assert_eq!(kill_budget(&seed), Duration::from_millis(4695));
         assert_eq!(
             kill_after(&seed, None).unwrap(),
-            Duration::from_millis(3750)
+            Duration::from_micros(2_347_500)
         );
         // Long leases are capped at 10 s.
         assert_eq!(

@@ -981,3 +981,51 @@ fn a_metrics_address_in_use_is_bad_input() {
         "cannot serve metrics",
     );
 }
+
+#[test]
+fn config_prints_effective_settings_with_sources_and_hides_passwords() {
+    let s = Scratch::new("config");
+    std::fs::create_dir_all(s.path("cfg/baton")).unwrap();
+    // The conventional default config file, in the user's config directory.
+    std::fs::write(
+        s.path("cfg/baton/config.toml"),
+        "key = \"from-file\"\ngrace = \"4s\"\n",
+    )
+    .unwrap();
+    let out = run(s
+        .baton()
+        .env("XDG_CONFIG_HOME", s.path("cfg"))
+        .env("BATON_LEASE", "30s")
+        .args([
+            "--store",
+            "redis://app:hunter2@cache:6379",
+            "--renew",
+            "3s",
+            "config",
+            "--json",
+        ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["store"]["value"], "redis://app:****@cache:6379");
+    assert_eq!(v["store"]["source"], "--store");
+    assert_eq!(v["lease"]["value"], "30s");
+    assert_eq!(v["lease"]["source"], "BATON_LEASE");
+    assert_eq!(v["renew"]["source"], "--renew");
+    assert_eq!(v["key"]["value"], "from-file");
+    assert!(
+        v["key"]["source"].as_str().unwrap().contains("config.toml"),
+        "{v}"
+    );
+    assert_eq!(v["grace"]["value"], "4s");
+    assert!(!text(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let s = Scratch::new("completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(s.baton().args(["completions", shell]));
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("campaign"), "{shell}");
+    }
+}
