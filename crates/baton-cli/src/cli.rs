@@ -36,7 +36,8 @@ pub struct Cli {
 /// from a config file, so they are parsed once all sources are merged (see `config`).
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Where leases live: `memory:` or `sqlite:PATH` [default: a per-user SQLite file]
+    /// Where leases live: `sqlite:PATH`, `redis://HOST:PORT` (also rediss://, redis+cluster://,
+    /// redis+sentinel://) or `memory:` [default: a per-user SQLite file]
     #[arg(
         long,
         global = true,

@@ -516,19 +516,59 @@ const SEED_APPSETTINGS: &str = r#"{
 }
 "#;
 
-// (d) A config file copied from the seed's README parses; its Redis store is not built yet.
+// (d) A config file copied from the seed's README parses, and runs an election on Redis.
 #[test]
 fn the_seeds_appsettings_json_parses() {
     let scratch = Scratch::new("appsettings");
     let file = scratch.path("appsettings.json");
     std::fs::write(&file, SEED_APPSETTINGS).unwrap();
 
-    let out = run(scratch.baton().arg("--config").arg(&file).arg("status"));
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("redis://localhost:6379"), "{stderr}");
-    assert!(stderr.contains("planned"), "{stderr}");
+    // Copied verbatim, it names the Redis at localhost:6379.
+    let out = run(scratch
+        .baton()
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["store"]["value"], "redis://localhost:6379");
+    assert!(
+        v["store"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("appsettings.json"),
+        "{v}"
+    );
+
+    // Pointed at a Redis of the test's own, the same file runs an election.
+    let server = baton_testkit::servers::RedisServer::start();
+    // A token counter already there: otherwise the restart guard makes the first holder on a
+    // brand-new server wait a whole lease (30 s here) before acting.
+    server.cli(&["HSET", "{myapp:leader}:baton", "token", "1"]);
+    let own = scratch.path("own-appsettings.json");
+    std::fs::write(
+        &own,
+        SEED_APPSETTINGS.replace("localhost:6379", &format!("127.0.0.1:{}", server.port())),
+    )
+    .unwrap();
+    let out = run(scratch.baton().arg("--config").arg(&own).args([
+        "--id",
+        "Instance-12345",
+        "run",
+        "--",
+        "true",
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        server.cli(&["EXISTS", "myapp:leader"]),
+        "0",
+        "released after the run"
+    );
+    assert_eq!(
+        server.cli(&["TYPE", "{myapp:leader}:baton"]),
+        "hash",
+        "it ran on that Redis"
+    );
 
     // With a store that exists, every other setting comes from the file.
     let mut cmd = scratch.baton();
@@ -600,12 +640,17 @@ fn bad_input_is_one_line_and_exit_code_2() {
     assert_bad_input(store("sqlite:").arg("status"), "names no file");
     assert_bad_input(store("").arg("status"), "empty");
 
+    // Nothing listens on port 1: unreachable, and the password stays hidden.
     let password = assert_bad_input(
-        store("redis://app:hunter2@cache:6379").arg("status"),
-        "planned",
+        store("redis://app:hunter2@127.0.0.1:1").arg("status"),
+        "Failed to connect to Redis at 127.0.0.1:1. Is Redis running?",
     );
     assert!(!password.contains("hunter2"), "{password}");
-    assert!(password.contains("app:****@cache"), "{password}");
+    assert!(password.contains("app:****@127.0.0.1"), "{password}");
+    assert_bad_input(
+        store("redis://127.0.0.1:6379/?tls=maybe").arg("status"),
+        "tls",
+    );
 
     // Durations.
     assert_bad_input(
@@ -760,6 +805,18 @@ fn run_passes_the_environment_and_the_exit_code_and_releases() {
 #[test]
 fn three_runs_on_one_key_never_have_two_children_alive_at_once() {
     let scratch = Scratch::new("run-three");
+    three_runs_never_overlap(&scratch, &scratch.store());
+}
+
+#[test]
+fn three_runs_on_redis_never_have_two_children_alive_at_once() {
+    let scratch = Scratch::new("run-three-redis");
+    let server = baton_testkit::servers::RedisServer::start();
+    server.cli(&["HSET", "{baton:leader}:baton", "token", "1"]);
+    three_runs_never_overlap(&scratch, &server.url());
+}
+
+fn three_runs_never_overlap(scratch: &Scratch, store: &str) {
     // Each child takes a directory as a mutual-exclusion probe: mkdir fails if another child
     // still holds it.
     let script = format!(
@@ -771,7 +828,10 @@ fn three_runs_on_one_key_never_have_two_children_alive_at_once() {
     let runs: Vec<Child> = (0..3)
         .map(|i| {
             scratch
-                .baton_fast(&["--id", &format!("r{i}"), "run", "--", "sh", "-c", &script])
+                .baton()
+                .args(["--store", store])
+                .args(FAST)
+                .args(["--id", &format!("r{i}"), "run", "--", "sh", "-c", &script])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

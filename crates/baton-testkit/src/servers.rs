@@ -1,8 +1,10 @@
 //! Throwaway servers for tests: real `redis-server` processes on free loopback ports, which a
-//! test can kill and restart.
+//! test can kill and restart; over TLS, as a three-master Redis Cluster, or as a Sentinel.
 //!
 //! A missing binary is a loud failure naming the fix, never a skip: `scripts/test` installs
-//! every server the suite needs.
+//! every server the suite needs. Everything here needs only the Debian packages
+//! `redis-server` (a Sentinel is `redis-server --sentinel`; the `redis-sentinel` package only
+//! adds a service) and `redis-tools` (`redis-cli`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
@@ -37,8 +39,35 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    mode: Mode,
     extra: Vec<String>,
     child: Option<Child>,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Plain TCP on `port`.
+    Plain,
+    /// TLS only, on `port` (`--port 0 --tls-port PORT`).
+    Tls {
+        files: TlsFiles,
+        require_client_cert: bool,
+    },
+    /// `redis-server sentinel.conf --sentinel`, the configuration in the scratch directory,
+    /// monitoring a master called `name`.
+    Sentinel { name: String },
+}
+
+/// The PEM files of a TLS server: its certificate and key, and the CA it trusts for client
+/// certificates (and that `redis-cli` trusts for the server's).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
 }
 
 impl RedisServer {
@@ -55,9 +84,66 @@ impl RedisServer {
 
     /// Start a server on `port` (for tests that first need the port to be closed).
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        Self::launch(port, Mode::Plain, "baton-redis", extra)
+    }
+
+    /// Start a TLS-only server on a free port (`--port 0 --tls-port PORT`) with these
+    /// certificate files. With `require_client_cert`, clients must present a certificate signed
+    /// by `files.ca` (`--tls-auth-clients yes`). [`url`](Self::url) is then
+    /// `rediss://localhost:PORT`, so the server's certificate must name `localhost`.
+    pub fn start_tls(files: &TlsFiles, require_client_cert: bool) -> RedisServer {
+        let mode = Mode::Tls {
+            files: files.clone(),
+            require_client_cert,
+        };
+        Self::launch(free_port(), mode, "baton-redis-tls", &[])
+    }
+
+    /// Start a Sentinel on a free port that monitors `master` under the name `name`, with a
+    /// quorum of one and a one-second down-after period. [`url`](Self::url) is then
+    /// `redis+sentinel://127.0.0.1:PORT/NAME`.
+    pub fn start_sentinel(master: &RedisServer, name: &str) -> RedisServer {
+        let port = free_port();
+        let dir = scratch_dir("baton-sentinel");
+        let conf = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor {name} 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n",
+            dir = dir.display(),
+            master = master.port,
+        );
+        std::fs::write(dir.join("sentinel.conf"), conf).expect("write sentinel.conf");
         let mut server = RedisServer {
             port,
-            dir: scratch_dir("baton-redis"),
+            dir,
+            mode: Mode::Sentinel {
+                name: name.to_owned(),
+            },
+            extra: Vec::new(),
+            child: None,
+        };
+        server.spawn();
+        // Sentinel knows its master from the configuration at once; wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server
+            .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", name])
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel on port {port} does not know {name}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn launch(port: u16, mode: Mode, prefix: &str, extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            dir: scratch_dir(prefix),
+            mode,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -67,12 +153,41 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.to_string_lossy()])
-            .args(&self.extra)
-            .stdin(Stdio::null())
+        let port = self.port.to_string();
+        match &self.mode {
+            Mode::Sentinel { .. } => {
+                cmd.arg(self.dir.join("sentinel.conf")).arg("--sentinel");
+            }
+            mode => {
+                if let Mode::Tls {
+                    files,
+                    require_client_cert,
+                } = mode
+                {
+                    cmd.args(["--port", "0", "--tls-port", &port])
+                        .arg("--tls-cert-file")
+                        .arg(&files.cert)
+                        .arg("--tls-key-file")
+                        .arg(&files.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&files.ca)
+                        .arg("--tls-auth-clients")
+                        .arg(if *require_client_cert { "yes" } else { "no" });
+                } else {
+                    cmd.args(["--port", &port]);
+                }
+                // A TLS server is reached as `localhost`, which may resolve to ::1 too.
+                let bind = match mode {
+                    Mode::Tls { .. } => "127.0.0.1 -::1",
+                    _ => "127.0.0.1",
+                };
+                cmd.args(["--bind", bind])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--dir", &self.dir.to_string_lossy()])
+                    .args(&self.extra);
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
@@ -86,6 +201,11 @@ impl RedisServer {
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::Write;
+                // A TLS port cannot answer a plain PING: listening is enough, since the server
+                // loads its certificates before it listens.
+                if matches!(self.mode, Mode::Tls { .. }) {
+                    break;
+                }
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 // Any reply (+PONG, or -NOAUTH with a password) means the server is up.
                 if s.write_all(b"PING\r\n").is_ok() {
@@ -136,9 +256,14 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`; `rediss://localhost:PORT` for a TLS server;
+    /// `redis+sentinel://127.0.0.1:PORT/NAME` for a Sentinel.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.mode {
+            Mode::Plain => format!("redis://127.0.0.1:{}", self.port),
+            Mode::Tls { .. } => format!("rediss://localhost:{}", self.port),
+            Mode::Sentinel { name } => format!("redis+sentinel://127.0.0.1:{}/{name}", self.port),
+        }
     }
 
     /// Kill the server (SIGKILL): every key is lost, connections drop.
@@ -157,8 +282,18 @@ impl RedisServer {
 
     /// Run a command with `redis-cli` against this server and return its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Mode::Tls { files, .. } = &self.mode {
+            // redis-cli checks the certificate against the CA, and always presents one.
+            cmd.args(["--tls", "--sni", "localhost", "--cacert"])
+                .arg(&files.ca)
+                .arg("--cert")
+                .arg(&files.cert)
+                .arg("--key")
+                .arg(&files.key);
+        }
+        let out = cmd
             .args(args)
             .output()
             .expect("run redis-cli (apt-get install redis-tools)");
@@ -171,6 +306,141 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, each node without
+/// persistence, all killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Start three `redis-server --cluster-enabled yes` nodes, join them with
+    /// `redis-cli --cluster create` (which gives each a third of the slots) and wait until every
+    /// node reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = format!("nodes-{port}.conf");
+                RedisServer::launch(
+                    port,
+                    Mode::Plain,
+                    "baton-redis-cluster",
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = cluster.nodes.iter().all(|n| {
+                let info = n.cli(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster on {addresses:?} did not reach cluster_state:ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The nodes, each a master.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Run a command with `redis-cli -c` (following redirections) and return its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.nodes[0].cli(&[&["-c"], args].concat())
+    }
+
+    /// The hash slot of `key`, by the cluster's own `CLUSTER KEYSLOT`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let out = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        out.parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key:?} answered {out:?}"))
+    }
+
+    /// The port of the master that serves `key`, from `CLUSTER NODES`.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot = self.slot_of(key);
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                match (start.parse::<u16>(), end.parse::<u16>()) {
+                    (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves && fields.get(2).is_some_and(|flags| flags.contains("master")) {
+                let address = fields[1].split('@').next().unwrap_or_default();
+                if let Some(port) = address.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    return port;
+                }
+            }
+        }
+        panic!("no master serves slot {slot} of {key:?}:\n{nodes}")
+    }
+}
+
+/// One three-master cluster shared by every test of this process that asks for it, like
+/// [`shared_redis`].
+pub fn shared_redis_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(RedisCluster::start())
+                .expect("hand over the cluster");
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("start the shared Redis Cluster")
+    })
 }
 
 /// One server shared by every test of this process (each test uses keys of its own). It lives

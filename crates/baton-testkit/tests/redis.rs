@@ -1,18 +1,23 @@
 //! The Redis store against real `redis-server` processes: the conformance suite, plus a test
 //! for each promise of the Redis store (seed layout, atomic tokens, restarts that lose data,
-//! push handoff, killed connections, Redis down at start, foreign data, ACL users, secrets).
+//! push handoff, killed connections, Redis down at start, foreign data, ACL users, secrets),
+//! then the same store over TLS (certificates made by each test), on a three-master Redis
+//! Cluster (the conformance suite again) and behind Sentinel (including a failover).
 //!
 //! Timing bounds here are generous on purpose: they check behaviour (push, not polling; no
 //! overlap), not speed. Speed is measured by `scripts/bench`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton::store::redis::RedisStore;
+use baton::store::redis::{RedisStore, companion_key};
 use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
 use baton_testkit::conformance::{ForeignWriter, StoreFactory};
-use baton_testkit::servers::{RedisServer, free_port, shared_redis};
+use baton_testkit::servers::{
+    RedisServer, TlsFiles, free_port, scratch_dir, shared_redis, shared_redis_cluster,
+};
 
 /// Every `store()` is a new connection to the shared server, as another process would have.
 struct RedisFactory;
@@ -383,4 +388,456 @@ async fn stepping_down_after_renewals_fail_when_redis_dies() {
         })
         .collect();
     assert_eq!(reasons, vec![LossReason::RenewalsFailed]);
+}
+
+/// Acquire and release `key` once, so that its token counter exists and later acquires need
+/// not wait out the restart guard (which a fresh server's or key's first acquire does).
+async fn prime(store: &RedisStore, key: &str) {
+    let mut c = store.join(key, "primer").await.unwrap();
+    let Acquire::Acquired(lease) = c.try_acquire(Duration::from_secs(1)).await.unwrap() else {
+        panic!("{key} is held")
+    };
+    c.release(&lease).await.unwrap();
+}
+
+/// Two candidates on `key` with a 30 s lease: a release reaches the follower long before the
+/// lease could expire only by push.
+fn long(store: &RedisStore, key: &str, id: &str) -> LeaderElection {
+    LeaderElection::builder(store.clone(), key)
+        .lease_duration(Duration::from_secs(30))
+        .instance_id(id)
+        .build()
+        .unwrap()
+}
+
+/// Start `a` and wait until it leads.
+async fn lead(a: &LeaderElection) {
+    a.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || a.is_leader()).await,
+        "leads: {:?}",
+        a.state().borrow()
+    );
+}
+
+/// `a` leads; `b` starts and follows; `a` stops; `b` leads within 5 s (not the 30 s lease).
+async fn hand_over(a: &LeaderElection, b: &LeaderElection) {
+    assert!(a.is_leader());
+    b.start().await.unwrap();
+    assert!(!b.is_leader());
+    let released = Instant::now();
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || b.is_leader()).await,
+        "b takes over by push: {:?}",
+        b.state().borrow()
+    );
+    assert!(released.elapsed() < Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// A CA, a server certificate for `localhost` (and 127.0.0.1, ::1) and a client certificate it
+/// signed, as PEM files in a scratch directory.
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    server: TlsFiles,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = scratch_dir("baton-pki");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Baton test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: &[&str], usage: ExtendedKeyUsagePurpose| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names.clone()).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, names[0].as_str());
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            &["localhost", "127.0.0.1", "::1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(&["baton-client"], ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let server = TlsFiles {
+            cert: write("server.pem", &server_cert),
+            key: write("server.key", &server_key),
+            ca: write("ca.pem", &ca_pem),
+        };
+        Pki {
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            dir,
+            ca_pem,
+            server,
+        }
+    }
+
+    /// `?ca=...` naming this CA's file.
+    fn ca_query(&self) -> String {
+        format!("/?ca={}", self.server.ca.display())
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_election_runs_over_tls_with_the_ca_from_the_url() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(&pki.server, false);
+    let url = format!("{}{}", server.url(), pki.ca_query());
+    assert!(url.starts_with("rediss://localhost:"), "{url}");
+    let (store_a, store_b) = (
+        RedisStore::open(&url).unwrap(),
+        RedisStore::open(&url).unwrap(),
+    );
+    store_a.ping().await.unwrap();
+    prime(&store_a, "myapp:leader").await;
+    let (a, b) = (
+        long(&store_a, "myapp:leader", "a"),
+        long(&store_b, "myapp:leader", "b"),
+    );
+    lead(&a).await;
+    hand_over(&a, &b).await;
+    // The seed's inspection workflow works over TLS too.
+    assert_eq!(server.cli(&["GET", "myapp:leader"]), "b");
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_from_an_unknown_ca_is_a_clear_config_error() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let server = RedisServer::start_tls(&pki.server, false);
+    // Another CA, then the system's trust store, which does not know the test CA either.
+    for url in [
+        format!("{}{}", server.url(), stranger.ca_query()),
+        server.url(),
+    ] {
+        let store = RedisStore::open(&url).unwrap();
+        let err = short(&store, "jobs", "a").start().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Config(_)), "{url}: {text}");
+        assert!(
+            text.contains(&format!("localhost:{}", server.port())),
+            "{text}"
+        );
+        assert!(text.contains("not signed by a CA"), "{text}");
+        assert!(text.contains("?ca="), "the fix: {text}");
+    }
+    // Without TLS, a TLS port never answers a plain client.
+    let plain = RedisStore::open(&format!("redis://127.0.0.1:{}", server.port())).unwrap();
+    assert!(plain.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_client_certificate() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(&pki.server, true);
+    let client_cert = std::fs::read(&pki.client_cert).unwrap();
+    let client_key = std::fs::read(&pki.client_key).unwrap();
+
+    // From the builder, as bytes.
+    let store = RedisStore::builder(server.url())
+        .ca_cert_pem(pki.ca_pem.clone())
+        .client_cert_pem(client_cert, client_key)
+        .build()
+        .unwrap();
+    let a = short(&store, "jobs", "a");
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    a.stop().await.unwrap();
+
+    // From the URL, as files.
+    let url = format!(
+        "{}{}&cert={}&key={}",
+        server.url(),
+        pki.ca_query(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    RedisStore::open(&url).unwrap().ping().await.unwrap();
+
+    // Without a client certificate, the error says what is missing.
+    let store = RedisStore::builder(server.url())
+        .ca_cert_pem(pki.ca_pem.clone())
+        .build()
+        .unwrap();
+    let err = store.ping().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Config(_)), "{text}");
+    assert!(text.contains("client certificate"), "{text}");
+    assert!(text.contains("cert="), "the fix: {text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Cluster
+
+/// Every `store()` is a new cluster connection to the shared three-master cluster.
+struct ClusterFactory;
+
+#[async_trait]
+impl StoreFactory for ClusterFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        Ok(Arc::new(RedisStore::open(&shared_redis_cluster().url())?))
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ForeignWriter for ClusterFactory {
+    async fn plant(&self, key: &str) -> std::result::Result<(), BoxError> {
+        shared_redis_cluster().cli(&["RPUSH", key, "not baton's"]);
+        Ok(())
+    }
+    async fn check_untouched(&self, key: &str) -> std::result::Result<(), String> {
+        let cluster = shared_redis_cluster();
+        let (kind, items) = (
+            cluster.cli(&["TYPE", key]),
+            cluster.cli(&["LRANGE", key, "0", "-1"]),
+        );
+        if kind == "list" && items == "not baton's" {
+            Ok(())
+        } else {
+            Err(format!("the key is now a {kind} holding {items:?}"))
+        }
+    }
+}
+
+mod cluster_conformance {
+    baton_testkit::conformance_tests!(super::ClusterFactory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_each_key_lives_with_its_counter_on_its_master_and_push_hands_over() {
+    let cluster = shared_redis_cluster();
+    // Two keys that land on different masters.
+    let first = unique_key("cluster");
+    let second = std::iter::repeat_with(|| unique_key("cluster"))
+        .find(|k| cluster.master_of(k) != cluster.master_of(&first))
+        .unwrap();
+    let keys = [first, second];
+    for key in &keys {
+        // By the cluster's own hash function: the scripts' two keys share a slot.
+        assert_eq!(cluster.slot_of(key), cluster.slot_of(&companion_key(key)));
+    }
+    let store_a = RedisStore::open(&cluster.url()).unwrap();
+    let store_b = RedisStore::open(&cluster.url()).unwrap();
+    let mut pairs = Vec::new();
+    for key in &keys {
+        prime(&store_a, key).await;
+        pairs.push((long(&store_a, key, "a"), long(&store_b, key, "b")));
+    }
+    for (key, (a, _)) in keys.iter().zip(&pairs) {
+        lead(a).await;
+        // Ask the key's master itself, without following redirections: the lease and its
+        // counter were written there.
+        let port = cluster.master_of(key);
+        let node = cluster.nodes().iter().find(|n| n.port() == port).unwrap();
+        assert_eq!(node.cli(&["GET", key]), "a", "{key} on :{port}");
+        assert_eq!(
+            node.cli(&["HGET", &companion_key(key), "holder"]),
+            "a",
+            "{key}'s counter on :{port}"
+        );
+    }
+    for (a, b) in &pairs {
+        hand_over(a, b).await;
+        b.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acl_user_with_the_documented_rule_can_run_elections_on_a_cluster() {
+    let cluster = shared_redis_cluster();
+    // The rule from the docs of baton::store::redis, plus what a cluster client needs.
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+                -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time \
+                +cluster|slots";
+    let mut args = vec!["ACL", "SETUSER", "baton-cluster"];
+    args.extend(rule.split_whitespace());
+    for node in cluster.nodes() {
+        assert_eq!(node.cli(&args), "OK");
+    }
+    let url = cluster.url().replacen("://", "://baton-cluster:s3cret@", 1);
+    let key = format!("myapp:{}", unique_key("acl"));
+    let (store_a, store_b) = (
+        RedisStore::open(&url).unwrap(),
+        RedisStore::open(&url).unwrap(),
+    );
+    prime(&store_a, &key).await;
+    let (a, b) = (long(&store_a, &key, "a"), long(&store_b, &key, "b"));
+    lead(&a).await;
+    hand_over(&a, &b).await;
+    assert_eq!(b.state().borrow().last_error, None);
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_that_is_down_is_a_clear_error() {
+    let url = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let store = RedisStore::open(&url).unwrap();
+    let err = store.ping().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("Is Redis running?"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sentinel
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_election_runs_through_sentinel() {
+    let master = RedisServer::start();
+    let sentinel = RedisServer::start_sentinel(&master, "mymaster");
+    let url = sentinel.url();
+    assert_eq!(
+        url,
+        format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port())
+    );
+    let (store_a, store_b) = (
+        RedisStore::open(&url).unwrap(),
+        RedisStore::open(&url).unwrap(),
+    );
+    prime(&store_a, "jobs").await;
+    let (a, b) = (long(&store_a, "jobs", "a"), long(&store_b, "jobs", "b"));
+    lead(&a).await;
+    assert_eq!(
+        master.cli(&["GET", "jobs"]),
+        "a",
+        "on the master Sentinel named"
+    );
+    hand_over(&a, &b).await;
+    b.stop().await.unwrap();
+
+    // A name Sentinel does not know, and no Sentinel at all.
+    let unknown = format!("redis+sentinel://127.0.0.1:{}/nope", sentinel.port());
+    let err = RedisStore::open(&unknown)
+        .unwrap()
+        .ping()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("\"nope\""), "{err}");
+    let nobody = format!("redis+sentinel://127.0.0.1:{}/mymaster", free_port());
+    let err = RedisStore::open(&nobody).unwrap().ping().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains("Is Redis Sentinel running?"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_sentinel_failover_the_election_goes_on_on_the_new_master() {
+    let master = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+    let synced = || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), synced).await,
+        "the replica syncs"
+    );
+    let sentinel = RedisServer::start_sentinel(&master, "mymaster");
+    let url = sentinel.url();
+    let (store_a, store_b) = (
+        RedisStore::open(&url).unwrap(),
+        RedisStore::open(&url).unwrap(),
+    );
+    let (a, b) = (short(&store_a, "jobs", "a"), short(&store_b, "jobs", "b"));
+    let (mut ea, mut eb) = (a.subscribe(), b.subscribe());
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    b.start().await.unwrap();
+    let mut tokens = vec![a.fencing_token().unwrap().get()];
+    drain(&mut ea);
+    drain(&mut eb);
+
+    // A failover on demand; Sentinel needs a moment to learn about the replica first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+        if answer == "OK" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let new_master = format!("127.0.0.1\n{}", replica.port());
+    let moved = || sentinel.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"]) == new_master;
+    assert!(
+        wait_until(Duration::from_secs(20), moved).await,
+        "Sentinel promotes the replica"
+    );
+
+    // The election follows: the lease is held on the new master, by one candidate at a time.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert!(!(a.is_leader() && b.is_leader()), "two leaders");
+        for e in drain(&mut ea).into_iter().chain(drain(&mut eb)) {
+            if let Event::BecameLeader { token, .. } = e {
+                tokens.push(token.get());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(replica.cli(&["ROLE"]).starts_with("master"));
+    let holder = replica.cli(&["GET", "jobs"]);
+    assert!(
+        holder == "a" || holder == "b",
+        "the new master holds {holder:?}"
+    );
+    let leader = if holder == "a" { &a } else { &b };
+    assert!(
+        leader.is_leader(),
+        "{holder} leads: {:?}",
+        leader.state().borrow()
+    );
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens {tokens:?}");
 }

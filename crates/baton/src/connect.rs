@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | `memory:` | [`MemoryStore`]: in this process only | always |
 //! | `sqlite:PATH`, `sqlite://PATH`, `sqlite:///abs/path` | `SqliteStore`: one file shared by the processes of one machine | feature `sqlite` |
-//! | `redis://`, `rediss://`, `postgres://`, `mysql://`, `etcd://`, `kubernetes://`, `consul://` | planned | not yet |
+//! | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+...`) | `RedisStore`: one server, TLS, a Redis Cluster, Sentinel's master | feature `redis` |
+//! | `postgres://`, `mysql://`, `etcd://`, `kubernetes://`, `consul://` | planned | not yet |
 //!
 //! Like the rest of the library, this module never reads the environment and never prints.
 
@@ -16,16 +17,35 @@ use std::sync::Arc;
 
 use crate::{Error, LeaseStore, MemoryStore, Result};
 
+/// The schemes of the Redis store (feature `redis`).
+const REDIS_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+];
+
 /// The schemes this build can open, as shown in error messages.
-#[cfg(feature = "sqlite")]
-const SUPPORTED: &str = "memory:, sqlite:PATH";
-#[cfg(not(feature = "sqlite"))]
-const SUPPORTED: &str = "memory:";
+fn supported() -> String {
+    let mut schemes = vec!["memory:"];
+    if cfg!(feature = "sqlite") {
+        schemes.push("sqlite:PATH");
+    }
+    if cfg!(feature = "redis") {
+        schemes.extend([
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "redis+sentinel://",
+        ]);
+    }
+    schemes.join(", ")
+}
 
 /// Schemes of stores that are designed (DESIGN.md §4) but not built yet, with their family.
 const PLANNED: &[(&str, &str)] = &[
-    ("redis", "redis"),
-    ("rediss", "redis"),
     ("postgres", "postgres"),
     ("postgresql", "postgres"),
     ("mysql", "mysql"),
@@ -55,8 +75,12 @@ const SECRET_PARAMS: &[&str] = &[
 ///   gets its own, so it elects nothing across processes.
 /// * `sqlite:PATH` (also `sqlite://PATH` and `sqlite:///abs/path`) opens or creates the SQLite
 ///   file at `PATH`. Its directory must exist. Needs the `sqlite` feature.
+/// * `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+cluster://`,
+///   `rediss+sentinel://`) open a `RedisStore`; see `baton::store::redis` for the forms and
+///   their options. Needs the `redis` feature, and a tokio runtime to be running.
 ///
-/// Synchronous: opening a store only parses and, for SQLite, opens a local file.
+/// Synchronous: opening a store only parses and, for SQLite, opens a local file; for Redis it
+/// reads the certificate files the URL names, and connects on first use.
 ///
 /// # Errors
 ///
@@ -86,16 +110,19 @@ pub fn store_from_url(url: &str) -> Result<Arc<dyn LeaseStore>> {
             Ok(Arc::new(MemoryStore::new()))
         }
         "sqlite" => open_sqlite(url, rest),
+        s if REDIS_SCHEMES.contains(&s) => open_redis(url),
         other => {
             if let Some((_, family)) = PLANNED.iter().find(|(s, _)| *s == other) {
                 return Err(Error::Config(format!(
-                    "the {family} store ({}) is planned but not built yet; stores available now: {SUPPORTED}",
-                    redact(url)
+                    "the {family} store ({}) is planned but not built yet; stores available now: {}",
+                    redact(url),
+                    supported(),
                 )));
             }
             Err(Error::Config(format!(
-                "unknown store scheme {other:?} in {:?}: supported now: {SUPPORTED}; planned: {}",
+                "unknown store scheme {other:?} in {:?}: supported now: {}; planned: {}",
                 redact(url),
+                supported(),
                 planned_list(),
             )))
         }
@@ -193,8 +220,24 @@ fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
 fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
     let _ = sqlite_path(url, rest)?;
     Err(Error::Config(format!(
-        "this build has no sqlite store ({}): build baton with the `sqlite` feature; stores available now: {SUPPORTED}",
-        redact(url)
+        "this build has no sqlite store ({}): build baton with the `sqlite` feature; stores available now: {}",
+        redact(url),
+        supported(),
+    )))
+}
+
+#[cfg(feature = "redis")]
+fn open_redis(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(crate::store::redis::RedisStore::open(url)?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn open_redis(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(Error::Config(format!(
+        "this build has no redis store ({}): build baton with the `redis` feature; stores available now: {}; planned: {}",
+        redact(url),
+        supported(),
+        planned_list(),
     )))
 }
 
@@ -297,19 +340,67 @@ mod tests {
         let msg = config_error("zookeeper://zk:2181");
         assert!(msg.contains("unknown store scheme \"zookeeper\""), "{msg}");
         assert!(msg.contains("memory:"), "{msg}");
-        for planned in ["redis", "postgres", "mysql", "etcd", "kubernetes", "consul"] {
+        for planned in ["postgres", "mysql", "etcd", "kubernetes", "consul"] {
             assert!(msg.contains(planned), "{msg}");
         }
+        if cfg!(feature = "redis") {
+            for scheme in [
+                "redis://",
+                "rediss://",
+                "redis+cluster://",
+                "redis+sentinel://",
+            ] {
+                assert!(msg.contains(scheme), "{msg}");
+            }
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_without_the_feature_says_how_to_get_it_and_redacts() {
+        let msg = config_error("redis://app:hunter2@cache:6379");
+        assert!(msg.contains("`redis` feature"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(config_error("redis+sentinel://s/m").contains("`redis` feature"));
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_schemes_open_redis_stores_lazily() {
+        for url in [
+            "redis://app:hunter2@127.0.0.1:1/0",
+            "REDISS://127.0.0.1:1",
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            "rediss+cluster://127.0.0.1:1",
+            "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/1",
+            "rediss+sentinel://127.0.0.1:1/mymaster",
+        ] {
+            let store = store_from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let info = store.info();
+            assert_eq!(info.name, "redis", "{url}");
+            assert!(!info.location.contains("hunter2"), "{}", info.location);
+            assert!(!format!("{store:?}").contains("hunter2"));
+        }
+        let msg = config_error("rediss://h:6380/?ca=/nonexistent/baton/ca.pem");
+        assert!(msg.contains("/nonexistent/baton/ca.pem"), "{msg}");
+        let msg = config_error("redis+sentinel://app:hunter2@s1,s2");
+        assert!(msg.contains("names no master"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+        assert!(config_error("redis://127.0.0.1:1").contains("tokio runtime"));
     }
 
     #[test]
     fn planned_schemes_say_so_and_redact() {
-        let msg = config_error("redis://app:hunter2@cache:6379");
-        assert!(msg.contains("redis store"), "{msg}");
+        let msg = config_error("postgres://app:hunter2@db:5432/x");
+        assert!(msg.contains("postgres store"), "{msg}");
         assert!(msg.contains("planned"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
         for url in [
-            "rediss://h",
             "postgres://h/db",
             "postgresql://h/db",
             "mysql://h",

@@ -26,8 +26,8 @@ pub mod store;
 
 pub use clock::{Clock, boot_time};
 pub use election::{
-    ElectionState, Event, Events, Health, LeaderElection, LeaderElectionBuilder, Leadership, LossReason,
-    Role,
+    ElectionState, Event, Events, Health, LeaderElection, LeaderElectionBuilder, Leadership,
+    LossReason, Role,
 };
 pub use error::{BoxError, Error, Result};
 pub use options::{ElectionOptions, fmt_duration};

@@ -1,0 +1,614 @@
+//! The connection behind a [`RedisStore`](super::RedisStore): one server, a cluster, or the
+//! master that Sentinel names. Each carries commands and the push messages of the change
+//! channels (RESP3), and each can be built without touching the network, so a store can be
+//! opened while Redis is down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, Pipeline,
+    PushInfo, PushKind, RedisConnectionInfo, RedisFuture, RedisResult, ScriptInvocation,
+    TlsCertificates, Value,
+};
+use tokio::sync::broadcast;
+
+use super::map_error;
+use super::target::{Kind, Target};
+use crate::store::Change;
+use crate::{Error, Result};
+
+/// How long to wait for a TCP (and TLS) connection to a server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a Sentinel may take to connect and answer; then the next one is asked.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often to ask Sentinel whether the master moved. A demoted master can go on accepting
+/// writes until Sentinel reconfigures it, which takes seconds; this bounds how long Baton keeps
+/// writing there.
+const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
+/// The change channels a store's connections are subscribed to, and the watchers of each.
+#[derive(Default)]
+pub(super) struct PubSub {
+    /// Watchers of each channel. Push messages are routed here.
+    pub routes: Mutex<HashMap<String, broadcast::Sender<Change>>>,
+    /// Channels subscribed on the server. Held while (re)subscribing, so a channel is never
+    /// subscribed twice, nor missed when a Sentinel connection moves to a new master.
+    subscribed: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl PubSub {
+    /// Wake every watcher: messages may have been lost, so they should look for themselves.
+    fn wake_all(&self) {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in routes.values() {
+            let _ = tx.send(Change::Other);
+        }
+    }
+}
+
+/// Routes push messages from any connection of the store to the watchers of their channel.
+#[derive(Clone)]
+struct Router(Arc<PubSub>);
+
+impl redis::aio::AsyncPushSender for Router {
+    fn send(&self, info: PushInfo) -> std::result::Result<(), redis::aio::SendError> {
+        match info.kind {
+            PushKind::Message => {
+                let (Some(channel), Some(payload)) = (
+                    info.data.first().and_then(text),
+                    info.data.get(1).and_then(text),
+                ) else {
+                    return Ok(());
+                };
+                let routes = self.0.routes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = routes.get(&channel) {
+                    let change = match payload.strip_prefix("acquired:") {
+                        Some(holder) => Change::Acquired {
+                            holder: holder.to_owned(),
+                        },
+                        None if payload == "released" => Change::Released,
+                        None => Change::Other,
+                    };
+                    let _ = tx.send(change);
+                }
+            }
+            PushKind::Disconnection => self.0.wake_all(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The connection kinds.
+pub(super) enum Connection {
+    /// One multiplexed, reconnecting connection to one server.
+    Single {
+        conn: ConnectionManager,
+        address: String,
+    },
+    /// A connection per cluster node, routed by key slot, which follows slot moves and
+    /// failovers and resubscribes after reconnecting.
+    Cluster {
+        conn: ClusterConnection,
+        address: String,
+    },
+    /// A [`ConnectionManager`] to the master Sentinel names, found again when it fails or
+    /// moves.
+    Sentinel(Arc<SentinelMaster>),
+}
+
+impl Connection {
+    /// Set up the connection for `target`. Touches no network: the first call connects.
+    /// Must be called inside a tokio runtime.
+    pub fn open(
+        target: Target,
+        certs: Option<TlsCertificates>,
+        pubsub: Arc<PubSub>,
+    ) -> Result<Connection> {
+        let address = target.address;
+        let setup = |e: redis::RedisError| {
+            Error::Config(format!(
+                "cannot set up a Redis connection to {address}: {e}"
+            ))
+        };
+        match target.kind {
+            Kind::Single(info) => {
+                let client = client(info, &certs).map_err(setup)?;
+                let conn = ConnectionManager::new_lazy_with_config(client, manager_config(&pubsub))
+                    .map_err(setup)?;
+                Ok(Connection::Single { conn, address })
+            }
+            Kind::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(Router(pubsub))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    // Every call is bounded by the engine; a few quick retries ride out a
+                    // reconnect or a slot move, the engine retries the rest.
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(500);
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build().map_err(setup)?;
+                let conn = client.get_pending_async_connection_with_config(
+                    ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT),
+                );
+                Ok(Connection::Cluster { conn, address })
+            }
+            Kind::Sentinel {
+                sentinels,
+                service,
+                master,
+            } => {
+                let sentinels = sentinels
+                    .into_iter()
+                    .map(|info| client(info, &certs))
+                    .collect::<RedisResult<Vec<_>>>()
+                    .map_err(setup)?;
+                let sentinel = Arc::new(SentinelMaster {
+                    sentinels,
+                    sentinel_addresses: address,
+                    service,
+                    master,
+                    tls: target.tls,
+                    certs,
+                    pubsub,
+                    current: Mutex::default(),
+                    history: Mutex::default(),
+                    resolving: tokio::sync::Mutex::default(),
+                    generations: AtomicU64::new(0),
+                });
+                tokio::spawn(watch_sentinels(Arc::downgrade(&sentinel)));
+                Ok(Connection::Sentinel(sentinel))
+            }
+        }
+    }
+
+    /// How long ago this connection moved to a new master (a Sentinel failover), if it did.
+    ///
+    /// Until Sentinel reconfigures it, a demoted master goes on accepting writes, so the old
+    /// leader can go on renewing there for a while after the new master took over; a lease
+    /// taken on the new master meanwhile must not be acted on at once.
+    pub fn since_failover(&self) -> Option<Duration> {
+        match self {
+            Connection::Sentinel(sentinel) => sentinel.moved_at().map(|at| at.elapsed()),
+            _ => None,
+        }
+    }
+
+    /// A link to send one call on.
+    async fn call(&self) -> Result<Call<'_>> {
+        match self {
+            Connection::Single { conn, address } => Ok(Call {
+                link: Link::Manager(conn.clone()),
+                address: address.clone(),
+                sentinel: None,
+            }),
+            Connection::Cluster { conn, address } => Ok(Call {
+                link: Link::Cluster(conn.clone()),
+                address: address.clone(),
+                sentinel: None,
+            }),
+            Connection::Sentinel(sentinel) => {
+                let current = sentinel.master().await?;
+                Ok(Call {
+                    link: Link::Manager(current.conn),
+                    address: current.address,
+                    sentinel: Some((sentinel, current.generation)),
+                })
+            }
+        }
+    }
+
+    /// Run a script. In a cluster it runs on the node of its first key.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+        what: &str,
+    ) -> Result<T> {
+        let mut call = self.call().await?;
+        let result = script.invoke_async(&mut call.link).await;
+        call.finish(result, what)
+    }
+
+    /// Run a command; in a cluster, on the master of `key`'s slot.
+    pub async fn query<T: FromRedisValue>(&self, cmd: Cmd, key: &str, what: &str) -> Result<T> {
+        let mut call = self.call().await?;
+        let result = match &mut call.link {
+            Link::Cluster(conn) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                match conn.route_command(cmd, route).await {
+                    Ok(value) => T::from_redis_value(value).map_err(Into::into),
+                    Err(e) => Err(e),
+                }
+            }
+            link => cmd.query_async(link).await,
+        };
+        call.finish(result, what)
+    }
+
+    /// `PING` (every master of a cluster).
+    pub async fn ping(&self) -> Result<()> {
+        let mut call = self.call().await?;
+        let result = redis::cmd("PING").query_async::<()>(&mut call.link).await;
+        call.finish(result, "PING")
+    }
+
+    /// Subscribe to `channel` once; the connection resubscribes by itself after reconnecting,
+    /// and a Sentinel connection subscribes every channel on each new master.
+    pub async fn subscribe(&self, pubsub: &PubSub, channel: &str) -> Result<()> {
+        if let Connection::Sentinel(sentinel) = self {
+            // Connect first: a new master is set up under the lock taken below.
+            sentinel.master().await?;
+        }
+        let mut subscribed = pubsub.subscribed.lock().await;
+        if subscribed.contains(channel) {
+            return Ok(());
+        }
+        match self {
+            Connection::Single { conn, address } => {
+                let result = conn.clone().subscribe(channel).await;
+                result.map_err(|e| map_error(e, "SUBSCRIBE", address))?;
+            }
+            Connection::Cluster { conn, address } => {
+                let result = conn.clone().subscribe(channel).await;
+                result.map_err(|e| map_error(e, "SUBSCRIBE", address))?;
+            }
+            Connection::Sentinel(sentinel) => {
+                // No new master can be set up while we hold the lock. If the current one was
+                // dropped meanwhile, the next one subscribes the channel from the set.
+                if let Some(master) = sentinel.current()
+                    && let Err(e) = master.conn.clone().subscribe(channel).await
+                {
+                    if master_may_have_moved(&e) {
+                        sentinel.forget(master.generation);
+                    }
+                    return Err(map_error(e, "SUBSCRIBE", &master.address));
+                }
+            }
+        }
+        subscribed.insert(channel.to_owned());
+        Ok(())
+    }
+}
+
+fn client(info: ConnectionInfo, certs: &Option<TlsCertificates>) -> RedisResult<Client> {
+    match certs {
+        Some(certs) => Client::build_with_tls(info, certs.clone()),
+        None => Client::open(info),
+    }
+}
+
+fn manager_config(pubsub: &Arc<PubSub>) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(None) // every call is bounded by the engine
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+        .set_push_sender(Router(pubsub.clone()))
+        .set_automatic_resubscription()
+}
+
+/// What one call is sent on.
+enum Link {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Manager(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Manager(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Manager(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// One call in flight. On a Sentinel connection, a call that fails for a reason a new master
+/// would explain, or that is abandoned (the engine's timeout dropped it: the master may be
+/// unreachable without a word), makes the next call ask Sentinel again.
+struct Call<'a> {
+    link: Link,
+    address: String,
+    sentinel: Option<(&'a SentinelMaster, u64)>,
+}
+
+impl Call<'_> {
+    fn finish<T>(mut self, result: RedisResult<T>, what: &str) -> Result<T> {
+        let sentinel = self.sentinel.take();
+        result.map_err(|e| {
+            if let Some((sentinel, generation)) = sentinel
+                && master_may_have_moved(&e)
+            {
+                sentinel.forget(generation);
+            }
+            map_error(e, what, &self.address)
+        })
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if let Some((sentinel, generation)) = self.sentinel.take() {
+            sentinel.forget(generation);
+        }
+    }
+}
+
+/// Errors after which the master should be looked up again: the connection failed, or the
+/// server is no longer a (working) master.
+fn master_may_have_moved(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+}
+
+/// The master that Sentinel names, reached through a [`ConnectionManager`] that is replaced
+/// when the master moves.
+///
+/// redis-rs's `sentinel` module hands out plain multiplexed connections, which do not
+/// reconnect, so Baton asks Sentinel itself (`SENTINEL GET-MASTER-ADDR-BY-NAME`, trying each
+/// Sentinel in turn, as Sentinel's client guidelines describe), checks that the server it
+/// names is a master (`INFO replication`), and keeps one reconnecting connection to it.
+/// A failed or abandoned call makes the next one ask again, and a background task asks every
+/// [`SENTINEL_RECHECK`] whether the master moved.
+pub(super) struct SentinelMaster {
+    sentinels: Vec<Client>,
+    /// `host:port,...` of the Sentinels, for messages.
+    sentinel_addresses: String,
+    service: String,
+    /// Credentials, database and protocol for the master.
+    master: RedisConnectionInfo,
+    tls: bool,
+    certs: Option<TlsCertificates>,
+    pubsub: Arc<PubSub>,
+    current: Mutex<Option<Master>>,
+    /// The last master connected to, and when this store moved away from another one.
+    history: Mutex<History>,
+    /// One lookup at a time.
+    resolving: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
+}
+
+#[derive(Default)]
+struct History {
+    endpoint: Option<(String, u16)>,
+    moved_at: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Master {
+    generation: u64,
+    conn: ConnectionManager,
+    /// Where Sentinel said the master is.
+    endpoint: (String, u16),
+    /// `host:port (master of NAME)`, for messages.
+    address: String,
+}
+
+impl SentinelMaster {
+    fn current(&self) -> Option<Master> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// When this store last moved from one master to another.
+    fn moved_at(&self) -> Option<Instant> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .moved_at
+    }
+
+    /// Drop the connection of `generation` (if still current): the next call asks Sentinel.
+    fn forget(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|m| m.generation == generation) {
+            *current = None;
+        }
+    }
+
+    /// The current master, found through Sentinel if there is none.
+    async fn master(&self) -> Result<Master> {
+        if let Some(master) = self.current() {
+            return Ok(master);
+        }
+        let _resolving = self.resolving.lock().await;
+        if let Some(master) = self.current() {
+            return Ok(master);
+        }
+        let (host, port) = self.ask_sentinels().await?;
+        let endpoint = (host.clone(), port);
+        let address = format!("{host}:{port} (the master of {:?})", self.service);
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host, port)
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .map_err(|e| map_error(e, "connect", &address))?
+            .set_redis_settings(self.master.clone());
+        let client = client(info, &self.certs).map_err(|e| map_error(e, "connect", &address))?;
+        let mut conn = ConnectionManager::new_with_config(client, manager_config(&self.pubsub))
+            .await
+            .map_err(|e| map_error(e, "connect", &address))?;
+        // Sentinel's answer may lag a failover: make sure this server is a master.
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_error(e, "INFO replication", &address))?;
+        let role = replication
+            .lines()
+            .find_map(|l| l.strip_prefix("role:"))
+            .map(str::trim)
+            .unwrap_or("unknown");
+        if role != "master" {
+            return Err(Error::Unavailable {
+                store: "redis",
+                message: format!(
+                    "Sentinel names {address} as the master, but it reports role:{role}; a \
+                     failover is probably under way"
+                ),
+                source: None,
+            });
+        }
+        // Subscribe every channel on the new master before anyone can use it, then wake the
+        // watchers: changes published while we had no master were lost.
+        let subscribed = self.pubsub.subscribed.lock().await;
+        for channel in subscribed.iter() {
+            conn.subscribe(channel)
+                .await
+                .map_err(|e| map_error(e, "SUBSCRIBE", &address))?;
+        }
+        let master = Master {
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            conn,
+            endpoint,
+            address,
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(master.clone());
+        drop(subscribed);
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = history.endpoint.replace(master.endpoint.clone());
+        if previous.is_some_and(|p| p != master.endpoint) {
+            history.moved_at = Some(Instant::now());
+            tracing::info!(master = %master.address, "Redis Sentinel: moved to a new master");
+        }
+        drop(history);
+        self.pubsub.wake_all();
+        Ok(master)
+    }
+
+    /// `(host, port)` of the master, from the first Sentinel that knows it.
+    async fn ask_sentinels(&self) -> Result<(String, u16)> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+            .set_response_timeout(Some(SENTINEL_TIMEOUT));
+        let mut unknown = 0;
+        let mut last_error = None;
+        for sentinel in &self.sentinels {
+            let answer = async {
+                let mut conn = sentinel
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&self.service)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match answer.await {
+                Ok(Some(master)) => return Ok(master),
+                Ok(None) => unknown += 1,
+                Err(e) => {
+                    tracing::debug!(sentinel = %sentinel.get_connection_info().addr(), error = %e, "Redis Sentinel did not answer");
+                    last_error = Some(e);
+                }
+            }
+        }
+        let sentinels = &self.sentinel_addresses;
+        match last_error {
+            None if unknown > 0 => Err(Error::Config(format!(
+                "no Redis Sentinel at {sentinels} knows a master named {:?}: check the name in \
+                 the URL against `sentinel monitor NAME ...` in sentinel.conf",
+                self.service
+            ))),
+            Some(e) if e.is_connection_refusal() || e.is_io_error() || e.is_timeout() => {
+                Err(Error::unavailable(
+                    "redis",
+                    format!(
+                        "Failed to connect to Redis Sentinel at {sentinels}. Is Redis Sentinel running?"
+                    ),
+                    e,
+                ))
+            }
+            Some(e) => Err(map_error(e, "SENTINEL GET-MASTER-ADDR-BY-NAME", sentinels)),
+            None => Err(Error::Config(format!(
+                "no Redis Sentinel to ask at {sentinels}"
+            ))),
+        }
+    }
+}
+
+/// Every [`SENTINEL_RECHECK`], ask a Sentinel where the master is; if it moved, drop the
+/// connection to the old one and connect to the new one at once, so that followers waiting for
+/// a push are subscribed there (and woken) even when no call fails. Ends with the store.
+async fn watch_sentinels(sentinel: Weak<SentinelMaster>) {
+    let mut tick = tokio::time::interval(SENTINEL_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(sentinel) = sentinel.upgrade() else {
+            return;
+        };
+        // No master yet: the next call asks Sentinel anyway.
+        let Some(current) = sentinel.current() else {
+            continue;
+        };
+        match sentinel.ask_sentinels().await {
+            Ok(endpoint) if endpoint != current.endpoint => {
+                tracing::info!(
+                    from = %current.address,
+                    to = %format!("{}:{}", endpoint.0, endpoint.1),
+                    "Redis Sentinel moved the master"
+                );
+                sentinel.forget(current.generation);
+                if let Err(e) = sentinel.master().await {
+                    tracing::warn!(error = %e, "cannot connect to the new Redis master yet");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "no Redis Sentinel answered"),
+        }
+    }
+}

@@ -1,0 +1,818 @@
+//! Redis: the seed's provider, with the fencing token minted in the same script as the
+//! acquire, push handoff, and protection against restarts that lose data; on one server, over
+//! TLS, on a Redis Cluster or behind Sentinel.
+//!
+//! # Layout
+//!
+//! For an election key `K`:
+//!
+//! | key | type | content | expiry |
+//! |---|---|---|---|
+//! | `K` | string | the leader's candidate id, exactly as the seed stores it | the lease (`PX`) |
+//! | `{K}:baton` | hash | `holder` (id of the last acquire), `token` (last fencing token minted) | none: the token outlives releases and expiries |
+//!
+//! so `redis-cli GET K` prints the leader and `redis-cli TTL K` its remaining lease, as in the
+//! seed's README. The companion key is `{K}:baton`, whose hash tag makes it hash to the same
+//! cluster slot as `K`; if `K` already contains a hash tag, the companion is `K:baton`, which
+//! keeps that tag. Changes are published on the channel `baton:changes:K` (`released`,
+//! `acquired:<id>`).
+//!
+//! # Scripts
+//!
+//! Every write is one Lua script, so it is atomic:
+//!
+//! * **acquire** runs `SET K <id> NX PX <lease>` and, in the same script, mints the token as
+//!   `max(previous + 1, Redis TIME in µs)`, so tokens keep increasing even after a restart
+//!   without persistence wipes the counter (as long as the Redis clock does not go back).
+//! * **renew** runs `PEXPIRE` only if `K` holds this candidate's id *and* the companion holds
+//!   this lease's token: two processes that share an id never renew each other's lease.
+//! * **release** deletes `K` under the same check and publishes `released`.
+//!
+//! # Restarts and failovers that lose data
+//!
+//! When the acquire finds no token counter, the server is new or has lost its data: a restart
+//! without persistence, or a failover to a replica that had not yet received the counter. The
+//! old leader may still believe it leads until its deadline. So the new holder keeps and renews
+//! the lease but acts only once that cannot be (see [`Lease::act_after`]):
+//!
+//! * once the server has been up for a whole lease duration (`INFO`, `uptime_in_seconds`):
+//!   Redis's own advice on delayed restarts, applied by the client;
+//! * a whole lease after the acquire if the server was promoted from replica (`INFO`'s
+//!   `second_repl_offset` is set), since a promoted replica has usually been up for long.
+//!
+//! The counter is never deleted, so this wait happens once per key and data loss, not once per
+//! election. Behind Sentinel, an acquire within one lease after the store moved to a new master
+//! waits a lease too (see below).
+//!
+//! # URLs
+//!
+//! | URL | connects to |
+//! |---|---|
+//! | `redis://[user:password@]host[:port][/db]` | one server (port 6379 by default) |
+//! | `rediss://[user:password@]host[:port][/db]` | one server, over TLS |
+//! | `redis+cluster://[user:password@]host:port[,host:port...]` | a Redis Cluster, discovered from these seed nodes |
+//! | `redis+sentinel://[user:password@]host[:port][,host[:port]...]/MASTER[/db]` | the master that these Sentinels (port 26379 by default) call `MASTER` |
+//!
+//! `rediss+cluster://` and `rediss+sentinel://` use TLS for every connection, the Sentinels'
+//! included. Hosts are separated by commas, IPv6 addresses go in brackets (`[::1]:7000`). The
+//! user and password are those of the data nodes (the cluster's nodes, Sentinel's master);
+//! Sentinels are asked without credentials.
+//!
+//! The query may name PEM files for TLS, which Baton reads when the store is built:
+//!
+//! * `ca=PATH`: the CA certificate(s) to trust, instead of the system's;
+//! * `cert=PATH&key=PATH`: a client certificate and its key, for servers that require one
+//!   (`tls-auth-clients yes`).
+//!
+//! For example `rediss://cache:6380/?ca=/etc/myapp/ca.pem&cert=/etc/myapp/client.pem&key=/etc/myapp/client.key`.
+//! [`RedisStore::builder`] takes the same certificates as bytes. Other options are refused, so
+//! that a misspelt one is not silently ignored.
+//!
+//! # TLS
+//!
+//! TLS is rustls, with ring as its crypto provider: Baton installs ring's provider as the
+//! process default only if the application has not installed one. The server's certificate must
+//! chain to the CA given with `ca=` or, without it, to one in the system's trust store
+//! (`rustls-native-certs`; on Linux, `/etc/ssl/certs`). The system store rather than a bundled
+//! copy of Mozilla's roots (`webpki-roots`), so that a company CA installed on the host works
+//! without configuration and public CAs follow the host's updates; a host without a trust store
+//! (a bare container image) then needs `ca=` or the `ca-certificates` package. The certificate
+//! must be valid for the host name in the URL; in a cluster, and behind Sentinel, for the
+//! address the cluster or Sentinel announces, which is usually an IP address (an IP SAN).
+//! Name checks cannot be turned off: a `#insecure` fragment is refused.
+//!
+//! # Redis Cluster
+//!
+//! Every script names `K` and its companion as its two keys, which share a slot by
+//! construction, so the client sends it to the master of `K`'s slot and Redis accepts it there
+//! (no `CROSSSLOT`). Different keys land on different masters. A `PUBLISH` from a script reaches
+//! subscribers on every node (the cluster bus forwards it), so the subscription to a key's
+//! channel can live on any node: the client puts it on the node of the channel's slot and
+//! subscribes again when it rebuilds its connections. The restart guard asks the master of
+//! `K`'s slot.
+//!
+//! # Sentinel
+//!
+//! redis-rs's Sentinel support hands out plain connections, which do not reconnect, so Baton
+//! asks the Sentinels itself: `SENTINEL GET-MASTER-ADDR-BY-NAME` on each in turn until one
+//! knows the master, then checks that the server named is a master (`INFO replication`), and
+//! keeps one reconnecting connection to it. A call that fails on the connection, that the
+//! server answers with `READONLY` (it became a replica), or that the engine abandons at its
+//! timeout, makes the next call ask the Sentinels again. Followers waiting on a push are
+//! subscribed on the new master and woken when the master changes, and try at once.
+//!
+//! Until Sentinel reconfigures it, which takes seconds, a demoted master goes on accepting
+//! writes, so the old leader can go on renewing there. Baton asks a Sentinel every second
+//! whether the master moved, and a store that moved holds any lease it acquires within one
+//! lease of the move back for a lease before acting on it: by then the old leader, which asks
+//! Sentinel every second too, has moved, found its lease taken, and stepped down.
+//!
+//! **Caveat: replication is asynchronous.** A failover can promote a replica that had not yet
+//! received the latest acquire or renewal. The lease is then lost: another candidate can
+//! acquire it while the old leader still believes it leads, until the old leader's deadline.
+//! If the token counter was lost too, the restart guard above holds the new holder back for a
+//! lease; if only the lease was lost, nothing in Redis can tell. **Fencing tokens** are what
+//! protect resources then: the new leader's token is `max(previous + 1, TIME in µs)` on the new
+//! master, higher than the old leader's as long as the servers' clocks agree to within the time
+//! the failover took, so a resource that rejects lower tokens rejects the old leader. The same
+//! holds for a Redis Cluster failover. `min-replicas-to-write` narrows the window but does not
+//! close it.
+//!
+//! # Connections
+//!
+//! One connection per [`RedisStore`], shared by all its clones and every election on it: a
+//! [`ConnectionManager`](redis::aio::ConnectionManager) (multiplexed, reconnecting, RESP3) for
+//! one server and for Sentinel's master, a cluster connection for a cluster. It carries
+//! commands and the push messages of the change channels; subscriptions are restored
+//! automatically after a reconnect. It connects lazily: a store built while Redis is down works
+//! as soon as Redis is up.
+//!
+//! # Access control
+//!
+//! The minimal ACL rule for a user that runs elections on keys under `myapp:` is
+//!
+//! ```text
+//! ACL SETUSER baton on >PASSWORD resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:*
+//!     -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe
+//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time
+//! ```
+//!
+//! plus `+cluster|slots` on a Redis Cluster, where the client reads the slot map.
+
+mod conn;
+mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{ErrorKind, RedisError, Script};
+use tokio::sync::broadcast;
+
+use self::conn::{Connection, PubSub};
+use super::{
+    Acquire, Candidacy, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    broadcast_changes,
+};
+use crate::{Error, FencingToken, Result, connect::redact};
+
+/// `KEYS[1]` = key, `KEYS[2]` = companion hash; `ARGV[1]` = candidate, `ARGV[2]` = TTL in ms,
+/// `ARGV[3]` = change channel.
+const ACQUIRE: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local mt = redis.call('TYPE', KEYS[2]).ok
+if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local pttl = redis.call('PTTL', KEYS[1])
+  local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
+  if pttl < 0 or (meta[1] and meta[1] ~= holder) then
+    return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
+  end
+  return {'held', holder, meta[2] or '0', tostring(pttl)}
+end
+local last = redis.call('HGET', KEYS[2], 'token')
+local fresh = '0'
+if not last then fresh = '1'; last = '0' end
+local now = redis.call('TIME')
+local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local token = string.format('%.0f', math.max(tonumber(last) + 1, us))
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
+redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
+return {'acquired', token, fresh}
+"#;
+
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = TTL in ms.
+const RENEW: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local holder = redis.call('GET', KEYS[1])
+local token = redis.call('HGET', KEYS[2], 'token')
+if holder and holder == ARGV[1] and token == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'renewed'}
+end
+if holder then
+  return {'lost', holder, token or '0', tostring(redis.call('PTTL', KEYS[1]))}
+end
+return {'lost'}
+"#;
+
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = channel.
+const RELEASE: &str = r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+local holder = redis.call('GET', KEYS[1])
+local token = redis.call('HGET', KEYS[2], 'token')
+if holder == ARGV[1] and token == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], 'released')
+  return 1
+end
+return 0
+"#;
+
+/// `KEYS` as for [`ACQUIRE`].
+const READ: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt == 'none' then return {'free'} end
+if kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local holder = redis.call('GET', KEYS[1])
+local pttl = redis.call('PTTL', KEYS[1])
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
+if pttl < 0 or (meta[1] and meta[1] ~= holder) then
+  return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
+end
+return {'held', holder, meta[2] or '0', tostring(pttl)}
+"#;
+
+/// Check that `key` can have a companion in its cluster slot. A key with a `}` but no hash
+/// tag cannot: wrapping it in `{..}` would end the tag at its own `}`.
+fn check_key(key: &str) -> Result<()> {
+    if key.contains('}') && !has_hash_tag(key) {
+        return Err(Error::Config(format!(
+            "the Redis key {key:?} contains '}}' outside a hash tag; Baton cannot place its token \
+             counter in the same cluster slot: use a key without braces, or with a hash tag like {{app}}:leader"
+        )));
+    }
+    Ok(())
+}
+
+/// The companion key of `key`, in the same cluster slot.
+pub fn companion_key(key: &str) -> String {
+    if has_hash_tag(key) {
+        format!("{key}:baton")
+    } else {
+        format!("{{{key}}}:baton")
+    }
+}
+
+/// Whether `key` has a Redis Cluster hash tag: a `{` followed later by a `}` with at least
+/// one character between them.
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
+/// The channel on which changes to `key` are published.
+pub fn change_channel(key: &str) -> String {
+    format!("baton:changes:{key}")
+}
+
+/// A [`LeaseStore`] on Redis: one server, a Redis Cluster or Sentinel's master. Clones share
+/// one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    /// The URL with any password replaced.
+    location: String,
+    pubsub: Arc<PubSub>,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    read: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("location", &self.inner.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`] with certificates given as bytes rather than files.
+///
+/// ```no_run
+/// # fn main() -> baton::Result<()> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # let _guard = rt.enter();
+/// use baton::store::redis::RedisStore;
+///
+/// let store = RedisStore::builder("rediss://cache.internal:6380")
+///     .ca_cert_pem(std::fs::read("/etc/myapp/redis-ca.pem").unwrap())
+///     .client_cert_pem(
+///         std::fs::read("/etc/myapp/client.pem").unwrap(),
+///         std::fs::read("/etc/myapp/client.key").unwrap(),
+///     )
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    ca_cert_pem: Option<Vec<u8>>,
+    client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact(&self.url))
+            .field("ca_cert_pem", &self.ca_cert_pem.is_some())
+            .field("client_cert_pem", &self.client_cert_pem.is_some())
+            .finish()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Trust the CA certificate(s) in `pem` (PEM, one or more `CERTIFICATE` blocks) for the
+    /// server's certificate, instead of the system's trust store. Takes precedence over `ca=`
+    /// in the URL. Needs a TLS URL (`rediss://`, `rediss+cluster://`, `rediss+sentinel://`).
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_cert_pem = Some(pem.into());
+        self
+    }
+
+    /// Present a client certificate (PEM, the chain) with its private key (PEM: PKCS#8, RSA
+    /// or EC), for servers that require one (`tls-auth-clients yes`). Takes precedence over
+    /// `cert=` and `key=` in the URL. Needs a TLS URL.
+    pub fn client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_cert_pem = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Parse the URL, read and check the certificates, and set up the connection, which is
+    /// made on first use: the store can be built while Redis is down. Each failed call then
+    /// says "Failed to connect to Redis at HOST:PORT. Is Redis running?".
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, an unknown option, a certificate file that cannot
+    /// be read or holds no certificate or key, certificates for a URL without TLS, or no tokio
+    /// runtime. Messages show the URL with its password redacted.
+    pub fn build(self) -> Result<RedisStore> {
+        let location = redact(&self.url);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Config(format!(
+                "the Redis store for {location} must be opened inside a tokio runtime, where its \
+                 connection runs"
+            )));
+        }
+        let target = target::parse(&self.url, &location)?;
+        let certs = target::certificates(
+            target.tls,
+            &target.files,
+            self.ca_cert_pem,
+            self.client_cert_pem,
+            &location,
+        )?;
+        if target.tls {
+            target::ensure_crypto_provider();
+        }
+        let pubsub = Arc::new(PubSub::default());
+        let conn = Connection::open(target, certs, pubsub.clone())?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                location,
+                pubsub,
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                read: Script::new(READ),
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// A store for `url`, in any of the forms in the [module docs](self): `redis://`,
+    /// `rediss://`, `redis+cluster://`, `redis+sentinel://`. Connects lazily, on first use, so
+    /// it can be built while Redis is down; each failed call then says
+    /// "Failed to connect to Redis at HOST:PORT. Is Redis running?".
+    ///
+    /// Must be called inside a tokio runtime. The same as `RedisStore::builder(url).build()`.
+    pub fn open(url: &str) -> Result<RedisStore> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for `url`, to add certificates given as bytes.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            ca_cert_pem: None,
+            client_cert_pem: None,
+        }
+    }
+
+    /// Check that Redis answers (`PING`; every master of a cluster), with a clear error if not.
+    pub async fn ping(&self) -> Result<()> {
+        self.inner.conn.ping().await
+    }
+
+    async fn script(&self, script: &Script, key: &str, args: &[&str]) -> Result<Vec<String>> {
+        let mut call = script.key(key);
+        call.key(companion_key(key));
+        for a in args {
+            call.arg(*a);
+        }
+        self.inner.conn.invoke(&call, "script").await
+    }
+
+    /// How long to wait before acting on a lease acquired when the counter was missing.
+    async fn restart_wait(&self, key: &str, ttl: Duration) -> Result<Duration> {
+        let info: String = self
+            .inner
+            .conn
+            .query(redis::cmd("INFO"), key, "INFO")
+            .await?;
+        let facts = ServerFacts::parse(&info).ok_or_else(|| Error::Unavailable {
+            store: "redis",
+            message: "INFO did not report uptime_in_seconds".into(),
+            source: None,
+        })?;
+        let wait = facts.restart_wait(ttl);
+        if !wait.is_zero() {
+            tracing::warn!(
+                key,
+                uptime_s = facts.uptime.as_secs(),
+                promoted = facts.promoted,
+                wait_ms = wait.as_millis() as u64,
+                "Redis has no token counter for this key and restarted or failed over recently; \
+                 holding the lease without acting until an earlier leader's lease is surely over"
+            );
+        }
+        Ok(wait)
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Changes> {
+        let channel = change_channel(key);
+        let rx = {
+            let mut routes = self
+                .inner
+                .pubsub
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            routes
+                .entry(channel.clone())
+                .or_insert_with(|| broadcast::channel(64).0)
+                .subscribe()
+        };
+        self.inner
+            .conn
+            .subscribe(&self.inner.pubsub, &channel)
+            .await?;
+        Ok(broadcast_changes(rx))
+    }
+}
+
+/// What `INFO` says about the server that matters to the restart guard.
+#[derive(Debug, PartialEq, Eq)]
+struct ServerFacts {
+    uptime: Duration,
+    /// Promoted from replica since it started (`second_repl_offset` is not -1).
+    promoted: bool,
+}
+
+impl ServerFacts {
+    fn parse(info: &str) -> Option<ServerFacts> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let uptime = Duration::from_secs(field("uptime_in_seconds")?.parse().ok()?);
+        let promoted = field("second_repl_offset")
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|offset| offset >= 0);
+        Some(ServerFacts { uptime, promoted })
+    }
+
+    /// A promoted replica may have missed the counter however long it has been up: wait a
+    /// whole lease. Otherwise wait until the server has been up for one.
+    fn restart_wait(&self, ttl: Duration) -> Duration {
+        if self.promoted {
+            ttl
+        } else {
+            ttl.saturating_sub(self.uptime)
+        }
+    }
+}
+
+/// Map a client error into Baton's, naming the server (`address`) but never the password.
+fn map_error(e: RedisError, what: &str, address: &str) -> Error {
+    if e.code() == Some("WRONGTYPE") {
+        return Error::ForeignData {
+            key: what.to_owned(),
+            found: format!("a value of another type ({e})"),
+        };
+    }
+    if e.code() == Some("NOPERM") {
+        return Error::Config(format!(
+            "the Redis user may not run {what} on {address}: {e}; see the minimal ACL rule in the docs of baton::store::redis"
+        ));
+    }
+    let auth_failed = matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        || e.kind() == ErrorKind::AuthenticationFailed;
+    if auth_failed {
+        return Error::Config(format!(
+            "Redis at {address} rejected the credentials: check the user and password in the URL"
+        ));
+    }
+    if let Some(message) = tls_problem(&e, address) {
+        return Error::Config(message);
+    }
+    match e.kind() {
+        ErrorKind::InvalidClientConfig => {
+            Error::Config(format!("invalid Redis configuration for {address}: {e}"))
+        }
+        ErrorKind::ClusterConnectionNotFound => Error::unavailable(
+            "redis",
+            format!("Failed to connect to Redis Cluster at {address}. Is Redis running?"),
+            e,
+        ),
+        _ if e.code() == Some("READONLY") => Error::unavailable(
+            "redis",
+            format!(
+                "Redis at {address} is a read-only replica: connect to the master, or through \
+                 Sentinel (redis+sentinel://)"
+            ),
+            e,
+        ),
+        _ if e.is_connection_refusal() => Error::unavailable(
+            "redis",
+            format!("Failed to connect to Redis at {address}. Is Redis running?"),
+            e,
+        ),
+        _ if e.to_string().contains("lookup address") => Error::unavailable(
+            "redis",
+            format!(
+                "Failed to connect to Redis at {address}: the host name does not resolve ({e}). \
+                 Is the host name right?"
+            ),
+            e,
+        ),
+        _ if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() => {
+            Error::indeterminate("redis", format!("{what} on {address}: connection lost"), e)
+        }
+        _ => Error::unavailable("redis", format!("{what} on {address} failed: {e}"), e),
+    }
+}
+
+/// A TLS handshake that failed for a reason retrying cannot fix, explained. rustls's errors
+/// reach us as text inside an I/O error.
+fn tls_problem(e: &RedisError, address: &str) -> Option<String> {
+    let text = e.to_string();
+    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "the server's certificate is not signed by a CA Baton trusts: pass the CA that signed \
+         it, ?ca=/path/to/ca.pem in the URL or RedisStoreBuilder::ca_cert_pem"
+    } else if text.contains("NotValidForName") {
+        "the server's certificate is not valid for the host name Baton connected to: use a \
+         host name the certificate lists, or reissue it with this one"
+    } else if text.contains("Expired") || text.contains("NotValidYet") {
+        "a certificate is outside its validity period: renew it, or check the clocks"
+    } else if text.contains("CertificateRequired") {
+        "Redis requires a client certificate: pass ?cert=/path/client.pem&key=/path/client.key \
+         in the URL or RedisStoreBuilder::client_cert_pem"
+    } else if text.contains("invalid peer certificate") {
+        "check the CA (?ca=) and the server's certificate"
+    } else if text.contains("received fatal alert") {
+        "Redis refused the handshake: if it requires client certificates \
+         (tls-auth-clients yes), pass ?cert= and ?key= signed by a CA it trusts"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "TLS with Redis at {address} failed ({text}): {fix}"
+    ))
+}
+
+fn foreign(key: &str, reply: &[String]) -> Error {
+    Error::ForeignData {
+        key: key.to_owned(),
+        found: reply
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| "unknown data".into()),
+    }
+}
+
+fn parse_token(key: &str, s: &str) -> Result<FencingToken> {
+    s.parse().map(FencingToken).map_err(|_| Error::ForeignData {
+        key: companion_key(key),
+        found: format!("a token that is not a number ({s:?})"),
+    })
+}
+
+/// `held, holder, token, pttl` → record.
+fn parse_record(key: &str, reply: &[String]) -> Result<LeaseRecord> {
+    let [_, holder, token, pttl] = reply else {
+        return Err(foreign(key, reply));
+    };
+    Ok(LeaseRecord {
+        holder: holder.clone(),
+        token: parse_token(key, token)?,
+        ttl: Duration::from_millis(pttl.parse::<i64>().unwrap_or(0).max(0) as u64),
+    })
+}
+
+fn ttl_ms(ttl: Duration) -> String {
+    ttl.as_millis().max(1).to_string()
+}
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        check_key(key)?;
+        Ok(Box::new(RedisCandidacy {
+            store: self.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        let reply = self.script(&self.inner.read, key, &[]).await?;
+        match reply.first().map(String::as_str) {
+            Some("free") => Ok(None),
+            Some("held") => parse_record(key, &reply).map(Some),
+            _ => Err(foreign(key, &reply)),
+        }
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        self.subscribe(key).await.map(Some)
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            name: "redis",
+            location: self.inner.location.clone(),
+            can_watch: true,
+        }
+    }
+}
+
+/// One candidate in a Redis election: a key and an id; no per-candidate state on the server.
+#[derive(Debug)]
+struct RedisCandidacy {
+    store: RedisStore,
+    key: String,
+    candidate: String,
+}
+
+#[async_trait]
+impl Candidacy for RedisCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        let channel = change_channel(&self.key);
+        let reply = self
+            .store
+            .script(
+                &self.store.inner.acquire,
+                &self.key,
+                &[&self.candidate, &ttl_ms(ttl), &channel],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("held") => parse_record(&self.key, &reply).map(Acquire::Held),
+            Some("acquired") => {
+                let token = parse_token(&self.key, reply.get(1).map_or("", String::as_str))?;
+                let fresh = reply.get(2).map(String::as_str) == Some("1");
+                let mut act_after = if fresh {
+                    // The counter was missing: a new server, or one that lost its data.
+                    self.store.restart_wait(&self.key, ttl).await?
+                } else {
+                    Duration::ZERO
+                };
+                if self
+                    .store
+                    .inner
+                    .conn
+                    .since_failover()
+                    .is_some_and(|since| since < ttl)
+                {
+                    // The old leader may still be renewing on the demoted master.
+                    tracing::warn!(
+                        key = %self.key,
+                        wait_ms = ttl.as_millis() as u64,
+                        "acquired just after a Sentinel failover; holding the lease without \
+                         acting for a lease, while the old master may still accept renewals"
+                    );
+                    act_after = ttl;
+                }
+                Ok(Acquire::Acquired(Lease {
+                    key: self.key.clone(),
+                    holder: self.candidate.clone(),
+                    token,
+                    act_after,
+                }))
+            }
+            _ => Err(foreign(&self.key, &reply)),
+        }
+    }
+
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let token = lease.token.to_string();
+        let reply = self
+            .store
+            .script(
+                &self.store.inner.renew,
+                &lease.key,
+                &[&lease.holder, &token, &ttl_ms(ttl)],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("renewed") => Ok(Renew::Renewed),
+            Some("lost") if reply.len() == 1 => Ok(Renew::Lost(None)),
+            Some("lost") => parse_record(&lease.key, &reply).map(|r| Renew::Lost(Some(r))),
+            _ => Err(foreign(&lease.key, &reply)),
+        }
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let token = lease.token.to_string();
+        let channel = change_channel(&lease.key);
+        let mut call = self.store.inner.release.key(&lease.key);
+        call.key(companion_key(&lease.key))
+            .arg(&lease.holder)
+            .arg(&token)
+            .arg(&channel);
+        self.store
+            .inner
+            .conn
+            .invoke::<i64>(&call, "release")
+            .await
+            .map(|_| ())
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        self.store.subscribe(&self.key).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn companion_key_shares_the_slot() {
+        assert_eq!(companion_key("myapp:leader"), "{myapp:leader}:baton");
+        assert_eq!(companion_key("{app}:leader"), "{app}:leader:baton");
+        assert_eq!(companion_key("a{b"), "{a{b}:baton");
+        assert!(check_key("a{}b").is_err());
+        assert!(check_key("a}b").is_err());
+        assert!(check_key("{app}:x}").is_ok());
+        // By redis-rs's own slot function, which routes the scripts in a cluster.
+        use redis::cluster_routing::Slot;
+        for key in [
+            "myapp:leader",
+            "{app}:leader",
+            "a{b",
+            "{app}:x}",
+            "x{}y{z}",
+            "é:ü",
+        ] {
+            if check_key(key).is_ok() {
+                assert_eq!(
+                    Slot::for_key(key),
+                    Slot::for_key(companion_key(key)),
+                    "{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn restart_wait_from_info() {
+        let ttl = Duration::from_secs(15);
+        let fresh = ServerFacts::parse("# Server\r\nuptime_in_seconds:4\r\n").unwrap();
+        assert_eq!(fresh.restart_wait(ttl), Duration::from_secs(11));
+        let old = ServerFacts::parse(
+            "uptime_in_seconds:86400\r\n# Replication\r\nrole:master\r\nsecond_repl_offset:-1\r\n",
+        )
+        .unwrap();
+        assert_eq!(old.restart_wait(ttl), Duration::ZERO);
+        let promoted =
+            ServerFacts::parse("uptime_in_seconds:86400\r\nsecond_repl_offset:123457\r\n").unwrap();
+        assert!(promoted.promoted);
+        assert_eq!(promoted.restart_wait(ttl), ttl);
+        assert_eq!(ServerFacts::parse("# Server\r\n"), None);
+    }
+
+    #[test]
+    fn tls_errors_say_what_to_do() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let err = map_error(RedisError::from(io), "script", "h:6380");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Config(_)), "{msg}");
+        assert!(msg.contains("h:6380") && msg.contains("?ca="), "{msg}");
+    }
+}
