@@ -1,0 +1,82 @@
+//! Crash failover: the leader vanishes without releasing, and a follower takes over once the
+//! lease expires in the store.
+//!
+//! The crashed leader is a raw candidacy on its own store instance (for Redis its own
+//! connection): it acquires the key, renews it 0, 1 or 2 times at the renew interval (round by
+//! round) while a follower election on another instance watches, and is then abandoned: no
+//! release, no more renewals, exactly what the store sees when a process dies. The failover is
+//! the time from the instant just before the last acquire or renew was sent to the follower's
+//! `BecameLeader`; the store's own clock started the lease a little after that instant, so the
+//! figure is an upper bound. The renewals make the follower re-read a moved expiry, as it does
+//! behind a live leader.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton::{Acquire, LeaseStore, Renew};
+
+use crate::BoxResult;
+use crate::stores::{Timing, became_leader_within, election};
+
+/// One crash.
+#[derive(Debug, Clone, Copy)]
+pub struct Crash {
+    /// Last acquire/renew send → the follower's `BecameLeader`.
+    pub failover: Duration,
+    /// Renewals the crashed leader made before it vanished.
+    pub renewals: usize,
+}
+
+pub async fn crashes(
+    stores: [Arc<dyn LeaseStore>; 2],
+    key: &str,
+    timing: Timing,
+    rounds: usize,
+) -> BoxResult<Vec<Crash>> {
+    let mut crashes = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut crashed = stores[0].join(key, &format!("crashed-{round}")).await?;
+        let mut last_send = Instant::now();
+        let lease = match crashed.try_acquire(timing.lease).await? {
+            Acquire::Acquired(lease) => lease,
+            Acquire::Held(record) => {
+                return Err(format!(
+                    "round {round}: the key is still held by {} ({:?} left)",
+                    record.holder, record.ttl
+                )
+                .into());
+            }
+        };
+
+        let follower = election(&stores[1], key, &format!("survivor-{round}"), timing)?;
+        let mut events = follower.subscribe();
+        follower.start().await?;
+        if follower.is_leader() {
+            return Err(format!("round {round}: the follower led while the key was held").into());
+        }
+
+        let renewals = round % 3;
+        for _ in 0..renewals {
+            tokio::time::sleep_until((last_send + timing.renew).into()).await;
+            let t = Instant::now();
+            match crashed.renew(&lease, timing.lease).await? {
+                Renew::Renewed => last_send = t,
+                Renew::Lost(record) => {
+                    return Err(
+                        format!("round {round}: renewal lost the lease to {record:?}").into(),
+                    );
+                }
+            }
+        }
+        drop(crashed); // vanishes: no release
+
+        let limit = timing.lease * 3 + Duration::from_secs(5);
+        let arrived = became_leader_within(&mut events, limit, "the survivor").await?;
+        crashes.push(Crash {
+            failover: arrived.saturating_duration_since(last_send),
+            renewals,
+        });
+        follower.stop().await?; // releases, so the next round starts on a free key
+    }
+    Ok(crashes)
+}

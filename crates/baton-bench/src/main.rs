@@ -1,0 +1,452 @@
+//! `baton-bench`: Baton's benchmarks for the memory, SQLite and Redis stores, run by
+//! `scripts/bench`.
+//!
+//! Figures (issue 3's Redis table, and issue 8's where cheap):
+//!
+//! 1. **Graceful handoff in process** (memory, SQLite, Redis): two elections on two store
+//!    instances pass leadership back and forth; `stop()` → the follower's `BecameLeader`.
+//! 2. **Crash failover** (memory, SQLite, Redis): a leader that vanishes without releasing; its
+//!    last acquire/renew send → the follower's `BecameLeader`, against the lease.
+//! 3. **Cost** (Redis): requests per second of one leader and ten idle followers, from the
+//!    server's `INFO commandstats`.
+//! 4. **Contention** (Redis): C candidates on one key; handoff latency and commands per handoff.
+//! 5. **Scale** (memory, SQLite, Redis): E elections in one child process; its CPU and RSS.
+//!
+//! Every Redis figure runs against a `redis-server` the bench spawns on a free loopback port
+//! (never the machine's 6379). Each figure is printed, and with `--write FILE` rewritten in its
+//! own marked section of that file (`docs/BENCHMARKS.md`); other sections are left alone.
+//! `--smoke` runs every figure briefly, to check that the benchmark works, and writes nothing.
+
+mod contention;
+mod cost;
+mod failover;
+mod handoff;
+mod procfs;
+mod redis_admin;
+mod report;
+mod scale;
+mod stores;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton::MemoryStore;
+use baton_testkit::servers::{RedisServer, scratch_dir};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::redis_admin::Admin;
+use crate::report::{Context, Row, Samples, ms, target_ms, verdict};
+use crate::stores::{StoreKind, Timing};
+
+/// Errors of the bench: anything, shown once at the top.
+pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, Parser)]
+#[command(about = "Baton's benchmarks: handoff, failover, cost, contention and scale per store")]
+struct Args {
+    /// A few seconds of every figure, to check the benchmark works; writes nothing
+    #[arg(long)]
+    smoke: bool,
+    /// Rewrite each measured figure's section of this Markdown file (e.g. docs/BENCHMARKS.md)
+    #[arg(long, conflicts_with = "smoke")]
+    write: Option<PathBuf>,
+    /// The command line to record in the report
+    #[arg(long, default_value = "scripts/bench")]
+    command: String,
+    /// Only these figures (comma-separated) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Figure>,
+    #[command(subcommand)]
+    child: Option<Child>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Figure {
+    Handoff,
+    Failover,
+    Cost,
+    Contention,
+    Scale,
+}
+
+const ALL: [Figure; 5] = [
+    Figure::Handoff,
+    Figure::Failover,
+    Figure::Cost,
+    Figure::Contention,
+    Figure::Scale,
+];
+
+#[derive(Debug, Subcommand)]
+enum Child {
+    /// (internal) One scale measurement, in a process of its own
+    #[command(hide = true)]
+    ScaleChild(scale::ChildArgs),
+}
+
+/// How much of each figure to run.
+struct Profile {
+    /// (store, untimed warm-up handoffs, timed handoffs)
+    handoff: [(&'static str, usize, usize); 3],
+    handoff_timing: Timing,
+    failover_rounds: usize,
+    failover_timing: Timing,
+    cost: cost::Params,
+    contention: Vec<contention::Params>,
+    scale: scale::Params,
+    /// (store, E)
+    scale_runs: Vec<(&'static str, usize)>,
+}
+
+impl Profile {
+    fn full() -> Profile {
+        let contention_timing = Timing::ms(15_000, 5_000, 5_000);
+        Profile {
+            handoff: [
+                ("memory", 50, 2000),
+                ("sqlite", 10, 200),
+                ("redis", 50, 2000),
+            ],
+            handoff_timing: Timing::ms(2000, 500, 500),
+            failover_rounds: 10,
+            failover_timing: Timing::ms(1000, 250, 250),
+            cost: cost::Params {
+                timing: Timing::ms(3000, 1000, 1000),
+                followers: 10,
+                settle: Duration::from_secs(5),
+                window: Duration::from_secs(20),
+            },
+            contention: [10, 100, 1000]
+                .into_iter()
+                .map(|candidates| contention::Params {
+                    timing: contention_timing,
+                    candidates,
+                    connections: 10,
+                    handoffs: 100,
+                })
+                .collect(),
+            scale: scale::Params {
+                timing: Timing::ms(15_000, 5_000, 5_000),
+                settle: Duration::from_secs(5),
+                window: Duration::from_secs(30),
+            },
+            scale_runs: vec![
+                ("memory", 1),
+                ("memory", 100),
+                ("memory", 10_000),
+                ("sqlite", 1),
+                ("sqlite", 100),
+                ("redis", 1),
+                ("redis", 100),
+                ("redis", 10_000),
+            ],
+        }
+    }
+
+    fn smoke() -> Profile {
+        let short = Timing::ms(600, 200, 200);
+        Profile {
+            handoff: [("memory", 2, 20), ("sqlite", 1, 5), ("redis", 2, 20)],
+            handoff_timing: Timing::ms(500, 100, 100),
+            failover_rounds: 1,
+            failover_timing: Timing::ms(300, 100, 100),
+            cost: cost::Params {
+                timing: short,
+                followers: 10,
+                settle: Duration::from_millis(200),
+                window: Duration::from_millis(500),
+            },
+            contention: vec![contention::Params {
+                timing: short,
+                candidates: 10,
+                connections: 3,
+                handoffs: 3,
+            }],
+            scale: scale::Params {
+                timing: short,
+                settle: Duration::from_millis(100),
+                window: Duration::from_millis(300),
+            },
+            scale_runs: vec![("memory", 10), ("redis", 10)],
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match args.child {
+        Some(Child::ScaleChild(child)) => scale::child_main(child),
+        None => run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> BoxResult<()> {
+    let figures: Vec<Figure> = if args.only.is_empty() {
+        ALL.to_vec()
+    } else {
+        ALL.into_iter().filter(|f| args.only.contains(f)).collect()
+    };
+    let profile = if args.smoke {
+        Profile::smoke()
+    } else {
+        Profile::full()
+    };
+    // Started from the main thread, which outlives the run: the server dies with the thread
+    // that spawned it.
+    let redis = RedisServer::start();
+    let dir = scratch_dir("baton-bench");
+    let ctx = Context::new(args.command.clone());
+    eprintln!(
+        "baton-bench: {} profile, redis-server on port {}, SQLite under {}",
+        if args.smoke { "smoke" } else { "full" },
+        redis.port(),
+        dir.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut sections: Vec<(&'static str, String)> = Vec::new();
+    let outcome = runtime.block_on(measure(
+        &figures,
+        &profile,
+        &ctx,
+        &redis.url(),
+        &dir,
+        &mut sections,
+    ));
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if let Some(path) = &args.write {
+        // The summary first: on a new file, sections appear in the order written.
+        let mut order: Vec<&(&str, String)> =
+            sections.iter().filter(|s| s.0 == "summary").collect();
+        order.extend(sections.iter().filter(|s| s.0 != "summary"));
+        for (name, body) in order {
+            report::write_section(path, name, body)?;
+        }
+        if !sections.is_empty() {
+            eprintln!("wrote {} section(s) of {}", sections.len(), path.display());
+        }
+    }
+    outcome
+}
+
+async fn measure(
+    figures: &[Figure],
+    profile: &Profile,
+    ctx: &Context,
+    redis_url: &str,
+    dir: &std::path::Path,
+    sections: &mut Vec<(&'static str, String)>,
+) -> BoxResult<()> {
+    let kinds = [
+        StoreKind::Memory(MemoryStore::new()),
+        StoreKind::Sqlite(dir.join("bench.db")),
+        StoreKind::Redis(redis_url.to_owned()),
+    ];
+    let mut admin = Admin::connect(redis_url).await?;
+    let mut summary_rows: Vec<Row> = Vec::new();
+    let mut emit = |name: &'static str, body: String| {
+        println!("{body}");
+        sections.push((name, body));
+    };
+
+    if figures.contains(&Figure::Handoff) {
+        let server_pid = admin.server_pid().await?;
+        let rows =
+            handoff::run_all(&kinds, &profile.handoff, profile.handoff_timing, server_pid).await?;
+        summary_rows.extend(handoff::summary_row(&rows));
+        emit(
+            "handoff",
+            handoff::report(&rows, profile.handoff_timing, ctx),
+        );
+    }
+
+    if figures.contains(&Figure::Failover) {
+        let timing = profile.failover_timing;
+        let mut rows = Vec::new();
+        for kind in &kinds {
+            eprintln!(
+                "failover: {}, {} crashes",
+                kind.name(),
+                profile.failover_rounds
+            );
+            let stores = [kind.open()?, kind.open()?];
+            let crashes = failover::crashes(
+                stores,
+                &format!("bench:failover:{}", kind.name()),
+                timing,
+                profile.failover_rounds,
+            )
+            .await?;
+            let worst = crashes.iter().map(|c| c.failover).max().unwrap_or_default();
+            if kind.name() == "redis" {
+                summary_rows.push(Row::new(
+                    "crash failover",
+                    format!(
+                        "worst of {} crashes {} with a {} lease (lease + {})",
+                        crashes.len(),
+                        ms(worst),
+                        baton::fmt_duration(timing.lease),
+                        ms(worst.saturating_sub(timing.lease))
+                    ),
+                    format!("≤ lease + {}", target_ms(FAILOVER_SLACK)),
+                    worst <= timing.lease + FAILOVER_SLACK,
+                ));
+            }
+            rows.push((kind.name(), crashes));
+        }
+        emit("failover", failover_report(&rows, timing, ctx));
+    }
+
+    if figures.contains(&Figure::Cost) {
+        eprintln!(
+            "cost: 1 leader + {} followers for {:?}",
+            profile.cost.followers, profile.cost.window
+        );
+        let cost = cost::measure(&kinds[2], &mut admin, profile.cost).await?;
+        summary_rows.extend(cost.summary_rows());
+        emit("cost", cost.report(ctx));
+    }
+
+    if figures.contains(&Figure::Contention) {
+        let mut runs = Vec::new();
+        for &params in &profile.contention {
+            eprintln!(
+                "contention: {} candidates, {} handoffs",
+                params.candidates, params.handoffs
+            );
+            runs.push(contention::measure(&kinds[2], &mut admin, params).await?);
+        }
+        summary_rows.extend(contention::summary_rows(&runs));
+        emit("contention", contention::report(&runs, ctx));
+    }
+
+    if figures.contains(&Figure::Scale) {
+        let exe = std::env::current_exe()?;
+        let mut runs = Vec::new();
+        for &(store, elections) in &profile.scale_runs {
+            eprintln!("scale: {store}, E = {elections}");
+            let (url, admin) = match store {
+                "memory" => ("memory:".to_owned(), None),
+                "sqlite" => (
+                    format!(
+                        "sqlite:{}",
+                        dir.join(format!("scale-{elections}.db")).display()
+                    ),
+                    None,
+                ),
+                _ => (redis_url.to_owned(), Some(&mut admin)),
+            };
+            runs.push(scale::run(&exe, store, &url, elections, profile.scale, admin).await?);
+        }
+        summary_rows.extend(scale::summary_rows(&runs));
+        emit("scale", scale::report(&runs, profile.scale, ctx));
+    }
+
+    if figures == ALL {
+        emit("summary", summary(&summary_rows, ctx));
+    }
+    Ok(())
+}
+
+/// Target of a crash failover: within the lease plus this much.
+const FAILOVER_SLACK: Duration = Duration::from_millis(50);
+
+fn failover_report(rows: &[(&str, Vec<failover::Crash>)], timing: Timing, ctx: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Crash failover\n");
+    let _ = writeln!(
+        out,
+        "A leader that vanishes without releasing: a raw candidacy on its own store instance \
+         (Redis: its own connection) acquires the key, renews it 0, 1 or 2 times at the renew \
+         interval while a follower election on another instance watches, and is then \
+         abandoned (no release, no renewals, as when its process is killed). Timed from just \
+         before the last acquire/renew was sent to the arrival of the follower's \
+         `BecameLeader`; the store started the lease a little later, so this bounds the \
+         failover from above. Follower: {}.\n",
+        timing.describe()
+    );
+    let _ = writeln!(
+        out,
+        "| store | crashes | min | mean | max | max − lease | max / lease | target ≤ lease + {} |",
+        target_ms(FAILOVER_SLACK)
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for (store, crashes) in rows {
+        let s = Samples::new(crashes.iter().map(|c| c.failover).collect());
+        let max = s.max();
+        let over = max.saturating_sub(timing.lease);
+        let ok = max <= timing.lease + FAILOVER_SLACK;
+        let _ = writeln!(
+            out,
+            "| {store} | {} | {} | {} | {} | {} | {:.3} | {} |",
+            s.len(),
+            ms(s.min()),
+            ms(s.mean()),
+            ms(max),
+            ms(over),
+            max.as_secs_f64() / timing.lease.as_secs_f64(),
+            verdict(ok, || format!(
+                "by {}",
+                ms(max.saturating_sub(timing.lease + FAILOVER_SLACK))
+            )),
+        );
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Each crash (ms after the last send, renewals before the crash): {}.\n",
+        rows.iter()
+            .map(|(store, crashes)| format!(
+                "{store}: {}",
+                crashes
+                    .iter()
+                    .map(|c| format!("{:.1} ({})", c.failover.as_secs_f64() * 1e3, c.renewals))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        out,
+        "The follower sleeps until the holder's remaining TTL plus a jitter of up to 1 % of the \
+         lease + 1 ms ({} here), then acquires: the excess over the lease is that jitter plus \
+         one round trip.\n",
+        ms(timing.lease / 100 + Duration::from_millis(1))
+    );
+    out.push_str(&ctx.footer(&["memory", "sqlite", "redis"]));
+    out
+}
+
+fn summary(rows: &[Row], ctx: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Summary: the Redis targets (issue 3)\n");
+    let _ = writeln!(
+        out,
+        "From the same run as the sections below, which give the method, the detail, and for \
+         every missed target by how much, why, and what would fix it.\n"
+    );
+    let _ = writeln!(out, "| figure | measured | target | met? |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            row.figure,
+            row.measured,
+            row.target,
+            if row.met { "yes" } else { "**no**" }
+        );
+    }
+    out.push('\n');
+    out.push_str(&ctx.footer(&["redis"]));
+    out
+}
