@@ -841,3 +841,44 @@ async fn after_a_sentinel_failover_the_election_goes_on_on_the_new_master() {
     );
     assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens {tokens:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_followers_send_no_commands_while_the_leader_renews() {
+    let server = RedisServer::start();
+    // A token counter already there, so no restart wait applies.
+    server.cli(&["HSET", "{jobs}:baton", "token", "1"]);
+    let stores: Vec<RedisStore> = (0..4)
+        .map(|_| RedisStore::open(&server.url()).unwrap())
+        .collect();
+    let elections: Vec<LeaderElection> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| short(s, "jobs", &format!("c{i}")))
+        .collect();
+    for e in &elections {
+        e.start().await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || elections
+            .iter()
+            .any(|e| e.is_leader()))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    // Four leases' worth of renewals (every 500 ms).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // HMGET runs only in an acquire that finds the key held: a follower asking.
+    assert_eq!(calls("hmget"), 0, "followers asked Redis:\n{stats}");
+    assert!(calls("pexpire") >= 10, "the leader renewed:\n{stats}");
+    assert_eq!(elections.iter().filter(|e| e.is_leader()).count(), 1);
+}

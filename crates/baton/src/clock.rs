@@ -6,9 +6,11 @@
 //! tokio's (pausable) time, so every timing rule can be driven deterministically.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// A monotonic clock. [`Clock::now`] is the time elapsed since an arbitrary fixed origin.
 #[derive(Clone)]
@@ -22,6 +24,8 @@ enum ClockKind {
         /// Time added by [`Clock::jump`], in nanoseconds: time that passed without timers
         /// seeing it, as during a suspend.
         jumped: Arc<AtomicU64>,
+        /// Woken by [`Clock::jump`].
+        jump_signal: Arc<Notify>,
     },
 }
 
@@ -38,6 +42,7 @@ impl Clock {
         Clock(ClockKind::Tokio {
             origin: tokio::time::Instant::now(),
             jumped: Arc::new(AtomicU64::new(0)),
+            jump_signal: Arc::new(Notify::new()),
         })
     }
 
@@ -45,8 +50,14 @@ impl Clock {
     /// timers, as a machine suspend does to the boot clock. Clones see the jump. Has no effect
     /// on [`Clock::boot`].
     pub fn jump(&self, d: Duration) {
-        if let ClockKind::Tokio { jumped, .. } = &self.0 {
+        if let ClockKind::Tokio {
+            jumped,
+            jump_signal,
+            ..
+        } = &self.0
+        {
             jumped.fetch_add(d.as_nanos() as u64, Ordering::AcqRel);
+            jump_signal.notify_waiters();
         }
     }
 
@@ -54,9 +65,19 @@ impl Clock {
     pub fn now(&self) -> Duration {
         match &self.0 {
             ClockKind::Boot => boot_time(),
-            ClockKind::Tokio { origin, jumped } => {
+            ClockKind::Tokio { origin, jumped, .. } => {
                 origin.elapsed() + Duration::from_nanos(jumped.load(Ordering::Acquire))
             }
+        }
+    }
+
+    /// Notified when this clock jumps ahead of the monotonic clock that tokio's timers follow:
+    /// after a machine suspend (the boot clock), or a [`Clock::jump`] (the test clock).
+    /// Sleepers race their timer against it and re-check the clock when it fires.
+    pub(crate) fn jump_signal(&self) -> &Notify {
+        match &self.0 {
+            ClockKind::Boot => suspend_signal(),
+            ClockKind::Tokio { jump_signal, .. } => jump_signal,
         }
     }
 }
@@ -74,6 +95,41 @@ impl fmt::Debug for Clock {
             ClockKind::Tokio { .. } => f.write_str("Clock::tokio"),
         }
     }
+}
+
+/// How often the suspend detector compares the boot clock with the monotonic clock.
+const SUSPEND_CHECK: Duration = Duration::from_secs(1);
+/// How far the boot clock must run ahead of the monotonic clock to count as a suspend.
+const SUSPEND_THRESHOLD: Duration = Duration::from_millis(200);
+
+/// The process-wide suspend signal: one thread compares the boot clock, which counts time
+/// suspended, with the monotonic clock, which does not, once a second, and wakes every
+/// sleeper when the boot clock has jumped ahead. One thread per process, rather than every
+/// timer waking once a second to look: 10,000 elections then cost no idle wake-ups.
+fn suspend_signal() -> &'static Notify {
+    static SIGNAL: OnceLock<Arc<Notify>> = OnceLock::new();
+    SIGNAL.get_or_init(|| {
+        let signal = Arc::new(Notify::new());
+        let notify = signal.clone();
+        let spawned = std::thread::Builder::new()
+            .name("baton-suspend-detector".into())
+            .spawn(move || {
+                let (mut boot, mut mono) = (boot_time(), Instant::now());
+                loop {
+                    std::thread::sleep(SUSPEND_CHECK);
+                    let (boot_now, mono_now) = (boot_time(), Instant::now());
+                    let skew = (boot_now - boot).saturating_sub(mono_now - mono);
+                    if skew > SUSPEND_THRESHOLD {
+                        notify.notify_waiters();
+                    }
+                    (boot, mono) = (boot_now, mono_now);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no suspend detector: timers notice a suspend only when they fire");
+        }
+        signal
+    })
 }
 
 /// Time since boot, including time spent suspended, on Linux and Android; the plain monotonic

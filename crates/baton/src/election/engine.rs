@@ -28,19 +28,23 @@ use super::{ElectionState, Event, LossReason, Role, Shared, Term};
 use crate::store::{Acquire, Candidacy, Changes, Lease, LeaseRecord, Renew};
 use crate::{Change, Clock, Error, Result};
 
-/// Longest single timer sleep. Timers are re-checked against the (suspend-aware) clock at
-/// least this often, so a machine that was suspended notices a passed deadline promptly.
-const MAX_SLEEP_SLICE: Duration = Duration::from_secs(1);
-
-/// Sleep for `d` as measured on `clock`.
+/// Sleep for `d` as measured on `clock`. Timers follow the monotonic clock, which stops
+/// during a machine suspend; the clock's jump signal (a suspend detector for the boot clock,
+/// [`Clock::jump`] for the test clock) wakes the sleep early so it can re-check.
 pub(crate) async fn sleep_on(clock: &Clock, d: Duration) {
     let target = clock.now() + d;
     loop {
+        let jumped = clock.jump_signal().notified();
+        tokio::pin!(jumped);
+        jumped.as_mut().enable();
         let now = clock.now();
         if now >= target {
             return;
         }
-        tokio::time::sleep((target - now).min(MAX_SLEEP_SLICE)).await;
+        tokio::select! {
+            () = tokio::time::sleep(target - now) => {}
+            () = jumped => {}
+        }
     }
 }
 
@@ -180,7 +184,9 @@ impl Engine {
                     None => return,
                     // Someone else just took the key: note who, and wait out their fresh lease
                     // without asking the store, so a handoff costs followers nothing.
-                    Some(Some(Change::Acquired { holder })) if holder != self.shared.candidate => {
+                    Some(Some(Change::Acquired { holder } | Change::Renewed { holder }))
+                        if holder != self.shared.candidate =>
+                    {
                         self.set_leader(Some(holder), None);
                         wait = timing.lease + self.jitter();
                     }

@@ -43,6 +43,11 @@ pub struct ElectionState {
     pub last_error: Option<String>,
 }
 
+/// Events buffered per subscriber. Tokio allocates every slot up front, for each election,
+/// so this stays small: a subscriber that falls further behind skips events (and the state
+/// channel still has the truth).
+pub(crate) const EVENT_BUFFER: usize = 64;
+
 /// State shared by the handle, the engine task and leadership scopes.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -237,7 +242,7 @@ impl LeaderElectionBuilder {
                 token: None,
                 last_error: None,
             }),
-            events: broadcast::Sender::new(1024),
+            events: broadcast::Sender::new(EVENT_BUFFER),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
             unsafe_ignore_deadline: self.unsafe_ignore_deadline,

@@ -156,6 +156,9 @@ impl Candidacy for MemoryCandidacy {
                 if let Some(h) = slot.lease.as_mut() {
                     h.expires = now + ttl;
                 }
+                let _ = slot.changes.send(Change::Renewed {
+                    holder: lease.holder.clone(),
+                });
                 Renew::Renewed
             } else {
                 Renew::Lost(slot.record(now))

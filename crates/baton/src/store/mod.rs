@@ -151,6 +151,11 @@ pub enum Change {
         /// Its candidate id.
         holder: String,
     },
+    /// The holder renewed its lease: it runs for another full term from now.
+    Renewed {
+        /// Its candidate id.
+        holder: String,
+    },
     /// The lease expired (or the holder's session ended).
     Expired,
     /// Something changed; read the store to learn what.

@@ -71,12 +71,18 @@ impl redis::aio::AsyncPushSender for Router {
                 };
                 let routes = self.0.routes.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tx) = routes.get(&channel) {
-                    let change = match payload.strip_prefix("acquired:") {
-                        Some(holder) => Change::Acquired {
+                    let change = if let Some(holder) = payload.strip_prefix("acquired:") {
+                        Change::Acquired {
                             holder: holder.to_owned(),
-                        },
-                        None if payload == "released" => Change::Released,
-                        None => Change::Other,
+                        }
+                    } else if let Some(holder) = payload.strip_prefix("renewed:") {
+                        Change::Renewed {
+                            holder: holder.to_owned(),
+                        }
+                    } else if payload == "released" {
+                        Change::Released
+                    } else {
+                        Change::Other
                     };
                     let _ = tx.send(change);
                 }

@@ -15,7 +15,9 @@
 //! seed's README. The companion key is `{K}:baton`, whose hash tag makes it hash to the same
 //! cluster slot as `K`; if `K` already contains a hash tag, the companion is `K:baton`, which
 //! keeps that tag. Changes are published on the channel `baton:changes:K` (`released`,
-//! `acquired:<id>`).
+//! `acquired:<id>`, `renewed:<id>`): a follower that hears of an acquire or a renewal knows
+//! the lease runs for another full term and waits without asking Redis, so idle followers
+//! send no commands at all.
 //!
 //! # Scripts
 //!
@@ -184,7 +186,8 @@ redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
 return {'acquired', token, fresh}
 "#;
 
-/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = TTL in ms.
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = TTL in ms,
+/// `ARGV[4]` = change channel.
 const RENEW: &str = r#"
 local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
@@ -192,6 +195,7 @@ local holder = redis.call('GET', KEYS[1])
 local token = redis.call('HGET', KEYS[2], 'token')
 if holder and holder == ARGV[1] and token == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], 'renewed:' .. ARGV[1])
   return {'renewed'}
 end
 if holder then
@@ -723,7 +727,12 @@ impl Candidacy for RedisCandidacy {
             .script(
                 &self.store.inner.renew,
                 &lease.key,
-                &[&lease.holder, &token, &ttl_ms(ttl)],
+                &[
+                    &lease.holder,
+                    &token,
+                    &ttl_ms(ttl),
+                    &change_channel(&lease.key),
+                ],
             )
             .await?;
         match reply.first().map(String::as_str) {
