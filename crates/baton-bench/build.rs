@@ -21,14 +21,13 @@ fn locked_version(lock: &str, krate: &str) -> String {
     let name = format!("name = \"{krate}\"");
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == name {
-            if let Some(version) = lines
+        if line.trim() == name
+            && let Some(version) = lines
                 .next()
                 .and_then(|l| l.trim().strip_prefix("version = \""))
                 .and_then(|v| v.strip_suffix('"'))
-            {
-                return version.to_owned();
-            }
+        {
+            return version.to_owned();
         }
     }
     "unknown".to_owned()

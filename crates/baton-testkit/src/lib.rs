@@ -71,6 +71,7 @@
 //! them on a runtime whose time is not paused; [`conformance::block_on`] builds one.
 
 pub mod conformance;
+pub mod etcd_server;
 pub mod servers;
 
 /// Expands to one `#[test]` per conformance case, each running the case on a fresh runtime

@@ -9,7 +9,10 @@
 //! | `memory:` | [`MemoryStore`]: in this process only | always |
 //! | `sqlite:PATH`, `sqlite://PATH`, `sqlite:///abs/path` | `SqliteStore`: one file shared by the processes of one machine | feature `sqlite` |
 //! | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+...`) | `RedisStore`: one server, TLS, a Redis Cluster, Sentinel's master | feature `redis` |
-//! | `postgres://`, `mysql://`, `etcd://`, `kubernetes://`, `consul://` | planned | not yet |
+//! | `etcd://`, `etcds://` | `EtcdStore`: an etcd cluster, speaking `concurrency.Election` (`etcdctl elect`) | feature `etcd` |
+//! | `postgres://`, `postgresql://` | `PostgresStore`: a lease table, `LISTEN`/`NOTIFY` push | feature `postgres` |
+//! | `mysql://`, `mariadb://` | `MysqlStore`: a lease table, a polled watch | feature `mysql` |
+//! | `kubernetes://`, `consul://` | planned | not yet |
 //!
 //! Like the rest of the library, this module never reads the environment and never prints.
 
@@ -41,19 +44,20 @@ fn supported() -> String {
             "redis+sentinel://",
         ]);
     }
+    if cfg!(feature = "etcd") {
+        schemes.extend(["etcd://", "etcds://"]);
+    }
+    if cfg!(feature = "postgres") {
+        schemes.extend(["postgres://", "postgresql://"]);
+    }
+    if cfg!(feature = "mysql") {
+        schemes.extend(["mysql://", "mariadb://"]);
+    }
     schemes.join(", ")
 }
 
 /// Schemes of stores that are designed (DESIGN.md §4) but not built yet, with their family.
-const PLANNED: &[(&str, &str)] = &[
-    ("postgres", "postgres"),
-    ("postgresql", "postgres"),
-    ("mysql", "mysql"),
-    ("mariadb", "mysql"),
-    ("etcd", "etcd"),
-    ("kubernetes", "kubernetes"),
-    ("consul", "consul"),
-];
+const PLANNED: &[(&str, &str)] = &[("kubernetes", "kubernetes"), ("consul", "consul")];
 
 /// Query parameter names whose values are secrets.
 const SECRET_PARAMS: &[&str] = &[
@@ -111,6 +115,9 @@ pub fn store_from_url(url: &str) -> Result<Arc<dyn LeaseStore>> {
         }
         "sqlite" => open_sqlite(url, rest),
         s if REDIS_SCHEMES.contains(&s) => open_redis(url),
+        "postgres" | "postgresql" => open_postgres(url),
+        "mysql" | "mariadb" => open_mysql(url),
+        "etcd" | "etcds" => open_etcd(url),
         other => {
             if let Some((_, family)) = PLANNED.iter().find(|(s, _)| *s == other) {
                 return Err(Error::Config(format!(
@@ -241,6 +248,50 @@ fn open_redis(url: &str) -> Result<Arc<dyn LeaseStore>> {
     )))
 }
 
+#[cfg(feature = "etcd")]
+fn open_etcd(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(crate::store::etcd::EtcdStore::open(url)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn open_etcd(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(Error::Config(format!(
+        "this build has no etcd store ({}): build baton with the `etcd` feature; stores available now: {}",
+        redact(url),
+        supported(),
+    )))
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(crate::store::sql::postgres::PostgresStore::open(
+        url,
+    )?))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(Error::Config(format!(
+        "this build has no postgres store ({}): build baton with the `postgres` feature; stores available now: {}",
+        redact(url),
+        supported(),
+    )))
+}
+
+#[cfg(feature = "mysql")]
+fn open_mysql(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(crate::store::sql::mysql::MysqlStore::open(url)?))
+}
+
+#[cfg(not(feature = "mysql"))]
+fn open_mysql(url: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(Error::Config(format!(
+        "this build has no mysql store ({}): build baton with the `mysql` feature; stores available now: {}",
+        redact(url),
+        supported(),
+    )))
+}
+
 /// `url` with every password replaced by `****`: the password of the user info
 /// (`redis://user:****@host`) and the values of secret-looking query parameters
 /// (`?password=****`). Safe to print, log or put in an error.
@@ -340,7 +391,7 @@ mod tests {
         let msg = config_error("zookeeper://zk:2181");
         assert!(msg.contains("unknown store scheme \"zookeeper\""), "{msg}");
         assert!(msg.contains("memory:"), "{msg}");
-        for planned in ["postgres", "mysql", "etcd", "kubernetes", "consul"] {
+        for planned in ["kubernetes", "consul"] {
             assert!(msg.contains(planned), "{msg}");
         }
         if cfg!(feature = "redis") {
@@ -396,20 +447,84 @@ mod tests {
 
     #[test]
     fn planned_schemes_say_so_and_redact() {
-        let msg = config_error("postgres://app:hunter2@db:5432/x");
-        assert!(msg.contains("postgres store"), "{msg}");
+        let msg = config_error("consul://app:hunter2@db:8500/x");
+        assert!(msg.contains("consul store"), "{msg}");
         assert!(msg.contains("planned"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        for url in [
-            "postgres://h/db",
-            "postgresql://h/db",
-            "mysql://h",
-            "etcd://h:2379",
-            "kubernetes://default",
-            "consul://h:8500",
-        ] {
+        for url in ["kubernetes://default", "consul://h:8500"] {
             assert!(config_error(url).contains("planned"), "{url}");
         }
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_schemes_open_etcd_stores_lazily_and_redact() {
+        for url in [
+            "etcd://127.0.0.1:1",
+            "ETCD://app:hunter2@127.0.0.1:1,127.0.0.1:2",
+            "etcds://app:hunter2@localhost:1",
+        ] {
+            let store = store_from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let info = store.info();
+            assert_eq!(info.name, "etcd", "{url}");
+            assert!(!info.location.contains("hunter2"), "{}", info.location);
+            assert!(!format!("{store:?}").contains("hunter2"));
+        }
+        let msg = config_error("etcd://app:hunter2@h:2379/some/path");
+        assert!(msg.contains("no path"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn etcd_without_the_feature_says_how_to_get_it_and_redacts() {
+        let msg = config_error("etcd://app:hunter2@h:2379");
+        assert!(msg.contains("`etcd` feature"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn postgres_without_the_feature_says_how_to_get_it_and_redacts() {
+        let msg = config_error("postgres://app:hunter2@db:5432/x");
+        assert!(msg.contains("`postgres` feature"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(config_error("postgresql://h/db").contains("`postgres` feature"));
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    #[test]
+    fn mysql_without_the_feature_says_how_to_get_it_and_redacts() {
+        let msg = config_error("mysql://app:hunter2@db/x");
+        assert!(msg.contains("`mysql` feature"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(config_error("mariadb://h/db").contains("`mysql` feature"));
+    }
+
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
+    #[tokio::test]
+    async fn sql_schemes_open_sql_stores_lazily_and_redact() {
+        for (url, name) in [
+            ("postgres://app:hunter2@127.0.0.1:1/db", "postgres"),
+            (
+                "POSTGRESQL://127.0.0.1:1/db?sslmode=require&table=my_leases",
+                "postgres",
+            ),
+            ("mysql://app:hunter2@127.0.0.1:1/db", "mysql"),
+            (
+                "mariadb://app:hunter2@127.0.0.1:1/db?ssl-mode=required&poll=10ms",
+                "mysql",
+            ),
+        ] {
+            let store = store_from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let info = store.info();
+            assert_eq!(info.name, name, "{url}");
+            assert!(!info.location.contains("hunter2"), "{}", info.location);
+            assert!(!format!("{store:?}").contains("hunter2"));
+        }
+        let msg = config_error("postgres://app:hunter2@h/db?table=no-dashes");
+        assert!(msg.contains("table name"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn humantime_like(d: Duration) -> String {
         return "0s".into();
     }
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{d:?}");
     }
     let (s, ms) = (ms / 1000, ms % 1000);

@@ -1,0 +1,225 @@
+//! Throwaway etcd servers for tests: a real single-member `etcd` on free loopback ports with a
+//! temporary data directory, which a test can kill, restart (keeping its data), pause
+//! (`SIGSTOP`) and resume, plus `etcdctl` against it.
+//!
+//! A missing binary is a loud failure naming the fix, never a skip: `scripts/test` installs
+//! the Debian packages `etcd-server` (`etcd`) and `etcd-client` (`etcdctl`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::servers::{free_port, scratch_dir};
+
+/// A single-member etcd cluster of this test's own, killed (and its data directory removed)
+/// when dropped.
+#[derive(Debug)]
+pub struct EtcdServer {
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Start a server on free ports with a fresh data directory, and wait until it is healthy.
+    pub fn start() -> EtcdServer {
+        let mut server = EtcdServer {
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: scratch_dir("baton-etcd"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--name", "default"])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start etcd ({e}): install it with `apt-get install etcd-server etcd-client`, \
+                 or run scripts/test, which installs it"
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.healthy() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!(
+                    "etcd on port {} exited with {status}: {err}",
+                    self.client_port
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd on port {} was not healthy within 20 s",
+                self.client_port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mut pipe) = child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut pipe, &mut std::io::sink()));
+        }
+        self.child = Some(child);
+    }
+
+    /// Whether `GET /health` answers `"health":"true"`.
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply.contains("\"health\":\"true\"")
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// `etcd://127.0.0.1:PORT`, for Baton.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:PORT`, for `etcdctl --endpoints`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kill the server (SIGKILL). Its data directory stays, so [`restart`](Self::restart)
+    /// brings back every key, lease and revision.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill the server and start it again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Resume a frozen server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = self.pid().expect("the etcd server is running");
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a valid pid");
+        rustix::process::kill_process(pid, signal).expect("signal etcd");
+    }
+
+    /// An `etcdctl` command (API v3) aimed at this server, to add arguments to and run.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint());
+        cmd
+    }
+
+    /// Run `etcdctl ARGS` and return its standard output; panics, with its error output, if it
+    /// fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out: Output = self.etcdctl().args(args).output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run etcdctl ({e}): install it with `apt-get install etcd-client`, or run \
+                 scripts/test, which installs it"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One server shared by every test of this process (each test uses election names of its
+/// own). It lives as long as the process: the parent-death signal ends it when the test
+/// process exits.
+pub fn shared_etcd() -> &'static EtcdServer {
+    static SERVER: OnceLock<EtcdServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        // Spawned from a thread that never ends, because the parent-death signal follows the
+        // spawning *thread*, and test threads end.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(EtcdServer::start()).expect("hand over the server");
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("start the shared etcd")
+    })
+}
+
+/// Make the child die with this process, so no server outlives a crashed test run.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}

@@ -1,0 +1,354 @@
+//! The etcd store against real `etcd` processes: the conformance suite, interop with
+//! `etcdctl elect` (etcd's own `concurrency.Election`) both ways, an etcd restart that keeps
+//! its data, a frozen etcd (keepalive loss), and push handoff between Baton candidates.
+//!
+//! Timing bounds are generous on purpose: they check behaviour (push, not polling; stepping
+//! down before the store can hand the lease on), not speed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use baton::store::etcd::EtcdStore;
+use baton::{BoxError, Event, LeaderElection, LeaseStore, LossReason, Result};
+use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
+use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
+
+/// Every `store()` is a new client of the shared server, as another process would have.
+struct EtcdFactory;
+
+#[async_trait]
+impl StoreFactory for EtcdFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        Ok(Arc::new(EtcdStore::open(&shared_etcd().url())?))
+    }
+    fn capabilities(&self) -> Capabilities {
+        // Whole-second TTLs; etcd raises a 1 s TTL to its minimum (2 s by default) and sweeps
+        // expired leases every 500 ms.
+        Capabilities::new()
+            .with_min_ttl(Duration::from_secs(1))
+            .with_expiry_slack(Duration::from_millis(2500))
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        Some(self)
+    }
+}
+
+/// A key without a lease under the election's prefix: not an election entry.
+fn foreign_key(key: &str) -> String {
+    format!("{key}/not-baton")
+}
+
+#[async_trait]
+impl ForeignWriter for EtcdFactory {
+    async fn plant(&self, key: &str) -> std::result::Result<(), BoxError> {
+        shared_etcd().ctl(&["put", &foreign_key(key), "not baton's"]);
+        Ok(())
+    }
+    async fn check_untouched(&self, key: &str) -> std::result::Result<(), String> {
+        let got = shared_etcd().ctl(&["get", &foreign_key(key), "--print-value-only"]);
+        if got == "not baton's" {
+            Ok(())
+        } else {
+            Err(format!("{} now holds {got:?}", foreign_key(key)))
+        }
+    }
+}
+
+mod conformance {
+    baton_testkit::conformance_tests!(super::EtcdFactory);
+}
+
+fn unique(name: &str) -> String {
+    format!("test-{name}-{:08x}", fastrand::u32(..))
+}
+
+fn election(url: &str, key: &str, id: &str, lease: Duration) -> LeaderElection {
+    let store = EtcdStore::open(url).unwrap();
+    LeaderElection::builder(store, key)
+        .lease_duration(lease)
+        .renew_interval(lease / 4)
+        .grace_period(lease / 4)
+        .instance_id(id)
+        .build()
+        .unwrap()
+}
+
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+/// A child process whose standard output lines arrive on a channel.
+struct Lines {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(mut cmd: std::process::Command) -> Lines {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run etcdctl (apt-get install etcd-client)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines { child, lines }
+    }
+
+    /// The next line within `limit`, or `None`.
+    fn next(&self, limit: Duration) -> Option<String> {
+        self.lines.recv_timeout(limit).ok()
+    }
+
+    fn interrupt(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_elect_sees_baton_and_each_excludes_the_other() {
+    let server = shared_etcd();
+    let name = unique("interop");
+    let a = election(&server.url(), &name, "baton-a", Duration::from_secs(2));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+
+    // `etcdctl elect -l` (Observe) prints the leader's key and value.
+    let observer = Lines::spawn({
+        let mut cmd = server.etcdctl();
+        cmd.args(["elect", "-l", &name]);
+        cmd
+    });
+    let key = observer
+        .next(Duration::from_secs(5))
+        .expect("etcdctl elect -l prints the leader key");
+    assert!(key.starts_with(&format!("{name}/")), "{key}");
+    assert_eq!(
+        observer.next(Duration::from_secs(1)).as_deref(),
+        Some("baton-a")
+    );
+
+    // etcdctl campaigns behind Baton and waits.
+    let go = Lines::spawn({
+        let mut cmd = server.etcdctl();
+        cmd.args(["elect", &name, "etcdctl-b"]);
+        cmd
+    });
+    assert_eq!(
+        go.next(Duration::from_millis(1500)),
+        None,
+        "etcdctl elect must not win while Baton leads"
+    );
+    assert!(a.is_leader(), "Baton keeps leading while etcdctl waits");
+
+    // Baton steps down: etcdctl wins at once (it watches Baton's entry).
+    let stopped = Instant::now();
+    a.stop().await.unwrap();
+    let key = go
+        .next(Duration::from_secs(3))
+        .expect("etcdctl elect wins after Baton releases");
+    let handoff = stopped.elapsed();
+    assert!(key.starts_with(&format!("{name}/")), "{key}");
+    assert_eq!(
+        go.next(Duration::from_secs(1)).as_deref(),
+        Some("etcdctl-b")
+    );
+    assert_eq!(
+        observer.next(Duration::from_secs(3)).as_deref(),
+        Some(key.as_str())
+    );
+    assert_eq!(
+        observer.next(Duration::from_secs(1)).as_deref(),
+        Some("etcdctl-b")
+    );
+    println!("Baton -> etcdctl elect handoff: {handoff:?}");
+
+    // Baton campaigns behind etcdctl, sees it as the leader, and does not lead.
+    let c = election(&server.url(), &name, "baton-c", Duration::from_secs(2));
+    c.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || c.current_leader_id().as_deref()
+            == Some("etcdctl-b"))
+        .await,
+        "Baton sees etcdctl's leader: {:?}",
+        c.current_leader_id()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !c.is_leader(),
+        "Baton must not lead while etcdctl elect leads"
+    );
+    let record = EtcdStore::open(&server.url())
+        .unwrap()
+        .read(&name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.holder, "etcdctl-b");
+
+    // etcdctl resigns on SIGINT: Baton takes over at once.
+    let resigned = Instant::now();
+    go.interrupt();
+    assert!(
+        wait_until(Duration::from_secs(3), || c.is_leader()).await,
+        "Baton leads after etcdctl elect resigns"
+    );
+    println!("etcdctl elect -> Baton handoff: {:?}", resigned.elapsed());
+    let key = observer
+        .next(Duration::from_secs(3))
+        .expect("the observer sees Baton again");
+    assert!(key.starts_with(&format!("{name}/")), "{key}");
+    assert_eq!(
+        observer.next(Duration::from_secs(1)).as_deref(),
+        Some("baton-c")
+    );
+    c.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_handoff_is_pushed_not_polled() {
+    let server = shared_etcd();
+    let name = unique("handoff");
+    // A 10 s lease: a follower that polled would take seconds, not milliseconds.
+    let a = election(&server.url(), &name, "a", Duration::from_secs(10));
+    let b = election(&server.url(), &name, "b", Duration::from_secs(10));
+    let c = election(&server.url(), &name, "c", Duration::from_secs(10));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    c.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
+    );
+    let first = a.fencing_token().unwrap();
+    for (from, to, rest) in [(&a, &b, &c), (&b, &c, &a)] {
+        let stopped = Instant::now();
+        from.stop().await.unwrap();
+        assert!(
+            wait_until(Duration::from_secs(2), || to.is_leader()).await,
+            "the next in the queue leads within 2 s of a release"
+        );
+        println!(
+            "handoff {} -> {}: {:?}",
+            from.candidate_id(),
+            to.candidate_id(),
+            stopped.elapsed()
+        );
+        assert!(to.fencing_token().unwrap() > first);
+        assert!(!rest.is_leader());
+    }
+    c.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_tokens_monotonic_and_leadership_is_regained() {
+    let mut server = EtcdServer::start();
+    let name = unique("restart");
+    let a = election(&server.url(), &name, "a", Duration::from_secs(2));
+    let b = election(&server.url(), &name, "b", Duration::from_secs(2));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    let before = a.fencing_token().unwrap();
+
+    server.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || a.is_leader() || b.is_leader()).await,
+        "someone leads again after etcd restarts"
+    );
+    let leader = if a.is_leader() { &a } else { &b };
+    let other = if a.is_leader() { &b } else { &a };
+    let after = leader.fencing_token().unwrap();
+    assert!(
+        after >= before,
+        "tokens never go back: {after} after {before}"
+    );
+    assert!(!other.is_leader());
+
+    // The revision counter survived the restart: the next term's token is greater still.
+    leader.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || other.is_leader()).await);
+    let next = other.fencing_token().unwrap();
+    assert!(
+        next > after,
+        "a term after the restart gets a greater token: {next} after {after}"
+    );
+    other.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_etcd_makes_the_leader_step_down_on_time() {
+    let server = EtcdServer::start();
+    let name = unique("frozen");
+    let lease = Duration::from_secs(2);
+    let a = election(&server.url(), &name, "a", lease);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    let token = a.fencing_token().unwrap();
+
+    // Keepalives go unanswered for longer than the TTL.
+    let frozen = Instant::now();
+    server.pause();
+    let stepped_down = wait_until(lease + Duration::from_millis(200), || !a.is_leader()).await;
+    let took = frozen.elapsed();
+    assert!(
+        stepped_down,
+        "the leader must step down within the lease of the last renewal"
+    );
+    println!("stepped down {took:?} after etcd froze");
+    let mut reason = None;
+    while let Some(event) = events.try_recv() {
+        if let Event::LostLeadership { reason: r, .. } = event {
+            reason = Some(r);
+        }
+    }
+    assert!(
+        matches!(
+            reason,
+            Some(LossReason::RenewalsFailed | LossReason::DeadlineReached)
+        ),
+        "{reason:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(frozen.elapsed())).await;
+
+    // Once etcd runs again, the expired lease is swept and the candidate leads again, with a
+    // greater token.
+    server.resume();
+    assert!(
+        wait_until(Duration::from_secs(15), || a.is_leader()).await,
+        "the candidate campaigns on and leads again once etcd answers"
+    );
+    assert!(a.fencing_token().unwrap() > token);
+    a.stop().await.unwrap();
+}

@@ -1,0 +1,28 @@
+-- Baton's lease table for MySQL 8 and MariaDB 10.5+ (the `mysql` store).
+--
+-- Baton creates this table itself on first use when its user may (CREATE on the database).
+-- Where it may not, a DBA runs this file once in the database the store's URL names, and
+-- grants the user Baton connects as:
+--
+--     GRANT SELECT, INSERT, UPDATE ON mydb.baton_leases TO 'baton_app'@'%';
+--
+-- For another table name (the URL's ?table=NAME), replace baton_leases below. Baton checks
+-- the columns, their types (DATETIME(6): leases can be sub-second), the binary collation
+-- (keys are compared exactly: "Jobs" and "jobs" are different elections) and the primary
+-- key; it never alters or drops a table.
+--
+-- One row per election key. A release clears holder and expires_at and keeps the row, so the
+-- fencing token keeps increasing. Times are UTC from the server's clock (UTC_TIMESTAMP(6)).
+
+CREATE TABLE IF NOT EXISTS baton_leases (
+    `key`       VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+    holder      VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, -- NULL when free
+    token       BIGINT NOT NULL,       -- the last fencing token minted (0: never acquired)
+    expires_at  DATETIME(6) NULL,      -- end of the lease, UTC; NULL when free
+    acquired_at DATETIME(6) NULL,      -- last acquisition, UTC, for humans
+    renewed_at  DATETIME(6) NULL       -- last renewal, UTC, for humans
+) ENGINE=InnoDB;
+
+-- Who leads, and for how much longer:
+--     SELECT `key`, holder, token, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS remaining_s
+--     FROM baton_leases WHERE expires_at > UTC_TIMESTAMP(6);

@@ -1,0 +1,1145 @@
+//! etcd, speaking etcd's own election protocol (`concurrency.Election`, what `etcdctl elect`
+//! runs), so a Baton service and a Go service on one election name exclude each other, and
+//! `etcdctl elect -l NAME` shows Baton's leader.
+//!
+//! # Layout
+//!
+//! For an election key (etcd calls it the election *name*) `K`, every candidate keeps one entry
+//! in a FIFO queue under the prefix `K/`:
+//!
+//! | key | value | lease | order |
+//! |---|---|---|---|
+//! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease | its create revision |
+//!
+//! The entry with the lowest create revision leads; its create revision is the fencing token.
+//! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
+//! expiries, client restarts and etcd restarts (as long as etcd keeps its data directory).
+//!
+//! # Protocol
+//!
+//! * **Campaign** ([`Candidacy::try_acquire`]): grant a lease with the election's TTL, start its
+//!   keepalive, then create `K/<lease id>` in a transaction on `CreateRevision == 0` (an
+//!   existing entry of this lease is reused: the reply of an earlier attempt was lost). Then,
+//!   in one read-only transaction, read the own entry, the head of the queue and the
+//!   predecessor (the entry with the greatest create revision below the own), while a keepalive
+//!   runs alongside: the candidate leads iff its entry is the head *and* the keepalive, sent
+//!   after the engine's send time, succeeded, so the lease lives at least a TTL past that time.
+//!   A follower keeps its entry between calls; later calls only look at its position again.
+//! * **Renew** ([`Candidacy::renew`]) is a keepalive, plus a read that the entry still exists
+//!   with the leader's create revision. It is `Lost` when etcd answers that the lease is gone
+//!   (TTL 0) or the entry is gone.
+//! * **Release**: delete the own entry in a transaction guarded on its create revision, then
+//!   revoke the lease. The next entry's watcher wakes at once.
+//! * **Followers** ([`Candidacy::watch`]) watch the deletion of their predecessor's entry only,
+//!   from the revision at which they read it, so a handoff wakes exactly one follower, and a
+//!   deletion between the read and the watch is not missed. A deletion by release and by lease
+//!   expiry look the same. There is no polling.
+//! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
+//!   revision (the token) and the remaining TTL of its lease.
+//!
+//! # Keepalive and lease loss
+//!
+//! A follower's lease is kept alive by the candidacy itself, every third of the TTL (as Go's
+//! `concurrency.Session` does), from the moment the lease is granted, before the entry is
+//! created. While the candidacy leads, that background keepalive pauses and the lease lives on
+//! the engine's renewals alone, so a leader that stops renewing loses its lease in the store on
+//! time. When etcd answers that a follower's lease is gone, the follower's change stream says
+//! so at once and its next attempt starts a new session: a waiter never keeps waiting on a
+//! dead session (etcd#19597).
+//!
+//! # TTLs are whole seconds
+//!
+//! etcd leases have a TTL in whole seconds: Baton rounds the election's lease duration **up**
+//! (500 ms becomes 1 s, 2.5 s becomes 3 s), so the store never frees a lease before the engine's
+//! deadline. etcd also raises TTLs below its own minimum (1.5 × its election timeout, rounded
+//! up: 2 s with etcd's defaults) and checks for expired leases every 500 ms, so crash failover
+//! takes the rounded TTL (at least etcd's minimum) plus up to half a second. The remaining TTL
+//! etcd reports is whole seconds too (the lease expires in under TTL + 1 s); [`LeaseRecord::ttl`]
+//! is that plus half a second, at most the granted TTL. A candidacy keeps the TTL its session
+//! was granted with until the session ends (the engine always asks for the same TTL).
+//!
+//! A lease etcd keeps alive is extended from when etcd processes the keepalive, which is after
+//! the engine's send time, and etcd's lease clock is etcd's: client clocks decide nothing.
+//!
+//! # Foreign data
+//!
+//! Every entry `concurrency.Election` writes is `K/<hex of its own lease id>` with that lease
+//! attached. An entry under `K/` that breaks this (a key without a lease, a name that is not
+//! its lease id) was not written by an election; when it is at the head of the queue or is a
+//! candidate's predecessor, [`read`](LeaseStore::read) and `try_acquire` fail with
+//! [`Error::ForeignData`] and leave it alone. Note that the prefix `K/` also covers the entries
+//! of an election named `K/sub`: do not nest election names.
+//!
+//! # URLs
+//!
+//! | URL | connects to |
+//! |---|---|
+//! | `etcd://[user:password@]host[:port][,host[:port]...]` | a cluster, over plain HTTP/2 (port 2379 by default) |
+//! | `etcds://[user:password@]host[:port][,host[:port]...][?ca=PATH&cert=PATH&key=PATH]` | the same over TLS |
+//!
+//! With a user and password, Baton authenticates (etcd's `auth enable`) and refreshes the token
+//! when it expires; the user needs read and write permission on the prefix `K/`. IPv6 addresses
+//! go in brackets (`[::1]:2379`). Over TLS, the server's certificate must chain to the CA given
+//! with `ca=` or, without it, to one in the system's trust store; `cert=` and `key=` name a
+//! client certificate for `--client-cert-auth`. Other options are refused, so that a misspelt
+//! one is not silently ignored. The client connects on first use, so the store can be built
+//! while etcd is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use tokio::sync::{OnceCell, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
+use crate::{Error, FencingToken, Result, connect::redact};
+
+/// The store's name in errors and [`StoreInfo`].
+const STORE: &str = "etcd";
+
+/// The default client port of etcd.
+const DEFAULT_PORT: u16 = 2379;
+
+/// How long one background keepalive may take before it counts as failed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The shortest interval between background keepalives.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The lease TTL for an election lease duration: whole seconds, rounded up, at least 1.
+pub fn lease_ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_nanos().div_ceil(1_000_000_000).max(1);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// The prefix under which the entries of election `key` live: `key/`.
+pub fn election_prefix(key: &str) -> String {
+    format!("{key}/")
+}
+
+/// A [`LeaseStore`] on an etcd cluster, speaking `concurrency.Election`. Clones share one
+/// client (one HTTP/2 connection per endpoint).
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `http://host:port` or `https://host:port`.
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    /// The URL with any password replaced.
+    location: String,
+    client: OnceCell<Client>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("location", &self.inner.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// A store for `etcd://...` or `etcds://...` (see the [module docs](self)). Reads any
+    /// certificate files the URL names; connects on first use, so it can be built while etcd
+    /// is down, and outside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, an unknown option, or a certificate file that
+    /// cannot be read. Messages show the URL with its password redacted.
+    pub fn open(url: &str) -> Result<EtcdStore> {
+        let location = redact(url);
+        let target = parse_url(url, &location)?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            // Notice a dead connection (a stopped or partitioned server) while idle, too: a
+            // follower's watch is an idle stream most of the time.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &target.user {
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if target.tls {
+            let read = |what: &str, path: &str| {
+                std::fs::read(path).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the {what} file {path} named in {location}: {e}"
+                    ))
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            tls = match &target.ca {
+                Some(path) => tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+                    "CA certificate",
+                    path,
+                )?)),
+                None => tls.with_native_roots(),
+            };
+            match (&target.cert, &target.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        read("client certificate", cert)?,
+                        read("client key", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{location}: a client certificate needs both cert= and key="
+                    )));
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        let scheme = if target.tls { "https" } else { "http" };
+        let endpoints = target
+            .hosts
+            .iter()
+            .map(|h| format!("{scheme}://{h}"))
+            .collect();
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                endpoints,
+                options,
+                location,
+                client: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// Check that etcd answers (and that the credentials, if any, are accepted).
+    pub async fn ping(&self) -> Result<()> {
+        let mut client = self.client().await?;
+        client
+            .get("baton-ping", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(|e| self.error(e, "reading", false))?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<Client> {
+        let client = self
+            .inner
+            .client
+            .get_or_try_init(|| {
+                Client::connect(
+                    self.inner.endpoints.clone(),
+                    Some(self.inner.options.clone()),
+                )
+            })
+            .await
+            .map_err(|e| self.error(e, "connecting", false))?;
+        Ok(client.clone())
+    }
+
+    /// Map a client error. `write`: the request may have been applied.
+    fn error(&self, e: etcd_client::Error, doing: &str, write: bool) -> Error {
+        use etcd_client::Error as E;
+        let location = &self.inner.location;
+        if let E::GRpcStatus(status) = &e {
+            use tonic_code::*;
+            match status.code() as i32 {
+                UNAUTHENTICATED | PERMISSION_DENIED => {
+                    return Error::Config(format!(
+                        "etcd at {location} refused {doing}: {}; check the user and password in the \
+                         URL and that the user's role may read and write the election's prefix",
+                        status.message()
+                    ));
+                }
+                INVALID_ARGUMENT | FAILED_PRECONDITION
+                    if status.message().contains("user name")
+                        || status.message().contains("auth") =>
+                {
+                    return Error::Config(format!(
+                        "etcd at {location} refused {doing}: {}",
+                        status.message()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if matches!(e, E::InvalidArgs(_) | E::InvalidUri(_)) {
+            return Error::Config(format!("etcd at {location}: {e}"));
+        }
+        let message = format!("{doing} at {location} failed");
+        let connect_failure = matches!(e, E::TransportError(_))
+            || matches!(&e, E::GRpcStatus(s) if s.code() as i32 == tonic_code::UNAVAILABLE
+                && s.message().contains("connect"));
+        if write && !connect_failure {
+            Error::indeterminate(STORE, message, e)
+        } else {
+            Error::unavailable(STORE, message, e)
+        }
+    }
+
+    /// The head of the queue under `prefix`, validated, with the revision of the read.
+    async fn head(&self, prefix: &str) -> Result<(Option<KeyValue>, i64)> {
+        let mut client = self.client().await?;
+        let mut resp = client
+            .get(prefix, Some(head_options()))
+            .await
+            .map_err(|e| self.error(e, "reading the election", false))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.take_kvs().into_iter().next(), rev))
+    }
+
+    /// The record of the entry `kv` (validated as an election entry of `key`): its value, its
+    /// create revision, and its lease's remaining TTL. `None` when its lease is already gone.
+    async fn record_of(&self, key: &str, kv: &KeyValue) -> Result<Option<LeaseRecord>> {
+        check_entry(key, kv)?;
+        let mut client = self.client().await?;
+        let ttl = match client.lease_time_to_live(kv.lease(), None).await {
+            Ok(resp) if resp.ttl() >= 0 => {
+                let reported = Duration::from_secs(resp.ttl() as u64) + Duration::from_millis(500);
+                let granted = Duration::from_secs(resp.granted_ttl().max(1) as u64);
+                reported.min(granted)
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if lease_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.error(e, "reading the leader's lease", false)),
+        };
+        Ok(Some(LeaseRecord {
+            holder: String::from_utf8_lossy(kv.value()).into_owned(),
+            token: FencingToken(kv.create_revision() as u64),
+            ttl,
+        }))
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        let prefix = election_prefix(key);
+        // The head may be on its way out (its lease just expired): look again, briefly.
+        for _ in 0..3 {
+            let (head, _) = self.head(&prefix).await?;
+            let Some(head) = head else { return Ok(None) };
+            if let Some(record) = self.record_of(key, &head).await? {
+                return Ok(Some(record));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(None)
+    }
+
+    /// One keepalive of lease `id`: `Ok(true)` when etcd extended it, `Ok(false)` when etcd
+    /// says it is gone.
+    async fn keep_alive(&self, id: i64) -> Result<bool> {
+        let mut client = self.client().await?;
+        match client.lease_keep_alive(id).await {
+            Ok(_) => Ok(true),
+            Err(e) if lease_not_found(&e) => Ok(false),
+            Err(e) => Err(self.error(e, "keeping the lease alive", true)),
+        }
+    }
+
+    async fn revoke(&self, id: i64) -> Result<()> {
+        let mut client = self.client().await?;
+        match client.lease_revoke(id).await {
+            Ok(_) => Ok(()),
+            Err(e) if lease_not_found(&e) => Ok(()),
+            Err(e) => Err(self.error(e, "revoking the lease", true)),
+        }
+    }
+
+    /// Delete `entry` if it still has create revision `rev`.
+    async fn delete_entry(&self, entry: &str, rev: i64) -> Result<()> {
+        let mut client = self.client().await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(entry, CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(entry, None)]);
+        client
+            .txn(txn)
+            .await
+            .map_err(|e| self.error(e, "deleting the queue entry", true))?;
+        Ok(())
+    }
+}
+
+/// gRPC status codes (stable numbers of the gRPC spec), so Baton need not name tonic.
+mod tonic_code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const NOT_FOUND: i32 = 5;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const FAILED_PRECONDITION: i32 = 9;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// Whether etcd answered that a lease does not exist (expired or revoked).
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(msg) => msg.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() as i32 == tonic_code::NOT_FOUND || s.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}
+
+/// The first-created entry under a prefix.
+fn head_options() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// Check that `kv` is an entry `concurrency.Election` could have written for `key`.
+fn check_entry(key: &str, kv: &KeyValue) -> Result<()> {
+    let name = String::from_utf8_lossy(kv.key());
+    let suffix = name.strip_prefix(&election_prefix(key)).unwrap_or(&name);
+    let problem = if kv.lease() == 0 {
+        Some("it has no lease".to_owned())
+    } else if suffix != format!("{:x}", kv.lease()) {
+        Some(format!(
+            "its name is not its lease id in hex ({:x})",
+            kv.lease()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::ForeignData {
+            key: key.to_owned(),
+            found: format!(
+                "the etcd key {name:?} under the election prefix is not an election entry: {problem}"
+            ),
+        }),
+    }
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        if key.is_empty() {
+            return Err(Error::Config("the etcd election name is empty".into()));
+        }
+        let (position, _) = watch::channel(Position::default());
+        Ok(Box::new(EtcdCandidacy {
+            store: self.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+            session: None,
+            entry: None,
+            position,
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        self.read_record(key).await
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        let mut client = self.client().await?;
+        let options = WatchOptions::new().with_prefix();
+        let mut stream = client
+            .watch(election_prefix(key), Some(options))
+            .await
+            .map_err(|e| self.error(e, "watching the election", false))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = tx.closed() => return,
+                    m = stream.message() => m,
+                };
+                match message {
+                    Ok(Some(resp)) if !resp.canceled() => {
+                        for event in resp.events() {
+                            let change = match event.event_type() {
+                                EventType::Delete => Change::Released,
+                                EventType::Put => Change::Other,
+                            };
+                            if tx.send(change).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
+        Ok(Some(receiver_changes(rx)))
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            name: STORE,
+            location: self.inner.location.clone(),
+            can_watch: true,
+        }
+    }
+}
+
+fn receiver_changes(rx: mpsc::Receiver<Change>) -> Changes {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|change| (change, rx))
+    }))
+}
+
+/// A candidate's session: its lease, kept alive in the background while it follows.
+struct Session {
+    id: i64,
+    /// Cancelled when etcd answers that the lease is gone.
+    lost: CancellationToken,
+    /// While set, the background keepalive pauses: the engine's renewals keep the lease alive.
+    leading: Arc<AtomicBool>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// The candidate's own queue entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    rev: i64,
+    /// Whether `try_acquire` answered `Acquired` for this entry: its token is spent, and the
+    /// next attempt queues a new entry so that the next term gets a greater token.
+    handed_out: bool,
+}
+
+/// What the candidacy's change stream watches: the predecessor's key and the revision to watch
+/// from, and the session whose loss must wake the follower.
+#[derive(Debug, Clone, Default)]
+struct Position {
+    predecessor: Option<(String, i64)>,
+    lost: Option<CancellationToken>,
+}
+
+/// One candidate in one etcd election: a session (lease) and a queue entry.
+struct EtcdCandidacy {
+    store: EtcdStore,
+    key: String,
+    candidate: String,
+    session: Option<Session>,
+    entry: Option<Entry>,
+    position: watch::Sender<Position>,
+}
+
+impl std::fmt::Debug for EtcdCandidacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCandidacy")
+            .field("key", &self.key)
+            .field("candidate", &self.candidate)
+            .field(
+                "lease",
+                &self.session.as_ref().map(|s| format!("{:x}", s.id)),
+            )
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdCandidacy {
+    fn drop(&mut self) {
+        // Best effort: a candidacy dropped without `leave` gives its lease back, so its entry
+        // does not hold up the queue for a TTL.
+        if let Some(session) = self.session.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            handle.spawn(async move {
+                let _ = store.revoke(session.id).await;
+            });
+        }
+    }
+}
+
+impl EtcdCandidacy {
+    /// Forget the session and the entry (after a loss or a release).
+    fn reset(&mut self) {
+        self.session = None;
+        self.entry = None;
+        self.position.send_replace(Position::default());
+    }
+
+    /// Grant a lease and start its background keepalive.
+    async fn start_session(&mut self, ttl: Duration) -> Result<()> {
+        let ttl_secs = lease_ttl_secs(ttl);
+        let mut client = self.store.client().await?;
+        let resp = client
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(|e| self.store.error(e, "granting a lease", true))?;
+        let id = resp.id();
+        let granted = Duration::from_secs(resp.ttl().max(1) as u64);
+        let lost = CancellationToken::new();
+        let leading = Arc::new(AtomicBool::new(false));
+        let keepalive = tokio::spawn(keep_alive_loop(
+            self.store.clone(),
+            id,
+            granted,
+            lost.clone(),
+            leading.clone(),
+        ));
+        debug!(key = %self.key, lease = %format!("{id:x}"), ttl = ttl_secs, "etcd session started");
+        self.session = Some(Session {
+            id,
+            lost,
+            leading,
+            keepalive,
+        });
+        Ok(())
+    }
+
+    /// Create the queue entry for the current session (or find the one an earlier attempt
+    /// created). `None` when the session's lease is gone.
+    async fn create_entry(&mut self, id: i64) -> Result<Option<Entry>> {
+        let entry = format!("{}{id:x}", election_prefix(&self.key));
+        let mut client = self.store.client().await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                entry.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                entry.as_str(),
+                self.candidate.as_str(),
+                Some(etcd_client::PutOptions::new().with_lease(id)),
+            )])
+            .or_else([TxnOp::get(entry.as_str(), None)]);
+        let resp = match client.txn(txn).await {
+            Ok(resp) => resp,
+            Err(e) if lease_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.store.error(e, "creating the queue entry", true)),
+        };
+        let rev = if resp.succeeded() {
+            resp.header().map_or(0, |h| h.revision())
+        } else {
+            resp.op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        if rev == 0 {
+            // The entry vanished between the compare and the get: the lease just ended.
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            key: entry,
+            rev,
+            handed_out: false,
+        }))
+    }
+
+    /// Read the own entry, the head and the predecessor in one transaction.
+    async fn positions(&self, entry: &Entry) -> Result<Positions> {
+        let prefix = election_prefix(&self.key);
+        let mut client = self.store.client().await?;
+        let txn = Txn::new().and_then([
+            TxnOp::get(entry.key.as_str(), None),
+            TxnOp::get(prefix.as_str(), Some(head_options())),
+            TxnOp::get(
+                prefix.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_max_create_revision(entry.rev - 1)
+                        .with_sort(SortTarget::Create, SortOrder::Descend)
+                        .with_limit(1),
+                ),
+            ),
+        ]);
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| self.store.error(e, "reading the election", false))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut gets = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+            _ => None,
+        });
+        let own = gets.next().flatten();
+        let head = gets.next().flatten();
+        let predecessor = gets.next().flatten();
+        Ok(Positions {
+            own_alive: own.is_some_and(|kv| kv.create_revision() == entry.rev),
+            head,
+            predecessor,
+            revision,
+        })
+    }
+}
+
+struct Positions {
+    own_alive: bool,
+    head: Option<KeyValue>,
+    predecessor: Option<KeyValue>,
+    revision: i64,
+}
+
+/// Keep lease `id` alive every third of its TTL while the candidacy follows; cancel `lost`
+/// when etcd says the lease is gone.
+async fn keep_alive_loop(
+    store: EtcdStore,
+    id: i64,
+    ttl: Duration,
+    lost: CancellationToken,
+    leading: Arc<AtomicBool>,
+) {
+    let interval = (ttl / 3).max(MIN_KEEPALIVE_INTERVAL);
+    loop {
+        tokio::time::sleep(interval).await;
+        if leading.load(Ordering::Acquire) {
+            continue;
+        }
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, store.keep_alive(id)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                warn!(lease = %format!("{id:x}"), "the etcd lease of a waiting candidate is gone; campaigning again");
+                lost.cancel();
+                return;
+            }
+            Ok(Err(e)) => debug!(error = %e, "keepalive failed; retrying"),
+            Err(_) => debug!("keepalive timed out; retrying"),
+        }
+    }
+}
+
+#[async_trait]
+impl Candidacy for EtcdCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        // At most a few rounds: each restarts only after a definite loss of session or entry.
+        for _ in 0..3 {
+            if self.session.as_ref().is_some_and(|s| s.lost.is_cancelled()) {
+                self.reset();
+            }
+            if self.session.is_none() {
+                self.start_session(ttl).await?;
+            }
+            let (id, leading) = {
+                let session = self.session.as_ref().expect("a session was just started");
+                (session.id, session.leading.clone())
+            };
+            if let Some(entry) = self.entry.clone()
+                && entry.handed_out
+            {
+                // The previous term with this entry is over (a failed release, a lost renew):
+                // queue anew, so the next term gets a greater token.
+                self.store.delete_entry(&entry.key, entry.rev).await?;
+                self.entry = None;
+                leading.store(false, Ordering::Release);
+            }
+            let entry = match self.entry.clone() {
+                Some(entry) => entry,
+                None => {
+                    let Some(entry) = self.create_entry(id).await? else {
+                        self.reset();
+                        continue;
+                    };
+                    self.entry = Some(entry.clone());
+                    entry
+                }
+            };
+            // The keepalive is sent after the engine's send time, so a lease it extends lives
+            // at least a TTL past that time.
+            let (alive, positions) =
+                tokio::join!(self.store.keep_alive(id), self.positions(&entry));
+            if !alive? {
+                self.reset();
+                continue;
+            }
+            let positions = positions?;
+            if !positions.own_alive {
+                // Deleted by someone else, or expired with the lease: queue anew.
+                self.entry = None;
+                continue;
+            }
+            let Some(head) = positions.head else {
+                self.entry = None;
+                continue;
+            };
+            check_entry(&self.key, &head)?;
+            if let Some(predecessor) = &positions.predecessor {
+                check_entry(&self.key, predecessor)?;
+            }
+            if head.key() == entry.key.as_bytes() {
+                leading.store(true, Ordering::Release);
+                if let Some(e) = self.entry.as_mut() {
+                    e.handed_out = true;
+                }
+                self.position.send_replace(Position::default());
+                return Ok(Acquire::Acquired(Lease::new(
+                    self.key.clone(),
+                    self.candidate.clone(),
+                    FencingToken(entry.rev as u64),
+                )));
+            }
+            if self.position.receiver_count() == 0 {
+                // Nobody waits on this candidacy's changes (a one-shot attempt, or a caller
+                // that polls): leave the queue again, as etcd's `Mutex.TryLock` does, so that
+                // an entry nobody watches never reaches the head and holds up the election.
+                self.store.delete_entry(&entry.key, entry.rev).await?;
+                self.entry = None;
+                self.position.send_replace(Position::default());
+            } else {
+                let lost = self.session.as_ref().map(|s| s.lost.clone());
+                self.position.send_replace(Position {
+                    predecessor: positions.predecessor.as_ref().map(|p| {
+                        (
+                            String::from_utf8_lossy(p.key()).into_owned(),
+                            positions.revision + 1,
+                        )
+                    }),
+                    lost,
+                });
+            }
+            let record = match self.store.record_of(&self.key, &head).await? {
+                Some(record) => record,
+                // The head's lease just ended: it is being deleted; the watch wakes us.
+                None => LeaseRecord {
+                    holder: String::from_utf8_lossy(head.value()).into_owned(),
+                    token: FencingToken(head.create_revision() as u64),
+                    ttl: Duration::ZERO,
+                },
+            };
+            return Ok(Acquire::Held(record));
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!(
+                "the queue entry for {:?} at {} kept disappearing; is something deleting keys under {:?}?",
+                self.key,
+                self.store.inner.location,
+                election_prefix(&self.key)
+            ),
+            source: None,
+        })
+    }
+
+    async fn renew(&mut self, lease: &Lease, _ttl: Duration) -> Result<Renew> {
+        let ours = match (&self.session, &self.entry) {
+            (Some(session), Some(entry))
+                if lease.key == self.key
+                    && entry.handed_out
+                    && entry.rev as u64 == lease.token.get()
+                    && !session.lost.is_cancelled() =>
+            {
+                Some((session.id, entry.clone()))
+            }
+            _ => None,
+        };
+        let Some((id, entry)) = ours else {
+            return Ok(Renew::Lost(self.store.read_record(&self.key).await?));
+        };
+        let mut client = self.store.client().await?;
+        let (alive, own) = tokio::join!(
+            self.store.keep_alive(id),
+            client.get(entry.key.as_str(), None)
+        );
+        let alive = alive?;
+        let own = own.map_err(|e| self.store.error(e, "reading the queue entry", false))?;
+        let own_alive = own
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == entry.rev);
+        if alive && own_alive {
+            return Ok(Renew::Renewed);
+        }
+        if !alive && let Some(session) = &self.session {
+            session.lost.cancel();
+        }
+        Ok(Renew::Lost(self.store.read_record(&self.key).await?))
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let ours = matches!(
+            (&self.session, &self.entry),
+            (Some(_), Some(entry)) if lease.key == self.key && entry.rev as u64 == lease.token.get()
+        );
+        if !ours {
+            return Ok(());
+        }
+        self.leave().await
+    }
+
+    async fn leave(&mut self) -> Result<()> {
+        if let Some(entry) = self.entry.clone() {
+            self.store.delete_entry(&entry.key, entry.rev).await?;
+            self.entry = None;
+        }
+        if let Some(session) = &self.session {
+            self.store.revoke(session.id).await?;
+        }
+        self.reset();
+        Ok(())
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        let client = self.store.client().await?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(follow(client, self.position.subscribe(), tx));
+        Ok(Some(receiver_changes(rx)))
+    }
+}
+
+/// The change stream of a candidacy: watches the deletion of the current predecessor (as
+/// `try_acquire` last saw it) and the loss of the session. Ends when the watch breaks.
+async fn follow(
+    mut client: Client,
+    mut position: watch::Receiver<Position>,
+    tx: mpsc::Sender<Change>,
+) {
+    loop {
+        let current = position.borrow_and_update().clone();
+        let lost = current.lost.clone().unwrap_or_default();
+        let has_session = current.lost.is_some();
+        let change = match &current.predecessor {
+            Some((key, from)) => {
+                let options = WatchOptions::new()
+                    .with_start_revision(*from)
+                    .with_filters([WatchFilterType::NoPut]);
+                let mut stream = match client.watch(key.as_str(), Some(options)).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        debug!(error = %e, "watching the predecessor failed");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        changed = position.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break None;
+                        }
+                        () = lost.cancelled(), if has_session => break Some(Change::Expired),
+                        message = stream.message() => match message {
+                            // Compacted past the revision, or refused: look again.
+                            Ok(Some(resp)) if resp.canceled() => break Some(Change::Other),
+                            Ok(Some(resp)) => {
+                                if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                                    break Some(Change::Released);
+                                }
+                            }
+                            _ => return,
+                        },
+                    }
+                }
+            }
+            None => tokio::select! {
+                () = tx.closed() => return,
+                changed = position.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    None
+                }
+                () = lost.cancelled(), if has_session => Some(Change::Expired),
+            },
+        };
+        let Some(change) = change else { continue };
+        if tx.send(change).await.is_err() {
+            return;
+        }
+        // Wait for the next attempt to report a new position before watching again.
+        tokio::select! {
+            () = tx.closed() => return,
+            changed = position.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// What an `etcd://` URL names.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    tls: bool,
+    /// `host:port`, IPv6 hosts in brackets.
+    hosts: Vec<String>,
+    user: Option<(String, String)>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+fn parse_url(url: &str, location: &str) -> Result<Target> {
+    let usage = "expected etcd://[user:password@]host[:port][,host[:port]...] or etcds://...";
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::Config(format!("{location:?} is not an etcd URL: {usage}")))?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "etcd" => false,
+        "etcds" => true,
+        other => {
+            return Err(Error::Config(format!(
+                "{location:?}: the scheme {other:?} is not etcd's: {usage}"
+            )));
+        }
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if !path.trim_matches('/').is_empty() {
+        return Err(Error::Config(format!(
+            "{location:?}: an etcd URL has no path (the election name is the key): {usage}"
+        )));
+    }
+    let (user, hosts) = match authority.rfind('@') {
+        Some(at) => {
+            let (name, password) = authority[..at]
+                .split_once(':')
+                .unwrap_or((&authority[..at], ""));
+            (
+                Some((percent_decode(name), percent_decode(password))),
+                &authority[at + 1..],
+            )
+        }
+        None => (None, authority),
+    };
+    let mut parsed = Vec::new();
+    for host in hosts.split(',') {
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(Error::Config(format!(
+                "{location:?} names no host: {usage}"
+            )));
+        }
+        let has_port = match host.rfind(':') {
+            Some(i) => !host[i..].contains(']'),
+            None => false,
+        };
+        if has_port {
+            let port = &host[host.rfind(':').unwrap_or(0) + 1..];
+            if port.parse::<u16>().is_err() {
+                return Err(Error::Config(format!(
+                    "{location:?}: {port:?} is not a port number"
+                )));
+            }
+            parsed.push(host.to_owned());
+        } else {
+            parsed.push(format!("{host}:{DEFAULT_PORT}"));
+        }
+    }
+    let mut target = Target {
+        tls,
+        hosts: parsed,
+        user,
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match name {
+            "ca" => &mut target.ca,
+            "cert" => &mut target.cert,
+            "key" => &mut target.key,
+            other => {
+                return Err(Error::Config(format!(
+                    "{location:?}: unknown option {other:?}; etcd URLs take ca=, cert= and key= (with etcds://)"
+                )));
+            }
+        };
+        *slot = Some(percent_decode(value));
+    }
+    if !tls && (target.ca.is_some() || target.cert.is_some() || target.key.is_some()) {
+        return Err(Error::Config(format!(
+            "{location:?}: ca=, cert= and key= need TLS: write etcds://"
+        )));
+    }
+    Ok(target)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target> {
+        parse_url(url, &redact(url))
+    }
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(lease_ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(500)), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_secs(1)), 1);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(lease_ttl_secs(Duration::from_secs(15)), 15);
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse("etcd://127.0.0.1:2379").unwrap();
+        assert_eq!(t.hosts, ["127.0.0.1:2379"]);
+        assert!(!t.tls && t.user.is_none());
+        let t = parse("etcd://app:p%40ss@a,b:1234,[::1]:5,[::1]").unwrap();
+        assert_eq!(t.hosts, ["a:2379", "b:1234", "[::1]:5", "[::1]:2379"]);
+        assert_eq!(t.user, Some(("app".into(), "p@ss".into())));
+        let t = parse("etcds://h/?ca=/x/ca.pem&cert=/c&key=/k").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.ca.as_deref(), Some("/x/ca.pem"));
+        for bad in [
+            "etcd://",
+            "etcd://h:port",
+            "etcd://h/name",
+            "etcd://h?ca=/x",
+            "etcds://h?colour=red",
+            "etcd:h",
+        ] {
+            assert!(matches!(parse(bad), Err(Error::Config(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn opening_redacts_and_needs_no_runtime() {
+        let store = EtcdStore::open("etcd://app:hunter2@127.0.0.1:1").unwrap();
+        assert_eq!(store.info().location, "etcd://app:****@127.0.0.1:1");
+        assert!(!format!("{store:?}").contains("hunter2"));
+        let err = EtcdStore::open("etcds://app:hunter2@h?ca=/nonexistent/ca.pem").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/ca.pem") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! SQL stores: PostgreSQL ([`postgres`], feature `postgres`) and MySQL/MariaDB ([`mysql`],
+//! feature `mysql`).
+//!
+//! Both keep one row per election key in one lease table, write with one atomic statement per
+//! step, judge expiry by the database server's clock, and reach the server through an sqlx pool.
+//! What they share lives here: the URL options Baton reads itself, the table-name rule, change
+//! notices, and how sqlx errors map onto Baton's [`Error`].
+//!
+//! # URL options
+//!
+//! Besides the driver's own parameters (`sslmode`/`ssl-mode`, `sslrootcert`, ...), the query
+//! string may carry, and Baton removes before the driver sees the URL:
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `table=NAME` | `baton_leases` | the lease table: lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 characters |
+//! | `create=false` | `true` | never create the table; a missing table is then a configuration error naming the SQL file |
+//! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key (`10ms`, `100ms`, `1s`) |
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::{Change, Changes};
+use crate::connect::redact;
+use crate::{Error, Result};
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+/// The lease table's name unless the URL says otherwise.
+pub const DEFAULT_TABLE: &str = "baton_leases";
+
+/// How many times an operation that is safe to repeat is tried when the connection it ran on
+/// turned out to be dead (killed by `pg_terminate_backend` or `KILL`, dropped by a proxy).
+/// The pool closes a dead connection and opens a new one, so the retry runs on a fresh one.
+const ATTEMPTS: usize = 4;
+
+/// Options parsed from a SQL store URL, and the URL the driver gets.
+#[derive(Debug, Clone)]
+pub(crate) struct SqlUrl {
+    /// The URL without Baton's own options, for the driver. Holds the password: never print.
+    pub driver_url: String,
+    /// The URL as given, password redacted: for errors, logs and [`crate::StoreInfo`].
+    pub redacted: String,
+    /// The validated table name.
+    pub table: String,
+    /// Whether Baton may create the table.
+    pub create: bool,
+    /// MySQL's follower poll interval.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub poll: Option<Duration>,
+}
+
+impl SqlUrl {
+    /// Split Baton's options off `url`. `store` names the store in messages.
+    pub fn parse(url: &str, store: &str) -> Result<SqlUrl> {
+        let redacted = redact(url);
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let (query, fragment) = match query.map(|q| q.split_once('#').unwrap_or((q, ""))) {
+            Some((q, f)) => (q, f),
+            None => ("", ""),
+        };
+        if !fragment.is_empty() {
+            return Err(Error::Config(format!(
+                "{redacted}: the {store} store takes no #fragment; put options in the query (?table=...)"
+            )));
+        }
+        let mut table = DEFAULT_TABLE.to_owned();
+        let mut create = true;
+        let mut poll = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "table" => table = validate_table(value)?,
+                "create" => {
+                    create = match value {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        other => {
+                            return Err(Error::Config(format!(
+                                "{redacted}: create={other:?} is not a boolean; write create=true or create=false"
+                            )));
+                        }
+                    }
+                }
+                "poll" if store == "mysql" => poll = Some(parse_poll(value, &redacted)?),
+                _ => kept.push(pair),
+            }
+        }
+        let driver_url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(SqlUrl {
+            driver_url,
+            redacted,
+            table,
+            create,
+            poll,
+        })
+    }
+}
+
+fn parse_poll(value: &str, redacted: &str) -> Result<Duration> {
+    let (number, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = number.parse().map_err(|_| {
+        Error::Config(format!(
+            "{redacted}: poll={value:?} is not a duration; write e.g. poll=25ms"
+        ))
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        _ => {
+            return Err(Error::Config(format!(
+                "{redacted}: poll={value:?} is not a duration; write e.g. poll=25ms or poll=1s"
+            )));
+        }
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
+        return Err(Error::Config(format!(
+            "{redacted}: poll={value} is out of range; choose between 1ms and 60s"
+        )));
+    }
+    Ok(d)
+}
+
+/// Check a lease table name: an identifier that needs no quoting in either database, so that
+/// it can be put into SQL text safely and means the same thing to every client.
+pub fn validate_table(name: &str) -> Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::Config(format!(
+            "{name:?} is not a valid lease table name: use lowercase letters, digits and _, starting with a letter or _, at most 63 characters (e.g. table=baton_leases)"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Change notices.
+
+/// A change to one key, as a store's listener or poller saw it. `key: None` means "any key":
+/// notices may have been missed (the listener reconnected).
+#[derive(Debug, Clone)]
+pub(crate) struct Notice {
+    pub key: Option<Arc<str>>,
+    pub change: Change,
+}
+
+/// Change notices of one store, fanned out to its subscriptions by key.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    tx: broadcast::Sender<Notice>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            tx: broadcast::channel(256).0,
+        }
+    }
+}
+
+impl Feed {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// A sender for a background task that publishes into this feed.
+    pub fn sender(&self) -> broadcast::Sender<Notice> {
+        self.tx.clone()
+    }
+
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub fn publish(&self, key: Option<&str>, change: Change) {
+        let _ = self.tx.send(Notice {
+            key: key.map(Into::into),
+            change,
+        });
+    }
+
+    /// Notices for `key`. `keep` is held by the stream for as long as it lives (a poller, a
+    /// listener), and dropped with it.
+    pub fn subscribe<K: Send + 'static>(&self, key: &str, keep: K) -> Changes {
+        Self::stream(self.tx.subscribe(), key, keep)
+    }
+
+    /// A receiver taken now, to be turned into a stream with [`Feed::stream`] later: nothing
+    /// published in between is lost.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub fn receiver(&self) -> broadcast::Receiver<Notice> {
+        self.tx.subscribe()
+    }
+
+    /// The notices for `key` from `rx`, keeping `keep` alive as long as the stream.
+    pub fn stream<K: Send + 'static>(
+        rx: broadcast::Receiver<Notice>,
+        key: &str,
+        keep: K,
+    ) -> Changes {
+        let key: Arc<str> = key.into();
+        Box::pin(futures_util::stream::unfold(
+            (rx, key, keep),
+            |(mut rx, key, keep)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(n) if n.key.as_ref().is_none_or(|k| *k == key) => {
+                            return Some((n.change, (rx, key, keep)));
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            return Some((Change::Other, (rx, key, keep)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        ))
+    }
+}
+
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// What a failed call may have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// A read, or a write that repeats harmlessly: a failure is "nothing applied".
+    None,
+    /// A write whose outcome is unknown when the connection failed mid-call.
+    Maybe,
+}
+
+/// Whether `e` says the connection is dead (rather than the statement being refused), so the
+/// call should be tried again on another connection. `certain` is true when the statement
+/// surely did not run (the server said it was shutting the session down before running it).
+pub(crate) fn dead_connection(e: &sqlx::Error) -> (bool, bool) {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => (true, false),
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // PostgreSQL: class 08 (connection exception), 57P01..03 (terminated by an
+            // administrator, crash, cannot connect now). MySQL/MariaDB: 1927 (connection was
+            // killed), 1053 (server shutdown), 08S01 (communication link failure).
+            let dead = code.starts_with("08")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "1927" | "1053" | "70100"
+                );
+            (dead, dead)
+        }
+        _ => (false, false),
+    }
+}
+
+/// Map an sqlx error to Baton's. `doing` says what failed ("renewing the lease at key ...").
+pub(crate) fn map_error(
+    store: &'static str,
+    location: &str,
+    doing: &str,
+    effect: Effect,
+    e: sqlx::Error,
+) -> Error {
+    let message = format!("{doing} in {location}: {}", describe(&e));
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            Error::unavailable(store, message, e)
+        }
+        sqlx::Error::Configuration(_) => Error::Config(message),
+        sqlx::Error::Database(_) => Error::unavailable(store, message, e),
+        sqlx::Error::Tls(_) => Error::unavailable(
+            store,
+            format!("{message}; check sslmode/ssl-mode and the CA (sslrootcert / ssl-ca)"),
+            e,
+        ),
+        _ if effect == Effect::Maybe && dead_connection(&e).0 && !dead_connection(&e).1 => {
+            Error::indeterminate(store, message, e)
+        }
+        _ => Error::unavailable(store, message, e),
+    }
+}
+
+/// An sqlx error, described without anything secret (sqlx never puts the password in one).
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::PoolTimedOut => {
+            "no connection to the server within the pool's timeout (is the server up and reachable?)"
+                .to_owned()
+        }
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Run `op` up to [`ATTEMPTS`] times while it fails on a dead connection, if `effect` allows
+/// repeating it or the server said the statement did not run.
+pub(crate) async fn retrying<T, F, Fut>(effect: Effect, mut op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < ATTEMPTS => {
+                let (dead, certain) = dead_connection(&e);
+                if !dead || (effect == Effect::Maybe && !certain) {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, attempt, "SQL connection lost; trying again on another connection");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A TTL in whole microseconds, rounded up: the server may keep a lease a little longer than
+/// asked, never shorter.
+pub(crate) fn ttl_us(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_nanos().div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
+/// Microseconds left (as the server computed them) as a TTL.
+pub(crate) fn left(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert!(validate_table("baton_leases").is_ok());
+        assert!(validate_table("_t1").is_ok());
+        for bad in [
+            "",
+            "1t",
+            "Leases",
+            "a-b",
+            "a;drop table x",
+            "a.b",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_table(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn baton_options_are_removed_and_the_rest_kept() {
+        let u = SqlUrl::parse(
+            "postgres://u:pw@h/db?sslmode=require&table=my_leases&create=false",
+            "postgres",
+        )
+        .unwrap();
+        assert_eq!(u.driver_url, "postgres://u:pw@h/db?sslmode=require");
+        assert_eq!(
+            u.redacted,
+            "postgres://u:****@h/db?sslmode=require&table=my_leases&create=false"
+        );
+        assert_eq!((u.table.as_str(), u.create), ("my_leases", false));
+        let u = SqlUrl::parse("mysql://h/db?poll=10ms", "mysql").unwrap();
+        assert_eq!(u.driver_url, "mysql://h/db");
+        assert_eq!(u.poll, Some(Duration::from_millis(10)));
+        let e = SqlUrl::parse("postgres://u:hunter2@h/db?table=Bad-Name", "postgres").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+        assert!(SqlUrl::parse("mysql://h/db?poll=fast", "mysql").is_err());
+    }
+}

@@ -1,0 +1,744 @@
+//! MySQL and MariaDB: one conditional `UPDATE` per acquisition, expiry by the server's
+//! `UTC_TIMESTAMP(6)`, and a polled watch for followers.
+//!
+//! # Layout
+//!
+//! One InnoDB table, `baton_leases` by default (`?table=NAME`), in the URL's database, one row
+//! per election key. The same definition, with comments for DBAs, is in
+//! `crates/baton/sql/mysql.sql`:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `VARCHAR(255) ... COLLATE utf8mb4_bin NOT NULL PRIMARY KEY` | the election key (at most 255 characters, compared exactly) |
+//! | `holder` | `VARCHAR(255) ... COLLATE utf8mb4_bin`, `NULL` when free | the holder's candidate id |
+//! | `token` | `BIGINT NOT NULL` | the last fencing token minted for the key (0 before the first acquisition) |
+//! | `expires_at` | `DATETIME(6)`, `NULL` when free | when the lease ends, UTC, by the server's clock |
+//! | `acquired_at` | `DATETIME(6)` | when it was last acquired (UTC), for humans |
+//! | `renewed_at` | `DATETIME(6)` | when it was last renewed (UTC), for humans |
+//!
+//! The binary collation matters: with MySQL's default case-insensitive one, keys `Jobs` and
+//! `jobs` would be one election. A release sets `holder` and `expires_at` to `NULL` and keeps
+//! the row, so `token` survives it. Rows whose `holder` and `expires_at` are not both set or
+//! both `NULL`, or whose `token` is negative, were not written by Baton: they give
+//! [`Error::ForeignData`] and are never written to.
+//!
+//! # Setup
+//!
+//! As for PostgreSQL: on first use the table is looked up in `information_schema` and created
+//! if missing (unless `create=false`); a user without `CREATE` gets a configuration error
+//! pointing to the SQL file; an existing table must have exactly these columns (types,
+//! nullability, primary key, `DATETIME(6)`, a `_bin` collation) or every call fails with
+//! [`Error::ForeignData`] naming the difference. Baton never alters or drops a table. The user
+//! needs `SELECT, INSERT, UPDATE` on the table.
+//!
+//! # Writes and time
+//!
+//! The acquisition is `ACQUIRE`: one `UPDATE` that takes the row only if it is free or
+//! expired, bumps `token` and hands the new value back through `LAST_INSERT_ID(expr)`, all in
+//! one atomic statement. A key without a row first gets a free one (`ENSURE_ROW`, which
+//! changes nothing if the row exists). Renew and release match `holder` **and** `token`.
+//! Times are computed and compared with the server's `UTC_TIMESTAMP(6)` (not `NOW(6)`, which
+//! follows each session's `time_zone`); Baton sends only durations.
+//!
+//! # Followers: a polled watch
+//!
+//! MySQL has no `NOTIFY`. [`watch`](Candidacy::watch) is backed by a poller per watched key and
+//! store: one primary-key `SELECT` every `poll` interval (default 25 ms, `?poll=DUR`), which
+//! yields a change when the holder or token changes or the lease is freed. That costs **40
+//! queries per second per watching follower process** at the default, each a single-row
+//! primary-key lookup; the leader does not poll (it renews once per renew interval). A
+//! graceful handoff therefore takes at most one poll interval plus an acquire round trip.
+//! Changes made through the same store object are delivered at once. (The alternative,
+//! blocking followers on `GET_LOCK` of a lock the leader holds, costs no polling but pins one
+//! connection per follower and per leader; it is not implemented.)
+//!
+//! # Connections
+//!
+//! An sqlx pool of at most four connections per store, opened lazily. A connection found dead
+//! (`KILL`, a restart, a proxy) is replaced, and reads, renewals and releases are retried at
+//! once on a fresh connection, so a killed connection costs no leadership.
+//!
+//! # URLs
+//!
+//! `mysql://[user[:password]@]host[:port]/database[?options]` (or `mariadb://`), with sqlx's
+//! parameters: `ssl-mode=disabled|preferred|required|verify_ca|verify_identity`, `ssl-ca=PATH`,
+//! `ssl-cert=PATH`, `ssl-key=PATH`, `socket=PATH`, plus Baton's `table=`, `create=` and
+//! `poll=`. The database is required. The password never appears in errors, logs or
+//! [`StoreInfo`].
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::OnceCell;
+use tracing::debug;
+
+use super::{Effect, Feed, SqlUrl, left, lock, map_error, retrying, ttl_us};
+use crate::store::{
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
+use crate::{Error, FencingToken, Result};
+
+/// The store's name in errors and [`StoreInfo`].
+const STORE: &str = "mysql";
+
+/// Where DBAs find the table definition.
+const SQL_FILE: &str = "crates/baton/sql/mysql.sql in Baton's sources";
+
+/// How often a follower's watch reads the key, unless the URL says `poll=`.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(25);
+
+/// The longest key and candidate id the table holds, in characters.
+const MAX_LEN: usize = 255;
+
+/// The lease table (`{t}` is the validated table name).
+const CREATE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS {t} (
+    `key`       VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
+    holder      VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    token       BIGINT NOT NULL,
+    expires_at  DATETIME(6) NULL,
+    acquired_at DATETIME(6) NULL,
+    renewed_at  DATETIME(6) NULL
+) ENGINE=InnoDB";
+
+/// The columns [`CREATE_TABLE`] makes: name, `COLUMN_TYPE` prefix, nullable, primary key.
+const COLUMNS: [(&str, &str, bool, bool); 6] = [
+    ("key", "varchar(255)", false, true),
+    ("holder", "varchar(255)", true, false),
+    ("token", "bigint", false, false),
+    ("expires_at", "datetime(6)", true, false),
+    ("acquired_at", "datetime(6)", true, false),
+    ("renewed_at", "datetime(6)", true, false),
+];
+
+/// The current database, and what kind of object table `?` is in it.
+const TABLE_KIND: &str = "
+SELECT CAST(DATABASE() AS CHAR),
+       (SELECT CAST(table_type AS CHAR) FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = ?)";
+
+/// The columns of table `?` in the current database.
+const TABLE_COLUMNS: &str = "
+SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), CAST(is_nullable AS CHAR),
+       CAST(column_key AS CHAR), CAST(COALESCE(collation_name, '') AS CHAR)
+FROM information_schema.columns
+WHERE table_schema = DATABASE() AND table_name = ?
+ORDER BY ordinal_position";
+
+/// The row at key `?`: holder, token, whether it has an expiry, microseconds left.
+const SELECT_LEASE: &str = "
+SELECT holder, token, CAST(expires_at IS NOT NULL AS SIGNED),
+       CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED)
+FROM {t} WHERE `key` = ?";
+
+/// A free row for key `?` with token 0, unless the key has a row.
+const ENSURE_ROW: &str =
+    "INSERT INTO {t} (`key`, token) VALUES (?, 0) ON DUPLICATE KEY UPDATE token = token";
+
+/// Take the row of key `?3` for candidate `?1` for `?2` µs if it is free or expired, bumping
+/// the token; the new token comes back as the statement's last insert id.
+const ACQUIRE: &str = "
+UPDATE {t}
+SET token       = LAST_INSERT_ID(token + 1),
+    holder      = ?,
+    expires_at  = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+    acquired_at = UTC_TIMESTAMP(6),
+    renewed_at  = UTC_TIMESTAMP(6)
+WHERE `key` = ? AND token >= 0
+  AND (holder IS NULL) = (expires_at IS NULL)
+  AND (holder IS NULL OR expires_at <= UTC_TIMESTAMP(6))";
+
+/// Extend the lease by `?` µs if holder and token still hold key `?` unexpired.
+const RENEW: &str = "
+UPDATE {t}
+SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6)
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6)";
+
+/// Free the key if holder and token hold it; the row and its token stay.
+const RELEASE: &str = "
+UPDATE {t} SET holder = NULL, expires_at = NULL
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at IS NOT NULL";
+
+#[derive(Debug)]
+struct Sql {
+    create: Arc<str>,
+    select: Arc<str>,
+    ensure: Arc<str>,
+    acquire: Arc<str>,
+    renew: Arc<str>,
+    release: Arc<str>,
+}
+
+impl Sql {
+    fn for_table(table: &str) -> Sql {
+        let fill = |sql: &str| Arc::from(sql.replace("{t}", table));
+        Sql {
+            create: fill(CREATE_TABLE),
+            select: fill(SELECT_LEASE),
+            ensure: fill(ENSURE_ROW),
+            acquire: fill(ACQUIRE),
+            renew: fill(RENEW),
+            release: fill(RELEASE),
+        }
+    }
+}
+
+fn q(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(Arc::clone(sql))
+}
+
+/// A [`LeaseStore`] in a MySQL or MariaDB table. Cheap to clone: clones share the pool and the
+/// pollers.
+///
+/// ```no_run
+/// # async fn f() -> baton::Result<()> {
+/// use baton::LeaseStore;
+/// use baton::store::sql::mysql::MysqlStore;
+///
+/// let store = MysqlStore::open("mysql://app:secret@db.internal/app?ssl-mode=required")?;
+/// assert_eq!(store.info().name, "mysql");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MysqlStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: MySqlPool,
+    url: SqlUrl,
+    poll: Duration,
+    sql: Sql,
+    ready: OnceCell<()>,
+    feed: Arc<Feed>,
+    pollers: Mutex<HashMap<String, std::sync::Weak<Poller>>>,
+}
+
+impl std::fmt::Debug for MysqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlStore")
+            .field("url", &self.inner.url.redacted)
+            .field("table", &self.inner.url.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlStore {
+    /// Open a store from a `mysql://` or `mariadb://` URL. Connects lazily. Needs a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, a bad table name or option, or no tokio runtime.
+    pub fn open(url: &str) -> Result<MysqlStore> {
+        let mut url = SqlUrl::parse(url, STORE)?;
+        if let Some(rest) = url.driver_url.strip_prefix("mariadb://") {
+            url.driver_url = format!("mysql://{rest}");
+        } else if url.driver_url.len() > 8 && url.driver_url[..8].eq_ignore_ascii_case("mysql://") {
+            url.driver_url = format!("mysql://{}", &url.driver_url[8..]);
+        } else if url.driver_url.len() > 10
+            && url.driver_url[..10].eq_ignore_ascii_case("mariadb://")
+        {
+            url.driver_url = format!("mysql://{}", &url.driver_url[10..]);
+        }
+        let options = MySqlConnectOptions::from_str(&url.driver_url).map_err(|e| {
+            Error::Config(format!("{} is not a valid MySQL URL: {e}", url.redacted))
+        })?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Config(format!(
+                "the mysql store ({}) must be opened inside a tokio runtime",
+                url.redacted
+            )));
+        }
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Ok(MysqlStore {
+            inner: Arc::new(Inner {
+                pool,
+                poll: url.poll.unwrap_or(DEFAULT_POLL),
+                sql: Sql::for_table(&url.table),
+                url,
+                ready: OnceCell::new(),
+                feed: Arc::new(Feed::default()),
+                pollers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The lease table's name.
+    pub fn table(&self) -> &str {
+        &self.inner.url.table
+    }
+
+    /// How often a watching follower reads its key.
+    pub fn poll_interval(&self) -> Duration {
+        self.inner.poll
+    }
+
+    /// The pool, for callers that want to run their own statements on the same server.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.inner.pool
+    }
+}
+
+fn check_len(what: &str, value: &str) -> Result<()> {
+    if value.chars().count() > MAX_LEN {
+        return Err(Error::Config(format!(
+            "the mysql store keeps {what}s of at most {MAX_LEN} characters; {value:.40}... is longer"
+        )));
+    }
+    Ok(())
+}
+
+fn error_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(|e| e.number()),
+        _ => None,
+    }
+}
+
+impl Inner {
+    fn error(&self, doing: &str, effect: Effect, e: sqlx::Error) -> Error {
+        map_error(STORE, &self.url.redacted, doing, effect, e)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| self.prepare_table())
+            .await
+            .map(|_| ())
+    }
+
+    async fn prepare_table(&self) -> Result<()> {
+        let doing = "looking up the lease table";
+        let table = &self.url.table;
+        let kind = || async {
+            retrying(Effect::None, || {
+                sqlx::query_as::<_, (Option<String>, Option<String>)>(TABLE_KIND)
+                    .bind(table)
+                    .fetch_one(&self.pool)
+            })
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))
+        };
+        let (database, mut found) = kind().await?;
+        let Some(database) = database else {
+            return Err(Error::Config(format!(
+                "{} names no database: write mysql://user@host/DATABASE",
+                self.url.redacted
+            )));
+        };
+        if found.is_none() {
+            if !self.url.create {
+                return Err(Error::Config(format!(
+                    "the lease table {table} does not exist in database {database} ({}) and the URL says create=false: have it created with {SQL_FILE}",
+                    self.url.redacted
+                )));
+            }
+            match sqlx::query(q(&self.sql.create)).execute(&self.pool).await {
+                Ok(_) => debug!(table, "created the lease table"),
+                Err(e) if matches!(error_number(&e), Some(1142 | 1044 | 1227)) => {
+                    return Err(Error::Config(format!(
+                        "the lease table {table} does not exist in database {database} ({}) and this user may not create it ({}): have a DBA create it with {SQL_FILE} and grant SELECT, INSERT, UPDATE on it",
+                        self.url.redacted,
+                        e.as_database_error()
+                            .map(|d| d.message().to_owned())
+                            .unwrap_or_default()
+                    )));
+                }
+                Err(e) => return Err(self.error("creating the lease table", Effect::None, e)),
+            }
+            found = kind().await?.1;
+        }
+        let foreign = |found: String| Error::ForeignData {
+            key: format!("table {database}.{table} in {}", self.url.redacted),
+            found,
+        };
+        match found.as_deref() {
+            Some("BASE TABLE") => {}
+            Some(other) => {
+                return Err(foreign(format!(
+                    "a {other} named {table}, not a table; choose another table with ?table=NAME"
+                )));
+            }
+            None => {
+                return Err(Error::Unavailable {
+                    store: STORE,
+                    message: format!(
+                        "the lease table {table} vanished right after it was created in {}",
+                        self.url.redacted
+                    ),
+                    source: None,
+                });
+            }
+        }
+        let columns: Vec<(String, String, String, String, String)> = retrying(Effect::None, || {
+            sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let matches = columns.len() == COLUMNS.len()
+            && columns.iter().zip(COLUMNS).all(|(found, want)| {
+                let (name, ty, nullable, key, collation) = found;
+                name == want.0
+                    && ty.to_ascii_lowercase().starts_with(want.1)
+                    && (nullable == "YES") == want.2
+                    && (key == "PRI") == want.3
+                    && (!want.1.starts_with("varchar") || collation.ends_with("_bin"))
+            });
+        if !matches {
+            let found: Vec<String> = columns
+                .iter()
+                .map(|(name, ty, nullable, key, collation)| {
+                    let mut s = format!("{name} {ty}");
+                    if !collation.is_empty() {
+                        s.push_str(&format!(" COLLATE {collation}"));
+                    }
+                    if nullable == "NO" {
+                        s.push_str(" NOT NULL");
+                    }
+                    if key == "PRI" {
+                        s.push_str(" PRIMARY KEY");
+                    }
+                    s
+                })
+                .collect();
+            let expected: Vec<String> = COLUMNS
+                .iter()
+                .map(|(name, ty, nullable, key)| {
+                    let mut s = format!("{name} {ty}");
+                    if ty.starts_with("varchar") {
+                        s.push_str(" COLLATE utf8mb4_bin");
+                    }
+                    if !nullable {
+                        s.push_str(" NOT NULL");
+                    }
+                    if *key {
+                        s.push_str(" PRIMARY KEY");
+                    }
+                    s
+                })
+                .collect();
+            return Err(foreign(format!(
+                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                found.join(", "),
+                expected.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn select(&self, key: &str, doing: &str) -> Result<Option<Stored>> {
+        let row = retrying(Effect::None, || {
+            sqlx::query(q(&self.sql.select))
+                .bind(key)
+                .fetch_optional(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let decode = |e| self.error(doing, Effect::None, e);
+        let holder: Option<String> = row.try_get(0).map_err(decode)?;
+        let token: i64 = row.try_get(1).map_err(decode)?;
+        let has_expiry: i64 = row.try_get(2).map_err(decode)?;
+        let left_us: Option<i64> = row.try_get(3).map_err(decode)?;
+        let foreign = |what: String| Error::ForeignData {
+            key: key.to_owned(),
+            found: format!("a row in table {} whose {what}", self.url.table),
+        };
+        if token < 0 {
+            return Err(foreign(format!(
+                "token is {token} (Baton's tokens are never negative)"
+            )));
+        }
+        if holder.is_some() != (has_expiry != 0) {
+            return Err(foreign(if holder.is_some() {
+                "holder is set but expires_at is NULL".to_owned()
+            } else {
+                "expires_at is set but holder is NULL".to_owned()
+            }));
+        }
+        Ok(Some(Stored {
+            holder,
+            token: u64::try_from(token).unwrap_or_default(),
+            has_expiry: has_expiry != 0,
+            left_us: left_us.unwrap_or(0),
+        }))
+    }
+}
+
+/// A row as Baton writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    holder: Option<String>,
+    token: u64,
+    has_expiry: bool,
+    left_us: i64,
+}
+
+impl Stored {
+    fn live(&self) -> Option<LeaseRecord> {
+        let holder = self.holder.as_ref()?;
+        (self.left_us > 0).then(|| LeaseRecord {
+            holder: holder.clone(),
+            token: FencingToken(self.token),
+            ttl: left(self.left_us),
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MysqlStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        check_len("key", key)?;
+        check_len("candidate id", candidate)?;
+        Ok(Box::new(MysqlCandidacy {
+            store: self.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        check_len("key", key)?;
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| s.live()))
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        check_len("key", key)?;
+        self.subscribe(key).await.map(Some)
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            name: STORE,
+            location: format!(
+                "{} (table {})",
+                self.inner.url.redacted, self.inner.url.table
+            ),
+            can_watch: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MysqlCandidacy {
+    store: MysqlStore,
+    key: String,
+    candidate: String,
+}
+
+#[async_trait]
+impl Candidacy for MysqlCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let doing = format!("acquiring the lease at key {:?}", self.key);
+        for _ in 0..3 {
+            let done = retrying(Effect::Maybe, || {
+                sqlx::query(q(&inner.sql.acquire))
+                    .bind(&self.candidate)
+                    .bind(ttl_us(ttl))
+                    .bind(&self.key)
+                    .execute(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::Maybe, e))?;
+            if done.rows_affected() == 1 {
+                inner.feed.publish(
+                    Some(&self.key),
+                    Change::Acquired {
+                        holder: self.candidate.clone(),
+                    },
+                );
+                return Ok(Acquire::Acquired(Lease::new(
+                    &self.key,
+                    &self.candidate,
+                    FencingToken(done.last_insert_id()),
+                )));
+            }
+            match inner.select(&self.key, &doing).await? {
+                Some(stored) => {
+                    if let Some(record) = stored.live() {
+                        return Ok(Acquire::Held(record));
+                    }
+                }
+                None => {
+                    retrying(Effect::None, || {
+                        sqlx::query(q(&inner.sql.ensure))
+                            .bind(&self.key)
+                            .execute(&inner.pool)
+                    })
+                    .await
+                    .map_err(|e| inner.error(&doing, Effect::None, e))?;
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!("{doing}: the key kept changing hands; try again"),
+            source: None,
+        })
+    }
+
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let doing = format!("renewing the lease at key {:?}", lease.key);
+        if let Ok(token) = i64::try_from(lease.token.0) {
+            let done = retrying(Effect::None, || {
+                sqlx::query(q(&inner.sql.renew))
+                    .bind(ttl_us(ttl))
+                    .bind(&lease.key)
+                    .bind(&lease.holder)
+                    .bind(token)
+                    .execute(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::None, e))?;
+            if done.rows_affected() == 1 {
+                return Ok(Renew::Renewed);
+            }
+        }
+        let current = inner.select(&lease.key, &doing).await?;
+        Ok(Renew::Lost(current.and_then(|s| s.live())))
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let Ok(token) = i64::try_from(lease.token.0) else {
+            return Ok(());
+        };
+        let doing = format!("releasing the lease at key {:?}", lease.key);
+        let done = retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.release))
+                .bind(&lease.key)
+                .bind(&lease.holder)
+                .bind(token)
+                .execute(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        if done.rows_affected() == 1 {
+            inner.feed.publish(Some(&lease.key), Change::Released);
+        }
+        Ok(())
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        self.store.subscribe(&self.key).await.map(Some)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The polled watch.
+
+/// The poller of one key; stops when the last subscription to it is dropped.
+struct Poller(tokio::task::JoinHandle<()>);
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a poll saw at a key, for telling changes apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Held { holder: String, token: u64 },
+    Free { released: bool },
+}
+
+impl Seen {
+    fn of(stored: Option<Stored>) -> Seen {
+        match stored {
+            Some(s) if s.live().is_some() => Seen::Held {
+                holder: s.holder.unwrap_or_default(),
+                token: s.token,
+            },
+            Some(s) => Seen::Free {
+                released: !s.has_expiry,
+            },
+            None => Seen::Free { released: true },
+        }
+    }
+}
+
+impl MysqlStore {
+    /// Changes to `key`, from this store's poller of the key (started if none runs).
+    async fn subscribe(&self, key: &str) -> Result<Changes> {
+        let inner = &self.inner;
+        inner.ready().await?;
+        let existing = lock(&inner.pollers)
+            .get(key)
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(poller) = existing {
+            return Ok(inner.feed.subscribe(key, poller));
+        }
+        // Subscribe first, then take the baseline, so no change after it is missed.
+        let rx = inner.feed.receiver();
+        let doing = format!("watching key {key:?}");
+        let baseline = inner.select(key, &doing).await.ok().map(Seen::of);
+        let weak = Arc::downgrade(inner);
+        let owned_key = key.to_owned();
+        let poll = inner.poll;
+        let task = tokio::spawn(async move {
+            let mut last = baseline;
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let seen = match inner.select(&owned_key, "polling").await {
+                    Ok(s) => Seen::of(s),
+                    Err(e) => {
+                        debug!(key = owned_key, error = %e, "poll failed");
+                        continue;
+                    }
+                };
+                if last.as_ref() != Some(&seen) {
+                    let change = match (&last, &seen) {
+                        (_, Seen::Held { holder, .. }) => Change::Acquired {
+                            holder: holder.clone(),
+                        },
+                        (Some(Seen::Held { .. }), Seen::Free { released: true }) => {
+                            Change::Released
+                        }
+                        (Some(Seen::Held { .. }), Seen::Free { released: false }) => {
+                            Change::Expired
+                        }
+                        _ => Change::Other,
+                    };
+                    inner.feed.publish(Some(&owned_key), change);
+                    last = Some(seen);
+                }
+            }
+        });
+        let poller = Arc::new(Poller(task));
+        let changes = Feed::stream(rx, key, Arc::clone(&poller));
+        lock(&inner.pollers).insert(key.to_owned(), Arc::downgrade(&poller));
+        Ok(changes)
+    }
+}

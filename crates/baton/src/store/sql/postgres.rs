@@ -1,0 +1,748 @@
+//! PostgreSQL: one upsert per acquisition, expiry by the server's `clock_timestamp()`, push
+//! handoff with `LISTEN`/`NOTIFY`.
+//!
+//! # Layout
+//!
+//! One table, `baton_leases` by default (`?table=NAME`), one row per election key. The same
+//! definition, with comments for DBAs, is in `crates/baton/sql/postgres.sql`:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `text PRIMARY KEY` | the election key |
+//! | `holder` | `text`, `NULL` when released | the holder's candidate id |
+//! | `token` | `bigint NOT NULL` | the last fencing token minted for the key (1, 2, ...) |
+//! | `expires_at` | `timestamptz`, `NULL` when released | when the lease ends, by the server's clock |
+//! | `acquired_at` | `timestamptz` | when the lease was last acquired, for humans |
+//! | `renewed_at` | `timestamptz` | when it was last renewed, for humans |
+//!
+//! A release sets `holder` and `expires_at` to `NULL` and keeps the row, so `token` survives it
+//! and every later acquisition gets a larger one. Rows in which `holder` and `expires_at` are
+//! not both set or both `NULL`, or whose `token` is below 1, were not written by Baton: they
+//! give [`Error::ForeignData`] and are never written to.
+//!
+//! # Setup
+//!
+//! On first use the store looks the table up (`to_regclass`, through the connection's
+//! `search_path`). If it is missing and the URL does not say `create=false`, the store creates
+//! it; a user without the right to (`42501`) gets a configuration error that points to the SQL
+//! file, which a DBA can run instead. An existing table must have exactly the columns above,
+//! with those types, and a unique index on `key`; otherwise every call fails with
+//! [`Error::ForeignData`] naming what differs. Baton never alters or drops a table.
+//! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the table (and `CREATE` on the
+//! schema only if Baton is to create it).
+//!
+//! # Writes and time
+//!
+//! Every write is one statement, atomic on its own (`ACQUIRE`, `RENEW`, `RELEASE`). The
+//! acquire takes the row only if it is free or expired, bumps `token` in the same statement and
+//! returns it. Renew and release match on `holder` **and** `token`. Expiry is computed and
+//! compared with the server's `clock_timestamp()`; Baton sends only durations, never
+//! timestamps, so client clocks never decide who leads.
+//!
+//! # Push
+//!
+//! Acquire and release call `pg_notify` in the same statement as the write, so a notice is
+//! sent exactly when the write commits, on the channel named like the table. A store listens
+//! on a dedicated connection (sqlx's `PgListener`, outside the pool), started by the first
+//! [`watch`](Candidacy::watch) and kept until the store is dropped; it reconnects by itself,
+//! and after a reconnect tells every watcher to look again ([`Change::Other`]), since notices
+//! sent while it was away are lost. A follower therefore wakes one notification after a
+//! release: a graceful handoff costs about two round trips.
+//!
+//! # Connections
+//!
+//! An sqlx pool of at most four connections per store, opened lazily, so a store built while
+//! the server is down works once it is up. A connection found dead (`pg_terminate_backend`, a
+//! restart, a proxy) is replaced, and reads, renewals and releases (which repeat harmlessly)
+//! are retried at once on a fresh connection, so a killed backend costs no leadership. An
+//! acquire is retried only when the server said the statement did not run. The engine bounds
+//! every call with its own timeout and drops the future at its deadline; the pool then closes
+//! the connection that was interrupted.
+//!
+//! # URLs
+//!
+//! `postgres://[user[:password]@]host[:port]/database[?options]` (or `postgresql://`), with
+//! libpq's parameters as sqlx reads them: `sslmode=disable|prefer|require|verify-ca|verify-full`,
+//! `sslrootcert=PATH`, `sslcert=PATH`, `sslkey=PATH`, `application_name`, `options`, plus
+//! Baton's `table=` and `create=` (see [the SQL stores](super)). TLS is rustls with the
+//! system's trust store unless `sslrootcert` names a CA. The password never appears in errors,
+//! logs or [`StoreInfo`].
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::{Mutex, OnceCell, broadcast, oneshot};
+use tracing::debug;
+
+use super::{Effect, Feed, Notice, SqlUrl, left, map_error, retrying, ttl_us};
+use crate::store::{
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
+use crate::{Error, FencingToken, Result};
+
+/// The store's name in errors and [`StoreInfo`].
+const STORE: &str = "postgres";
+
+/// Where DBAs find the table definition.
+const SQL_FILE: &str = "crates/baton/sql/postgres.sql in Baton's sources";
+
+/// The lease table (`{t}` is the validated table name).
+const CREATE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS {t} (
+    key         text PRIMARY KEY,
+    holder      text,
+    token       bigint NOT NULL,
+    expires_at  timestamptz,
+    acquired_at timestamptz,
+    renewed_at  timestamptz
+)";
+
+/// The columns [`CREATE_TABLE`] makes: name, `format_type`, NOT NULL.
+const COLUMNS: [(&str, &str, bool); 6] = [
+    ("key", "text", true),
+    ("holder", "text", false),
+    ("token", "bigint", true),
+    ("expires_at", "timestamp with time zone", false),
+    ("acquired_at", "timestamp with time zone", false),
+    ("renewed_at", "timestamp with time zone", false),
+];
+
+/// What kind of relation `$1` is (`r` for a table), if it exists.
+const RELATION_KIND: &str = "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)";
+
+/// The columns of relation `$1`.
+const TABLE_COLUMNS: &str = "
+SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum";
+
+/// Whether relation `$1` has a unique index on `key` alone, which `ACQUIRE`'s
+/// `ON CONFLICT (key)` needs.
+const KEY_IS_UNIQUE: &str = "
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1
+      AND i.indpred IS NULL AND a.attname = 'key')";
+
+/// The row at key `$1`: holder, token, and microseconds left by the server's clock.
+const SELECT_LEASE: &str = "
+SELECT holder, token, expires_at IS NOT NULL,
+       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+FROM {t} WHERE key = $1";
+
+/// Take key `$1` for candidate `$2` for `$3` µs if it is free (no row, released, or expired),
+/// minting the next token in the same statement, and notify channel `$4`
+/// (`a <holder length> <holder><key>`). Returns the new token, or no row if the key is held or
+/// holds a row Baton did not write.
+const ACQUIRE: &str = "
+WITH won AS (
+    INSERT INTO {t} AS l (key, holder, token, expires_at, acquired_at, renewed_at)
+    VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 microsecond',
+            clock_timestamp(), clock_timestamp())
+    ON CONFLICT (key) DO UPDATE SET
+        holder      = excluded.holder,
+        token       = l.token + 1,
+        expires_at  = excluded.expires_at,
+        acquired_at = excluded.acquired_at,
+        renewed_at  = excluded.renewed_at
+    WHERE l.token >= 1
+      AND (l.holder IS NULL) = (l.expires_at IS NULL)
+      AND (l.holder IS NULL OR l.expires_at <= clock_timestamp())
+    RETURNING key, holder, token
+)
+SELECT won.token FROM won
+CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(won.key) + octet_length(won.holder) < 7000
+    THEN 'a ' || length(won.holder) || ' ' || won.holder || won.key ELSE '' END) AS n";
+
+/// Extend the lease at key `$1` by `$4` µs from now if holder `$2` with token `$3` holds it and
+/// it has not expired.
+const RENEW: &str = "
+UPDATE {t}
+SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond',
+    renewed_at = clock_timestamp()
+WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()";
+
+/// Free key `$1` if holder `$2` with token `$3` holds it (the row and its token stay), and
+/// notify channel `$4` (`r <key>`).
+const RELEASE: &str = "
+WITH freed AS (
+    UPDATE {t} SET holder = NULL, expires_at = NULL
+    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at IS NOT NULL
+    RETURNING key
+)
+SELECT 1 FROM freed
+CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(freed.key) < 7000
+    THEN 'r ' || freed.key ELSE '' END) AS n";
+
+/// The SQL of one table: the constants above with its name filled in.
+#[derive(Debug)]
+struct Sql {
+    create: Arc<str>,
+    select: Arc<str>,
+    acquire: Arc<str>,
+    renew: Arc<str>,
+    release: Arc<str>,
+}
+
+impl Sql {
+    fn for_table(table: &str) -> Sql {
+        let fill = |sql: &str| Arc::from(sql.replace("{t}", table));
+        Sql {
+            create: fill(CREATE_TABLE),
+            select: fill(SELECT_LEASE),
+            acquire: fill(ACQUIRE),
+            renew: fill(RENEW),
+            release: fill(RELEASE),
+        }
+    }
+}
+
+fn q(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(Arc::clone(sql))
+}
+
+/// A [`LeaseStore`] in a PostgreSQL table. Cheap to clone: clones share the pool and the
+/// listener.
+///
+/// ```no_run
+/// # async fn f() -> baton::Result<()> {
+/// use baton::LeaseStore;
+/// use baton::store::sql::postgres::PostgresStore;
+///
+/// let store = PostgresStore::open("postgres://app:secret@db.internal/app?sslmode=verify-full")?;
+/// assert_eq!(store.info().name, "postgres");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    url: SqlUrl,
+    sql: Sql,
+    /// Set once the table is known to be Baton's.
+    ready: OnceCell<()>,
+    feed: Feed,
+    /// The listener task, once a watch started it.
+    listener: Mutex<Option<ListenerTask>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.inner.url.redacted)
+            .field("table", &self.inner.url.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Open a store from a `postgres://` or `postgresql://` URL. Connects lazily: nothing is
+    /// sent until the first call. Needs a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, a bad table name or option, or no tokio runtime.
+    pub fn open(url: &str) -> Result<PostgresStore> {
+        let url = SqlUrl::parse(url, STORE)?;
+        let options = PgConnectOptions::from_str(&url.driver_url).map_err(|e| {
+            Error::Config(format!(
+                "{} is not a valid PostgreSQL URL: {e}",
+                url.redacted
+            ))
+        })?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Config(format!(
+                "the postgres store ({}) must be opened inside a tokio runtime",
+                url.redacted
+            )));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                sql: Sql::for_table(&url.table),
+                url,
+                ready: OnceCell::new(),
+                feed: Feed::default(),
+                listener: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The lease table's name.
+    pub fn table(&self) -> &str {
+        &self.inner.url.table
+    }
+
+    /// The pool, for callers that want to run their own statements on the same server.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+}
+
+impl Inner {
+    fn error(&self, doing: &str, effect: Effect, e: sqlx::Error) -> Error {
+        map_error(STORE, &self.url.redacted, doing, effect, e)
+    }
+
+    /// Make sure the table exists and is Baton's, once per store.
+    async fn ready(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| self.prepare_table())
+            .await
+            .map(|_| ())
+    }
+
+    async fn prepare_table(&self) -> Result<()> {
+        let doing = "looking up the lease table";
+        let table = &self.url.table;
+        let kind = |pool| async move {
+            retrying(Effect::None, || {
+                sqlx::query_scalar::<_, String>(RELATION_KIND)
+                    .bind(table)
+                    .fetch_optional(pool)
+            })
+            .await
+        };
+        let mut found = kind(&self.pool)
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))?;
+        if found.is_none() {
+            if !self.url.create {
+                return Err(Error::Config(format!(
+                    "the lease table {table} does not exist in {} and the URL says create=false: have it created with {SQL_FILE} (with the table name changed if it is not baton_leases)",
+                    self.url.redacted
+                )));
+            }
+            let created = sqlx::query(q(&self.sql.create)).execute(&self.pool).await;
+            match created {
+                Ok(_) => debug!(table, "created the lease table"),
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                    return Err(Error::Config(format!(
+                        "the lease table {table} does not exist in {} and this user may not create it ({}): have a DBA create it with {SQL_FILE} and grant SELECT, INSERT, UPDATE on it, or grant CREATE on the schema",
+                        self.url.redacted,
+                        db.message()
+                    )));
+                }
+                // Another process created it at the same moment.
+                Err(sqlx::Error::Database(db))
+                    if matches!(db.code().as_deref(), Some("23505" | "42P07")) => {}
+                Err(e) => return Err(self.error("creating the lease table", Effect::None, e)),
+            }
+            found = kind(&self.pool)
+                .await
+                .map_err(|e| self.error(doing, Effect::None, e))?;
+        }
+        let foreign = |found: String| Error::ForeignData {
+            key: format!("table {table} in {}", self.url.redacted),
+            found,
+        };
+        match found.as_deref() {
+            Some("r" | "p") => {}
+            Some(kind) => {
+                return Err(foreign(format!(
+                    "a relation of kind {kind:?} (not a table) named {table}; choose another table with ?table=NAME"
+                )));
+            }
+            None => {
+                return Err(Error::Unavailable {
+                    store: STORE,
+                    message: format!(
+                        "the lease table {table} vanished right after it was created in {}",
+                        self.url.redacted
+                    ),
+                    source: None,
+                });
+            }
+        }
+        let columns: Vec<(String, String, bool)> = retrying(Effect::None, || {
+            sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let expected: Vec<(String, String, bool)> = COLUMNS
+            .iter()
+            .map(|(n, t, nn)| ((*n).to_owned(), (*t).to_owned(), *nn))
+            .collect();
+        if columns != expected {
+            let show = |cols: &[(String, String, bool)]| {
+                cols.iter()
+                    .map(|(n, t, nn)| format!("{n} {t}{}", if *nn { " NOT NULL" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(foreign(format!(
+                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                show(&columns),
+                show(&expected)
+            )));
+        }
+        let unique: bool = retrying(Effect::None, || {
+            sqlx::query_scalar(KEY_IS_UNIQUE)
+                .bind(table)
+                .fetch_one(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        if !unique {
+            return Err(foreign(format!(
+                "a table {table} whose key column is not its primary key (no unique index on key alone); Baton needs PRIMARY KEY (key): see {SQL_FILE}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The row at `key`: `Ok(None)` if there is none, the live record if held, and
+    /// [`Error::ForeignData`] for a row Baton did not write.
+    async fn select(&self, key: &str, doing: &str) -> Result<Option<Stored>> {
+        let row = retrying(Effect::None, || {
+            sqlx::query(q(&self.sql.select))
+                .bind(key)
+                .fetch_optional(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let decode = |e| self.error(doing, Effect::None, e);
+        let holder: Option<String> = row.try_get(0).map_err(decode)?;
+        let token: i64 = row.try_get(1).map_err(decode)?;
+        let has_expiry: bool = row.try_get(2).map_err(decode)?;
+        let left_us: Option<i64> = row.try_get(3).map_err(decode)?;
+        let foreign = |what: String| Error::ForeignData {
+            key: key.to_owned(),
+            found: format!("a row in table {} whose {what}", self.url.table),
+        };
+        if token < 1 {
+            return Err(foreign(format!(
+                "token is {token} (Baton's tokens start at 1)"
+            )));
+        }
+        if holder.is_some() != has_expiry {
+            return Err(foreign(if holder.is_some() {
+                "holder is set but expires_at is NULL".to_owned()
+            } else {
+                "expires_at is set but holder is NULL".to_owned()
+            }));
+        }
+        Ok(Some(Stored {
+            holder,
+            token: u64::try_from(token).unwrap_or_default(),
+            left_us: left_us.unwrap_or(0),
+        }))
+    }
+}
+
+/// A row as Baton writes it.
+struct Stored {
+    holder: Option<String>,
+    token: u64,
+    left_us: i64,
+}
+
+impl Stored {
+    fn live(&self) -> Option<LeaseRecord> {
+        let holder = self.holder.as_ref()?;
+        (self.left_us > 0).then(|| LeaseRecord {
+            holder: holder.clone(),
+            token: FencingToken(self.token),
+            ttl: left(self.left_us),
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        Ok(Box::new(PostgresCandidacy {
+            store: self.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| s.live()))
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        self.subscribe(key).await
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            name: STORE,
+            location: format!(
+                "{} (table {})",
+                self.inner.url.redacted, self.inner.url.table
+            ),
+            can_watch: true,
+        }
+    }
+}
+
+/// A candidate in a [`PostgresStore`] election. Holds no state in the database.
+#[derive(Debug)]
+struct PostgresCandidacy {
+    store: PostgresStore,
+    key: String,
+    candidate: String,
+}
+
+#[async_trait]
+impl Candidacy for PostgresCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let doing = format!("acquiring the lease at key {:?}", self.key);
+        // The held row is read after the upsert declined; if it was freed in between, try again.
+        for _ in 0..3 {
+            let token: Option<i64> = retrying(Effect::Maybe, || {
+                sqlx::query_scalar(q(&inner.sql.acquire))
+                    .bind(&self.key)
+                    .bind(&self.candidate)
+                    .bind(ttl_us(ttl))
+                    .bind(&inner.url.table)
+                    .fetch_optional(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::Maybe, e))?;
+            if let Some(token) = token {
+                return Ok(Acquire::Acquired(Lease::new(
+                    &self.key,
+                    &self.candidate,
+                    FencingToken(u64::try_from(token).unwrap_or_default()),
+                )));
+            }
+            if let Some(record) = inner
+                .select(&self.key, &doing)
+                .await?
+                .and_then(|s| s.live())
+            {
+                return Ok(Acquire::Held(record));
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!("{doing}: the key kept changing hands; try again"),
+            source: None,
+        })
+    }
+
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let doing = format!("renewing the lease at key {:?}", lease.key);
+        if let Ok(token) = i64::try_from(lease.token.0) {
+            let done = retrying(Effect::None, || {
+                sqlx::query(q(&inner.sql.renew))
+                    .bind(&lease.key)
+                    .bind(&lease.holder)
+                    .bind(token)
+                    .bind(ttl_us(ttl))
+                    .execute(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::None, e))?;
+            if done.rows_affected() == 1 {
+                return Ok(Renew::Renewed);
+            }
+        }
+        let current = inner.select(&lease.key, &doing).await?;
+        Ok(Renew::Lost(current.and_then(|s| s.live())))
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let Ok(token) = i64::try_from(lease.token.0) else {
+            return Ok(());
+        };
+        let doing = format!("releasing the lease at key {:?}", lease.key);
+        retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.release))
+                .bind(&lease.key)
+                .bind(&lease.holder)
+                .bind(token)
+                .bind(&inner.url.table)
+                .fetch_all(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        Ok(())
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        self.store.subscribe(&self.key).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LISTEN / NOTIFY.
+
+/// The running listener; aborted when the store is dropped.
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Changes to `key`, once the listener is listening; `None` if it cannot connect.
+    async fn subscribe(&self, key: &str) -> Result<Option<Changes>> {
+        let inner = &self.inner;
+        inner.ready().await?;
+        let mut slot = inner.listener.lock().await;
+        let changes = inner.feed.subscribe(key, ());
+        let running = slot.as_ref().is_some_and(|t| !t.0.is_finished());
+        if !running {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let task = tokio::spawn(listen(
+                inner.pool.clone(),
+                inner.url.table.clone(),
+                inner.feed.sender(),
+                ready_tx,
+            ));
+            let task = ListenerTask(task);
+            match ready_rx.await {
+                Ok(Ok(())) => *slot = Some(task),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "cannot LISTEN; watchers fall back to timers");
+                    return Ok(None);
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(Some(changes))
+    }
+}
+
+/// Listen on `channel` until aborted, publishing every notice. Reports on `ready` whether the
+/// first `LISTEN` worked; after that, reconnects for ever.
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    tx: broadcast::Sender<Notice>,
+    ready: oneshot::Sender<std::result::Result<(), sqlx::Error>>,
+) {
+    let first = async {
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(&channel).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    let mut listener = match first.await {
+        Ok(l) => {
+            let _ = ready.send(Ok(()));
+            l
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let anything = |tx: &broadcast::Sender<Notice>| {
+        let _ = tx.send(Notice {
+            key: None,
+            change: Change::Other,
+        });
+    };
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                backoff = Duration::from_millis(20);
+                let _ = tx.send(parse_payload(n.payload()));
+            }
+            Ok(None) => {
+                debug!(channel, "the LISTEN connection was lost; reconnecting");
+                anything(&tx);
+            }
+            Err(e) => {
+                debug!(channel, error = %e, "LISTEN failed; retrying");
+                anything(&tx);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// `r <key>` or `a <holder length in characters> <holder><key>`; anything else (an empty
+/// payload for very long keys) concerns every key.
+fn parse_payload(payload: &str) -> Notice {
+    let other = Notice {
+        key: None,
+        change: Change::Other,
+    };
+    if let Some(key) = payload.strip_prefix("r ") {
+        return Notice {
+            key: Some(key.into()),
+            change: Change::Released,
+        };
+    }
+    let Some(rest) = payload.strip_prefix("a ") else {
+        return other;
+    };
+    let Some((len, rest)) = rest.split_once(' ') else {
+        return other;
+    };
+    let Ok(len) = len.parse::<usize>() else {
+        return other;
+    };
+    let split = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
+    let (holder, key) = rest.split_at(split);
+    Notice {
+        key: Some(key.into()),
+        change: Change::Acquired {
+            holder: holder.to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        let n = parse_payload("r jobs leader");
+        assert_eq!(
+            (n.key.as_deref(), n.change),
+            (Some("jobs leader"), Change::Released)
+        );
+        let n = parse_payload("a 3 bøbjobs");
+        assert_eq!(n.key.as_deref(), Some("jobs"));
+        assert_eq!(
+            n.change,
+            Change::Acquired {
+                holder: "bøb".to_owned()
+            }
+        );
+        assert_eq!(parse_payload("").key, None);
+    }
+}
