@@ -366,14 +366,11 @@ pub fn report(runs: &[ScaleRun], params: Params, ctx: &Context) -> String {
         if !rss_ok {
             let _ = writeln!(
                 out,
-                "- Why the memory: every `LeaderElection` creates its event channel with \
-                 `broadcast::Sender::new(1024)` (crates/baton/src/election/mod.rs), and tokio \
-                 allocates and initialises all 1024 slots at once: 1024 × 88 bytes (an `Event` \
-                 is 64 bytes, plus the slot's lock and counters) ≈ 88 KiB per election, whether \
-                 or not anyone subscribes. That matches the *per election* column for every \
-                 store. Fix (library): a small capacity (16 events is plenty for a channel that \
-                 sees a few events per term; the `state` watch already carries the current \
-                 truth for laggards), which would leave a few KB per election."
+                "- Why the memory: the memory store, which does no I/O, needs about as much per \
+                 election, so it is the engine's own state: its task, its event channel (16 \
+                 events, allocated up front by tokio), its state watch and its shared state, \
+                 about 13 KB in all. Fix (library): elections that share a store could share \
+                 one task and one timer wheel instead of a task each."
             );
         }
         if !cpu_ok {
@@ -385,22 +382,14 @@ pub fn report(runs: &[ScaleRun], params: Params, ctx: &Context) -> String {
             let _ = writeln!(
                 out,
                 "- Why the CPU: the memory store at the same E (no I/O) costs {engine:.2} % of a \
-                 core: the engine's own share, which includes waking every election at least \
-                 once a second (`MAX_SLEEP_SLICE` = 1 s in crates/baton/src/election/engine.rs, \
-                 so that a suspend is noticed), about {:.0} timer wake-ups per second where the \
-                 renewals need {:.0}. The other {:.2} points pay for {rps:.0} renewal requests \
-                 per second on the one connection: about {:.0} µs of CPU and {:.1} context \
-                 switches per request. Each renewal is its own `EVALSHA` round trip, handed from \
-                 the election's task to the connection's driver task and back, and its reply \
-                 often has to wake a parked worker thread (a `perf` profile of the child, taken \
-                 while writing this benchmark, shows mostly thread switches and timer-wheel work, \
-                 little Redis encoding). Fix (library): renew together the leases that share a \
-                 connection (one script call, or one pipeline, per tick for every key due), which \
-                 turns {rps:.0} requests per second into a few; and replace the per-election 1 s \
-                 sleep slices by one process-wide suspend detector, so a leader wakes once per \
-                 renewal.",
-                r.elections as f64 * renew.as_secs_f64().max(1.0) / renew.as_secs_f64(),
-                r.elections as f64 / renew.as_secs_f64(),
+                 core: the engine's own share, one timer wake-up per renewal. The other {:.2} \
+                 points pay for {rps:.0} renewal requests per second on the one connection: \
+                 about {:.0} µs of CPU and {:.1} context switches per request. Each renewal is \
+                 its own `EVALSHA` round trip, handed from the election's task to the \
+                 connection's driver task and back, and its reply often has to wake a parked \
+                 worker thread. Fix (library): renew together the leases that share a \
+                 connection (one script call per tick for every key due), which turns {rps:.0} \
+                 requests per second into a few.",
                 r.cpu_percent - engine,
                 (r.cpu_percent - engine) / 100.0 / rps * 1e6,
                 r.switches_per_s / rps,

@@ -85,7 +85,7 @@ impl Event {
 
 /// A subscription to an election's [`Event`]s, from [`LeaderElection::subscribe`].
 ///
-/// Events are buffered (64 per subscriber). A subscriber that falls further behind skips the
+/// Events are buffered (16 per subscriber). A subscriber that falls further behind skips the
 /// oldest events rather than slowing the election; [`Events::missed`] counts them. The
 /// [`state`](crate::LeaderElection::state) channel always has the current truth.
 ///

@@ -46,7 +46,7 @@ pub struct ElectionState {
 /// Events buffered per subscriber. Tokio allocates every slot up front, for each election,
 /// so this stays small: a subscriber that falls further behind skips events (and the state
 /// channel still has the truth).
-pub(crate) const EVENT_BUFFER: usize = 64;
+pub(crate) const EVENT_BUFFER: usize = 16;
 
 /// State shared by the handle, the engine task and leadership scopes.
 #[derive(Debug)]
