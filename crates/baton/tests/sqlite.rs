@@ -618,3 +618,28 @@ async fn child_process_holder(path: &Path) {
     c.release(&lease).await.unwrap();
     println!("CHILD RELEASED");
 }
+
+/// Regression: three `baton run` processes started at once on a new file failed with
+/// "database is locked" while switching it to WAL mode, which SQLite does not retry.
+#[test]
+fn many_connections_opening_a_new_file_at_once_all_succeed() {
+    for round in 0..10 {
+        let dir = TempDir::new();
+        let path = dir.db();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for open in opens {
+            open.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+}

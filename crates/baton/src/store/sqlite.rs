@@ -751,9 +751,9 @@ fn connect(path: &Path, call: Arc<Call>) -> Result<Connection> {
             path.display()
         )));
     }
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(fail("switching to WAL mode"))?;
+    let mode: String =
+        retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
+            .map_err(fail("switching to WAL mode"))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Config(format!(
             "the sqlite store needs a file on a local disk that supports WAL mode, but {} stays in {mode:?} mode; choose a file path on a local file system (not :memory:)",
@@ -762,10 +762,30 @@ fn connect(path: &Path, call: Arc<Call>) -> Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(fail("setting up"))?;
-    conn.execute_batch(CREATE_TABLE)
+    retry_busy(|| conn.execute_batch(CREATE_TABLE))
         .map_err(fail("creating the baton_leases table in"))?;
     check_table(&conn, path)?;
     Ok(conn)
+}
+
+/// Run a setup step, retrying for up to [`BUSY_TIMEOUT`] while another connection holds a
+/// lock it needs. Switching a new file to WAL mode takes an exclusive lock, and SQLite reports
+/// that conflict at once instead of calling the busy handler, so several processes opening a
+/// new file at the same moment would otherwise fail (found by `baton run` started three times
+/// at once on a fresh file).
+fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1 + fastrand::u64(0..5)));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Make sure `baton_leases` is the table [`CREATE_TABLE`] makes, so Baton never writes into a
