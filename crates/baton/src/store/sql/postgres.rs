@@ -340,9 +340,12 @@ impl Inner {
                         db.message()
                     )));
                 }
-                // Another process created it at the same moment.
+                // Another process created it at the same moment: PostgreSQL reports the race
+                // as a duplicate table (42P07), a duplicate row type (42710, `type ... already
+                // exists`, seen in CI with many connections at once) or a unique violation in
+                // its catalog (23505).
                 Err(sqlx::Error::Database(db))
-                    if matches!(db.code().as_deref(), Some("23505" | "42P07")) => {}
+                    if matches!(db.code().as_deref(), Some("23505" | "42P07" | "42710")) => {}
                 Err(e) => return Err(self.error("creating the lease table", Effect::None, e)),
             }
             found = kind(&self.pool)
