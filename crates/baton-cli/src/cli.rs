@@ -128,6 +128,17 @@ pub struct GlobalArgs {
     /// Errors only on stderr
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Test-only and unsafe: ignore the step-down deadline, so a leader keeps acting after its
+    /// lease may have passed to another candidate. The chaos harness (crates/baton-chaos) runs
+    /// candidates with it to show that its checker catches an unsafe election. Hidden from
+    /// --help, and deliberately no environment variable or config file setting.
+    #[arg(
+        long = "unsafe-ignore-deadline-for-testing",
+        global = true,
+        hide = true
+    )]
+    pub unsafe_ignore_deadline_for_testing: bool,
 }
 
 /// How logs on stderr look.

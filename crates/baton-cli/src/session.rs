@@ -53,11 +53,27 @@ pub fn build_election(
     store: Arc<dyn LeaseStore>,
     settings: &Settings,
 ) -> Result<LeaderElection, Failure> {
-    let election = LeaderElection::builder_dyn(store, settings.key.clone())
-        .options(settings.options.clone())
-        .build()?;
+    let mut builder =
+        LeaderElection::builder_dyn(store, settings.key.clone()).options(settings.options.clone());
+    if unsafe_ignore_deadline_for_testing() {
+        tracing::warn!(
+            "--unsafe-ignore-deadline-for-testing: this candidate ignores its deadline and can \
+             act as leader alongside another; for testing safety checkers only"
+        );
+        builder = builder.unsafe_ignore_deadline_for_testing();
+    }
+    let election = builder.build()?;
     crate::metrics::watch(&election);
     Ok(election)
+}
+
+/// Whether the hidden, test-only `--unsafe-ignore-deadline-for-testing` flag was given. It is
+/// no setting (no config file or environment variable can turn it on), so [`Settings`] does not
+/// carry it: it is read from the command line, parsed with the same definition as every other
+/// flag, so an argument of the command after `run --` never counts.
+fn unsafe_ignore_deadline_for_testing() -> bool {
+    use clap::Parser;
+    crate::cli::Cli::try_parse().is_ok_and(|cli| cli.global.unsafe_ignore_deadline_for_testing)
 }
 
 /// SIGINT and SIGTERM, caught from the start of the process, so that a signal that arrives

@@ -72,6 +72,8 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod faulty;
+pub mod proxy;
 pub mod servers;
 
 /// Expands to one `#[test]` per conformance case, each running the case on a fresh runtime

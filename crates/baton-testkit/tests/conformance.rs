@@ -1,5 +1,6 @@
-//! The conformance suite against the stores in this workspace (memory, SQLite), and against
-//! deliberately flawed stores to show that the suite catches what it claims to.
+//! The conformance suite against the stores in this workspace (memory, SQLite, and both behind a
+//! `FaultyStore` with no faults set), and against deliberately flawed stores to show that the suite
+//! catches what it claims to.
 
 use std::any::Any;
 use std::future::Future;
@@ -14,6 +15,7 @@ use baton::{
     Acquire, BoxError, Candidacy, Changes, Lease, LeaseStore, MemoryStore, Renew, Result, StoreInfo,
 };
 use baton_testkit::conformance::{self, ForeignWriter, StoreFactory};
+use baton_testkit::faulty::{FaultControl, FaultyStore};
 
 /// One in-process backend; every handle is a clone sharing its leases.
 #[derive(Debug, Default)]
@@ -118,6 +120,50 @@ impl ForeignWriter for SqliteFactory {
 
 mod sqlite {
     baton_testkit::conformance_tests!(super::SqliteFactory::new());
+}
+
+/// A [`FaultyStore`] with no faults set over another factory's stores: it must pass every case
+/// its inner store passes. Every handle shares one [`FaultControl`], as the chaos harness's
+/// candidates would; foreign data is planted around the wrapper, in the inner store.
+struct FaultyFactory<F> {
+    inner: F,
+    control: FaultControl,
+}
+
+impl<F: StoreFactory> FaultyFactory<F> {
+    fn over(inner: F) -> Self {
+        FaultyFactory {
+            inner,
+            control: FaultControl::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl<F: StoreFactory> StoreFactory for FaultyFactory<F> {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        let inner = self.inner.store().await?;
+        Ok(Arc::new(FaultyStore::with_control(
+            inner,
+            self.control.clone(),
+        )))
+    }
+
+    fn capabilities(&self) -> conformance::Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        self.inner.foreign_writer()
+    }
+}
+
+mod faulty_over_memory {
+    baton_testkit::conformance_tests!(super::FaultyFactory::over(super::MemoryFactory::default()));
+}
+
+mod faulty_over_sqlite {
+    baton_testkit::conformance_tests!(super::FaultyFactory::over(super::SqliteFactory::new()));
 }
 
 // ---------------------------------------------------------------------------------------------

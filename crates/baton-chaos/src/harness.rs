@@ -1,0 +1,970 @@
+//! One run: start the store and the candidates, inject the scenario's faults on a seeded
+//! schedule, stop everything, and hand the records to the checker.
+//!
+//! Every candidate is the real `baton` binary:
+//!
+//! ```text
+//! baton --store URL --key chaos --id c<slot>-<incarnation> --lease 1500ms --renew 300ms
+//!       --grace 300ms -v run -- baton-chaos worker --log worker-<id>.log --register register.sock
+//! ```
+//!
+//! with its stdout and stderr in `baton-<id>.log` of the run's directory. On Redis each
+//! candidate slot reaches the server through a [`FaultProxy`] of its own, so one candidate can
+//! be partitioned from the store while the others are not. Candidates die with the thread that
+//! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
+//!
+//! Random choices (which fault, how long, how each worker reacts to SIGTERM, the settle times)
+//! are drawn from one RNG seeded with the run's seed, so a schedule can be replayed with
+//! `--seed`. Process scheduling is not replayed: a replay runs the same schedule, not the same
+//! interleaving.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_testkit::proxy::{FaultProxy, ProxyMode};
+use baton_testkit::servers::RedisServer;
+use rustix::process::{Pid, Signal};
+
+use crate::check::{self, Analysis, Bounds};
+use crate::records::{
+    self, Episode, Kill, Observations, Pause, RegisterEntry, Violation, ViolationKind, ms, rel,
+};
+use crate::register::Register;
+use crate::scenario::{RunSpec, Scenario, Store};
+use crate::worker::OnTerm;
+
+/// The election key every candidate campaigns for.
+const KEY: &str = "chaos";
+
+/// How recent a register write must be for its writer to count as the acting leader.
+const FRESH: Duration = Duration::from_millis(100);
+
+/// How often the harness looks at its processes and the register.
+const TICK: Duration = Duration::from_millis(10);
+
+/// How long a `baton` may take to stop after SIGTERM before it counts as hung.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the first leader may take to appear.
+const FIRST_LEADER_LIMIT: Duration = Duration::from_secs(15);
+
+/// Environment variables `baton` reads, removed so the caller's settings cannot leak in.
+const BATON_ENV: &[&str] = &[
+    "BATON_STORE",
+    "BATON_KEY",
+    "BATON_ID",
+    "BATON_LEASE",
+    "BATON_RENEW",
+    "BATON_GRACE",
+    "BATON_CONFIG",
+    "BATON_METRICS_ADDR",
+    "RUST_LOG",
+];
+
+/// What every run of a harness shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `baton` binary.
+    pub baton: PathBuf,
+    /// The `baton-chaos` binary, re-run as `baton-chaos worker`.
+    pub worker: PathBuf,
+    /// How many candidates campaign at once.
+    pub candidates: usize,
+    /// `--lease`.
+    pub lease: Duration,
+    /// `--renew`.
+    pub renew: Duration,
+    /// `--grace`.
+    pub grace: Duration,
+    /// Faults per run.
+    pub episodes: usize,
+    /// A fixed duration for every fault, instead of a seeded one.
+    pub fault_duration: Option<Duration>,
+    /// Run the candidates with the hidden `--unsafe-ignore-deadline-for-testing` flag: the
+    /// unsafe variant the checker must catch.
+    pub unsafe_ignore_deadline: bool,
+    /// Where run directories go.
+    pub work_dir: PathBuf,
+    /// Keep every run's directory, not only those of failed runs.
+    pub keep_logs: bool,
+}
+
+impl Config {
+    /// The defaults: three candidates, a 1.5 s lease renewed every 300 ms with a 300 ms grace
+    /// period, two faults per run.
+    pub fn new(baton: PathBuf, worker: PathBuf) -> Config {
+        Config {
+            baton,
+            worker,
+            candidates: 3,
+            lease: Duration::from_millis(1500),
+            renew: Duration::from_millis(300),
+            grace: Duration::from_millis(300),
+            episodes: 2,
+            fault_duration: None,
+            unsafe_ignore_deadline: false,
+            work_dir: std::env::temp_dir().join(format!("baton-chaos-{}", std::process::id())),
+            keep_logs: false,
+        }
+    }
+
+    /// `baton run`'s default `--kill-after` for these options: a quarter of the lease, at most
+    /// half of what is left of the lease after `renew + grace` and the skew margin.
+    pub fn kill_after(&self) -> Duration {
+        let lease = self.lease;
+        let validity = (lease - lease / 100).saturating_sub(lease / 100 + Duration::from_millis(5));
+        let budget = validity.saturating_sub(self.renew + self.grace);
+        (lease / 4).min(Duration::from_secs(10)).min(budget / 2)
+    }
+
+    /// What the checker allows with these options.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            liveness: self.lease + self.renew + Duration::from_secs(1),
+            orphan: Duration::from_millis(250),
+            stale_after_resume: self.kill_after() + Duration::from_secs(1),
+        }
+    }
+
+    /// The flags that make `scripts/chaos` run a spec exactly as this configuration does.
+    pub fn reproduce_command(&self, spec: &RunSpec) -> String {
+        let defaults = Config::new(PathBuf::new(), PathBuf::new());
+        let mut cmd = format!(
+            "scripts/chaos --store {} --scenario {} --seed {} --episodes {}",
+            spec.store, spec.scenario, spec.seed, self.episodes
+        );
+        if self.candidates != defaults.candidates {
+            cmd += &format!(" --candidates {}", self.candidates);
+        }
+        for (flag, value, default) in [
+            ("--lease", self.lease, defaults.lease),
+            ("--renew", self.renew, defaults.renew),
+            ("--grace", self.grace, defaults.grace),
+        ] {
+            if value != default {
+                cmd += &format!(" {flag} {}ms", value.as_millis());
+            }
+        }
+        if let Some(d) = self.fault_duration {
+            cmd += &format!(" --fault-duration {}ms", d.as_millis());
+        }
+        if self.unsafe_ignore_deadline {
+            cmd += " --unsafe-ignore-deadline-for-testing";
+        }
+        cmd + " --keep-logs"
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// What ran.
+    pub spec: RunSpec,
+    /// What the checker found.
+    pub analysis: Analysis,
+    /// Why the run could not be carried out, if it could not (a setup problem, not a finding).
+    pub error: Option<String>,
+    /// How many faults were injected.
+    pub faults: usize,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// The run's directory, if it was kept.
+    pub kept: Option<PathBuf>,
+}
+
+impl RunOutcome {
+    /// Whether the run found a violation or could not be carried out.
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || !self.analysis.violations.is_empty()
+    }
+}
+
+/// Runs chaos runs. Holds the tokio runtime the proxies and registers of its runs use; runs
+/// may go on in parallel, from several threads.
+#[derive(Debug)]
+pub struct Harness {
+    config: Config,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    /// A harness with this configuration.
+    pub fn new(config: Config) -> std::io::Result<Harness> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("baton-chaos-io")
+            .enable_all()
+            .build()?;
+        std::fs::create_dir_all(&config.work_dir)?;
+        Ok(Harness { config, runtime })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Carry out one run and check it. Blocks; the candidates' parent-death signal is tied to
+    /// the calling thread.
+    pub fn run(&self, spec: RunSpec) -> RunOutcome {
+        let started = baton::boot_time();
+        let dir = self
+            .config
+            .work_dir
+            .join(format!("{}-{}-{}", spec.store, spec.scenario, spec.seed));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut outcome = RunOutcome {
+            spec,
+            analysis: Analysis::default(),
+            error: None,
+            faults: 0,
+            elapsed: Duration::ZERO,
+            kept: None,
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            outcome.error = Some(format!("cannot create {}: {e}", dir.display()));
+            return outcome;
+        }
+        let mut run = match Run::new(&self.config, spec, dir.clone(), self.runtime.handle()) {
+            Ok(run) => run,
+            Err(e) => {
+                outcome.error = Some(e);
+                outcome.kept = Some(dir);
+                return outcome;
+            }
+        };
+        let result = run.execute();
+        run.teardown();
+        let obs = run.finish();
+        outcome.faults = obs.episodes.len();
+        outcome.analysis = check::check(&obs, &self.config.bounds());
+        outcome.error = result.err();
+        outcome.elapsed = baton::boot_time().saturating_sub(started);
+        if outcome.failed() || self.config.keep_logs {
+            let _ = std::fs::write(
+                dir.join("report.txt"),
+                crate::report::failures(std::slice::from_ref(&outcome), &self.config)
+                    + &format!(
+                        "
+{:#?}
+",
+                        outcome.analysis
+                    ),
+            );
+            outcome.kept = Some(dir);
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        outcome
+    }
+}
+
+/// One candidate process: a `baton run`.
+#[derive(Debug)]
+struct Candidate {
+    id: String,
+    child: Child,
+}
+
+impl Candidate {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32).expect("a child has a positive pid")
+    }
+}
+
+/// A place for one candidate; a restarted candidate is a new incarnation in the same slot.
+#[derive(Debug)]
+struct Slot {
+    index: usize,
+    incarnations: usize,
+    proxy: Option<FaultProxy>,
+    on_term: OnTerm,
+    current: Option<Candidate>,
+}
+
+struct Run<'h> {
+    cfg: &'h Config,
+    spec: RunSpec,
+    rng: fastrand::Rng,
+    dir: PathBuf,
+    register: Register,
+    redis: Option<RedisServer>,
+    sqlite: Option<PathBuf>,
+    slots: Vec<Slot>,
+    obs: Observations,
+    /// Candidates that exited with bad input (2) before anyone led.
+    refused: usize,
+    timeline: Vec<String>,
+}
+
+fn now() -> Duration {
+    baton::boot_time()
+}
+
+impl<'h> Run<'h> {
+    fn new(
+        cfg: &'h Config,
+        spec: RunSpec,
+        dir: PathBuf,
+        handle: &'h tokio::runtime::Handle,
+    ) -> Result<Run<'h>, String> {
+        let _runtime = handle.enter();
+        let register = Register::start(&dir.join("register.sock"))
+            .map_err(|e| format!("cannot start the register: {e}"))?;
+        let mut rng = fastrand::Rng::with_seed(spec.seed);
+        let (redis, sqlite) = match spec.store {
+            Store::Sqlite => (None, Some(dir.join("leases.db"))),
+            Store::Redis => {
+                let server = std::panic::catch_unwind(RedisServer::start)
+                    .map_err(|_| "cannot start redis-server (see the message above)".to_owned())?;
+                (Some(server), None)
+            }
+        };
+        let mut slots = Vec::new();
+        for index in 0..cfg.candidates {
+            let proxy = match &redis {
+                Some(server) => Some(
+                    FaultProxy::start(([127, 0, 0, 1], server.port()).into())
+                        .map_err(|e| format!("cannot start a fault proxy: {e}"))?,
+                ),
+                None => None,
+            };
+            // How this slot's workers take SIGTERM: most exit at once, some finish a little
+            // work first, some ignore it and must be killed.
+            let on_term = match rng.u32(0..10) {
+                0..5 => OnTerm::Exit,
+                5..8 => OnTerm::Linger(Duration::from_millis(rng.u64(20..=200))),
+                _ => OnTerm::Ignore,
+            };
+            slots.push(Slot {
+                index,
+                incarnations: 0,
+                proxy,
+                on_term,
+                current: None,
+            });
+        }
+        Ok(Run {
+            cfg,
+            spec,
+            rng,
+            dir,
+            register,
+            redis,
+            sqlite,
+            slots,
+            obs: Observations::default(),
+            refused: 0,
+            timeline: Vec::new(),
+        })
+    }
+
+    fn note(&mut self, what: impl AsRef<str>) {
+        let line = format!("{} {}", rel(now(), self.obs.begin), what.as_ref());
+        self.timeline.push(line);
+    }
+
+    fn store_url(&self, slot: usize) -> String {
+        match (&self.sqlite, &self.slots[slot].proxy) {
+            (Some(path), _) => format!("sqlite:{}", path.display()),
+            (None, Some(proxy)) => format!("redis://{}", proxy.addr()),
+            (None, None) => unreachable!("a Redis run has a proxy per slot"),
+        }
+    }
+
+    /// Start a new incarnation of `slot`.
+    fn spawn(&mut self, slot: usize) -> Result<(), String> {
+        let url = self.store_url(slot);
+        let s = &mut self.slots[slot];
+        let id = format!("c{}-{}", s.index, s.incarnations);
+        s.incarnations += 1;
+        let log = File::create(self.dir.join(format!("baton-{id}.log")))
+            .map_err(|e| format!("cannot create the log of {id}: {e}"))?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| format!("cannot create the log of {id}: {e}"))?;
+        let millis = |d: Duration| format!("{}ms", d.as_millis());
+        let mut cmd = Command::new(&self.cfg.baton);
+        cmd.args(["--store", &url, "--key", KEY, "--id", &id])
+            .args(["--lease", &millis(self.cfg.lease)])
+            .args(["--renew", &millis(self.cfg.renew)])
+            .args(["--grace", &millis(self.cfg.grace)])
+            .arg("-v");
+        if self.cfg.unsafe_ignore_deadline {
+            cmd.arg("--unsafe-ignore-deadline-for-testing");
+        }
+        cmd.args(["run", "--"])
+            .arg(&self.cfg.worker)
+            .arg("worker")
+            .arg("--log")
+            .arg(self.dir.join(format!("worker-{id}.log")))
+            .arg("--register")
+            .arg(self.register.path())
+            .args(["--on-term", &s.on_term.arg()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        for var in BATON_ENV {
+            cmd.env_remove(var);
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start {}: {e}; build it with `cargo build -p baton-cli` or pass --baton",
+                self.cfg.baton.display()
+            )
+        })?;
+        let pid = child.id();
+        s.current = Some(Candidate {
+            id: id.clone(),
+            child,
+        });
+        self.note(format!("started {id} (pid {pid}) on {url}"));
+        Ok(())
+    }
+
+    /// The last lines of a candidate's log, for messages.
+    fn log_tail(&self, id: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("baton-{id}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n    ")
+    }
+
+    /// Notice candidates that exited by themselves: a `baton run` whose worker never exits by
+    /// itself has no reason to, so each is a crash. Only when *every* candidate has exited with
+    /// bad input (2) before any led is it a setup error (a store this `baton` cannot open, a
+    /// flag it does not know) rather than a finding.
+    fn reap(&mut self) -> Result<(), String> {
+        for slot in 0..self.slots.len() {
+            let Some(candidate) = self.slots[slot].current.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = candidate.child.try_wait() else {
+                continue;
+            };
+            let id = candidate.id.clone();
+            self.slots[slot].current = None;
+            let tail = self.log_tail(&id);
+            self.note(format!("{id} exited by itself: {status}"));
+            let no_leader_yet = self.register.ledger().last_accept().is_none();
+            let none_left = self.slots.iter().all(|s| s.current.is_none());
+            let all_refused = self.refused == self.obs.incidents.len();
+            if status.code() == Some(2)
+                && no_leader_yet
+                && none_left
+                && all_refused
+                && self.obs.episodes.is_empty()
+            {
+                // Not findings: this baton cannot run this configuration at all.
+                self.obs.incidents.clear();
+                return Err(format!(
+                    "baton {id} could not start ({status}):\n    {tail}"
+                ));
+            }
+            let what = if no_leader_yet && status.code() == Some(2) {
+                self.refused += 1;
+                "could not start"
+            } else {
+                "exited by itself"
+            };
+            self.obs.incidents.push(Violation {
+                kind: ViolationKind::Crash,
+                detail: format!(
+                    "baton {id} {what} at {} with {status} while other candidates ran; its \
+                     log ends:\n    {tail}",
+                    rel(now(), self.obs.begin)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sleep, keeping an eye on the candidates.
+    fn sleep(&mut self, d: Duration) -> Result<(), String> {
+        let until = now() + d;
+        loop {
+            self.reap()?;
+            let left = until.saturating_sub(now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(TICK));
+        }
+    }
+
+    /// The slot whose worker acts as leader now, and its latest write.
+    fn leader(&self) -> Option<(usize, RegisterEntry)> {
+        let writer = self.register.ledger().active_writer(FRESH)?;
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.current.as_ref().is_some_and(|c| c.id == writer.candidate))?;
+        Some((slot, writer))
+    }
+
+    fn wait_for_leader(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<(usize, RegisterEntry)>, String> {
+        let until = now() + limit;
+        while now() < until {
+            if let Some(leader) = self.leader() {
+                return Ok(Some(leader));
+            }
+            self.sleep(TICK)?;
+        }
+        Ok(None)
+    }
+
+    /// Wait until leadership is back after a fault that healed at `heal`, or give up (the
+    /// checker judges). Back means a worker writes after `heal` that is either a new term (not
+    /// `before`, the term the fault hit) or the old term still going a lease after the heal: the
+    /// old term's worker may write on for a moment while its `baton` stops it, and that is no
+    /// recovery.
+    fn wait_for_recovery(&mut self, heal: Duration, before: u64) -> Result<(), String> {
+        let until = now() + self.cfg.bounds().liveness + Duration::from_secs(2);
+        while now() < until {
+            let survived = now() > heal + self.cfg.lease;
+            if self
+                .leader()
+                .is_some_and(|(_, w)| w.at > heal && (w.token != before || survived))
+            {
+                return Ok(());
+            }
+            self.sleep(TICK)?;
+        }
+        self.note("no leader after the fault healed; going on");
+        Ok(())
+    }
+
+    /// A fault's duration: the configured one, or a seeded one in `range` (milliseconds).
+    fn duration(&mut self, range: std::ops::RangeInclusive<u64>) -> Duration {
+        self.cfg
+            .fault_duration
+            .unwrap_or_else(|| Duration::from_millis(self.rng.u64(range)))
+    }
+
+    fn episode(&mut self, what: String, target: Option<String>, start: Duration, heal: Duration) {
+        self.note(format!("healed: {what}"));
+        self.obs.episodes.push(Episode {
+            what,
+            target,
+            start,
+            heal,
+        });
+    }
+
+    fn execute(&mut self) -> Result<(), String> {
+        self.obs.begin = now();
+        for slot in 0..self.slots.len() {
+            self.spawn(slot)?;
+        }
+        if self.wait_for_leader(FIRST_LEADER_LIMIT)?.is_none() {
+            self.obs.incidents.push(Violation {
+                kind: ViolationKind::Liveness,
+                detail: format!(
+                    "no leader within {} of starting {} candidates",
+                    ms(FIRST_LEADER_LIMIT),
+                    self.slots.len()
+                ),
+            });
+            self.obs.end = now();
+            return Ok(());
+        }
+        for _ in 0..self.cfg.episodes {
+            let settle = Duration::from_millis(self.rng.u64(300..=1200));
+            self.sleep(settle)?;
+            let Some((slot, writer)) = self.wait_for_leader(self.cfg.bounds().liveness)? else {
+                // The checker reports the missing leader (the previous fault's liveness).
+                continue;
+            };
+            let before = writer.token;
+            let heal = self.inject(slot, writer)?;
+            self.wait_for_recovery(heal, before)?;
+        }
+        self.sleep(Duration::from_millis(500))?;
+        self.obs.end = now();
+        Ok(())
+    }
+
+    /// Inject one fault of the run's scenario, aimed at the leader in `slot`; returns when it
+    /// healed.
+    fn inject(&mut self, slot: usize, writer: RegisterEntry) -> Result<Duration, String> {
+        let id = writer.candidate.clone();
+        match self.spec.scenario {
+            Scenario::KillLeader => {
+                let candidate = self.slots[slot].current.as_mut().expect("the leader runs");
+                let pid = candidate.pid();
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                let at = now();
+                let _ = candidate.child.wait();
+                self.slots[slot].current = None;
+                self.obs.kills.push(Kill {
+                    candidate: id.clone(),
+                    at,
+                });
+                self.episode(format!("SIGKILL of the leader {id}"), Some(id), at, at);
+                let delay = Duration::from_millis(self.rng.u64(100..=1000));
+                self.sleep(delay)?;
+                self.spawn(slot)?;
+                Ok(at)
+            }
+            Scenario::PartitionLeader => {
+                let d = self.duration(200..=3000);
+                let start = self.set_proxies(Some(slot), ProxyMode::Blackhole);
+                self.sleep(d)?;
+                let heal = self.set_proxies(Some(slot), ProxyMode::Pass);
+                self.episode(
+                    format!("partition of the leader {id} for {}", ms(d)),
+                    Some(id),
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+            Scenario::ResetConnections => {
+                let d = self.duration(50..=800);
+                let start = self.set_proxies(Some(slot), ProxyMode::Reset);
+                self.sleep(d)?;
+                let heal = self.set_proxies(Some(slot), ProxyMode::Pass);
+                self.episode(
+                    format!("connection resets of the leader {id} for {}", ms(d)),
+                    Some(id),
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+            Scenario::SlowStore => self.slow_store(),
+            Scenario::StoreRestart => {
+                let down = self.duration(0..=2000);
+                let server = self.redis.as_mut().expect("store restarts are Redis runs");
+                server.kill();
+                let start = now();
+                self.note("killed redis-server");
+                self.sleep(down)?;
+                let server = self.redis.as_mut().expect("store restarts are Redis runs");
+                std::panic::catch_unwind(AssertUnwindSafe(|| server.restart())).map_err(|_| {
+                    "cannot restart redis-server (see the message above)".to_owned()
+                })?;
+                let heal = now();
+                self.episode(
+                    format!("a store restart with data loss ({} down)", ms(heal - start)),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+            Scenario::PauseLeader => {
+                let d = self.cfg.fault_duration.unwrap_or_else(|| {
+                    self.cfg.lease + Duration::from_millis(self.rng.u64(100..=1500))
+                });
+                let baton = self.slots[slot]
+                    .current
+                    .as_ref()
+                    .expect("the leader runs")
+                    .pid();
+                let worker = Pid::from_raw(writer.pid as i32).expect("a worker pid is positive");
+                let _ = rustix::process::kill_process(baton, Signal::STOP);
+                let _ = rustix::process::kill_process_group(worker, Signal::STOP);
+                let start = now();
+                self.note(format!("SIGSTOP {id} and its worker (pid {})", writer.pid));
+                self.sleep(d)?;
+                // The resumption is timed *before* SIGCONT: everything the worker does from
+                // the moment it can run again is post-resume (excused, measured), never part
+                // of its term before the pause (checked).
+                let resume = now();
+                // baton first: it must notice its lost term and stop the worker.
+                let _ = rustix::process::kill_process(baton, Signal::CONT);
+                let _ = rustix::process::kill_process_group(worker, Signal::CONT);
+                self.obs.pauses.push(Pause {
+                    candidate: id.clone(),
+                    worker_pid: writer.pid,
+                    start,
+                    resume,
+                });
+                self.episode(
+                    format!("a pause of the leader {id} for {}", ms(resume - start)),
+                    Some(id),
+                    start,
+                    resume,
+                );
+                Ok(resume)
+            }
+            Scenario::RollingRestart => {
+                let mut order: Vec<usize> = (0..self.slots.len()).collect();
+                self.rng.shuffle(&mut order);
+                let mut heal = now();
+                for slot in order {
+                    if let Some((start, stopped, id)) = self.stop(slot)? {
+                        heal = stopped;
+                        self.episode(
+                            format!("a graceful stop of {id} (rolling restart)"),
+                            Some(id),
+                            start,
+                            stopped,
+                        );
+                    }
+                    let delay = Duration::from_millis(self.rng.u64(0..=300));
+                    self.sleep(delay)?;
+                    self.spawn(slot)?;
+                    let delay = Duration::from_millis(self.rng.u64(200..=800));
+                    self.sleep(delay)?;
+                }
+                Ok(heal)
+            }
+        }
+    }
+
+    /// Set the mode of one slot's proxy, or of every proxy; returns when.
+    fn set_proxies(&mut self, slot: Option<usize>, mode: ProxyMode) -> Duration {
+        for (i, s) in self.slots.iter().enumerate() {
+            if slot.is_none_or(|only| only == i)
+                && let Some(proxy) = &s.proxy
+            {
+                proxy.set_mode(mode);
+            }
+        }
+        let at = now();
+        let whom = match slot {
+            Some(i) => format!("proxy of slot {i}"),
+            None => "every proxy".into(),
+        };
+        self.note(format!("{whom}: {mode}"));
+        at
+    }
+
+    fn slow_store(&mut self) -> Result<Duration, String> {
+        let d = self.duration(1000..=4000);
+        match self.spec.store {
+            Store::Redis => {
+                // Each way: a round trip then takes 2x, longer than the renew interval.
+                let one_way = Duration::from_millis(self.rng.u64(200..=600));
+                let start = self.set_proxies(None, ProxyMode::Delay(one_way));
+                self.sleep(d)?;
+                let heal = self.set_proxies(None, ProxyMode::Pass);
+                self.episode(
+                    format!(
+                        "a slow store ({} round trips for {})",
+                        ms(one_way * 2),
+                        ms(d)
+                    ),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+            Store::Sqlite => {
+                let d = self
+                    .cfg
+                    .fault_duration
+                    .unwrap_or_else(|| Duration::from_millis(self.rng.u64(300..=3000)));
+                let path = self.sqlite.clone().expect("an SQLite run has a file");
+                let conn = rusqlite::Connection::open(&path)
+                    .and_then(|c| c.busy_timeout(Duration::from_secs(10)).map(|()| c))
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+                    format!("cannot take the write lock of {}: {e}", path.display())
+                })?;
+                let start = now();
+                self.note("took SQLite's write lock");
+                self.sleep(d)?;
+                conn.execute_batch("ROLLBACK")
+                    .map_err(|e| format!("cannot release the write lock: {e}"))?;
+                drop(conn);
+                let heal = now();
+                self.episode(
+                    format!("a stalled store (write lock held for {})", ms(heal - start)),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+        }
+    }
+
+    /// SIGTERM the candidate in `slot` and wait for it to exit. Returns when it was signalled,
+    /// when it was gone, and its id.
+    fn stop(&mut self, slot: usize) -> Result<Option<(Duration, Duration, String)>, String> {
+        self.reap()?;
+        let Some(mut candidate) = self.slots[slot].current.take() else {
+            return Ok(None);
+        };
+        let _ = rustix::process::kill_process(candidate.pid(), Signal::TERM);
+        let start = now();
+        self.note(format!("SIGTERM {}", candidate.id));
+        let status = loop {
+            if let Ok(Some(status)) = candidate.child.try_wait() {
+                break Some(status);
+            }
+            if now() - start > STOP_LIMIT {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let stopped = now();
+        match status {
+            Some(status) if status.success() => {
+                self.note(format!("{} stopped", candidate.id));
+            }
+            Some(status) => {
+                let tail = self.log_tail(&candidate.id);
+                self.obs.incidents.push(Violation {
+                    kind: ViolationKind::Crash,
+                    detail: format!(
+                        "baton {} exited with {status} after SIGTERM (expected 0); its log \
+                         ends:\n    {tail}",
+                        candidate.id
+                    ),
+                });
+            }
+            None => {
+                let _ = candidate.child.kill();
+                let _ = candidate.child.wait();
+                self.obs.incidents.push(Violation {
+                    kind: ViolationKind::Crash,
+                    detail: format!(
+                        "baton {} did not stop within {} of SIGTERM (killed)",
+                        candidate.id,
+                        ms(STOP_LIMIT)
+                    ),
+                });
+            }
+        }
+        Ok(Some((start, stopped, candidate.id)))
+    }
+
+    /// Stop every candidate, then look for worker processes left behind.
+    fn teardown(&mut self) {
+        if self.obs.end.is_zero() {
+            self.obs.end = now();
+        }
+        // Resume anything still paused (a run cut short by an error).
+        for s in &self.slots {
+            if let Some(c) = &s.current {
+                let _ = rustix::process::kill_process(c.pid(), Signal::CONT);
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if let Err(e) = self.stop(slot) {
+                self.note(format!("teardown: {e}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut pids: Vec<u32> = self
+            .register
+            .ledger()
+            .entries()
+            .iter()
+            .map(|e| e.pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            if worker_is_running(pid) {
+                if let Some(pid) = Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+                self.obs.incidents.push(Violation {
+                    kind: ViolationKind::Orphan,
+                    detail: format!(
+                        "worker pid {pid} was still running after every baton had exited"
+                    ),
+                });
+            }
+        }
+        for s in &mut self.slots {
+            s.proxy = None;
+        }
+        self.redis = None;
+    }
+
+    /// Gather the records.
+    fn finish(mut self) -> Observations {
+        let mut lines = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let mut paths: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_worker_log(p))
+                .collect();
+            paths.sort();
+            for path in paths {
+                match records::read_worker_log(&path) {
+                    Ok(log) => {
+                        if log.garbled > 0 {
+                            self.obs.incidents.push(Violation {
+                                kind: ViolationKind::Crash,
+                                detail: format!(
+                                    "{} has {} garbled lines (a harness bug)",
+                                    path.display(),
+                                    log.garbled
+                                ),
+                            });
+                        }
+                        lines.extend(log.lines);
+                    }
+                    Err(e) => self.note(format!("cannot read {}: {e}", path.display())),
+                }
+            }
+        }
+        self.obs.lines = lines;
+        self.obs.register = self.register.ledger().entries();
+        let begin = self.obs.begin;
+        let mut register_log = String::new();
+        for e in &self.obs.register {
+            register_log += &format!(
+                "{} {} token {} pid {} {}\n",
+                rel(e.at, begin),
+                if e.accepted { "accept" } else { "reject" },
+                e.token,
+                e.pid,
+                e.candidate
+            );
+        }
+        let _ = std::fs::write(self.dir.join("register.log"), register_log);
+        let _ = std::fs::write(
+            self.dir.join("timeline.log"),
+            self.timeline.join("\n") + "\n",
+        );
+        self.obs
+    }
+}
+
+fn is_worker_log(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("worker-") && n.ends_with(".log"))
+}
+
+/// Whether `pid` is a live (not zombie) `baton-chaos worker` process.
+fn worker_is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.trim_start().chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == b"worker"))
+        .unwrap_or(false)
+}

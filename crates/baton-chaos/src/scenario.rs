@@ -1,0 +1,180 @@
+//! The stores the harness runs candidates against, and the fault classes it injects.
+
+use std::fmt;
+
+/// A store the candidates share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Store {
+    /// An SQLite file in the run's directory.
+    Sqlite,
+    /// A `redis-server` of the run's own, without persistence, reached by every candidate
+    /// through a fault proxy of its own.
+    Redis,
+}
+
+impl Store {
+    /// Every store, in table order.
+    pub const ALL: [Store; 2] = [Store::Sqlite, Store::Redis];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Sqlite => "sqlite",
+            Store::Redis => "redis",
+        }
+    }
+
+    /// Parse [`name`](Self::name).
+    pub fn parse(text: &str) -> Option<Store> {
+        Store::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A fault class. Each run injects faults of one class, a few times, on a seeded schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Scenario {
+    /// SIGKILL the leader's `baton`; restart the candidate a little later.
+    KillLeader,
+    /// Partition the leader from the store: its proxy blackholes every byte, 0.2–3 s.
+    PartitionLeader,
+    /// Reset the leader's connections (TCP RST), and every new one, for 0.05–0.8 s.
+    ResetConnections,
+    /// Slow store: every candidate's round trip takes 0.4–1.2 s (longer than the renew
+    /// interval) for 1–4 s. On SQLite: another process holds the write lock for 0.3–3 s.
+    SlowStore,
+    /// Kill the store and restart it empty after 0–2 s (Redis without persistence).
+    StoreRestart,
+    /// SIGSTOP the leader's `baton` and its worker for longer than the lease, then SIGCONT.
+    PauseLeader,
+    /// Stop every candidate in turn with SIGTERM and start it again.
+    RollingRestart,
+}
+
+impl Scenario {
+    /// Every scenario, in table order.
+    pub const ALL: [Scenario; 7] = [
+        Scenario::KillLeader,
+        Scenario::PartitionLeader,
+        Scenario::ResetConnections,
+        Scenario::SlowStore,
+        Scenario::StoreRestart,
+        Scenario::PauseLeader,
+        Scenario::RollingRestart,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::KillLeader => "kill-leader",
+            Scenario::PartitionLeader => "partition-leader",
+            Scenario::ResetConnections => "reset-connections",
+            Scenario::SlowStore => "slow-store",
+            Scenario::StoreRestart => "store-restart",
+            Scenario::PauseLeader => "pause-leader",
+            Scenario::RollingRestart => "rolling-restart",
+        }
+    }
+
+    /// Parse [`name`](Self::name).
+    pub fn parse(text: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == text)
+    }
+
+    /// Whether the fault can be injected into `store`. SQLite is a local file opened by every
+    /// candidate itself: there is no connection to partition or reset, and wiping the file is
+    /// not a fault its tokens are meant to survive.
+    pub fn applies_to(self, store: Store) -> bool {
+        match store {
+            Store::Redis => true,
+            Store::Sqlite => matches!(
+                self,
+                Scenario::KillLeader
+                    | Scenario::SlowStore
+                    | Scenario::PauseLeader
+                    | Scenario::RollingRestart
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One run: a store, a fault class and the seed of its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunSpec {
+    /// The store.
+    pub store: Store,
+    /// The fault class.
+    pub scenario: Scenario,
+    /// The seed every random choice of the run is drawn from.
+    pub seed: u64,
+}
+
+impl RunSpec {
+    /// `STORE:SCENARIO:SEED`, as `--reproduce` reads it.
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.store, self.scenario, self.seed)
+    }
+
+    /// Parse [`id`](Self::id).
+    pub fn parse(text: &str) -> Result<RunSpec, String> {
+        let mut parts = text.split(':');
+        let (Some(store), Some(scenario), Some(seed), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "{text:?}: expected STORE:SCENARIO:SEED, e.g. redis:partition-leader:42"
+            ));
+        };
+        let store = Store::parse(store).ok_or_else(|| format!("unknown store {store:?}"))?;
+        let scenario =
+            Scenario::parse(scenario).ok_or_else(|| format!("unknown scenario {scenario:?}"))?;
+        let seed = seed
+            .parse()
+            .map_err(|_| format!("seed {seed:?} is not a number"))?;
+        if !scenario.applies_to(store) {
+            return Err(format!("{scenario} does not apply to {store}"));
+        }
+        Ok(RunSpec {
+            store,
+            scenario,
+            seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Some(s));
+            assert_eq!(
+                clap::ValueEnum::to_possible_value(&s).unwrap().get_name(),
+                s.name()
+            );
+        }
+        for s in Store::ALL {
+            assert_eq!(Store::parse(s.name()), Some(s));
+        }
+        let spec = RunSpec {
+            store: Store::Redis,
+            scenario: Scenario::PauseLeader,
+            seed: 7,
+        };
+        assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
+        assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
+    }
+}
