@@ -390,8 +390,8 @@ async fn stepping_down_after_renewals_fail_when_redis_dies() {
     assert_eq!(reasons, vec![LossReason::RenewalsFailed]);
 }
 
-/// Acquire and release `key` once, so that its token counter exists and later acquires need
-/// not wait out the restart guard (which a fresh server's or key's first acquire does).
+/// Acquire and release `key` once, so that its token counter exists (the restart guard still
+/// holds acquires back until the server has been up for a lease).
 async fn prime(store: &RedisStore, key: &str) {
     let mut c = store.join(key, "primer").await.unwrap();
     let Acquire::Acquired(lease) = c.try_acquire(Duration::from_secs(1)).await.unwrap() else {
@@ -410,11 +410,12 @@ fn long(store: &RedisStore, key: &str, id: &str) -> LeaderElection {
         .unwrap()
 }
 
-/// Start `a` and wait until it leads.
+/// Start `a` and wait until it leads. On a server that started moments ago the restart guard
+/// holds the first leader back until the server has been up for the lease (30 s with `long`).
 async fn lead(a: &LeaderElection) {
     a.start().await.unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || a.is_leader()).await,
+        wait_until(Duration::from_secs(45), || a.is_leader()).await,
         "leads: {:?}",
         a.state().borrow()
     );
@@ -846,7 +847,6 @@ async fn after_a_sentinel_failover_the_election_goes_on_on_the_new_master() {
 async fn idle_followers_send_no_commands_while_the_leader_renews() {
     let server = RedisServer::start();
     // A token counter already there, so no restart wait applies.
-    server.cli(&["HSET", "{jobs}:baton", "token", "1"]);
     let stores: Vec<RedisStore> = (0..4)
         .map(|_| RedisStore::open(&server.url()).unwrap())
         .collect();
@@ -881,4 +881,25 @@ async fn idle_followers_send_no_commands_while_the_leader_renews() {
     assert_eq!(calls("hmget"), 0, "followers asked Redis:\n{stats}");
     assert!(calls("pexpire") >= 10, "the leader renewed:\n{stats}");
     assert_eq!(elections.iter().filter(|e| e.is_leader()).count(), 1);
+}
+
+/// Regression (scripts/chaos, store-restart seed 417670): after a restart that lost the data, a
+/// candidate that re-created the token counter and gave the lease up without ever acting let
+/// the next candidate act at once, while the leader from before the restart was still stopping
+/// its work. Every acquire now waits until the server has been up for a lease, counter or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acquire_soon_after_a_restart_waits_even_if_the_counter_was_recreated() {
+    let server = RedisServer::start();
+    server.cli(&["HSET", "{jobs}:baton", "holder", "gave-up", "token", "7"]);
+    let store = RedisStore::open(&server.url()).unwrap();
+    let mut c = store.join("jobs", "next").await.unwrap();
+    let Acquire::Acquired(lease) = c.try_acquire(Duration::from_secs(30)).await.unwrap() else {
+        panic!("free key")
+    };
+    assert!(lease.token.get() > 7);
+    assert!(
+        lease.act_after >= Duration::from_secs(25),
+        "may act {:?} after acquiring on a server up for a moment",
+        lease.act_after
+    );
 }

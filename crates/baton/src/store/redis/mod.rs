@@ -428,7 +428,7 @@ impl RedisStore {
     }
 
     /// How long to wait before acting on a lease acquired when the counter was missing.
-    async fn restart_wait(&self, key: &str, ttl: Duration) -> Result<Duration> {
+    async fn restart_wait(&self, key: &str, ttl: Duration, fresh: bool) -> Result<Duration> {
         let info: String = self
             .inner
             .conn
@@ -439,7 +439,11 @@ impl RedisStore {
             message: "INFO did not report uptime_in_seconds".into(),
             source: None,
         })?;
-        let wait = facts.restart_wait(ttl);
+        let wait = if fresh {
+            facts.restart_wait(ttl)
+        } else {
+            ttl.saturating_sub(facts.uptime)
+        };
         if !wait.is_zero() {
             tracing::warn!(
                 key,
@@ -687,12 +691,12 @@ impl Candidacy for RedisCandidacy {
             Some("acquired") => {
                 let token = parse_token(&self.key, reply.get(1).map_or("", String::as_str))?;
                 let fresh = reply.get(2).map(String::as_str) == Some("1");
-                let mut act_after = if fresh {
-                    // The counter was missing: a new server, or one that lost its data.
-                    self.store.restart_wait(&self.key, ttl).await?
-                } else {
-                    Duration::ZERO
-                };
+                // The counter was missing: a new server, or one that lost its data. Even when
+                // it is there, an earlier holder may have re-created it after a restart and
+                // given the lease up without ever acting, while the leader from before the
+                // restart still does (found by scripts/chaos, store-restart seed 417670): so
+                // every acquire waits until the server has been up for a lease.
+                let mut act_after = self.store.restart_wait(&self.key, ttl, fresh).await?;
                 if self
                     .store
                     .inner
