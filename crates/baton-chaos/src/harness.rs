@@ -665,6 +665,16 @@ impl<'h> Run<'h> {
                     start,
                     heal,
                 );
+                // Half the time, a deploy goes on while the store comes back: the candidate
+                // that took the lease after the restart (and waits out the restart guard) is
+                // stopped gracefully, so its lease is released within the guard's window.
+                if self.rng.bool() {
+                    let delay = Duration::from_millis(self.rng.u64(0..=600));
+                    self.sleep(delay)?;
+                    if let Some(stopped) = self.stop_guarded_holder(heal)? {
+                        return Ok(stopped);
+                    }
+                }
                 Ok(heal)
             }
             Scenario::PauseLeader => {
@@ -726,6 +736,39 @@ impl<'h> Run<'h> {
                 Ok(heal)
             }
         }
+    }
+
+    /// Gracefully restart the candidate that holds the Redis lease without acting on it yet
+    /// (no register write since `since`), if there is one; returns when it was gone.
+    fn stop_guarded_holder(&mut self, since: Duration) -> Result<Option<Duration>, String> {
+        let Some(server) = &self.redis else {
+            return Ok(None);
+        };
+        let holder = server.cli(&["GET", KEY]);
+        let acting = self
+            .register
+            .ledger()
+            .entries()
+            .iter()
+            .any(|e| e.candidate == holder && e.at > since);
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.current.as_ref().is_some_and(|c| c.id == holder));
+        let (Some(slot), false) = (slot, acting) else {
+            return Ok(None);
+        };
+        let Some((start, stopped, id)) = self.stop(slot)? else {
+            return Ok(None);
+        };
+        self.episode(
+            format!("a graceful stop of {id}, which held the lease after the store restart"),
+            Some(id),
+            start,
+            stopped,
+        );
+        self.spawn(slot)?;
+        Ok(Some(stopped))
     }
 
     /// Set the mode of one slot's proxy, or of every proxy; returns when.

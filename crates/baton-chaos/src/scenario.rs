@@ -48,7 +48,8 @@ pub enum Scenario {
     /// Slow store: every candidate's round trip takes 0.4–1.2 s (longer than the renew
     /// interval) for 1–4 s. On SQLite: another process holds the write lock for 0.3–3 s.
     SlowStore,
-    /// Kill the store and restart it empty after 0–2 s (Redis without persistence).
+    /// Kill the store and restart it empty after 0–2 s (Redis without persistence); half the
+    /// time, then gracefully restart the candidate that took the lease after the restart.
     StoreRestart,
     /// SIGSTOP the leader's `baton` and its worker for longer than the lease, then SIGCONT.
     PauseLeader,
