@@ -233,6 +233,11 @@ impl Harness {
             Ok(run) => run,
             Err(e) => {
                 outcome.error = Some(e);
+                outcome.elapsed = baton::boot_time().saturating_sub(started);
+                let _ = std::fs::write(
+                    dir.join("report.txt"),
+                    crate::report::failures(std::slice::from_ref(&outcome), &self.config),
+                );
                 outcome.kept = Some(dir);
                 return outcome;
             }
