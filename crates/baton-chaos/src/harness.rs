@@ -8,9 +8,21 @@
 //!       --grace 300ms -v run -- baton-chaos worker --log worker-<id>.log --register register.sock
 //! ```
 //!
-//! with its stdout and stderr in `baton-<id>.log` of the run's directory. On Redis each
-//! candidate slot reaches the server through a [`FaultProxy`] of its own, so one candidate can
-//! be partitioned from the store while the others are not. Candidates die with the thread that
+//! with its stdout and stderr in `baton-<id>.log` of the run's directory. The stores:
+//!
+//! * **SQLite**: a file in the run's directory, opened by every candidate itself.
+//! * **Redis**: a `redis-server` of the run's own, without persistence.
+//! * **PostgreSQL**: the machine's server on `127.0.0.1:5432` (user `postgres`, database
+//!   `test`, no password), in a lease table of the run's own (`baton_chaos_<random>`, so runs,
+//!   parallel ones too, never meet; its `NOTIFY` channel is named after it), dropped with
+//!   `psql` when the run ends. The server is shared, so it is never restarted.
+//! * **etcd**: an `etcd` of the run's own (single member, data directory of its own), which a
+//!   store restart SIGKILLs and starts again on the same data directory.
+//!
+//! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
+//! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
+//! connection, etcd's one HTTP/2 connection), so one candidate can be partitioned from the
+//! store while the others are not. Candidates die with the thread that
 //! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
 //!
 //! Random choices (which fault, how long, how each worker reacts to SIGTERM, the settle times)
@@ -25,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use baton_testkit::etcd_server::EtcdServer;
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
 use baton_testkit::servers::RedisServer;
 use rustix::process::{Pid, Signal};
@@ -51,6 +64,13 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long the first leader may take to appear.
 const FIRST_LEADER_LIMIT: Duration = Duration::from_secs(15);
+
+/// The machine's PostgreSQL, which PostgreSQL runs share (each in a table of its own).
+const POSTGRES_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5432);
+
+/// etcd's shortest lease TTL with its default election timeout (1.5 × 1 s, rounded up to whole
+/// seconds), which the run's own etcd keeps: etcd raises any shorter TTL to it.
+const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
 
 /// Environment variables `baton` reads, removed so the caller's settings cannot leak in.
 const BATON_ENV: &[&str] = &[
@@ -121,10 +141,27 @@ impl Config {
         (lease / 4).min(Duration::from_secs(10)).min(budget / 2)
     }
 
-    /// What the checker allows with these options.
-    pub fn bounds(&self) -> Bounds {
+    /// How long `store` keeps a lease that is no longer renewed: `--lease`, except on etcd,
+    /// whose lease TTLs are whole seconds: the etcd store rounds the lease up to whole seconds
+    /// (so the store never frees a lease before the engine's deadline), and etcd raises a TTL
+    /// below its minimum (2 s with its defaults) to that minimum. With `--lease 1500ms` that
+    /// is 2 s. The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
+    pub fn effective_lease(&self, store: Store) -> Duration {
+        match store {
+            Store::Etcd => {
+                let secs = self.lease.as_nanos().div_ceil(1_000_000_000).max(1);
+                Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)).max(ETCD_MIN_TTL)
+            }
+            Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
+        }
+    }
+
+    /// What the checker allows with these options on `store`. Liveness is the store's
+    /// [effective lease](Self::effective_lease) + renew + 1 s: a follower cannot take over
+    /// before the store frees the lease.
+    pub fn bounds(&self, store: Store) -> Bounds {
         Bounds {
-            liveness: self.lease + self.renew + Duration::from_secs(1),
+            liveness: self.effective_lease(store) + self.renew + Duration::from_secs(1),
             orphan: Duration::from_millis(250),
             stale_after_resume: self.kill_after() + Duration::from_secs(1),
         }
@@ -246,7 +283,7 @@ impl Harness {
         run.teardown();
         let obs = run.finish();
         outcome.faults = obs.episodes.len();
-        outcome.analysis = check::check(&obs, &self.config.bounds());
+        outcome.analysis = check::check(&obs, &self.config.bounds(spec.store));
         outcome.error = result.err();
         outcome.elapsed = baton::boot_time().saturating_sub(started);
         if outcome.failed() || self.config.keep_logs {
@@ -298,6 +335,9 @@ struct Run<'h> {
     dir: PathBuf,
     register: Register,
     redis: Option<RedisServer>,
+    etcd: Option<EtcdServer>,
+    /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
+    postgres_table: Option<String>,
     sqlite: Option<PathBuf>,
     slots: Vec<Slot>,
     obs: Observations,
@@ -321,19 +361,47 @@ impl<'h> Run<'h> {
         let register = Register::start(&dir.join("register.sock"))
             .map_err(|e| format!("cannot start the register: {e}"))?;
         let mut rng = fastrand::Rng::with_seed(spec.seed);
-        let (redis, sqlite) = match spec.store {
-            Store::Sqlite => (None, Some(dir.join("leases.db"))),
+        let (mut redis, mut etcd, mut postgres_table, mut sqlite) = (None, None, None, None);
+        let upstream: Option<std::net::SocketAddr> = match spec.store {
+            Store::Sqlite => {
+                sqlite = Some(dir.join("leases.db"));
+                None
+            }
             Store::Redis => {
                 let server = std::panic::catch_unwind(RedisServer::start)
                     .map_err(|_| "cannot start redis-server (see the message above)".to_owned())?;
-                (Some(server), None)
+                let port = server.port();
+                redis = Some(server);
+                Some(([127, 0, 0, 1], port).into())
+            }
+            Store::Postgres => {
+                let addr = POSTGRES_ADDR.into();
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(
+                    |e| {
+                        format!(
+                            "PostgreSQL is not running on {addr} ({e}); start it with \
+                             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main \
+                             start` (scripts/test does)"
+                        )
+                    },
+                )?;
+                // Not drawn from the run's RNG: the name only has to be unique, and replays of
+                // a schedule must not depend on it.
+                postgres_table = Some(format!("baton_chaos_{:012x}", fastrand::u64(..) >> 16));
+                Some(addr)
+            }
+            Store::Etcd => {
+                let server = EtcdServer::try_start()?;
+                let port = server.port();
+                etcd = Some(server);
+                Some(([127, 0, 0, 1], port).into())
             }
         };
         let mut slots = Vec::new();
         for index in 0..cfg.candidates {
-            let proxy = match &redis {
-                Some(server) => Some(
-                    FaultProxy::start(([127, 0, 0, 1], server.port()).into())
+            let proxy = match upstream {
+                Some(addr) => Some(
+                    FaultProxy::start(addr)
                         .map_err(|e| format!("cannot start a fault proxy: {e}"))?,
                 ),
                 None => None,
@@ -360,6 +428,8 @@ impl<'h> Run<'h> {
             dir,
             register,
             redis,
+            etcd,
+            postgres_table,
             sqlite,
             slots,
             obs: Observations::default(),
@@ -374,10 +444,24 @@ impl<'h> Run<'h> {
     }
 
     fn store_url(&self, slot: usize) -> String {
-        match (&self.sqlite, &self.slots[slot].proxy) {
-            (Some(path), _) => format!("sqlite:{}", path.display()),
-            (None, Some(proxy)) => format!("redis://{}", proxy.addr()),
-            (None, None) => unreachable!("a Redis run has a proxy per slot"),
+        if let Some(path) = &self.sqlite {
+            return format!("sqlite:{}", path.display());
+        }
+        let proxy = self.slots[slot]
+            .proxy
+            .as_ref()
+            .expect("a run over TCP has a proxy per slot")
+            .addr();
+        match self.spec.store {
+            Store::Sqlite => unreachable!("an SQLite run has a file"),
+            Store::Redis => format!("redis://{proxy}"),
+            Store::Postgres => format!(
+                "postgres://postgres@{proxy}/test?table={}",
+                self.postgres_table
+                    .as_deref()
+                    .expect("a PostgreSQL run has a table")
+            ),
+            Store::Etcd => format!("etcd://{proxy}"),
         }
     }
 
@@ -538,9 +622,10 @@ impl<'h> Run<'h> {
     /// old term's worker may write on for a moment while its `baton` stops it, and that is no
     /// recovery.
     fn wait_for_recovery(&mut self, heal: Duration, before: u64) -> Result<(), String> {
-        let until = now() + self.cfg.bounds().liveness + Duration::from_secs(2);
+        let until = now() + self.cfg.bounds(self.spec.store).liveness + Duration::from_secs(2);
+        let lease = self.cfg.effective_lease(self.spec.store);
         while now() < until {
-            let survived = now() > heal + self.cfg.lease;
+            let survived = now() > heal + lease;
             if self
                 .leader()
                 .is_some_and(|(_, w)| w.at > heal && (w.token != before || survived))
@@ -590,7 +675,9 @@ impl<'h> Run<'h> {
         for _ in 0..self.cfg.episodes {
             let settle = Duration::from_millis(self.rng.u64(300..=1200));
             self.sleep(settle)?;
-            let Some((slot, writer)) = self.wait_for_leader(self.cfg.bounds().liveness)? else {
+            let Some((slot, writer)) =
+                self.wait_for_leader(self.cfg.bounds(self.spec.store).liveness)?
+            else {
                 // The checker reports the missing leader (the previous fault's liveness).
                 continue;
             };
@@ -652,40 +739,15 @@ impl<'h> Run<'h> {
                 Ok(heal)
             }
             Scenario::SlowStore => self.slow_store(),
-            Scenario::StoreRestart => {
-                let down = self.duration(0..=2000);
-                let server = self.redis.as_mut().expect("store restarts are Redis runs");
-                server.kill();
-                let start = now();
-                self.note("killed redis-server");
-                self.sleep(down)?;
-                let server = self.redis.as_mut().expect("store restarts are Redis runs");
-                std::panic::catch_unwind(AssertUnwindSafe(|| server.restart())).map_err(|_| {
-                    "cannot restart redis-server (see the message above)".to_owned()
-                })?;
-                let heal = now();
-                self.episode(
-                    format!("a store restart with data loss ({} down)", ms(heal - start)),
-                    None,
-                    start,
-                    heal,
-                );
-                // Half the time, a deploy goes on while the store comes back: the candidate
-                // that took the lease after the restart (and waits out the restart guard) is
-                // stopped gracefully, so its lease is released within the guard's window.
-                if self.rng.bool() {
-                    let delay = Duration::from_millis(self.rng.u64(0..=600));
-                    self.sleep(delay)?;
-                    if let Some(stopped) = self.stop_guarded_holder(heal)? {
-                        return Ok(stopped);
-                    }
-                }
-                Ok(heal)
-            }
+            Scenario::StoreRestart => self.store_restart(),
             Scenario::PauseLeader => {
-                let d = self.cfg.fault_duration.unwrap_or_else(|| {
-                    self.cfg.lease + Duration::from_millis(self.rng.u64(100..=1500))
-                });
+                // Longer than the lease the store keeps, so that another candidate can take
+                // over while the leader is stopped.
+                let lease = self.cfg.effective_lease(self.spec.store);
+                let d = self
+                    .cfg
+                    .fault_duration
+                    .unwrap_or_else(|| lease + Duration::from_millis(self.rng.u64(100..=1500)));
                 let baton = self.slots[slot]
                     .current
                     .as_ref()
@@ -738,6 +800,87 @@ impl<'h> Run<'h> {
                     let delay = Duration::from_millis(self.rng.u64(200..=800));
                     self.sleep(delay)?;
                 }
+                Ok(heal)
+            }
+        }
+    }
+
+    /// Restart the store (see [`Scenario::StoreRestart`]); returns when it was back.
+    fn store_restart(&mut self) -> Result<Duration, String> {
+        let down = self.duration(0..=2000);
+        match self.spec.store {
+            Store::Sqlite => unreachable!("store restarts do not apply to SQLite"),
+            Store::Redis => {
+                let server = self.redis.as_mut().expect("a Redis run has a server");
+                server.kill();
+                let start = now();
+                self.note("killed redis-server");
+                self.sleep(down)?;
+                let server = self.redis.as_mut().expect("a Redis run has a server");
+                std::panic::catch_unwind(AssertUnwindSafe(|| server.restart())).map_err(|_| {
+                    "cannot restart redis-server (see the message above)".to_owned()
+                })?;
+                let heal = now();
+                self.episode(
+                    format!("a store restart with data loss ({} down)", ms(heal - start)),
+                    None,
+                    start,
+                    heal,
+                );
+                // Half the time, a deploy goes on while the store comes back: the candidate
+                // that took the lease after the restart (and waits out the restart guard) is
+                // stopped gracefully, so its lease is released within the guard's window.
+                if self.rng.bool() {
+                    let delay = Duration::from_millis(self.rng.u64(0..=600));
+                    self.sleep(delay)?;
+                    if let Some(stopped) = self.stop_guarded_holder(heal)? {
+                        return Ok(stopped);
+                    }
+                }
+                Ok(heal)
+            }
+            Store::Etcd => {
+                // SIGKILL, then start again on the same data directory: etcd is durable, and
+                // its revisions (the tokens) are meant to survive a crash, not the loss of
+                // its data.
+                let server = self.etcd.as_mut().expect("an etcd run has a server");
+                server.kill();
+                let start = now();
+                self.note("killed etcd");
+                self.sleep(down)?;
+                let server = self.etcd.as_mut().expect("an etcd run has a server");
+                server
+                    .try_restart()
+                    .map_err(|e| format!("cannot restart etcd: {e}"))?;
+                let heal = now();
+                self.episode(
+                    format!(
+                        "a store restart keeping its data (etcd SIGKILLed, {} down)",
+                        ms(heal - start)
+                    ),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
+            Store::Postgres => {
+                // The machine's server is shared: it is not restarted. What the candidates
+                // see of a restart of a durable server is what they get: every connection
+                // (pools and LISTEN) reset, new ones refused, then the same data back.
+                let start = self.set_proxies(None, ProxyMode::Reset);
+                self.sleep(down)?;
+                let heal = self.set_proxies(None, ProxyMode::Pass);
+                self.episode(
+                    format!(
+                        "a store outage keeping its data (every connection reset, new ones \
+                         refused, for {})",
+                        ms(down)
+                    ),
+                    None,
+                    start,
+                    heal,
+                );
                 Ok(heal)
             }
         }
@@ -797,7 +940,7 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
-            Store::Redis => {
+            Store::Redis | Store::Postgres | Store::Etcd => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -939,6 +1082,30 @@ impl<'h> Run<'h> {
             s.proxy = None;
         }
         self.redis = None;
+        self.etcd = None;
+        if let Some(table) = self.postgres_table.take() {
+            self.drop_postgres_table(&table);
+        }
+    }
+
+    /// Drop a PostgreSQL run's lease table, with `psql` (as the SQL stores' tests do).
+    fn drop_postgres_table(&mut self, table: &str) {
+        let (ip, port) = POSTGRES_ADDR;
+        let host = std::net::Ipv4Addr::from(ip).to_string();
+        let out = Command::new("psql")
+            .args(["-h", &host, "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "test", "-q", "-c"])
+            .arg(format!("DROP TABLE IF EXISTS {table}"))
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => self.note(format!("dropped table {table}")),
+            Ok(out) => self.note(format!(
+                "cannot drop table {table}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => self.note(format!("cannot drop table {table}: cannot run psql: {e}")),
+        }
     }
 
     /// Gather the records.
@@ -1015,4 +1182,33 @@ fn worker_is_running(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == b"worker"))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_bounds_use_the_ttl_etcd_keeps() {
+        let mut cfg = Config::new(PathBuf::new(), PathBuf::new());
+        for store in [Store::Sqlite, Store::Redis, Store::Postgres] {
+            assert_eq!(cfg.effective_lease(store), Duration::from_millis(1500));
+            assert_eq!(cfg.bounds(store).liveness, Duration::from_millis(2800));
+        }
+        // 1.5 s rounds up to 2 s, etcd's minimum with its defaults.
+        assert_eq!(cfg.effective_lease(Store::Etcd), Duration::from_secs(2));
+        assert_eq!(
+            cfg.bounds(Store::Etcd).liveness,
+            Duration::from_millis(3300)
+        );
+        // Only liveness follows the store; the engine's deadline comes from --lease.
+        assert_eq!(
+            cfg.bounds(Store::Etcd).stale_after_resume,
+            cfg.bounds(Store::Redis).stale_after_resume
+        );
+        cfg.lease = Duration::from_millis(2500);
+        assert_eq!(cfg.effective_lease(Store::Etcd), Duration::from_secs(3));
+        cfg.lease = Duration::from_millis(500);
+        assert_eq!(cfg.effective_lease(Store::Etcd), Duration::from_secs(2));
+    }
 }

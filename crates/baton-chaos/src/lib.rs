@@ -7,10 +7,11 @@
 //! rejects a leader that was paused past its lease; and that a leader appears within
 //! `lease + renew + ε` once faults heal. This crate tests exactly that, end to end:
 //!
-//! * [`harness`] starts N candidates (the real `baton` binary) against SQLite or a
-//!   `redis-server` of its own (each candidate behind a
-//!   [`FaultProxy`](baton_testkit::proxy::FaultProxy)), and injects one [`Scenario`]'s faults
-//!   on a schedule drawn from a seed.
+//! * [`harness`] starts N candidates (the real `baton` binary) against one [`Store`]: an
+//!   SQLite file; a `redis-server` of its own; the machine's PostgreSQL, in a lease table of
+//!   the run's own; or an `etcd` of its own (on all but SQLite, each candidate behind a
+//!   [`FaultProxy`](baton_testkit::proxy::FaultProxy) of its own), and injects one
+//!   [`Scenario`]'s faults on a schedule drawn from a seed.
 //! * [`worker`] is the command each candidate runs while it leads (`baton-chaos worker`): it
 //!   heartbeats every 10 ms into a log, on the boot-time clock every process shares, and
 //!   writes its fencing token to the [`register`], a fenced resource.

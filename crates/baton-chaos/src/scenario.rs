@@ -10,17 +10,26 @@ pub enum Store {
     /// A `redis-server` of the run's own, without persistence, reached by every candidate
     /// through a fault proxy of its own.
     Redis,
+    /// The machine's PostgreSQL (`postgres@127.0.0.1:5432/test`), in a lease table of the
+    /// run's own (dropped afterwards), reached by every candidate through a fault proxy of its
+    /// own; `LISTEN`/`NOTIFY` goes through the same proxy.
+    Postgres,
+    /// An `etcd` of the run's own (a single member with a data directory of its own), reached
+    /// by every candidate through a fault proxy of its own.
+    Etcd,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 2] = [Store::Sqlite, Store::Redis];
+    pub const ALL: [Store; 4] = [Store::Sqlite, Store::Redis, Store::Postgres, Store::Etcd];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Store::Sqlite => "sqlite",
             Store::Redis => "redis",
+            Store::Postgres => "postgres",
+            Store::Etcd => "etcd",
         }
     }
 
@@ -48,8 +57,13 @@ pub enum Scenario {
     /// Slow store: every candidate's round trip takes 0.4–1.2 s (longer than the renew
     /// interval) for 1–4 s. On SQLite: another process holds the write lock for 0.3–3 s.
     SlowStore,
-    /// Kill the store and restart it empty after 0–2 s (Redis without persistence); half the
-    /// time, then gracefully restart the candidate that took the lease after the restart.
+    /// Restart the store, 0–2 s down. Redis (without persistence) is SIGKILLed and restarted
+    /// empty; half the time, the candidate that took the lease after the restart is then
+    /// gracefully restarted. etcd is SIGKILLed and restarted with its data directory: etcd is
+    /// durable, and a restart that loses its data is not a fault its revisions (the tokens)
+    /// are meant to survive. The machine's PostgreSQL is shared and is never restarted: every
+    /// candidate's proxy resets its connections and refuses new ones instead, which is what a
+    /// restart of a durable server looks like from the candidates (the data is kept).
     StoreRestart,
     /// SIGSTOP the leader's `baton` and its worker for longer than the lease, then SIGCONT.
     PauseLeader,
@@ -89,10 +103,12 @@ impl Scenario {
 
     /// Whether the fault can be injected into `store`. SQLite is a local file opened by every
     /// candidate itself: there is no connection to partition or reset, and wiping the file is
-    /// not a fault its tokens are meant to survive.
+    /// not a fault its tokens are meant to survive. Every other store is reached over TCP
+    /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
+    /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
     pub fn applies_to(self, store: Store) -> bool {
         match store {
-            Store::Redis => true,
+            Store::Redis | Store::Postgres | Store::Etcd => true,
             Store::Sqlite => matches!(
                 self,
                 Scenario::KillLeader
@@ -177,5 +193,13 @@ mod tests {
         };
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
+        for store in ["postgres", "etcd"] {
+            for s in Scenario::ALL {
+                assert!(
+                    RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
+                    "{store} {s}"
+                );
+            }
+        }
     }
 }

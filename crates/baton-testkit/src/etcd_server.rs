@@ -27,17 +27,23 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Start a server on free ports with a fresh data directory, and wait until it is healthy.
     pub fn start() -> EtcdServer {
+        EtcdServer::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`start`](Self::start), but a server that cannot be started is an error, not a panic
+    /// (for the chaos harness, which reports it and goes on).
+    pub fn try_start() -> Result<EtcdServer, String> {
         let mut server = EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             dir: scratch_dir("baton-etcd"),
             child: None,
         };
-        server.spawn();
-        server
+        server.spawn()?;
+        Ok(server)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new("etcd");
@@ -54,12 +60,12 @@ impl EtcdServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
                 "cannot start etcd ({e}): install it with `apt-get install etcd-server etcd-client`, \
                  or run scripts/test, which installs it"
             )
-        });
+        })?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.healthy() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -67,22 +73,26 @@ impl EtcdServer {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                panic!(
+                return Err(format!(
                     "etcd on port {} exited with {status}: {err}",
                     self.client_port
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd on port {} was not healthy within 20 s",
-                self.client_port
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "etcd on port {} was not healthy within 20 s",
+                    self.client_port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         if let Some(mut pipe) = child.stderr.take() {
             std::thread::spawn(move || std::io::copy(&mut pipe, &mut std::io::sink()));
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Whether `GET /health` answers `"health":"true"`.
@@ -132,8 +142,15 @@ impl EtcdServer {
 
     /// Kill the server and start it again on the same ports and data directory.
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`restart`](Self::restart), but a server that does not come back is an error, not a
+    /// panic. After [`kill`](Self::kill), this starts the server again (the chaos harness
+    /// keeps it down for a while in between).
+    pub fn try_restart(&mut self) -> Result<(), String> {
         self.kill();
-        self.spawn();
+        self.spawn()
     }
 
     /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
