@@ -18,8 +18,9 @@
 //! * [`check`] reads those records and finds every violation of exclusion, fencing, orphans
 //!   and liveness; [`report`] prints the table and the command that reproduces each failure.
 //!
-//! `scripts/chaos --quick` runs every scenario once per store (CI); `scripts/chaos --long`
-//! runs 100 seeded schedules per store and scenario. `scripts/chaos --help` lists the rest.
+//! `scripts/chaos --quick` runs every scenario once per store, one fault each (CI);
+//! `scripts/chaos --long` runs 100 seeded schedules per store and scenario, two faults each.
+//! `scripts/chaos --help` lists the rest.
 
 pub mod check;
 pub mod harness;
