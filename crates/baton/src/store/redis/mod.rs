@@ -37,8 +37,9 @@
 //! old leader may still believe it leads until its deadline. So the new holder keeps and renews
 //! the lease but acts only once that cannot be (see [`Lease::act_after`]):
 //!
-//! * once the server has been up for a whole lease duration (`INFO`, `uptime_in_seconds`):
-//!   Redis's own advice on delayed restarts, applied by the client;
+//! * once the server has been up for a whole lease duration (`INFO`, `uptime_in_seconds`,
+//!   less one second because Redis rounds it up to as much as a second early): Redis's own
+//!   advice on delayed restarts, applied by the client;
 //! * a whole lease after the acquire if the server was promoted from replica (`INFO`'s
 //!   `second_repl_offset` is set), since a promoted replica has usually been up for long.
 //!
@@ -482,6 +483,12 @@ impl RedisStore {
 /// What `INFO` says about the server that matters to the restart guard.
 #[derive(Debug, PartialEq, Eq)]
 struct ServerFacts {
+    /// How long the server has surely been up: `uptime_in_seconds` less one second. Redis
+    /// counts it as whole seconds of its clock since whole seconds at start, so a server started
+    /// at x.9 s reports 1 at (x+1).0 s, after 0.1 s. Taken at face value, that let an acquire
+    /// act up to a second early after a restart that lost the data, while the leader from
+    /// before the restart was still working (found by scripts/chaos, store-restart seed
+    /// 100005).
     uptime: Duration,
     /// Promoted from replica since it started (`second_repl_offset` is not -1).
     promoted: bool,
@@ -494,7 +501,8 @@ impl ServerFacts {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .map(str::trim)
         };
-        let uptime = Duration::from_secs(field("uptime_in_seconds")?.parse().ok()?);
+        let reported: u64 = field("uptime_in_seconds")?.parse().ok()?;
+        let uptime = Duration::from_secs(reported.saturating_sub(1));
         let promoted = field("second_repl_offset")
             .and_then(|v| v.parse::<i64>().ok())
             .is_some_and(|offset| offset >= 0);
@@ -801,10 +809,22 @@ mod tests {
     }
 
     #[test]
+    fn uptime_of_one_second_may_be_a_tenth_store_restart_seed_100005() {
+        // Redis reports whole seconds since a whole-second start: "1" can mean 0.1 s. With a
+        // 1.5 s lease, an acquire right after a restart must still wait at least 1.5 s.
+        let ttl = Duration::from_millis(1500);
+        let facts = ServerFacts::parse("# Server\r\nuptime_in_seconds:1\r\n").unwrap();
+        assert_eq!(facts.restart_wait(ttl), ttl);
+        let facts = ServerFacts::parse("# Server\r\nuptime_in_seconds:2\r\n").unwrap();
+        assert_eq!(facts.restart_wait(ttl), Duration::from_millis(500));
+    }
+
+    #[test]
     fn restart_wait_from_info() {
         let ttl = Duration::from_secs(15);
+        // 4 whole seconds reported: surely up for 3.
         let fresh = ServerFacts::parse("# Server\r\nuptime_in_seconds:4\r\n").unwrap();
-        assert_eq!(fresh.restart_wait(ttl), Duration::from_secs(11));
+        assert_eq!(fresh.restart_wait(ttl), Duration::from_secs(12));
         let old = ServerFacts::parse(
             "uptime_in_seconds:86400\r\n# Replication\r\nrole:master\r\nsecond_repl_offset:-1\r\n",
         )
