@@ -903,3 +903,88 @@ async fn an_acquire_soon_after_a_restart_waits_even_if_the_counter_was_recreated
         lease.act_after
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_on_one_store_go_out_together_and_each_lease_is_judged_on_its_own() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let ttl = Duration::from_secs(30);
+    // 40 leases held on one store, and three that will not renew: one stolen by another
+    // candidate (lost, with the new holder), one deleted (lost), and one whose companion hash
+    // a foreign writer replaced (foreign data, left untouched).
+    let mut held = Vec::new();
+    for i in 0..43 {
+        let key = format!("batch:{i}");
+        let mut c = store.join(&key, &format!("c{i}")).await.unwrap();
+        let Acquire::Acquired(lease) = c.try_acquire(ttl).await.unwrap() else {
+            panic!("{key} is free")
+        };
+        held.push((c, lease));
+    }
+    // One renewal first, so the batch script is loaded before the count starts.
+    let (c, lease) = &mut held[0];
+    assert!(matches!(
+        c.renew(lease, ttl).await,
+        Ok(baton::Renew::Renewed)
+    ));
+    server.cli(&["SET", "batch:40", "thief"]);
+    server.cli(&["DEL", "batch:41"]);
+    let companion = companion_key("batch:42");
+    server.cli(&["DEL", &companion]);
+    server.cli(&["RPUSH", &companion, "not baton's"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+
+    let outcomes = futures_util::future::join_all(
+        held.iter_mut()
+            .map(|(c, lease)| async { c.renew(lease, ttl).await }),
+    )
+    .await;
+
+    for (i, outcome) in outcomes.iter().enumerate().take(40) {
+        assert!(
+            matches!(outcome, Ok(baton::Renew::Renewed)),
+            "lease {i}: {outcome:?}"
+        );
+    }
+    match &outcomes[40] {
+        Ok(baton::Renew::Lost(Some(record))) => assert_eq!(record.holder, "thief"),
+        other => panic!("a stolen lease: {other:?}"),
+    }
+    assert!(
+        matches!(outcomes[41], Ok(baton::Renew::Lost(None))),
+        "a deleted lease: {:?}",
+        outcomes[41]
+    );
+    assert!(
+        matches!(outcomes[42], Err(Error::ForeignData { .. })),
+        "foreign data at the companion: {:?}",
+        outcomes[42]
+    );
+    assert_eq!(
+        server.cli(&["LRANGE", &companion, "0", "-1"]),
+        "not baton's"
+    );
+    // The 43 renewals, asked for at once, went out as one script call (two if the batcher's
+    // window closed while they arrived), not 43.
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        (1..=2).contains(&calls),
+        "{calls} script calls for 43 renewals:\n{stats}"
+    );
+    // The renewed leases were extended; the stolen key still belongs to the thief.
+    let ttl_left: i64 = server.cli(&["PTTL", "batch:0"]).parse().unwrap();
+    assert!(ttl_left > 25_000, "PTTL {ttl_left}");
+    assert_eq!(server.cli(&["GET", "batch:40"]), "thief");
+}

@@ -201,6 +201,11 @@ impl Connection {
         }
     }
 
+    /// Whether this is a Redis Cluster, where keys of different slots cannot share a script.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster { .. })
+    }
+
     /// A link to send one call on.
     async fn call(&self) -> Result<Call<'_>> {
         match self {
