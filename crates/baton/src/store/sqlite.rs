@@ -249,25 +249,63 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Inner, &mut Connection) -> Result<T> + Send + 'static,
     {
+        self.run_or_undo(write, busy_limit, op, |_, _, _| {}).await
+    }
+
+    /// [`run`](Self::run), and if the caller gave up after `op` got the write lock, so that
+    /// its success can no longer be delivered, `undo` it on the same connection before letting
+    /// the connection go.
+    ///
+    /// An acquisition made just as the engine's timeout fired would otherwise hold the lease
+    /// for a whole TTL with nobody acting on it: a leaderless gap that the chaos harness found
+    /// after stalls of the store (sqlite slow-store seed 100015, kill-leader seed 100017).
+    async fn run_or_undo<T, F, U>(
+        &self,
+        write: bool,
+        busy_limit: Duration,
+        op: F,
+        undo: U,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &mut Connection) -> Result<T> + Send + 'static,
+        U: FnOnce(&Inner, &mut Connection, T) + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         let caller_gone = CallerGone::default();
         let gone = Arc::clone(&caller_gone.0);
+        let (deliver, delivered) = tokio::sync::oneshot::channel();
         let joined = tokio::task::spawn_blocking(move || {
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             if gone.load(Ordering::Acquire) {
-                return Err(Error::Unavailable {
+                let _ = deliver.send(Err(Error::Unavailable {
                     store: STORE,
                     message: "the caller gave up while an earlier call held the connection; nothing was done".to_owned(),
                     source: None,
-                });
+                }));
+                return;
             }
             inner.call.begin(busy_limit, gone);
-            op(&inner, &mut conn)
-        })
-        .await;
+            let result = op(&inner, &mut conn);
+            // The receiver is gone only if the caller's future was dropped: nobody will act on
+            // what `op` did, so take it back while the connection is still ours.
+            if let Err(Ok(done)) = deliver.send(result) {
+                undo(&inner, &mut conn, done);
+            }
+        });
+        let result = delivered.await;
         drop(caller_gone);
-        match joined {
-            Ok(result) => result,
+        if let Ok(result) = result {
+            return result;
+        }
+        // Nothing was delivered: the blocking call panicked, or never ran.
+        match joined.await {
+            Ok(()) => Err(Error::Unavailable {
+                store: STORE,
+                message: "a call on the connection ended without an answer; nothing was done"
+                    .to_owned(),
+                source: None,
+            }),
             Err(e) if e.is_cancelled() => Err(Error::unavailable(
                 STORE,
                 "the tokio runtime is shutting down; nothing was written",
@@ -331,9 +369,12 @@ impl Candidacy for SqliteCandidacy {
     async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
         let (key, candidate) = (self.key.clone(), self.candidate.clone());
         self.store
-            .run(true, ttl.min(BUSY_TIMEOUT), move |inner, conn| {
-                inner.try_acquire(conn, &key, &candidate, ttl)
-            })
+            .run_or_undo(
+                true,
+                ttl.min(BUSY_TIMEOUT),
+                move |inner, conn| inner.try_acquire(conn, &key, &candidate, ttl),
+                Inner::undo_acquire,
+            )
             .await
     }
 
@@ -431,6 +472,20 @@ impl Inner {
             token: FencingToken(u64::try_from(token).unwrap_or_default()),
             act_after: Duration::ZERO,
         }))
+    }
+
+    /// Take back an acquisition whose caller gave up before it could be told (see
+    /// [`SqliteStore::run_or_undo`]): nobody acts on that lease, so it is released at once.
+    fn undo_acquire(&self, conn: &mut Connection, acquired: Acquire) {
+        if let Acquire::Acquired(lease) = acquired {
+            let undone = self.release(conn, &lease);
+            tracing::debug!(
+                key = lease.key,
+                token = lease.token.0,
+                ?undone,
+                "released a lease acquired after its caller gave up"
+            );
+        }
     }
 
     fn renew(&self, conn: &mut Connection, lease: &Lease, ttl: Duration) -> Result<Renew> {
@@ -1134,5 +1189,61 @@ impl Subscription {
 
     fn concerns(&self, notice: &Notice) -> bool {
         notice.key.as_ref().is_none_or(|k| *k == self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An acquisition that got the write lock just as its caller gave up (the engine's timeout)
+    /// is released at once, not left holding the lease for a whole TTL with nobody acting on it
+    /// (found by scripts/chaos: sqlite slow-store seed 100015, kill-leader seed 100017).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_acquire_whose_caller_gave_up_is_released_slow_store_seed_100015() {
+        let dir = std::env::temp_dir().join(format!("baton-sqlite-undo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("leases.db")).unwrap();
+        let (acquired_tx, acquired_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_on_tx, go_on_rx) = std::sync::mpsc::channel::<()>();
+        let call = store.run_or_undo(
+            true,
+            BUSY_TIMEOUT,
+            move |inner, conn| {
+                let result = inner.try_acquire(conn, "jobs", "ghost", Duration::from_secs(60));
+                let _ = acquired_tx.send(());
+                // Stay in the call until the caller has gone, as a slow commit would.
+                let _ = go_on_rx.recv();
+                result
+            },
+            Inner::undo_acquire,
+        );
+        tokio::select! {
+            _ = call => panic!("the call cannot finish before it is told to go on"),
+            _ = acquired_rx => {}
+        }
+        // The caller's future is gone; the call finishes now.
+        go_on_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match store.read("jobs").await.unwrap() {
+                None => break,
+                Some(record) => {
+                    assert_eq!(record.holder, "ghost");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the lease acquired for a caller that gave up is still held: {record:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        // The key is free for the next candidate at once, and the token goes on increasing.
+        let mut next = store.join("jobs", "next").await.unwrap();
+        match next.try_acquire(Duration::from_secs(60)).await.unwrap() {
+            Acquire::Acquired(lease) => assert_eq!(lease.token, FencingToken(2)),
+            Acquire::Held(record) => panic!("still held: {record:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
