@@ -16,6 +16,17 @@
 //! | `table=NAME` | `baton_leases` | the lease table: lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 characters |
 //! | `create=false` | `true` | never create the table; a missing table is then a configuration error naming the SQL file |
 //! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key (`10ms`, `100ms`, `1s`) |
+//!
+//! # TLS
+//!
+//! TLS is rustls (ring). A CA file named in the URL (`sslrootcert=`, `ssl-ca=`) is trusted
+//! **in addition to** the system's trust store, not instead of it as with libpq: sqlx always
+//! loads the system's roots. So a "verify the CA" mode (`sslmode=verify-ca`,
+//! `ssl-mode=verify_ca`), which does not check the name, accepts any certificate that a CA in
+//! the system's store signed; use the modes that check the name too (`verify-full`,
+//! `verify_identity`) where that matters. A certificate the client refuses (unknown CA, wrong
+//! name, expired) is an [`Error::Config`] that says which and what to change, since trying
+//! again cannot help.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -257,6 +268,10 @@ pub(crate) enum Effect {
 /// call should be tried again on another connection. `certain` is true when the statement
 /// surely did not run (the server said it was shutting the session down before running it).
 pub(crate) fn dead_connection(e: &sqlx::Error) -> (bool, bool) {
+    if tls_fix(e, TlsParams::POSTGRES).is_some() {
+        // A certificate that was refused once is refused on every connection.
+        return (false, false);
+    }
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => (true, false),
         sqlx::Error::Database(db) => {
@@ -284,6 +299,16 @@ pub(crate) fn map_error(
     effect: Effect,
     e: sqlx::Error,
 ) -> Error {
+    let params = if store == "mysql" {
+        TlsParams::MYSQL
+    } else {
+        TlsParams::POSTGRES
+    };
+    if let Some((cause, fix)) = tls_fix(&e, params) {
+        return Error::Config(format!(
+            "{doing} in {location}: TLS failed ({cause}): {fix}"
+        ));
+    }
     let message = format!("{doing} in {location}: {}", describe(&e));
     match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
@@ -291,16 +316,84 @@ pub(crate) fn map_error(
         }
         sqlx::Error::Configuration(_) => Error::Config(message),
         sqlx::Error::Database(_) => Error::unavailable(store, message, e),
-        sqlx::Error::Tls(_) => Error::unavailable(
-            store,
-            format!("{message}; check sslmode/ssl-mode and the CA (sslrootcert / ssl-ca)"),
-            e,
-        ),
         _ if effect == Effect::Maybe && dead_connection(&e).0 && !dead_connection(&e).1 => {
             Error::indeterminate(store, message, e)
         }
         _ => Error::unavailable(store, message, e),
     }
+}
+
+/// The names of a store's TLS URL parameters, for telling users what to change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TlsParams {
+    mode: &'static str,
+    ca: &'static str,
+    verify_ca: &'static str,
+    client: &'static str,
+}
+
+impl TlsParams {
+    const POSTGRES: TlsParams = TlsParams {
+        mode: "sslmode",
+        ca: "sslrootcert",
+        verify_ca: "sslmode=verify-ca",
+        client: "sslcert=/path/client.pem&sslkey=/path/client.key",
+    };
+    const MYSQL: TlsParams = TlsParams {
+        mode: "ssl-mode",
+        ca: "ssl-ca",
+        verify_ca: "ssl-mode=verify_ca",
+        client: "ssl-cert=/path/client.pem&ssl-key=/path/client.key",
+    };
+}
+
+/// If `e` is a TLS failure that trying again cannot fix: what failed, and what to do about
+/// it. sqlx reports
+/// rustls's certificate errors as I/O errors whose text names the rustls error (the server's
+/// certificate is checked while connecting, so nothing was sent), and its own TLS setup
+/// problems as [`sqlx::Error::Tls`].
+fn tls_fix(e: &sqlx::Error, p: TlsParams) -> Option<(String, String)> {
+    let TlsParams {
+        mode,
+        ca,
+        verify_ca,
+        client,
+    } = p;
+    let text = match e {
+        sqlx::Error::Tls(inner) => {
+            let text = inner.to_string();
+            let fix = if text.contains("does not support TLS") {
+                format!(
+                    "the server does not speak TLS: turn TLS on in the server, or choose a {mode} that allows a plain connection"
+                )
+            } else {
+                format!("check {mode} and the CA file ({ca}=)")
+            };
+            return Some((text, fix));
+        }
+        sqlx::Error::Io(io) => io.to_string(),
+        _ => return None,
+    };
+    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        format!(
+            "the server's certificate is not signed by a CA Baton trusts: name the CA that signed it with {ca}=/path/to/ca.pem (trusted in addition to the system's trust store)"
+        )
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        format!(
+            "the server's certificate does not name the host in the URL: connect by a name the certificate lists, reissue the certificate with this one, or use {verify_ca}, which checks the chain but not the name (any certificate from a CA in {ca}= or in the system's trust store then passes)"
+        )
+    } else if text.contains("Expired") || text.contains("NotValidYet") {
+        "a certificate is outside its validity period: renew it, or check the clocks".to_owned()
+    } else if text.contains("CertificateRequired") || text.contains("received fatal alert") {
+        format!(
+            "the server refused the handshake: if it requires a client certificate, pass {client}"
+        )
+    } else if text.contains("invalid peer certificate") {
+        format!("check {mode}, the CA ({ca}=) and the server's certificate")
+    } else {
+        return None;
+    };
+    Some((text, fix))
 }
 
 /// An sqlx error, described without anything secret (sqlx never puts the password in one).
@@ -392,5 +485,47 @@ mod tests {
         let e = SqlUrl::parse("postgres://u:hunter2@h/db?table=Bad-Name", "postgres").unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
         assert!(SqlUrl::parse("mysql://h/db?poll=fast", "mysql").is_err());
+    }
+
+    fn io(text: &str) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            text.to_owned(),
+        ))
+    }
+
+    /// A refused certificate is a configuration error naming the store's own parameter, never
+    /// an indeterminate write and never retried.
+    #[test]
+    fn tls_errors_say_what_to_change() {
+        let unknown = "invalid peer certificate: UnknownIssuer";
+        for (store, says) in [("postgres", "sslrootcert="), ("mysql", "ssl-ca=")] {
+            let e = map_error(store, "h:1", "acquiring", Effect::Maybe, io(unknown));
+            let text = e.to_string();
+            assert!(matches!(e, Error::Config(_)), "{text}");
+            assert!(text.contains("h:1") && text.contains(says), "{text}");
+        }
+        assert_eq!(dead_connection(&io(unknown)), (false, false));
+        let name = "invalid peer certificate: certificate not valid for name \"10.0.0.1\"; certificate is only valid for DnsName(\"db\")";
+        let text = map_error("postgres", "h:1", "reading", Effect::None, io(name)).to_string();
+        assert!(
+            text.contains("10.0.0.1") && text.contains("sslmode=verify-ca"),
+            "{text}"
+        );
+        let text = map_error("mysql", "h:1", "reading", Effect::None, io(name)).to_string();
+        assert!(text.contains("ssl-mode=verify_ca"), "{text}");
+        let plain = sqlx::Error::Tls("server does not support TLS".into());
+        let text = map_error("mysql", "h:1", "reading", Effect::None, plain).to_string();
+        assert!(
+            text.contains("does not speak TLS") && text.contains("ssl-mode"),
+            "{text}"
+        );
+        // A connection that died is still one.
+        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(dead_connection(&reset), (true, false));
+        assert!(matches!(
+            map_error("postgres", "h:1", "acquiring", Effect::Maybe, reset),
+            Error::Indeterminate { .. }
+        ));
     }
 }

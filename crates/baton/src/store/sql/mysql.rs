@@ -63,8 +63,9 @@
 //! `mysql://[user[:password]@]host[:port]/database[?options]` (or `mariadb://`), with sqlx's
 //! parameters: `ssl-mode=disabled|preferred|required|verify_ca|verify_identity`, `ssl-ca=PATH`,
 //! `ssl-cert=PATH`, `ssl-key=PATH`, `socket=PATH`, plus Baton's `table=`, `create=` and
-//! `poll=`. The database is required. The password never appears in errors, logs or
-//! [`StoreInfo`].
+//! `poll=`. The database is required. TLS is rustls with the system's trust store plus the CA
+//! that `ssl-ca` names ([TLS](super#tls)); a parameter sqlx does not know (say libpq's
+//! `sslrootcert`) is ignored. The password never appears in errors, logs or [`StoreInfo`].
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -65,8 +65,8 @@
 //! libpq's parameters as sqlx reads them: `sslmode=disable|prefer|require|verify-ca|verify-full`,
 //! `sslrootcert=PATH`, `sslcert=PATH`, `sslkey=PATH`, `application_name`, `options`, plus
 //! Baton's `table=` and `create=` (see [the SQL stores](super)). TLS is rustls with the
-//! system's trust store unless `sslrootcert` names a CA. The password never appears in errors,
-//! logs or [`StoreInfo`].
+//! system's trust store, plus the CA that `sslrootcert` names (in addition, not instead: see
+//! [TLS](super#tls)). The password never appears in errors, logs or [`StoreInfo`].
 
 use std::str::FromStr;
 use std::sync::Arc;
