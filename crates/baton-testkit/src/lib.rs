@@ -73,8 +73,10 @@
 pub mod conformance;
 pub mod etcd_server;
 pub mod faulty;
+pub mod mariadb_server;
 pub mod proxy;
 pub mod servers;
+pub mod tls;
 
 /// Expands to one `#[test]` per conformance case, each running the case on a fresh runtime
 /// with a fresh factory, plus a test that checks no case is missing. Invoke it inside a module

@@ -462,7 +462,7 @@ pub fn shared_redis() -> &'static RedisServer {
 }
 
 /// Make the child die with this process, so no server outlives a crashed test run.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

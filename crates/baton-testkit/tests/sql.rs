@@ -17,6 +17,8 @@ use baton::store::sql::mysql::MysqlStore;
 use baton::store::sql::postgres::PostgresStore;
 use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, Result};
 use baton_testkit::conformance::{ForeignWriter, StoreFactory};
+use baton_testkit::mariadb_server::{MariaDbServer, shared_mariadb_tls};
+use baton_testkit::tls::TestCa;
 use sqlx::Executor;
 
 const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -732,4 +734,342 @@ async fn passwords_are_redacted() {
         PostgresStore::open(PG_BASE).unwrap(),
         MysqlStore::open(MY_BASE).unwrap(),
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS.
+//
+// PostgreSQL: the machine's server, which has `ssl = on` with Debian's self-signed snakeoil
+// certificate (a fresh Debian install's default). MariaDB: the machine's has TLS off and must
+// not be reconfigured, so these tests run against a throwaway `mariadbd` of their own with
+// TLS on and a certificate signed by a CA made for it (`shared_mariadb_tls`).
+
+/// Debian's self-signed certificate, which the machine's PostgreSQL serves.
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+/// Fail loudly unless the machine's PostgreSQL speaks TLS.
+async fn require_pg_tls(s: &Scratch) {
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&s.pg().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        ssl, "on",
+        "the machine's PostgreSQL has ssl = {ssl}; the TLS tests need ssl = on, as Debian \
+         configures it (ssl_cert_file = '{SNAKEOIL}', ssl_key_file = \
+         '/etc/ssl/private/ssl-cert-snakeoil.key' in postgresql.conf, then reload)"
+    );
+    assert!(
+        std::path::Path::new(SNAKEOIL).exists(),
+        "{SNAKEOIL} is missing: install the Debian package ssl-cert (make-ssl-cert generate-default-snakeoil)"
+    );
+}
+
+/// `(ssl, version)` of every backend whose `application_name` is `app`, seen from another
+/// connection through `pg_stat_ssl`.
+async fn pg_tls_of(s: &Scratch, app: &str) -> Vec<(bool, Option<String>)> {
+    sqlx::query_as(
+        "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+         WHERE a.application_name = $1",
+    )
+    .bind(app)
+    .fetch_all(&s.pg().await)
+    .await
+    .unwrap()
+}
+
+/// Assert that the store's connections (named `app`) exist and are all TLS.
+async fn assert_pg_tls(s: &Scratch, app: &str) {
+    let seen = pg_tls_of(s, app).await;
+    assert!(
+        !seen.is_empty(),
+        "no connection named {app} in pg_stat_activity"
+    );
+    assert!(
+        seen.iter().all(|(ssl, version)| *ssl && version.is_some()),
+        "connections of {app} without TLS: {seen:?}"
+    );
+}
+
+fn app_name(prefix: &str) -> String {
+    format!("{prefix}_{:08x}", fastrand::u32(..))
+}
+
+/// `sslmode=require`: an election runs, hands over, and every connection of it (the pool's
+/// and the `LISTEN` connection) is TLS, as the server sees it. The same check on an
+/// `sslmode=disable` store sees plain connections, so the check can tell.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tls_require_runs_an_election_over_tls() {
+    let s = Scratch::new(Db::Postgres);
+    require_pg_tls(&s).await;
+    let app = app_name("baton_tls");
+    let url = s.url_with(&format!("&sslmode=require&application_name={app}"));
+    let lease = Duration::from_secs(2);
+    let a = election(s.store_at(&url), "tls", "a", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    let b = election(s.store_at(&url), "tls", "b", lease);
+    b.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_pg_tls(&s, &app).await;
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || b.is_leader()).await,
+        "the follower did not take over within 2 s of a graceful stop"
+    );
+    assert_pg_tls(&s, &app).await;
+    b.stop().await.unwrap();
+
+    let plain = app_name("baton_plain");
+    let store = s.store_at(&s.url_with(&format!("&sslmode=disable&application_name={plain}")));
+    store.read("tls").await.unwrap();
+    let seen = pg_tls_of(&s, &plain).await;
+    assert!(
+        !seen.is_empty() && seen.iter().all(|(ssl, _)| !ssl),
+        "sslmode=disable: {seen:?}"
+    );
+}
+
+/// `sslmode=verify-ca` with the server's own (self-signed) certificate as the root: the chain
+/// is checked, the name is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tls_verify_ca_with_the_servers_certificate() {
+    let s = Scratch::new(Db::Postgres);
+    require_pg_tls(&s).await;
+    let app = app_name("baton_tls_ca");
+    let store = s.store_at(&s.url_with(&format!(
+        "&sslmode=verify-ca&sslrootcert={SNAKEOIL}&application_name={app}"
+    )));
+    let mut c = store.join("tls", "a").await.unwrap();
+    let lease = acquired(c.try_acquire(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(store.read("tls").await.unwrap().unwrap().holder, "a");
+    assert_pg_tls(&s, &app).await;
+    c.release(&lease).await.unwrap();
+}
+
+/// What a failed TLS connection must say: which server, that the certificate is the problem,
+/// how to fix it; never the password.
+fn assert_clear_tls_error(e: &Error, server: &str, says: &[&str]) {
+    let text = e.to_string();
+    assert!(
+        matches!(e, Error::Config(_) | Error::Unavailable { .. }),
+        "{e:?}"
+    );
+    assert!(text.contains(server), "names the server: {text}");
+    for s in says {
+        assert!(text.contains(s), "says {s:?}: {text}");
+    }
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+}
+
+/// `sslmode=verify-full` checks the name too: the snakeoil certificate does not name
+/// 127.0.0.1, so connecting fails, saying so and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tls_verify_full_rejects_a_name_the_certificate_lacks() {
+    let s = Scratch::new(Db::Postgres);
+    require_pg_tls(&s).await;
+    // Trust authentication ignores the password; it is there to check it is never printed.
+    let url = format!(
+        "postgres://postgres:hunter2@127.0.0.1:5432/test?table={}&sslmode=verify-full&sslrootcert={SNAKEOIL}",
+        s.table
+    );
+    let store = s.store_at(&url);
+    let e = store.read("tls").await.unwrap_err();
+    println!("{e}");
+    assert_clear_tls_error(&e, "127.0.0.1:5432", &["127.0.0.1", "sslmode=verify-ca"]);
+    let e = election(store, "tls", "a", Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap_err();
+    assert_clear_tls_error(&e, "127.0.0.1:5432", &["127.0.0.1"]);
+}
+
+/// `sslmode=verify-ca` with a CA that did not sign the server's certificate fails, saying so.
+///
+/// sqlx trusts `sslrootcert` *in addition to* the system's trust store (libpq trusts it
+/// instead), and Debian's trust directory `/etc/ssl/certs` holds the snakeoil certificate
+/// itself, so on such a machine any `sslrootcert` passes. The check therefore runs in a child
+/// process of this test whose system trust store is the stranger CA alone (`SSL_CERT_FILE`,
+/// which rustls-native-certs reads instead of the system's), as on a machine that does not
+/// trust the server's certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tls_verify_ca_rejects_a_certificate_from_another_ca() {
+    const TEST: &str = "postgres_tls_verify_ca_rejects_a_certificate_from_another_ca";
+    let s = Scratch::new(Db::Postgres);
+    require_pg_tls(&s).await;
+    if let Some(stranger) = std::env::var_os("BATON_TEST_STRANGER_CA") {
+        let url = format!(
+            "postgres://postgres:hunter2@127.0.0.1:5432/test?table={}&sslmode=verify-ca&sslrootcert={}",
+            s.table,
+            std::path::Path::new(&stranger).display()
+        );
+        let e = s.store_at(&url).read("tls").await.unwrap_err();
+        println!("{e}");
+        assert_clear_tls_error(
+            &e,
+            "127.0.0.1:5432",
+            &["not signed by a CA", "sslrootcert="],
+        );
+        return;
+    }
+    let dir = baton_testkit::servers::scratch_dir("baton-pg-tls");
+    let stranger = TestCa::new("Baton stranger CA").write(&dir, "stranger.pem");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env("BATON_TEST_STRANGER_CA", &stranger)
+        .env("SSL_CERT_FILE", &stranger)
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .expect("run this test again in a child process");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child process failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user of its own on the throwaway TLS MariaDB, so the test can find its store's
+/// connections; returns the user's name.
+async fn my_tls_user(server: &MariaDbServer) -> String {
+    let user = app_name("baton_tls");
+    let admin = sqlx::MySqlPool::connect(&format!(
+        "{}?ssl-mode=verify_ca&ssl-ca={}",
+        server.url(),
+        server.ca().display()
+    ))
+    .await
+    .expect("connect to the throwaway MariaDB as root");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE USER '{user}'@'%'")))
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "GRANT ALL ON test.* TO '{user}'@'%'"
+        )))
+        .await
+        .unwrap();
+    user
+}
+
+/// `CONNECTION_TYPE` (`SSL/TLS`, `TCP/IP`) of every connection of `user`, seen from another
+/// connection through `performance_schema.threads`.
+async fn my_connection_types(server: &MariaDbServer, user: &str) -> Vec<String> {
+    let admin = sqlx::MySqlPool::connect(&format!(
+        "{}?ssl-mode=verify_ca&ssl-ca={}",
+        server.url(),
+        server.ca().display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "SELECT CAST(CONNECTION_TYPE AS CHAR) FROM performance_schema.threads \
+         WHERE PROCESSLIST_USER = ?",
+    )
+    .bind(user)
+    .fetch_all(&admin)
+    .await
+    .unwrap()
+}
+
+async fn assert_my_tls(server: &MariaDbServer, user: &str) {
+    let seen = my_connection_types(server, user).await;
+    assert!(
+        !seen.is_empty() && seen.iter().all(|t| t == "SSL/TLS"),
+        "connections of {user}: {seen:?}"
+    );
+}
+
+/// `ssl-mode=required`: an election runs and hands over, and every connection of it is TLS as
+/// the server sees it; an `ssl-mode=disabled` store's connections are not, so the check can
+/// tell.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_tls_required_runs_an_election_over_tls() {
+    let server = shared_mariadb_tls();
+    let user = my_tls_user(server).await;
+    let url = format!(
+        "mysql://{user}@127.0.0.1:{}/test?table={}&ssl-mode=required",
+        server.port(),
+        table_name()
+    );
+    let store = || baton::connect::store_from_url(&url).unwrap();
+    let lease = Duration::from_secs(2);
+    let a = election(store(), "tls", "a", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    let b = election(store(), "tls", "b", lease);
+    b.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_my_tls(server, &user).await;
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || b.is_leader()).await,
+        "the follower did not take over within 2 s of a graceful stop"
+    );
+    assert_my_tls(server, &user).await;
+    b.stop().await.unwrap();
+
+    let plain = my_tls_user(server).await;
+    let store = baton::connect::store_from_url(&format!(
+        "mysql://{plain}@127.0.0.1:{}/test?table={}&ssl-mode=disabled",
+        server.port(),
+        table_name()
+    ))
+    .unwrap();
+    store.read("tls").await.unwrap();
+    let seen = my_connection_types(server, &plain).await;
+    assert!(
+        !seen.is_empty() && seen.iter().all(|t| t == "TCP/IP"),
+        "ssl-mode=disabled: {seen:?}"
+    );
+}
+
+/// `ssl-mode=verify_ca` with the CA that signed the server's certificate works, and so does
+/// `verify_identity`, since the certificate names 127.0.0.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_tls_verify_ca_with_the_servers_ca() {
+    let server = shared_mariadb_tls();
+    for mode in ["verify_ca", "verify_identity"] {
+        let user = my_tls_user(server).await;
+        let store = baton::connect::store_from_url(&format!(
+            "mysql://{user}@127.0.0.1:{}/test?table={}&ssl-mode={mode}&ssl-ca={}",
+            server.port(),
+            table_name(),
+            server.ca().display()
+        ))
+        .unwrap();
+        let mut c = store.join("tls", "a").await.unwrap();
+        let lease = acquired(c.try_acquire(Duration::from_secs(5)).await.unwrap());
+        assert_eq!(store.read("tls").await.unwrap().unwrap().holder, "a");
+        assert_my_tls(server, &user).await;
+        c.release(&lease).await.unwrap();
+    }
+}
+
+/// `ssl-mode=verify_ca` with a CA that did not sign the server's certificate fails, saying so;
+/// so does the system's trust store (no `ssl-ca`), which does not know the test's CA either.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_tls_verify_ca_rejects_a_certificate_from_another_ca() {
+    let server = shared_mariadb_tls();
+    let dir = baton_testkit::servers::scratch_dir("baton-my-tls");
+    let stranger = TestCa::new("Baton stranger CA").write(&dir, "stranger.pem");
+    let at = format!("127.0.0.1:{}", server.port());
+    for tls in [
+        format!("ssl-mode=verify_ca&ssl-ca={}", stranger.display()),
+        "ssl-mode=verify_ca".to_owned(),
+    ] {
+        let url = format!(
+            "mysql://root:hunter2@{at}/test?table={}&{tls}",
+            table_name()
+        );
+        let store = baton::connect::store_from_url(&url).unwrap();
+        let e = store.read("tls").await.unwrap_err();
+        println!("{e}");
+        assert_clear_tls_error(&e, &at, &["ssl-ca"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
