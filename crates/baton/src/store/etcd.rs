@@ -28,8 +28,10 @@
 //! * **Renew** ([`Candidacy::renew`]) is a keepalive, plus a read that the entry still exists
 //!   with the leader's create revision. It is `Lost` when etcd answers that the lease is gone
 //!   (TTL 0) or the entry is gone.
-//! * **Release**: delete the own entry in a transaction guarded on its create revision, then
-//!   revoke the lease. The next entry's watcher wakes at once.
+//! * **Release**: revoke the lease, which deletes the own entry (the only key on that lease)
+//!   in the same write: one round trip, where `concurrency.Election`'s `Resign` and
+//!   `Session.Close` take two (a delete guarded on the create revision, then the revoke). Only
+//!   the candidate's own entry can go. The next entry's watcher wakes at once.
 //! * **Followers** ([`Candidacy::watch`]) watch the deletion of their predecessor's entry only,
 //!   from the revision at which they read it, so a handoff wakes exactly one follower, and a
 //!   deletion between the read and the watch is not missed. A deletion by release and by lease
@@ -272,6 +274,9 @@ impl EtcdStore {
                 _ => {}
             }
         }
+        if let Some(problem) = tls_problem(&e) {
+            return Error::Config(format!("TLS with etcd at {location} failed: {problem}"));
+        }
         if matches!(e, E::InvalidArgs(_) | E::InvalidUri(_)) {
             return Error::Config(format!("etcd at {location}: {e}"));
         }
@@ -375,6 +380,37 @@ mod tonic_code {
     pub const FAILED_PRECONDITION: i32 = 9;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// A TLS handshake that failed for a reason retrying cannot fix, explained: the error's text
+/// (with its sources: rustls's reason sits deep inside tonic's transport error) and what to do.
+fn tls_problem(e: &etcd_client::Error) -> Option<String> {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "the server's certificate is not signed by a CA Baton trusts: pass the CA that signed \
+         it with ?ca=/path/to/ca.pem"
+    } else if text.contains("NotValidForName") {
+        "the server's certificate is not valid for the host name Baton connected to: use a \
+         host name the certificate lists, or reissue it with this one"
+    } else if text.contains("Expired") || text.contains("NotValidYet") {
+        "a certificate is outside its validity period: renew it, or check the clocks"
+    } else if text.contains("CertificateRequired") {
+        "etcd requires a client certificate (--client-cert-auth): pass \
+         &cert=/path/client.pem&key=/path/client.key"
+    } else if text.contains("invalid peer certificate") {
+        "check the CA (?ca=) and the server's certificate"
+    } else {
+        return None;
+    };
+    Some(format!("{text}; {fix}"))
 }
 
 /// Whether etcd answered that a lease does not exist (expired or revoked).
@@ -876,12 +912,13 @@ impl Candidacy for EtcdCandidacy {
     }
 
     async fn leave(&mut self) -> Result<()> {
-        if let Some(entry) = self.entry.clone() {
-            self.store.delete_entry(&entry.key, entry.rev).await?;
-            self.entry = None;
-        }
-        if let Some(session) = &self.session {
-            self.store.revoke(session.id).await?;
+        match (&self.session, &self.entry) {
+            // Revoking the lease deletes the entry attached to it in the same write, so the
+            // successor's watch sees the deletion one round trip after the call starts, and
+            // the session ends with it. The entry is always on the session's lease.
+            (Some(session), _) => self.store.revoke(session.id).await?,
+            (None, Some(entry)) => self.store.delete_entry(&entry.key, entry.rev).await?,
+            (None, None) => {}
         }
         self.reset();
         Ok(())
