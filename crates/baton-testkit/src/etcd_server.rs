@@ -1,6 +1,7 @@
 //! Throwaway etcd servers for tests: a real single-member `etcd` on free loopback ports with a
 //! temporary data directory, which a test can kill, restart (keeping its data), pause
-//! (`SIGSTOP`) and resume, plus `etcdctl` against it.
+//! (`SIGSTOP`) and resume, plus `etcdctl` against it. [`EtcdServer::start_tls`] serves clients
+//! over TLS only, and [`EtcdServer::enable_auth`] turns on etcd's authentication.
 //!
 //! A missing binary is a loud failure naming the fix, never a skip: `scripts/test` installs
 //! the Debian packages `etcd-server` (`etcd`) and `etcd-client` (`etcdctl`).
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::servers::{free_port, scratch_dir};
+use crate::servers::{TlsFiles, free_port, scratch_dir};
 
 /// A single-member etcd cluster of this test's own, killed (and its data directory removed)
 /// when dropped.
@@ -20,7 +21,14 @@ use crate::servers::{free_port, scratch_dir};
 pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and `/metrics`), so a TLS server is checked without a client
+    /// certificate dance.
+    metrics_port: u16,
     dir: PathBuf,
+    /// The server's certificate and key, and the CA `etcdctl` trusts, when clients speak TLS.
+    tls: Option<TlsFiles>,
+    /// `user:password` for `etcdctl`, once [`enable_auth`](Self::enable_auth) ran.
+    ctl_user: Option<String>,
     child: Option<Child>,
 }
 
@@ -33,19 +41,39 @@ impl EtcdServer {
     /// [`start`](Self::start), but a server that cannot be started is an error, not a panic
     /// (for the chaos harness, which reports it and goes on).
     pub fn try_start() -> Result<EtcdServer, String> {
+        Self::launch(None)
+    }
+
+    /// Start a server that speaks TLS only to clients, with `files.cert` and `files.key` (the
+    /// peer port stays plain: a single member has no peers). [`url`](Self::url) is then
+    /// `etcds://127.0.0.1:PORT`, and [`etcdctl`](Self::etcdctl) trusts `files.ca`.
+    pub fn start_tls(files: &TlsFiles) -> EtcdServer {
+        Self::launch(Some(files.clone())).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn launch(tls: Option<TlsFiles>) -> Result<EtcdServer, String> {
         let mut server = EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: free_port(),
             dir: scratch_dir("baton-etcd"),
+            tls,
+            ctl_user: None,
             child: None,
         };
         server.spawn()?;
         Ok(server)
     }
 
+    /// `http` or `https`, as the server's client URLs are written.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
         let mut cmd = Command::new("etcd");
         cmd.arg("--data-dir")
             .arg(self.dir.join("data"))
@@ -55,8 +83,15 @@ impl EtcdServer {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
+            .args(["--listen-metrics-urls", &metrics])
+            .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
@@ -95,9 +130,9 @@ impl EtcdServer {
         Ok(())
     }
 
-    /// Whether `GET /health` answers `"health":"true"`.
+    /// Whether `GET /health` on the metrics port answers `"health":"true"`.
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
@@ -116,14 +151,47 @@ impl EtcdServer {
         self.client_port
     }
 
-    /// `etcd://127.0.0.1:PORT`, for Baton.
+    /// `etcd://127.0.0.1:PORT` (`etcds://` over TLS), for Baton; without credentials or a CA
+    /// option, which a test adds as it needs.
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    /// `127.0.0.1:PORT`, for `etcdctl --endpoints`.
+    /// `127.0.0.1:PORT` (`https://127.0.0.1:PORT` over TLS), for `etcdctl --endpoints`.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.tls {
+            Some(_) => format!("https://127.0.0.1:{}", self.client_port),
+            None => format!("127.0.0.1:{}", self.client_port),
+        }
+    }
+
+    /// Turn on etcd's authentication: create the user `root` with `root_password` (etcd
+    /// needs it before `auth enable`) and enable auth. From then on [`etcdctl`](Self::etcdctl)
+    /// runs as root.
+    pub fn enable_auth(&mut self, root_password: &str) {
+        self.ctl(&["user", "add", &format!("root:{root_password}")]);
+        self.ctl(&["auth", "enable"]);
+        self.ctl_user = Some(format!("root:{root_password}"));
+    }
+
+    /// Create `user` with `password` and a role of its own that may read and write the keys
+    /// under `prefix` (e.g. an election's `NAME/`), and nothing else. Needs
+    /// [`enable_auth`](Self::enable_auth) first (or works on a server without auth, where the
+    /// role is not checked).
+    pub fn add_user_for_prefix(&self, user: &str, password: &str, prefix: &str) {
+        let role = format!("{user}-role");
+        self.ctl(&["role", "add", &role]);
+        self.ctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]);
+        self.ctl(&["user", "add", &format!("{user}:{password}")]);
+        self.ctl(&["user", "grant-role", user, &role]);
     }
 
     /// The process id, while running.
@@ -175,6 +243,12 @@ impl EtcdServer {
         cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoint());
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert").arg(&tls.ca);
+        }
+        if let Some(user) = &self.ctl_user {
+            cmd.arg("--user").arg(user);
+        }
         cmd
     }
 

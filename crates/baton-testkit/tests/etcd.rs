@@ -1,11 +1,13 @@
 //! The etcd store against real `etcd` processes: the conformance suite, interop with
 //! `etcdctl elect` (etcd's own `concurrency.Election`) both ways, an etcd restart that keeps
-//! its data, a frozen etcd (keepalive loss), and push handoff between Baton candidates.
+//! its data, a frozen etcd (keepalive loss), push handoff between Baton candidates, and
+//! elections over TLS and with etcd's authentication.
 //!
 //! Timing bounds are generous on purpose: they check behaviour (push, not polling; stepping
 //! down before the store can hand the lease on), not speed.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -13,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use baton::store::etcd::EtcdStore;
-use baton::{BoxError, Event, LeaderElection, LeaseStore, LossReason, Result};
+use baton::{BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
 use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
+use baton_testkit::servers::{TlsFiles, scratch_dir};
 
 /// Every `store()` is a new client of the shared server, as another process would have.
 struct EtcdFactory;
@@ -351,4 +354,189 @@ async fn frozen_etcd_makes_the_leader_step_down_on_time() {
     );
     assert!(a.fencing_token().unwrap() > token);
     a.stop().await.unwrap();
+}
+
+/// Two candidates on `url`: the first leads, the second follows and takes over when the first
+/// stops. Returns the second, leading.
+async fn two_candidates_hand_over(url: &str, name: &str) -> LeaderElection {
+    let a = election(url, name, "a", Duration::from_secs(5));
+    let b = election(url, name, "b", Duration::from_secs(5));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
+    );
+    assert!(!b.is_leader());
+    let token = a.fencing_token().unwrap();
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || b.is_leader()).await,
+        "the follower leads after the leader stops"
+    );
+    assert!(b.fencing_token().unwrap() > token);
+    b
+}
+
+// TLS
+
+/// A throwaway CA and a server certificate it signed for 127.0.0.1 (and localhost), as PEM
+/// files in a scratch directory.
+struct Pki {
+    dir: PathBuf,
+    files: TlsFiles,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = scratch_dir("baton-etcd-pki");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Baton etcd test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let files = TlsFiles {
+            cert: write("server.pem", &cert.pem()),
+            key: write("server.key", &key.serialize_pem()),
+            ca: write("ca.pem", &ca_pem),
+        };
+        Pki { dir, files }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_election_runs_over_tls_and_a_wrong_ca_is_a_clear_error() {
+    let pki = Pki::new();
+    let server = EtcdServer::start_tls(&pki.files);
+    let url = format!("{}?ca={}", server.url(), pki.files.ca.display());
+    assert!(url.starts_with("etcds://127.0.0.1:"), "{url}");
+    let name = unique("tls");
+
+    let store = EtcdStore::open(&url).unwrap();
+    store.ping().await.unwrap();
+    let b = two_candidates_hand_over(&url, &name).await;
+    // etcdctl, over TLS too, sees Baton's leader.
+    let observed = Lines::spawn({
+        let mut cmd = server.etcdctl();
+        cmd.args(["elect", "-l", &name]);
+        cmd
+    });
+    assert!(observed.next(Duration::from_secs(5)).is_some());
+    assert_eq!(observed.next(Duration::from_secs(1)).as_deref(), Some("b"));
+    assert_eq!(store.read(&name).await.unwrap().unwrap().holder, "b");
+    b.stop().await.unwrap();
+
+    // A CA that did not sign the server's certificate: the handshake fails, and the error says
+    // it is about the certificate, not that etcd is down.
+    let other = Pki::new();
+    let wrong = format!("{}?ca={}", server.url(), other.files.ca.display());
+    let err = EtcdStore::open(&wrong)
+        .unwrap()
+        .read(&name)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    println!("wrong CA: {msg}");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(msg.contains(&server.url()), "{msg}");
+
+    // Plain HTTP/2 to a TLS port fails too (it must not hang or look like success).
+    let plain = format!("etcd://127.0.0.1:{}", server.port());
+    let store = EtcdStore::open(&plain).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), store.read(&name)).await;
+    assert!(matches!(res, Ok(Err(_))), "{res:?}");
+}
+
+// Authentication
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
+    let mut server = EtcdServer::start();
+    let name = unique("auth");
+    server.enable_auth("root-secret-1");
+    server.add_user_for_prefix("app", "app-secret-2", &format!("{name}/"));
+    let url = format!("etcd://app:app-secret-2@127.0.0.1:{}", server.port());
+
+    let b = two_candidates_hand_over(&url, &name).await;
+    let record = EtcdStore::open(&url)
+        .unwrap()
+        .read(&name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.holder, "b");
+    // etcdctl as root sees the same leader.
+    let leader = server.ctl(&["get", "--prefix", &format!("{name}/"), "--print-value-only"]);
+    assert_eq!(leader, "b");
+    b.stop().await.unwrap();
+
+    // A wrong password: a configuration error naming the store, without the password.
+    let wrong = format!("etcd://app:wrong-pass-3@127.0.0.1:{}", server.port());
+    let err = EtcdStore::open(&wrong)
+        .unwrap()
+        .read(&name)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#} {err:?}");
+    println!("wrong password: {err:#}");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(msg.contains("authentication failed"), "{msg}");
+    assert!(msg.contains("app:****@"), "{msg}");
+    assert!(!msg.contains("wrong-pass-3"), "the password leaked: {msg}");
+    // The election's start fails the same way: retrying cannot fix a password.
+    let e = election(&wrong, &name, "c", Duration::from_secs(5));
+    let err = e.start().await.unwrap_err();
+    let msg = format!("{err:#} {err:?}");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(!msg.contains("wrong-pass-3"), "the password leaked: {msg}");
+
+    // The right password, but an election outside the user's prefix: refused, and said so.
+    let err = EtcdStore::open(&url)
+        .unwrap()
+        .read(&unique("elsewhere"))
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    println!("no permission: {msg}");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(msg.contains("permission denied"), "{msg}");
+    assert!(!msg.contains("app-secret-2"), "the password leaked: {msg}");
 }
