@@ -495,6 +495,8 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
     server.add_user_for_prefix("app", "app-secret-2", &format!("{name}/"));
     let url = format!("etcd://app:app-secret-2@127.0.0.1:{}", server.port());
 
+    // A user whose role covers only the election's prefix can check the connection.
+    EtcdStore::open(&url).unwrap().ping().await.unwrap();
     let b = two_candidates_hand_over(&url, &name).await;
     let record = EtcdStore::open(&url)
         .unwrap()
