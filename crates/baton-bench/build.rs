@@ -11,6 +11,8 @@ fn main() {
         ("redis", "BENCH_REDIS_RS_VERSION"),
         ("rusqlite", "BENCH_RUSQLITE_VERSION"),
         ("tokio", "BENCH_TOKIO_VERSION"),
+        ("sqlx", "BENCH_SQLX_VERSION"),
+        ("etcd-client", "BENCH_ETCD_CLIENT_VERSION"),
     ] {
         println!("cargo::rustc-env={var}={}", locked_version(&text, krate));
     }

@@ -90,6 +90,16 @@ struct Rates {
 }
 
 impl Cost {
+    /// The leader's requests per second.
+    pub fn leader_rate(&self) -> f64 {
+        self.rates().leader
+    }
+
+    /// One idle follower's requests per second.
+    pub fn follower_rate(&self) -> f64 {
+        self.rates().per_follower
+    }
+
     fn rates(&self) -> Rates {
         let secs = self.elapsed.as_secs_f64();
         let renewals = self.stats.get("pexpire");
@@ -116,7 +126,7 @@ impl Cost {
         let r = self.rates();
         vec![
             Row::new(
-                "cost: leader",
+                "Redis cost: leader",
                 format!(
                     "{:.2} requests/s (renew every {})",
                     r.leader,
@@ -126,7 +136,7 @@ impl Cost {
                 r.leader_ok,
             ),
             Row::new(
-                "cost: idle follower",
+                "Redis cost: idle follower",
                 format!(
                     "{:.3} requests/s each ({:.2}/s for {})",
                     r.per_follower,

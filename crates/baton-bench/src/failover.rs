@@ -9,6 +9,10 @@
 //! `BecameLeader`; the store's own clock started the lease a little after that instant, so the
 //! figure is an upper bound. The renewals make the follower re-read a moved expiry, as it does
 //! behind a live leader.
+//!
+//! Stores whose candidacy does something when dropped (etcd's revokes its lease, as a clean
+//! exit should) are crashed with `leak`: the candidacy is forgotten, so no code of it runs
+//! again, as when its process is killed. The bench leaks one candidacy per such crash.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +36,14 @@ pub async fn crashes(
     key: &str,
     timing: Timing,
     rounds: usize,
+    leak: bool,
 ) -> BoxResult<Vec<Crash>> {
+    // Connect both instances first: a store's first call opens its connection (for the SQL
+    // stores a pool connection and the table check, for PostgreSQL a new backend), which
+    // would otherwise fall between the first round's last send and the lease's start.
+    for store in &stores {
+        store.read(key).await?;
+    }
     let mut crashes = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut crashed = stores[0].join(key, &format!("crashed-{round}")).await?;
@@ -68,7 +79,13 @@ pub async fn crashes(
                 }
             }
         }
-        drop(crashed); // vanishes: no release
+        if leak {
+            // Vanishes without its `Drop` running: etcd's candidacy gives its lease back when
+            // dropped (best effort, for a clean exit), which a killed process never does.
+            std::mem::forget(crashed);
+        } else {
+            drop(crashed); // vanishes: no release
+        }
 
         let limit = timing.lease * 3 + Duration::from_secs(5);
         let arrived = became_leader_within(&mut events, limit, "the survivor").await?;

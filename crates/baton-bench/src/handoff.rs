@@ -161,7 +161,7 @@ pub fn summary_row(rows: &[Row]) -> Option<report::Row> {
     let s = &row.samples;
     let (p50, p99) = (s.p(50.0), s.p(99.0));
     Some(report::Row::new(
-        "graceful handoff, in process",
+        "Redis: graceful handoff, in process",
         format!(
             "p50 {}, p99 {}, max {} ({} handoffs)",
             ms(p50),

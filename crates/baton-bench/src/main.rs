@@ -1,5 +1,5 @@
-//! `baton-bench`: Baton's benchmarks for the memory, SQLite and Redis stores, run by
-//! `scripts/bench`.
+//! `baton-bench`: Baton's benchmarks for the memory, SQLite, Redis, PostgreSQL, MySQL/MariaDB
+//! and etcd stores, and against peers, run by `scripts/bench`.
 //!
 //! Figures (issue 3's Redis table, and issue 8's where cheap):
 //!
@@ -11,7 +11,15 @@
 //!    server's `INFO commandstats`.
 //! 4. **Contention** (Redis): C candidates on one key; handoff latency and commands per handoff.
 //! 5. **Scale** (memory, SQLite, Redis): E elections in one child process; its CPU and RSS.
+//! 6. **PostgreSQL, MySQL/MariaDB, etcd** (one figure each): graceful handoff, crash failover
+//!    and cost (requests/s of the leader and of idle followers, from the server's own counters).
+//! 7. **Against `etcdctl elect`**: graceful handoff and crash failover across processes, Baton's
+//!    CLI against etcd's own election client, on one etcd.
+//! 8. **Against a naive SET NX poll client** on Redis: handoff, crash failover, idle cost.
 //!
+//! PostgreSQL and MySQL/MariaDB are the machine's servers (127.0.0.1:5432 and :3306, database
+//! `test`), used through a lease table of the bench's own that it drops afterwards; etcd is a
+//! throwaway server the bench spawns.
 //! Every Redis figure runs against a `redis-server` the bench spawns on a free loopback port
 //! (never the machine's 6379). Each figure is printed, and with `--write FILE` rewritten in its
 //! own marked section of that file (`docs/BENCHMARKS.md`); other sections are left alone.
@@ -19,12 +27,15 @@
 
 mod contention;
 mod cost;
+mod dbs;
 mod failover;
 mod handoff;
+mod peers;
 mod procfs;
 mod redis_admin;
 mod report;
 mod scale;
+mod server_stores;
 mod stores;
 
 use std::fmt::Write as _;
@@ -32,6 +43,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton::MemoryStore;
+use baton_testkit::etcd_server::EtcdServer;
 use baton_testkit::servers::{RedisServer, scratch_dir};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -43,7 +55,9 @@ use crate::stores::{StoreKind, Timing};
 pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, Parser)]
-#[command(about = "Baton's benchmarks: handoff, failover, cost, contention and scale per store")]
+#[command(
+    about = "Baton's benchmarks: handoff, failover, cost, contention and scale per store, and peers"
+)]
 struct Args {
     /// A few seconds of every figure, to check the benchmark works; writes nothing
     #[arg(long)]
@@ -57,6 +71,20 @@ struct Args {
     /// Only these figures (comma-separated) [default: all]
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
+    /// Timed handoffs of the postgres, mysql, etcd and vs-* figures [default: 100; smoke: 3-5]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Crashes of the postgres, mysql, etcd and vs-* figures [default: 10; smoke: 1]; `etcdctl
+    /// elect` crashes (60 s each) are at most 3
+    #[arg(long)]
+    crashes: Option<usize>,
+    /// Length of each cost window of the postgres, mysql, etcd and vs-naive-redis figures
+    /// [default: 20s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cost_window: Option<Duration>,
+    /// The `baton` binary for the vs-etcdctl figure [default: `baton` beside this executable]
+    #[arg(long)]
+    baton: Option<PathBuf>,
     #[command(subcommand)]
     child: Option<Child>,
 }
@@ -68,14 +96,24 @@ enum Figure {
     Cost,
     Contention,
     Scale,
+    Postgres,
+    Mysql,
+    Etcd,
+    VsEtcdctl,
+    VsNaiveRedis,
 }
 
-const ALL: [Figure; 5] = [
+const ALL: [Figure; 10] = [
     Figure::Handoff,
     Figure::Failover,
     Figure::Cost,
     Figure::Contention,
     Figure::Scale,
+    Figure::Postgres,
+    Figure::Mysql,
+    Figure::Etcd,
+    Figure::VsEtcdctl,
+    Figure::VsNaiveRedis,
 ];
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +125,8 @@ enum Child {
 
 /// How much of each figure to run.
 struct Profile {
+    /// The `--smoke` profile.
+    smoke: bool,
     /// (store, untimed warm-up handoffs, timed handoffs)
     handoff: [(&'static str, usize, usize); 3],
     handoff_timing: Timing,
@@ -97,12 +137,16 @@ struct Profile {
     scale: scale::Params,
     /// (store, E)
     scale_runs: Vec<(&'static str, usize)>,
+    server_stores: server_stores::Params,
+    etcdctl: peers::EtcdctlParams,
+    naive: peers::NaiveParams,
 }
 
 impl Profile {
     fn full() -> Profile {
         let contention_timing = Timing::ms(15_000, 5_000, 5_000);
         Profile {
+            smoke: false,
             handoff: [
                 ("memory", 50, 2000),
                 ("sqlite", 10, 200),
@@ -141,12 +185,45 @@ impl Profile {
                 ("redis", 100),
                 ("redis", 10_000),
             ],
+            server_stores: server_stores::Params {
+                warmup: 10,
+                rounds: 100,
+                handoff_timing: Timing::ms(2000, 500, 500),
+                crashes: 10,
+                cost: server_stores::CostParams {
+                    timing: Timing::ms(3000, 1000, 1000),
+                    followers: 10,
+                    settle: Duration::from_secs(5),
+                    window: Duration::from_secs(20),
+                },
+            },
+            etcdctl: peers::EtcdctlParams {
+                rounds: 100,
+                baton_crashes: 10,
+                etcdctl_crashes: 3,
+                etcdctl_crash_cap: Duration::from_secs(90),
+                timing: Timing::ms(2000, 500, 500),
+            },
+            naive: peers::NaiveParams {
+                retry: Duration::from_millis(100),
+                timing: Timing::ms(1000, 250, 250),
+                warmup: 10,
+                rounds: 100,
+                crashes: 10,
+                cost: cost::Params {
+                    timing: Timing::ms(3000, 1000, 1000),
+                    followers: 10,
+                    settle: Duration::from_secs(5),
+                    window: Duration::from_secs(20),
+                },
+            },
         }
     }
 
     fn smoke() -> Profile {
         let short = Timing::ms(600, 200, 200);
         Profile {
+            smoke: true,
             handoff: [("memory", 2, 20), ("sqlite", 1, 5), ("redis", 2, 20)],
             handoff_timing: Timing::ms(500, 100, 100),
             failover_rounds: 1,
@@ -169,6 +246,60 @@ impl Profile {
                 window: Duration::from_millis(300),
             },
             scale_runs: vec![("memory", 10), ("redis", 10)],
+            server_stores: server_stores::Params {
+                warmup: 1,
+                rounds: 5,
+                handoff_timing: Timing::ms(1000, 250, 250),
+                crashes: 1,
+                cost: server_stores::CostParams {
+                    timing: short,
+                    followers: 3,
+                    settle: Duration::from_millis(200),
+                    window: Duration::from_millis(500),
+                },
+            },
+            etcdctl: peers::EtcdctlParams {
+                rounds: 3,
+                baton_crashes: 1,
+                etcdctl_crashes: 1,
+                etcdctl_crash_cap: Duration::from_secs(1),
+                timing: Timing::ms(2000, 500, 500),
+            },
+            naive: peers::NaiveParams {
+                retry: Duration::from_millis(100),
+                timing: Timing::ms(1000, 250, 250),
+                warmup: 1,
+                rounds: 5,
+                crashes: 1,
+                cost: cost::Params {
+                    timing: short,
+                    followers: 3,
+                    settle: Duration::from_millis(200),
+                    window: Duration::from_millis(500),
+                },
+            },
+        }
+    }
+
+    /// Apply `--rounds`, `--crashes` and `--cost-window`.
+    fn adjust(&mut self, args: &Args) {
+        if let Some(n) = args.rounds {
+            self.server_stores.rounds = n.max(1);
+            self.server_stores.warmup = self.server_stores.warmup.min(n.div_ceil(10));
+            self.etcdctl.rounds = n.max(1);
+            self.naive.rounds = n.max(1);
+            self.naive.warmup = self.naive.warmup.min(n.div_ceil(10));
+        }
+        if let Some(n) = args.crashes {
+            let n = n.max(1);
+            self.server_stores.crashes = n;
+            self.etcdctl.baton_crashes = n;
+            self.etcdctl.etcdctl_crashes = n.min(3);
+            self.naive.crashes = n;
+        }
+        if let Some(w) = args.cost_window {
+            self.server_stores.cost.window = w;
+            self.naive.cost.window = w;
         }
     }
 }
@@ -191,14 +322,24 @@ fn run(args: &Args) -> BoxResult<()> {
     } else {
         ALL.into_iter().filter(|f| args.only.contains(f)).collect()
     };
-    let profile = if args.smoke {
+    let mut profile = if args.smoke {
         Profile::smoke()
     } else {
         Profile::full()
     };
+    profile.adjust(args);
     // Started from the main thread, which outlives the run: the server dies with the thread
     // that spawned it.
     let redis = RedisServer::start();
+    let etcd = (figures.contains(&Figure::Etcd) || figures.contains(&Figure::VsEtcdctl))
+        .then(EtcdServer::start);
+    let baton_exe = match &args.baton {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|dir| dir.join("baton"))
+            .ok_or("cannot locate the baton binary: pass --baton PATH")?,
+    };
     let dir = scratch_dir("baton-bench");
     let ctx = Context::new(args.command.clone());
     eprintln!(
@@ -215,7 +356,11 @@ fn run(args: &Args) -> BoxResult<()> {
         &figures,
         &profile,
         &ctx,
-        &redis.url(),
+        Servers {
+            redis_url: &redis.url(),
+            etcd: etcd.as_ref(),
+            baton: &baton_exe,
+        },
         &dir,
         &mut sections,
     ));
@@ -237,14 +382,22 @@ fn run(args: &Args) -> BoxResult<()> {
     outcome
 }
 
+/// The servers and binaries the figures run against.
+struct Servers<'a> {
+    redis_url: &'a str,
+    etcd: Option<&'a EtcdServer>,
+    baton: &'a std::path::Path,
+}
+
 async fn measure(
     figures: &[Figure],
     profile: &Profile,
     ctx: &Context,
-    redis_url: &str,
+    servers: Servers<'_>,
     dir: &std::path::Path,
     sections: &mut Vec<(&'static str, String)>,
 ) -> BoxResult<()> {
+    let redis_url = servers.redis_url;
     let kinds = [
         StoreKind::Memory(MemoryStore::new()),
         StoreKind::Sqlite(dir.join("bench.db")),
@@ -283,12 +436,13 @@ async fn measure(
                 &format!("bench:failover:{}", kind.name()),
                 timing,
                 profile.failover_rounds,
+                false,
             )
             .await?;
             let worst = crashes.iter().map(|c| c.failover).max().unwrap_or_default();
             if kind.name() == "redis" {
                 summary_rows.push(Row::new(
-                    "crash failover",
+                    "Redis: crash failover",
                     format!(
                         "worst of {} crashes {} with a {} lease (lease + {})",
                         crashes.len(),
@@ -348,6 +502,56 @@ async fn measure(
         }
         summary_rows.extend(scale::summary_rows(&runs));
         emit("scale", scale::report(&runs, profile.scale, ctx));
+    }
+
+    for (figure, store) in [
+        (Figure::Postgres, "postgres"),
+        (Figure::Mysql, "mysql"),
+        (Figure::Etcd, "etcd"),
+    ] {
+        if !figures.contains(&figure) {
+            continue;
+        }
+        let server = match store {
+            "postgres" => dbs::Server::postgres().await?,
+            "mysql" => dbs::Server::mysql().await?,
+            _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
+        };
+        let mut params = profile.server_stores;
+        if store == "postgres" && !profile.smoke {
+            // PostgreSQL backends report table counters up to 10 s late (see dbs.rs).
+            params.cost.settle = params.cost.settle.max(Duration::from_secs(11));
+        }
+        let run = server_stores::measure(store, &server, params).await;
+        server.cleanup().await;
+        let run = run?;
+        summary_rows.extend(run.summary_rows());
+        emit(store, run.report(ctx));
+    }
+
+    if figures.contains(&Figure::VsEtcdctl) {
+        let etcd = servers.etcd.ok_or("no etcd server")?;
+        let (endpoint, url, baton) = (etcd.endpoint(), etcd.url(), servers.baton.to_owned());
+        if !baton.exists() {
+            return Err(format!(
+                "{} does not exist: build the baton binary, or pass --baton PATH",
+                baton.display()
+            )
+            .into());
+        }
+        let params = profile.etcdctl;
+        let run = tokio::task::spawn_blocking(move || {
+            peers::etcdctl_vs_baton(&endpoint, &url, &baton, params)
+        })
+        .await??;
+        summary_rows.extend(run.summary_rows());
+        emit("vs-etcdctl", run.report(ctx));
+    }
+
+    if figures.contains(&Figure::VsNaiveRedis) {
+        let run = peers::naive_vs_baton(redis_url, &mut admin, profile.naive).await?;
+        summary_rows.extend(run.summary_rows());
+        emit("vs-naive-redis", run.report(ctx));
     }
 
     if figures == ALL {
@@ -428,7 +632,7 @@ fn failover_report(rows: &[(&str, Vec<failover::Crash>)], timing: Timing, ctx: &
 
 fn summary(rows: &[Row], ctx: &Context) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## Summary: the Redis targets (issue 3)\n");
+    let _ = writeln!(out, "## Summary: the targets\n");
     let _ = writeln!(
         out,
         "From the same run as the sections below, which give the method, the detail, and for \
@@ -447,6 +651,9 @@ fn summary(rows: &[Row], ctx: &Context) -> String {
         );
     }
     out.push('\n');
-    out.push_str(&ctx.footer(&["redis"]));
+    out.push_str(&ctx.footer(&[
+        "redis",
+        "PostgreSQL, MySQL/MariaDB and etcd as given in their sections",
+    ]));
     out
 }

@@ -19,6 +19,10 @@ pub enum StoreKind {
     Sqlite(PathBuf),
     /// One Redis server; every instance is its own `RedisStore`, so its own connection.
     Redis(String),
+    /// PostgreSQL, MySQL/MariaDB or etcd: `(name, url)`; every instance is a store of its own
+    /// (for SQL its own pool and, on PostgreSQL, its own `LISTEN` connection; for etcd its own
+    /// client), as a separate process would have.
+    Url(&'static str, String),
 }
 
 impl StoreKind {
@@ -27,6 +31,7 @@ impl StoreKind {
             StoreKind::Memory(_) => "memory",
             StoreKind::Sqlite(_) => "sqlite",
             StoreKind::Redis(_) => "redis",
+            StoreKind::Url(name, _) => name,
         }
     }
 
@@ -36,6 +41,7 @@ impl StoreKind {
             StoreKind::Memory(store) => Arc::new(store.clone()),
             StoreKind::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
             StoreKind::Redis(url) => Arc::new(RedisStore::open(url)?),
+            StoreKind::Url(_, url) => baton::connect::store_from_url(url)?,
         })
     }
 
