@@ -421,6 +421,20 @@ async fn postgres_notify_names_the_key_and_the_change() {
             holder: "alice".to_owned()
         })
     );
+    // A renewal is pushed too, so idle followers wait out the fresh lease without asking.
+    assert_eq!(
+        c.renew(&l1, Duration::from_secs(5)).await.unwrap(),
+        baton::Renew::Renewed
+    );
+    let next = tokio::time::timeout(Duration::from_secs(2), changes.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        Some(baton::Change::Renewed {
+            holder: "alice".to_owned()
+        })
+    );
     c.release(&l1).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(2), changes.next())
         .await

@@ -41,8 +41,11 @@
 //!
 //! # Push
 //!
-//! Acquire and release call `pg_notify` in the same statement as the write, so a notice is
-//! sent exactly when the write commits, on the channel named like the table. A store listens
+//! Acquire, renew and release call `pg_notify` in the same statement as the write, so a notice
+//! is sent exactly when the write commits, on the channel named like the table. A follower that
+//! hears of an acquire or a renewal waits out that fresh lease without asking the server, so
+//! idle followers send no statements while the leader renews (the cost is one notice per
+//! renewal to each listening connection). A store listens
 //! on a dedicated connection (sqlx's `PgListener`, outside the pool), started by the first
 //! [`watch`](Candidacy::watch) and kept until the store is dropped; it reconnects by itself,
 //! and after a reconnect tells every watcher to look again ([`Change::Other`]), since notices
@@ -161,12 +164,22 @@ CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(won.key) + octet_length(
     THEN 'a ' || length(won.holder) || ' ' || won.holder || won.key ELSE '' END) AS n";
 
 /// Extend the lease at key `$1` by `$4` µs from now if holder `$2` with token `$3` holds it and
-/// it has not expired.
+/// it has not expired, and notify channel `$5` (`n <holder length> <holder><key>`), so idle
+/// followers wait out the fresh lease without asking. Returns a row if renewed. No notice for
+/// keys too long for a payload: the followers of those ask at the lease's end instead.
 const RENEW: &str = "
-UPDATE {t}
-SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond',
-    renewed_at = clock_timestamp()
-WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()";
+WITH renewed AS (
+    UPDATE {t}
+    SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond',
+        renewed_at = clock_timestamp()
+    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()
+    RETURNING key, holder
+)
+SELECT 1 FROM renewed
+LEFT JOIN LATERAL (
+    SELECT pg_notify($5, 'n ' || length(renewed.holder) || ' ' || renewed.holder || renewed.key)
+    WHERE octet_length(renewed.key) + octet_length(renewed.holder) < 7000
+) AS n ON true";
 
 /// Free key `$1` if holder `$2` with token `$3` holds it (the row and its token stay), and
 /// notify channel `$4` (`r <key>`).
@@ -565,11 +578,12 @@ impl Candidacy for PostgresCandidacy {
                     .bind(&lease.holder)
                     .bind(token)
                     .bind(ttl_us(ttl))
-                    .execute(&inner.pool)
+                    .bind(&inner.url.table)
+                    .fetch_all(&inner.pool)
             })
             .await
             .map_err(|e| inner.error(&doing, Effect::None, e))?;
-            if done.rows_affected() == 1 {
+            if done.len() == 1 {
                 return Ok(Renew::Renewed);
             }
         }
@@ -695,8 +709,9 @@ async fn listen(
     }
 }
 
-/// `r <key>` or `a <holder length in characters> <holder><key>`; anything else (an empty
-/// payload for very long keys) concerns every key.
+/// `r <key>`, `a <holder length in characters> <holder><key>` (acquired) or
+/// `n <holder length> <holder><key>` (renewed); anything else (an empty payload for very long
+/// keys) concerns every key.
 fn parse_payload(payload: &str) -> Notice {
     let other = Notice {
         key: None,
@@ -708,8 +723,10 @@ fn parse_payload(payload: &str) -> Notice {
             change: Change::Released,
         };
     }
-    let Some(rest) = payload.strip_prefix("a ") else {
-        return other;
+    let (rest, renewed) = match (payload.strip_prefix("a "), payload.strip_prefix("n ")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return other,
     };
     let Some((len, rest)) = rest.split_once(' ') else {
         return other;
@@ -719,10 +736,13 @@ fn parse_payload(payload: &str) -> Notice {
     };
     let split = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
     let (holder, key) = rest.split_at(split);
+    let holder = holder.to_owned();
     Notice {
         key: Some(key.into()),
-        change: Change::Acquired {
-            holder: holder.to_owned(),
+        change: if renewed {
+            Change::Renewed { holder }
+        } else {
+            Change::Acquired { holder }
         },
     }
 }
@@ -744,6 +764,14 @@ mod tests {
             n.change,
             Change::Acquired {
                 holder: "bøb".to_owned()
+            }
+        );
+        let n = parse_payload("n 5 alicejobs");
+        assert_eq!(n.key.as_deref(), Some("jobs"));
+        assert_eq!(
+            n.change,
+            Change::Renewed {
+                holder: "alice".to_owned()
             }
         );
         assert_eq!(parse_payload("").key, None);
