@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, Pipeline,
     PushInfo, PushKind, RedisConnectionInfo, RedisFuture, RedisResult, ScriptInvocation,
@@ -238,24 +237,6 @@ impl Connection {
     ) -> Result<T> {
         let mut call = self.call().await?;
         let result = script.invoke_async(&mut call.link).await;
-        call.finish(result, what)
-    }
-
-    /// Run a command; in a cluster, on the master of `key`'s slot.
-    pub async fn query<T: FromRedisValue>(&self, cmd: Cmd, key: &str, what: &str) -> Result<T> {
-        let mut call = self.call().await?;
-        let result = match &mut call.link {
-            Link::Cluster(conn) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::with_key(key, SlotAddr::Master),
-                ));
-                match conn.route_command(cmd, route).await {
-                    Ok(value) => T::from_redis_value(value).map_err(Into::into),
-                    Err(e) => Err(e),
-                }
-            }
-            link => cmd.query_async(link).await,
-        };
         call.finish(result, what)
     }
 

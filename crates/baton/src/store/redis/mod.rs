@@ -185,10 +185,13 @@ if not last then fresh = '1'; last = '0' end
 local now = redis.call('TIME')
 local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local token = string.format('%.0f', math.max(tonumber(last) + 1, us))
+-- For the restart guard, read before any write: a script that fails midway keeps its writes.
+local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)') or ''
+local offset = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(%-?%d+)') or ''
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
 redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
-return {'acquired', token, fresh}
+return {'acquired', token, fresh, uptime, offset}
 "#;
 
 /// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = TTL in ms,
@@ -439,17 +442,17 @@ impl RedisStore {
     }
 
     /// How long to wait before acting on a lease acquired when the counter was missing.
-    async fn restart_wait(&self, key: &str, ttl: Duration, fresh: bool) -> Result<Duration> {
-        let info: String = self
-            .inner
-            .conn
-            .query(redis::cmd("INFO"), key, "INFO")
-            .await?;
-        let facts = ServerFacts::parse(&info).ok_or_else(|| Error::Unavailable {
-            store: "redis",
-            message: "INFO did not report uptime_in_seconds".into(),
-            source: None,
-        })?;
+    ///
+    /// The acquire script read `INFO` itself (the server's uptime, and whether it was promoted
+    /// from replica), so this costs no round trip, and nothing can fail between taking the
+    /// lease and knowing how long to hold it. A reply without the uptime is taken as a server
+    /// that just started: the whole lease is waited.
+    fn restart_wait(key: &str, ttl: Duration, fresh: bool, reply: &[String]) -> Duration {
+        let field = |i: usize| reply.get(i).map_or("", String::as_str);
+        let facts = ServerFacts::from_fields(field(3), field(4)).unwrap_or(ServerFacts {
+            uptime: Duration::ZERO,
+            promoted: false,
+        });
         let wait = if fresh {
             facts.restart_wait(ttl)
         } else {
@@ -465,7 +468,7 @@ impl RedisStore {
                  holding the lease without acting until an earlier leader's lease is surely over"
             );
         }
-        Ok(wait)
+        wait
     }
 
     async fn subscribe(&self, key: &str) -> Result<Changes> {
@@ -505,17 +508,14 @@ struct ServerFacts {
 }
 
 impl ServerFacts {
-    fn parse(info: &str) -> Option<ServerFacts> {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        let reported: u64 = field("uptime_in_seconds")?.parse().ok()?;
+    /// From `uptime_in_seconds` and `second_repl_offset` as `INFO` writes them.
+    fn from_fields(uptime: &str, second_repl_offset: &str) -> Option<ServerFacts> {
+        let reported: u64 = uptime.trim().parse().ok()?;
         let uptime = Duration::from_secs(reported.saturating_sub(1));
-        let promoted = field("second_repl_offset")
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|offset| offset >= 0);
+        let promoted = second_repl_offset
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|offset| offset >= 0);
         Some(ServerFacts { uptime, promoted })
     }
 
@@ -714,7 +714,7 @@ impl Candidacy for RedisCandidacy {
                 // given the lease up without ever acting, while the leader from before the
                 // restart still does (found by scripts/chaos, store-restart seed 417670): so
                 // every acquire waits until the server has been up for a lease.
-                let mut act_after = self.store.restart_wait(&self.key, ttl, fresh).await?;
+                let mut act_after = RedisStore::restart_wait(&self.key, ttl, fresh, &reply);
                 if self
                     .store
                     .inner
@@ -848,9 +848,9 @@ mod tests {
         // Redis reports whole seconds since a whole-second start: "1" can mean 0.1 s. With a
         // 1.5 s lease, an acquire right after a restart must still wait at least 1.5 s.
         let ttl = Duration::from_millis(1500);
-        let facts = ServerFacts::parse("# Server\r\nuptime_in_seconds:1\r\n").unwrap();
+        let facts = ServerFacts::from_fields("1", "-1").unwrap();
         assert_eq!(facts.restart_wait(ttl), ttl);
-        let facts = ServerFacts::parse("# Server\r\nuptime_in_seconds:2\r\n").unwrap();
+        let facts = ServerFacts::from_fields("2", "-1").unwrap();
         assert_eq!(facts.restart_wait(ttl), Duration::from_millis(500));
     }
 
@@ -858,18 +858,16 @@ mod tests {
     fn restart_wait_from_info() {
         let ttl = Duration::from_secs(15);
         // 4 whole seconds reported: surely up for 3.
-        let fresh = ServerFacts::parse("# Server\r\nuptime_in_seconds:4\r\n").unwrap();
+        let fresh = ServerFacts::from_fields("4", "").unwrap();
         assert_eq!(fresh.restart_wait(ttl), Duration::from_secs(12));
-        let old = ServerFacts::parse(
-            "uptime_in_seconds:86400\r\n# Replication\r\nrole:master\r\nsecond_repl_offset:-1\r\n",
-        )
-        .unwrap();
+        let old = ServerFacts::from_fields("86400", "-1").unwrap();
         assert_eq!(old.restart_wait(ttl), Duration::ZERO);
-        let promoted =
-            ServerFacts::parse("uptime_in_seconds:86400\r\nsecond_repl_offset:123457\r\n").unwrap();
+        let promoted = ServerFacts::from_fields("86400", "123457").unwrap();
         assert!(promoted.promoted);
         assert_eq!(promoted.restart_wait(ttl), ttl);
-        assert_eq!(ServerFacts::parse("# Server\r\n"), None);
+        assert_eq!(ServerFacts::from_fields("", "-1"), None);
+        // A reply without the uptime: wait the whole lease.
+        assert_eq!(RedisStore::restart_wait("k", ttl, true, &[]), ttl);
     }
 
     #[test]
