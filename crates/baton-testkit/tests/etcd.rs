@@ -19,6 +19,7 @@ use baton::{BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Resu
 use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
 use baton_testkit::servers::{TlsFiles, scratch_dir};
+use baton_testkit::tls::TestCa;
 
 /// Every `store()` is a new client of the shared server, as another process would have.
 struct EtcdFactory;
@@ -391,46 +392,9 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
         let dir = scratch_dir("baton-etcd-pki");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "Baton etcd test CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "127.0.0.1");
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let write = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-        let files = TlsFiles {
-            cert: write("server.pem", &cert.pem()),
-            key: write("server.key", &key.serialize_pem()),
-            ca: write("ca.pem", &ca_pem),
-        };
+        let files =
+            TestCa::new("Baton etcd test CA").server_files(&dir, &["127.0.0.1", "localhost"]);
         Pki { dir, files }
     }
 }
