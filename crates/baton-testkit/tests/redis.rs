@@ -883,6 +883,73 @@ async fn idle_followers_send_no_commands_while_the_leader_renews() {
     assert_eq!(elections.iter().filter(|e| e.is_leader()).count(), 1);
 }
 
+/// A release wakes one candidate per connection, not every follower (docs/decisions.md D38):
+/// the others learn the new leader from its `acquired` message and ask Redis nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_wakes_one_candidate_per_connection_not_the_herd() {
+    let server = RedisServer::start();
+    let leader_store = RedisStore::open(&server.url()).unwrap();
+    let followers_store = RedisStore::open(&server.url()).unwrap();
+    prime(&leader_store, "jobs").await;
+    let leader = short(&leader_store, "jobs", "leader");
+    lead(&leader).await;
+    let followers: Vec<LeaderElection> = (0..20)
+        .map(|i| short(&followers_store, "jobs", &format!("f{i}")))
+        .collect();
+    for f in &followers {
+        f.start().await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || followers
+            .iter()
+            .all(|f| f.current_leader_id().as_deref() == Some("leader")))
+        .await
+    );
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    leader.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || followers
+            .iter()
+            .filter(|f| f.is_leader())
+            .count()
+            == 1)
+        .await,
+        "a follower takes over by push"
+    );
+    let new = followers
+        .iter()
+        .find(|f| f.is_leader())
+        .unwrap()
+        .candidate_id()
+        .to_owned();
+    assert!(
+        wait_until(Duration::from_secs(5), || followers
+            .iter()
+            .all(|f| f.current_leader_id().as_deref() == Some(new.as_str())))
+        .await,
+        "every follower learns the new leader"
+    );
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // HMGET runs only in an acquire that finds the key held. A herd would be 19 of them;
+    // a machine stalled past the fallback wait may let a few through, never most.
+    assert!(
+        calls("hmget") < 10,
+        "{} followers asked in vain:\n{stats}",
+        calls("hmget")
+    );
+    for f in &followers {
+        f.stop().await.unwrap();
+    }
+}
+
 /// Regression (scripts/chaos, store-restart seed 417670): after a restart that lost the data, a
 /// candidate that re-created the token counter and gave the lease up without ever acting let
 /// the next candidate act at once, while the leader from before the restart was still stopping

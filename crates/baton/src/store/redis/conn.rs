@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::map_error;
+use super::target::{Kind, Target};
+use super::wake::Route;
+use crate::store::Change;
+use crate::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -16,12 +21,6 @@ use redis::{
     PushInfo, PushKind, RedisConnectionInfo, RedisFuture, RedisResult, ScriptInvocation,
     TlsCertificates, Value,
 };
-use tokio::sync::broadcast;
-
-use super::map_error;
-use super::target::{Kind, Target};
-use crate::store::Change;
-use crate::{Error, Result};
 
 /// How long to wait for a TCP (and TLS) connection to a server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +40,7 @@ const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(super) struct PubSub {
     /// Watchers of each channel. Push messages are routed here.
-    pub routes: Mutex<HashMap<String, broadcast::Sender<Change>>>,
+    pub routes: Mutex<HashMap<String, Arc<Route>>>,
     /// Channels subscribed on the server. Held while (re)subscribing, so a channel is never
     /// subscribed twice, nor missed when a Sentinel connection moves to a new master.
     subscribed: tokio::sync::Mutex<HashSet<String>>,
@@ -51,8 +50,8 @@ impl PubSub {
     /// Wake every watcher: messages may have been lost, so they should look for themselves.
     fn wake_all(&self) {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        for tx in routes.values() {
-            let _ = tx.send(Change::Other);
+        for route in routes.values() {
+            route.send(Change::Other);
         }
     }
 }
@@ -72,7 +71,7 @@ impl redis::aio::AsyncPushSender for Router {
                     return Ok(());
                 };
                 let routes = self.0.routes.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(tx) = routes.get(&channel) {
+                if let Some(route) = routes.get(&channel) {
                     let change = if let Some(holder) = payload.strip_prefix("acquired:") {
                         Change::Acquired {
                             holder: holder.to_owned(),
@@ -86,7 +85,7 @@ impl redis::aio::AsyncPushSender for Router {
                     } else {
                         Change::Other
                     };
-                    let _ = tx.send(change);
+                    route.send(change);
                 }
             }
             PushKind::Disconnection => self.0.wake_all(),

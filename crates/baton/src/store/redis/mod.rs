@@ -148,19 +148,17 @@
 mod batch;
 mod conn;
 mod target;
+mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{ErrorKind, RedisError, Script};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, PubSub};
-use super::{
-    Acquire, Candidacy, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
-    broadcast_changes,
-};
+use super::{Acquire, Candidacy, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo};
 use crate::{Error, FencingToken, Result, connect::redact};
 
 /// `KEYS[1]` = key, `KEYS[2]` = companion hash; `ARGV[1]` = candidate, `ARGV[2]` = TTL in ms,
@@ -471,25 +469,29 @@ impl RedisStore {
         wait
     }
 
-    async fn subscribe(&self, key: &str) -> Result<Changes> {
+    /// Subscribe to `key`'s change channel: as a candidate (a release wakes one candidate of
+    /// this store, see [`wake`]) or as an observer (every change as it comes).
+    async fn subscribe(&self, key: &str, candidate: bool) -> Result<Changes> {
         let channel = change_channel(key);
-        let rx = {
+        let changes = {
             let mut routes = self
                 .inner
                 .pubsub
                 .routes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            routes
-                .entry(channel.clone())
-                .or_insert_with(|| broadcast::channel(64).0)
-                .subscribe()
+            let route = routes.entry(channel.clone()).or_default();
+            if candidate {
+                route.candidate()
+            } else {
+                route.observer()
+            }
         };
         self.inner
             .conn
             .subscribe(&self.inner.pubsub, &channel)
             .await?;
-        Ok(broadcast_changes(rx))
+        Ok(changes)
     }
 }
 
@@ -672,7 +674,7 @@ impl LeaseStore for RedisStore {
     }
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
-        self.subscribe(key).await.map(Some)
+        self.subscribe(key, false).await.map(Some)
     }
 
     fn info(&self) -> StoreInfo {
@@ -807,7 +809,7 @@ impl Candidacy for RedisCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        self.store.subscribe(&self.key).await.map(Some)
+        self.store.subscribe(&self.key, true).await.map(Some)
     }
 }
 
