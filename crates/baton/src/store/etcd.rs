@@ -100,6 +100,7 @@ use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
 };
@@ -387,30 +388,26 @@ mod tonic_code {
 /// A TLS handshake that failed for a reason retrying cannot fix, explained: the error's text
 /// (with its sources: rustls's reason sits deep inside tonic's transport error) and what to do.
 fn tls_problem(e: &etcd_client::Error) -> Option<String> {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
+    let text = chain_text(e);
+    let fix = match CertFault::read(&text)? {
+        CertFault::UnknownCa => {
+            "the server's certificate is not signed by a CA Baton trusts: pass the CA that signed \
+             it with ?ca=/path/to/ca.pem"
         }
-        source = s.source();
-    }
-    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "the server's certificate is not signed by a CA Baton trusts: pass the CA that signed \
-         it with ?ca=/path/to/ca.pem"
-    } else if text.contains("NotValidForName") {
-        "the server's certificate is not valid for the host name Baton connected to: use a \
-         host name the certificate lists, or reissue it with this one"
-    } else if text.contains("Expired") || text.contains("NotValidYet") {
-        "a certificate is outside its validity period: renew it, or check the clocks"
-    } else if text.contains("CertificateRequired") {
-        "etcd requires a client certificate (--client-cert-auth): pass \
-         &cert=/path/client.pem&key=/path/client.key"
-    } else if text.contains("invalid peer certificate") {
-        "check the CA (?ca=) and the server's certificate"
-    } else {
-        return None;
+        CertFault::WrongName => {
+            "the server's certificate is not valid for the host name Baton connected to: use a \
+             host name the certificate lists, or reissue it with this one"
+        }
+        CertFault::OutsideValidity => RENEW_OR_CHECK_CLOCKS,
+        CertFault::ClientCertRequired => {
+            "etcd requires a client certificate (--client-cert-auth): pass \
+             &cert=/path/client.pem&key=/path/client.key"
+        }
+        CertFault::OtherCertificate => "check the CA (?ca=) and the server's certificate",
+        CertFault::Refused => {
+            "etcd refused the handshake: if it requires client certificates \
+             (--client-cert-auth), pass &cert= and &key= signed by a CA it trusts"
+        }
     };
     Some(format!("{text}; {fix}"))
 }

@@ -51,6 +51,13 @@ use futures_util::Stream;
 
 use crate::Result;
 
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "etcd"
+))]
+mod cert;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;

@@ -158,6 +158,7 @@ use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, PubSub};
+use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::{Acquire, Candidacy, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo};
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -596,24 +597,25 @@ fn map_error(e: RedisError, what: &str, address: &str) -> Error {
 /// reach us as text inside an I/O error.
 fn tls_problem(e: &RedisError, address: &str) -> Option<String> {
     let text = e.to_string();
-    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "the server's certificate is not signed by a CA Baton trusts: pass the CA that signed \
-         it, ?ca=/path/to/ca.pem in the URL or RedisStoreBuilder::ca_cert_pem"
-    } else if text.contains("NotValidForName") {
-        "the server's certificate is not valid for the host name Baton connected to: use a \
-         host name the certificate lists, or reissue it with this one"
-    } else if text.contains("Expired") || text.contains("NotValidYet") {
-        "a certificate is outside its validity period: renew it, or check the clocks"
-    } else if text.contains("CertificateRequired") {
-        "Redis requires a client certificate: pass ?cert=/path/client.pem&key=/path/client.key \
-         in the URL or RedisStoreBuilder::client_cert_pem"
-    } else if text.contains("invalid peer certificate") {
-        "check the CA (?ca=) and the server's certificate"
-    } else if text.contains("received fatal alert") {
-        "Redis refused the handshake: if it requires client certificates \
-         (tls-auth-clients yes), pass ?cert= and ?key= signed by a CA it trusts"
-    } else {
-        return None;
+    let fix = match CertFault::read(&text)? {
+        CertFault::UnknownCa => {
+            "the server's certificate is not signed by a CA Baton trusts: pass the CA that \
+             signed it, ?ca=/path/to/ca.pem in the URL or RedisStoreBuilder::ca_cert_pem"
+        }
+        CertFault::WrongName => {
+            "the server's certificate is not valid for the host name Baton connected to: use a \
+             host name the certificate lists, or reissue it with this one"
+        }
+        CertFault::OutsideValidity => RENEW_OR_CHECK_CLOCKS,
+        CertFault::ClientCertRequired => {
+            "Redis requires a client certificate: pass ?cert=/path/client.pem&key=/path/client.key \
+             in the URL or RedisStoreBuilder::client_cert_pem"
+        }
+        CertFault::OtherCertificate => "check the CA (?ca=) and the server's certificate",
+        CertFault::Refused => {
+            "Redis refused the handshake: if it requires client certificates \
+             (tls-auth-clients yes), pass ?cert= and ?key= signed by a CA it trusts"
+        }
     };
     Some(format!(
         "TLS with Redis at {address} failed ({text}): {fix}"

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::{Change, Changes};
 use crate::connect::redact;
 use crate::{Error, Result};
@@ -374,24 +375,20 @@ fn tls_fix(e: &sqlx::Error, p: TlsParams) -> Option<(String, String)> {
         sqlx::Error::Io(io) => io.to_string(),
         _ => return None,
     };
-    let fix = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        format!(
+    let fix = match CertFault::read(&text)? {
+        CertFault::UnknownCa => format!(
             "the server's certificate is not signed by a CA Baton trusts: name the CA that signed it with {ca}=/path/to/ca.pem (trusted in addition to the system's trust store)"
-        )
-    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
-        format!(
+        ),
+        CertFault::WrongName => format!(
             "the server's certificate does not name the host in the URL: connect by a name the certificate lists, reissue the certificate with this one, or use {verify_ca}, which checks the chain but not the name (any certificate from a CA in {ca}= or in the system's trust store then passes)"
-        )
-    } else if text.contains("Expired") || text.contains("NotValidYet") {
-        "a certificate is outside its validity period: renew it, or check the clocks".to_owned()
-    } else if text.contains("CertificateRequired") || text.contains("received fatal alert") {
-        format!(
+        ),
+        CertFault::OutsideValidity => RENEW_OR_CHECK_CLOCKS.to_owned(),
+        CertFault::ClientCertRequired | CertFault::Refused => format!(
             "the server refused the handshake: if it requires a client certificate, pass {client}"
-        )
-    } else if text.contains("invalid peer certificate") {
-        format!("check {mode}, the CA ({ca}=) and the server's certificate")
-    } else {
-        return None;
+        ),
+        CertFault::OtherCertificate => {
+            format!("check {mode}, the CA ({ca}=) and the server's certificate")
+        }
     };
     Some((text, fix))
 }
