@@ -5,6 +5,9 @@
 //!
 //! 1. **Graceful handoff in process** (memory, SQLite, Redis): two elections on two store
 //!    instances pass leadership back and forth; `stop()` → the follower's `BecameLeader`.
+//!    **Across processes** (SQLite, Redis, PostgreSQL, MySQL/MariaDB, etcd): `baton campaign
+//!    --json` processes; SIGINT to the leader → the follower's `became_leader`, on the boot
+//!    clock (and `etcdctl elect` on the same etcd, for comparison).
 //! 2. **Crash failover** (memory, SQLite, Redis): a leader that vanishes without releasing; its
 //!    last acquire/renew send → the follower's `BecameLeader`, against the lease.
 //! 3. **Cost** (Redis): requests per second of one leader and ten idle followers, from the
@@ -25,6 +28,7 @@
 //! own marked section of that file (`docs/BENCHMARKS.md`); other sections are left alone.
 //! `--smoke` runs every figure briefly, to check that the benchmark works, and writes nothing.
 
+mod cli_handoff;
 mod contention;
 mod cost;
 mod dbs;
@@ -32,6 +36,7 @@ mod failover;
 mod handoff;
 mod peers;
 mod procfs;
+mod procs;
 mod redis_admin;
 mod report;
 mod scale;
@@ -71,7 +76,8 @@ struct Args {
     /// Only these figures (comma-separated) [default: all]
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
-    /// Timed handoffs of the postgres, mysql, etcd and vs-* figures [default: 100; smoke: 3-5]
+    /// Timed handoffs of the cli-handoff (per store), postgres, mysql, etcd and vs-* figures
+    /// [default: 100; smoke: 3-5]
     #[arg(long)]
     rounds: Option<usize>,
     /// Crashes of the postgres, mysql, etcd and vs-* figures [default: 10; smoke: 1]; `etcdctl
@@ -82,7 +88,8 @@ struct Args {
     /// [default: 20s]
     #[arg(long, value_parser = humantime::parse_duration)]
     cost_window: Option<Duration>,
-    /// The `baton` binary for the vs-etcdctl figure [default: `baton` beside this executable]
+    /// The `baton` binary for the cli-handoff and vs-etcdctl figures [default: `baton` beside
+    /// this executable]
     #[arg(long)]
     baton: Option<PathBuf>,
     #[command(subcommand)]
@@ -92,6 +99,7 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Figure {
     Handoff,
+    CliHandoff,
     Failover,
     Cost,
     Contention,
@@ -103,8 +111,9 @@ enum Figure {
     VsNaiveRedis,
 }
 
-const ALL: [Figure; 10] = [
+const ALL: [Figure; 11] = [
     Figure::Handoff,
+    Figure::CliHandoff,
     Figure::Failover,
     Figure::Cost,
     Figure::Contention,
@@ -130,6 +139,7 @@ struct Profile {
     /// (store, untimed warm-up handoffs, timed handoffs)
     handoff: [(&'static str, usize, usize); 3],
     handoff_timing: Timing,
+    cli_handoff: cli_handoff::Params,
     failover_rounds: usize,
     failover_timing: Timing,
     cost: cost::Params,
@@ -153,6 +163,10 @@ impl Profile {
                 ("redis", 50, 2000),
             ],
             handoff_timing: Timing::ms(2000, 500, 500),
+            cli_handoff: cli_handoff::Params {
+                rounds: 100,
+                timing: CLI_TIMING,
+            },
             failover_rounds: 10,
             failover_timing: Timing::ms(1000, 250, 250),
             cost: cost::Params {
@@ -226,6 +240,12 @@ impl Profile {
             smoke: true,
             handoff: [("memory", 2, 20), ("sqlite", 1, 5), ("redis", 2, 20)],
             handoff_timing: Timing::ms(500, 100, 100),
+            cli_handoff: cli_handoff::Params {
+                rounds: 3,
+                // A shorter lease than the full run's: Redis's restart guard is waited out
+                // first (etcd leases are at least 2 s).
+                timing: Timing::ms(2000, 500, 500),
+            },
             failover_rounds: 1,
             failover_timing: Timing::ms(300, 100, 100),
             cost: cost::Params {
@@ -284,6 +304,7 @@ impl Profile {
     /// Apply `--rounds`, `--crashes` and `--cost-window`.
     fn adjust(&mut self, args: &Args) {
         if let Some(n) = args.rounds {
+            self.cli_handoff.rounds = n.max(1);
             self.server_stores.rounds = n.max(1);
             self.server_stores.warmup = self.server_stores.warmup.min(n.div_ceil(10));
             self.etcdctl.rounds = n.max(1);
@@ -331,7 +352,9 @@ fn run(args: &Args) -> BoxResult<()> {
     // Started from the main thread, which outlives the run: the server dies with the thread
     // that spawned it.
     let redis = RedisServer::start();
-    let etcd = (figures.contains(&Figure::Etcd) || figures.contains(&Figure::VsEtcdctl))
+    let etcd = [Figure::CliHandoff, Figure::Etcd, Figure::VsEtcdctl]
+        .iter()
+        .any(|f| figures.contains(f))
         .then(EtcdServer::start);
     let baton_exe = match &args.baton {
         Some(path) => path.clone(),
@@ -389,6 +412,25 @@ struct Servers<'a> {
     baton: &'a std::path::Path,
 }
 
+impl Servers<'_> {
+    /// The `baton` binary, if it exists.
+    fn baton_checked(&self) -> BoxResult<&std::path::Path> {
+        if self.baton.exists() {
+            Ok(self.baton)
+        } else {
+            Err(format!(
+                "{} does not exist: build the baton binary, or pass --baton PATH",
+                self.baton.display()
+            )
+            .into())
+        }
+    }
+}
+
+/// Election timing of the cross-process handoff's `baton` processes. A handoff does not depend
+/// on it as long as the store tells followers of a release (etcd leases are whole seconds).
+const CLI_TIMING: Timing = Timing::ms(5000, 1000, 1000);
+
 async fn measure(
     figures: &[Figure],
     profile: &Profile,
@@ -419,6 +461,21 @@ async fn measure(
             "handoff",
             handoff::report(&rows, profile.handoff_timing, ctx),
         );
+    }
+
+    if figures.contains(&Figure::CliHandoff) {
+        let run = cli_handoff::measure(
+            servers.baton_checked()?,
+            redis_url,
+            &ctx.redis_server,
+            &mut admin,
+            servers.etcd.ok_or("no etcd server")?,
+            dir,
+            profile.cli_handoff,
+        )
+        .await?;
+        summary_rows.extend(run.summary_rows());
+        emit("cli-handoff", run.report(ctx));
     }
 
     if figures.contains(&Figure::Failover) {
@@ -531,14 +588,8 @@ async fn measure(
 
     if figures.contains(&Figure::VsEtcdctl) {
         let etcd = servers.etcd.ok_or("no etcd server")?;
-        let (endpoint, url, baton) = (etcd.endpoint(), etcd.url(), servers.baton.to_owned());
-        if !baton.exists() {
-            return Err(format!(
-                "{} does not exist: build the baton binary, or pass --baton PATH",
-                baton.display()
-            )
-            .into());
-        }
+        let (endpoint, url) = (etcd.endpoint(), etcd.url());
+        let baton = servers.baton_checked()?.to_owned();
         let params = profile.etcdctl;
         let run = tokio::task::spawn_blocking(move || {
             peers::etcdctl_vs_baton(&endpoint, &url, &baton, params)

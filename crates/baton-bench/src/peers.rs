@@ -12,95 +12,21 @@
 //!   lease and renew interval.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 
 use crate::BoxResult;
 use crate::cost;
 use crate::failover;
 use crate::handoff;
+use crate::procs::{self, Proc, STEP};
 use crate::redis_admin::Admin;
 use crate::report::{Context, Row, Samples, ms};
 use crate::stores::{StoreKind, Timing};
-
-// ---------------------------------------------------------------------------------------------
-// Processes whose output lines the bench stamps on arrival.
-
-struct Proc {
-    what: String,
-    child: Child,
-    lines: mpsc::Receiver<(Instant, String)>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, what: String) -> BoxResult<Proc> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Proc { what, child, lines })
-    }
-
-    /// The arrival time of the next line for which `want` holds, within `limit`; `None` when
-    /// the limit passed.
-    fn wait_line(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Option<Instant> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) if want(&line) => return Some(at),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn signal(&self, signal: Signal) -> BoxResult<()> {
-        kill_process(Pid::from_child(&self.child), signal)
-            .map_err(|e| format!("cannot signal {}: {e}", self.what).into())
-    }
-
-    fn wait_exit(mut self, limit: Duration) -> BoxResult<()> {
-        let deadline = Instant::now() + limit;
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                return Err(format!("{} did not exit within {limit:?}", self.what).into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// How long any one untimed step may take.
-const STEP: Duration = Duration::from_secs(30);
 
 /// A small random duration in `[0, max)` (no cryptographic needs: phases of a poll loop).
 fn random_below(max: Duration) -> Duration {
@@ -178,7 +104,7 @@ fn etcdctl_elect(endpoint: &str, name: &str, proposal: &str) -> BoxResult<Proc> 
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .args(["--endpoints", endpoint, "elect", name, proposal]);
-    Proc::spawn(cmd, format!("etcdctl elect {name} {proposal}"))
+    Proc::spawn(cmd, format!("etcdctl elect {name} {proposal}"), false)
 }
 
 /// `etcdctl elect` prints the leader key (`NAME/<lease>`) and then the proposal once elected.
@@ -186,23 +112,10 @@ fn elected(name: &str) -> impl Fn(&str) -> bool + '_ {
     move |line: &str| line.starts_with(&format!("{name}/"))
 }
 
-fn baton_campaign(baton: &Path, url: &str, key: &str, id: &str, t: Timing) -> BoxResult<Proc> {
-    let mut cmd = Command::new(baton);
-    cmd.args(["--store", url, "--key", key, "--id", id])
-        .args(["--lease", &baton::fmt_duration(t.lease)])
-        .args(["--renew", &baton::fmt_duration(t.renew)])
-        .args(["--grace", &baton::fmt_duration(t.grace)])
-        .args(["campaign", "--json"]);
-    Proc::spawn(cmd, format!("baton campaign {id}"))
-}
-
-fn is_event(line: &str, event: &str, leader: &str) -> bool {
-    line.contains(&format!("\"event\":\"{event}\""))
-        && line.contains(&format!("\"leader\":\"{leader}\""))
-}
-
-/// Graceful handoffs (`crash` = false, SIGINT) or crash failovers (SIGKILL) of `etcdctl elect`.
-fn etcdctl_rounds(
+/// Graceful handoffs (`crash` = false, SIGINT) or crash failovers (SIGKILL) of `etcdctl elect`,
+/// each timed from just before the signal to the arrival of the follower's leader key at the
+/// bench.
+pub fn etcdctl_rounds(
     endpoint: &str,
     name: &str,
     rounds: usize,
@@ -218,11 +131,13 @@ fn etcdctl_rounds(
     let mut out = Vec::new();
     for _ in 0..rounds {
         n += 1;
-        let follower = etcdctl_elect(endpoint, name, &format!("p{n}"))?;
+        let mut follower = etcdctl_elect(endpoint, name, &format!("p{n}"))?;
         wait_keys(endpoint, &prefix, 2)?; // the follower's entry is in the queue
         let t0 = Instant::now();
         leader.signal(if crash { Signal::KILL } else { Signal::INT })?;
-        let arrived = follower.wait_line(if crash { cap } else { STEP }, elected(name));
+        let arrived = follower
+            .wait_line(if crash { cap } else { STEP }, elected(name))
+            .map(|(at, _)| at);
         out.push(arrived.map(|at| at.saturating_duration_since(t0)));
         leader.wait_exit(STEP)?;
         if arrived.is_none() {
@@ -241,41 +156,9 @@ fn etcdctl_rounds(
     Ok(out)
 }
 
-fn baton_rounds(
-    baton: &Path,
-    url: &str,
-    key: &str,
-    timing: Timing,
-    rounds: usize,
-    crash: bool,
-) -> BoxResult<Vec<Duration>> {
-    let mut n = 0;
-    let mut leader_id = "b0".to_owned();
-    let mut leader = baton_campaign(baton, url, key, &leader_id, timing)?;
-    leader
-        .wait_line(STEP, |l| is_event(l, "became_leader", "b0"))
-        .ok_or("the first baton campaign did not lead")?;
-    let mut out = Vec::new();
-    for _ in 0..rounds {
-        n += 1;
-        let id = format!("b{n}");
-        let follower = baton_campaign(baton, url, key, &id, timing)?;
-        follower
-            .wait_line(STEP, |l| is_event(l, "leader_changed", &leader_id))
-            .ok_or_else(|| format!("{id} never saw {leader_id} lead"))?;
-        let t0 = Instant::now();
-        leader.signal(if crash { Signal::KILL } else { Signal::INT })?;
-        let at = follower
-            .wait_line(STEP, |l| is_event(l, "became_leader", &id))
-            .ok_or_else(|| format!("{id} did not lead within {STEP:?}"))?;
-        out.push(at.saturating_duration_since(t0));
-        leader.wait_exit(STEP)?;
-        leader = follower;
-        leader_id = id;
-    }
-    leader.signal(Signal::INT)?;
-    leader.wait_exit(STEP)?;
-    Ok(out)
+/// Baton's changes timed as `etcdctl elect`'s are: on arrival at the bench.
+fn at_bench(changes: Vec<procs::Change>) -> Vec<Duration> {
+    changes.into_iter().map(|c| c.at_bench).collect()
 }
 
 pub fn etcdctl_vs_baton(
@@ -296,26 +179,26 @@ pub fn etcdctl_vs_baton(
     .into_iter()
     .flatten()
     .collect();
-    let baton_handoff = baton_rounds(
+    let baton_handoff = at_bench(procs::baton_rounds(
         baton,
         url,
         &format!("bench-baton-{tag}"),
         p.timing,
         p.rounds,
         false,
-    )?;
+    )?);
     eprintln!(
         "vs-etcdctl: {} baton crashes, {} etcdctl crashes (each up to {:?})",
         p.baton_crashes, p.etcdctl_crashes, p.etcdctl_crash_cap
     );
-    let baton_crashes = baton_rounds(
+    let baton_crashes = at_bench(procs::baton_rounds(
         baton,
         url,
         &format!("bench-baton-crash-{tag}"),
         p.timing,
         p.baton_crashes,
         true,
-    )?;
+    )?);
     let mut etcdctl_crashes = Vec::new();
     for i in 0..p.etcdctl_crashes {
         // A fresh name per crash: a crash that ran past the cap leaves its entry behind.
@@ -365,7 +248,7 @@ pub fn etcdctl_vs_baton(
     })
 }
 
-fn ratio(a: Duration, b: Duration) -> String {
+pub fn ratio(a: Duration, b: Duration) -> String {
     if b.is_zero() {
         "–".to_owned()
     } else {

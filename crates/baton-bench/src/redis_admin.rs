@@ -79,14 +79,31 @@ impl Admin {
 
     /// The server's process id (`INFO server`).
     pub async fn server_pid(&mut self) -> BoxResult<u32> {
+        self.info_server_field("process_id").await
+    }
+
+    /// Wait until Baton's restart guard no longer holds a new lease on this server: until it
+    /// reports an uptime of more than `lease` plus the second the guard takes off
+    /// (docs/decisions.md D28, D29). A figure that times acquisitions on a fresh server waits
+    /// this first.
+    pub async fn wait_past_restart_guard(&mut self, lease: std::time::Duration) -> BoxResult<()> {
+        let need = lease.as_secs() + u64::from(lease.subsec_nanos() > 0) + 1;
+        while self.info_server_field::<u64>("uptime_in_seconds").await? < need {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// A field of `INFO server`.
+    async fn info_server_field<T: std::str::FromStr>(&mut self, name: &str) -> BoxResult<T> {
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut self.conn)
             .await?;
         info.lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| "INFO server did not report process_id".into())
+            .ok_or_else(|| format!("INFO server did not report {name}").into())
     }
 }
 
