@@ -698,7 +698,7 @@ impl MysqlStore {
             return Ok(inner.feed.subscribe(key, poller));
         }
         // Subscribe first, then take the baseline, so no change after it is missed.
-        let rx = inner.feed.receiver();
+        let rx = inner.feed.receiver(key);
         let doing = format!("watching key {key:?}");
         let baseline = inner.select(key, &doing).await.ok().map(Seen::of);
         let weak = Arc::downgrade(inner);
@@ -738,7 +738,7 @@ impl MysqlStore {
             }
         });
         let poller = Arc::new(Poller(task));
-        let changes = Feed::stream(rx, key, Arc::clone(&poller));
+        let changes = Feed::stream(rx, Arc::clone(&poller));
         lock(&inner.pollers).insert(key.to_owned(), Arc::downgrade(&poller));
         Ok(changes)
     }

@@ -78,7 +78,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::{Mutex, OnceCell, broadcast, oneshot};
+use tokio::sync::{Mutex, OnceCell, oneshot};
 use tracing::debug;
 
 use super::{Effect, Feed, Notice, SqlUrl, left, map_error, retrying, ttl_us};
@@ -244,7 +244,7 @@ struct Inner {
     sql: Sql,
     /// Set once the table is known to be Baton's.
     ready: OnceCell<()>,
-    feed: Feed,
+    feed: Arc<Feed>,
     /// The listener task, once a watch started it.
     listener: Mutex<Option<ListenerTask>>,
 }
@@ -292,7 +292,7 @@ impl PostgresStore {
                 sql: Sql::for_table(&url.table),
                 url,
                 ready: OnceCell::new(),
-                feed: Feed::default(),
+                feed: Arc::default(),
                 listener: Mutex::new(None),
             }),
         })
@@ -641,7 +641,7 @@ impl PostgresStore {
             let task = tokio::spawn(listen(
                 inner.pool.clone(),
                 inner.url.table.clone(),
-                inner.feed.sender(),
+                Arc::clone(&inner.feed),
                 ready_tx,
             ));
             let task = ListenerTask(task);
@@ -663,7 +663,7 @@ impl PostgresStore {
 async fn listen(
     pool: PgPool,
     channel: String,
-    tx: broadcast::Sender<Notice>,
+    feed: Arc<Feed>,
     ready: oneshot::Sender<std::result::Result<(), sqlx::Error>>,
 ) {
     let first = async {
@@ -682,26 +682,21 @@ async fn listen(
             return;
         }
     };
-    let anything = |tx: &broadcast::Sender<Notice>| {
-        let _ = tx.send(Notice {
-            key: None,
-            change: Change::Other,
-        });
-    };
+    let anything = |feed: &Feed| feed.publish(None, Change::Other);
     let mut backoff = Duration::from_millis(20);
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
                 backoff = Duration::from_millis(20);
-                let _ = tx.send(parse_payload(n.payload()));
+                feed.publish_notice(parse_payload(n.payload()));
             }
             Ok(None) => {
                 debug!(channel, "the LISTEN connection was lost; reconnecting");
-                anything(&tx);
+                anything(&feed);
             }
             Err(e) => {
                 debug!(channel, error = %e, "LISTEN failed; retrying");
-                anything(&tx);
+                anything(&feed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
