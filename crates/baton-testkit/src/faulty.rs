@@ -402,6 +402,12 @@ impl Candidacy for FaultyCandidacy {
             .apply(self.name, Op::Watch, self.inner.watch())
             .await
     }
+
+    /// The inner store's answer: faults act on calls, and a stream, once set up, is the inner
+    /// store's own.
+    fn watch_is_complete(&self) -> bool {
+        self.inner.watch_is_complete()
+    }
 }
 
 #[cfg(test)]

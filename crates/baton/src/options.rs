@@ -78,6 +78,14 @@ impl ElectionOptions {
         drifted.saturating_sub(self.safety_margin())
     }
 
+    /// How long a follower whose change stream is complete
+    /// ([`Candidacy::watch_is_complete`](crate::Candidacy::watch_is_complete), as on etcd) waits
+    /// without news before it looks at the store anyway, in case an event was lost: 20 leases.
+    /// Followers on other stores look when the lease they read runs out.
+    pub fn complete_watch_recheck(&self) -> Duration {
+        self.lease_duration * COMPLETE_WATCH_RECHECK_LEASES
+    }
+
     /// Check the options; every problem is a [`Error::Config`] naming the fix.
     pub fn validate(&self) -> Result<()> {
         for (name, d) in [
@@ -122,6 +130,7 @@ impl ElectionOptions {
             backoff_min: (renew / 10).clamp(Duration::from_millis(1), Duration::from_millis(100)),
             backoff_max: renew.min(Duration::from_secs(5)),
             jitter_max: self.lease_duration / 100 + Duration::from_millis(1),
+            complete_watch_recheck: self.complete_watch_recheck(),
         }
     }
 }
@@ -142,7 +151,15 @@ pub(crate) struct Timing {
     pub backoff_max: Duration,
     /// Jitter added to a follower's wake-up at the holder's expiry.
     pub jitter_max: Duration,
+    /// How long a follower whose change stream is complete
+    /// ([`Candidacy::watch_is_complete`](crate::Candidacy::watch_is_complete)) waits before it
+    /// looks at the store again without having been told of a change.
+    pub complete_watch_recheck: Duration,
 }
+
+/// A follower whose change stream reports every release and expiry still looks at the store
+/// once every this many leases (plus jitter), in case an event was lost all the same.
+const COMPLETE_WATCH_RECHECK_LEASES: u32 = 20;
 
 /// Formats a duration the way the CLI parses them (`1s 500ms`).
 pub fn fmt_duration(d: Duration) -> String {

@@ -10,6 +10,7 @@ use baton::{
     Acquire, Candidacy, Changes, Clock, ElectionOptions, Error, Event, Events, LeaderElection,
     Lease, LeaseRecord, LeaseStore, LossReason, MemoryStore, Renew, Result, Role, StoreInfo,
 };
+use futures_util::StreamExt;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -28,6 +29,10 @@ struct Faults {
     release: Mode,
     /// Set on every lease acquired (as Redis does after a restart that lost data).
     act_after: Duration,
+    /// Leave renewals out of change streams, as etcd does (a keepalive is no event).
+    hide_renewals: bool,
+    /// What candidacies answer to `watch_is_complete`.
+    complete_watch: bool,
     /// Calls seen: (operation, candidate, virtual time).
     log: Vec<(&'static str, String, Duration)>,
 }
@@ -86,6 +91,15 @@ impl Scripted {
             .log
             .iter()
             .filter(|(o, _, _)| *o == op)
+            .count()
+    }
+    fn count_by(&self, op: &str, candidate: &str) -> usize {
+        self.faults
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(o, c, _)| *o == op && c == candidate)
             .count()
     }
     fn calls(&self, op: &str) -> Vec<Duration> {
@@ -182,7 +196,18 @@ impl Candidacy for ScriptedCandidacy {
         self.inner.release(lease).await
     }
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        self.inner.watch().await
+        let changes = self.inner.watch().await?;
+        if !self.store.faults.lock().unwrap().hide_renewals {
+            return Ok(changes);
+        }
+        Ok(changes.map(|stream| -> Changes {
+            Box::pin(
+                stream.filter(|c| std::future::ready(!matches!(c, baton::Change::Renewed { .. }))),
+            )
+        }))
+    }
+    fn watch_is_complete(&self) -> bool {
+        self.store.faults.lock().unwrap().complete_watch
     }
 }
 
@@ -516,6 +541,98 @@ async fn a_handoff_costs_each_follower_at_most_one_call_and_then_they_are_quiet(
             Some(leader.candidate_id())
         );
     }
+}
+
+/// A store that does not push renewals (as on etcd, where a keepalive is no event) and whose
+/// candidacies make no promise about their change streams: a follower looks at the store again
+/// at the end of every lease it read, as before complete watches existed.
+#[tokio::test(start_paused = true)]
+async fn without_a_complete_watch_a_follower_looks_again_every_lease() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.hide_renewals = true);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert_eq!(store.count_by("acquire", "b"), 1);
+    run_for(secs(15) * 10).await;
+    assert!(a.is_leader() && !b.is_leader());
+    let looks = store.count_by("acquire", "b") - 1;
+    assert!(
+        looks >= 10,
+        "one look at least every 15 s lease: {looks} in 150 s"
+    );
+}
+
+/// The same store with complete change streams: the follower waits for the stream, not for
+/// the lease, and looks at the store only once every 20 leases (plus jitter).
+#[tokio::test(start_paused = true)]
+async fn with_a_complete_watch_a_follower_looks_again_only_every_20_leases() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| {
+        f.hide_renewals = true;
+        f.complete_watch = true;
+    });
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert_eq!(store.count_by("acquire", "b"), 1);
+    run_for(secs(15) * 20 - secs(1)).await;
+    assert!(a.is_leader() && !b.is_leader());
+    assert_eq!(
+        store.count_by("acquire", "b"),
+        1,
+        "no look at the end of each lease"
+    );
+    assert_eq!(b.current_leader_id().as_deref(), Some("a"));
+    // The safety look: 20 leases after the first, plus a jitter of at most 151 ms.
+    run_for(secs(2)).await;
+    assert_eq!(store.count_by("acquire", "b"), 2);
+    run_for(secs(15) * 20).await;
+    assert_eq!(store.count_by("acquire", "b"), 3);
+    assert!(a.is_leader() && !b.is_leader());
+}
+
+/// With complete change streams, a release still wakes the followers at once, and the one that
+/// does not win learns the new leader and goes quiet again.
+#[tokio::test(start_paused = true)]
+async fn with_a_complete_watch_a_release_wakes_followers_at_once() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| {
+        f.hide_renewals = true;
+        f.complete_watch = true;
+    });
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    let c = election(&store, "c", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    c.start().await.unwrap();
+    run_for(secs(60)).await;
+    let followers = || store.count_by("acquire", "b") + store.count_by("acquire", "c");
+    assert_eq!(followers(), 2, "one try each, at start");
+    let t = clock.now();
+    a.stop().await.unwrap();
+    settle().await;
+    assert_eq!(clock.now(), t, "the handoff needs no time to pass");
+    let (leader, other) = if b.is_leader() { (&b, &c) } else { (&c, &b) };
+    assert!(leader.is_leader() && !other.is_leader());
+    assert_eq!(
+        other.current_leader_id().as_deref(),
+        Some(leader.candidate_id())
+    );
+    let after = followers();
+    run_for(secs(15) * 19).await;
+    assert_eq!(followers(), after, "quiet again behind the new leader");
+    assert!(leader.is_leader());
+    assert_eq!(
+        other.current_leader_id().as_deref(),
+        Some(leader.candidate_id())
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,9 @@
 //!    deadline. A renewal in flight is raced against that moment and abandoned, never awaited.
 //! 3. **Followers** wait for the earliest of a watch notification or the holder's remaining
 //!    TTL plus a small jitter, then try again; on store errors they back off (capped, jittered)
-//!    and never stop campaigning until the election is stopped.
+//!    and never stop campaigning until the election is stopped. A follower whose change stream
+//!    is complete ([`Candidacy::watch_is_complete`]) waits for the stream instead of the TTL,
+//!    and looks at the store only every 20 leases in case an event was lost.
 //! 4. **Graceful stop**: cancel the leadership scope, emit `LostLeadership(Stopped)`, release.
 //! 5. **Events** go into channels; a slow subscriber never delays a renewal.
 
@@ -145,6 +147,10 @@ impl Engine {
                     Err(e) => debug!(error = %e, "subscribing to changes failed; using timers"),
                 }
             }
+            // A complete change stream reports every release and expiry (and the loss of the
+            // candidate's own session), so the follower waits for it rather than for the lease
+            // it read, and looks again only after the long safety interval.
+            let complete = changes.is_some() && candidacy.watch_is_complete();
             // Not raced against stop: an acquire abandoned mid-flight could leave a lease
             // nobody releases. The call is bounded by its timeout instead.
             let t_send = self.shared.clock.now();
@@ -169,7 +175,11 @@ impl Engine {
                     self.clear_error();
                     self.set_leader(Some(record.holder.clone()), Some(&record));
                     self.report_first(Ok(()));
-                    (record.ttl + self.jitter()).min(timing.lease)
+                    if complete {
+                        timing.complete_watch_recheck + self.jitter()
+                    } else {
+                        (record.ttl + self.jitter()).min(timing.lease)
+                    }
                 }
                 Err(e) => {
                     if self.fail(e) {
@@ -183,12 +193,17 @@ impl Engine {
                 match self.wait(wait, &mut changes).await {
                     None => return,
                     // Someone else just took the key: note who, and wait out their fresh lease
-                    // without asking the store, so a handoff costs followers nothing.
+                    // (with a complete stream: wait for the stream) without asking the store, so
+                    // a handoff costs followers nothing.
                     Some(Some(Change::Acquired { holder } | Change::Renewed { holder }))
                         if holder != self.shared.candidate =>
                     {
                         self.set_leader(Some(holder), None);
-                        wait = timing.lease + self.jitter();
+                        wait = if complete {
+                            timing.complete_watch_recheck
+                        } else {
+                            timing.lease
+                        } + self.jitter();
                     }
                     Some(Some(change)) => {
                         debug!(?change, "store reported a change");

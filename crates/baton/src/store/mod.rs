@@ -21,7 +21,9 @@
 //!
 //! A follower in a queue-shaped store (etcd, ZooKeeper) keeps its queue entry between
 //! attempts; `try_acquire` then answers [`Acquire::Held`] until the entry reaches the head, and
-//! [`Candidacy::watch`] watches the predecessor only, so a handoff wakes one follower, not all.
+//! [`Candidacy::watch`] wakes it only when its predecessor goes, so a handoff wakes one
+//! follower, not all. (etcd's stream also tells every follower the new head's id, from the
+//! watch's events alone.)
 //!
 //! # Rules every implementation keeps
 //!
@@ -275,10 +277,33 @@ pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Subscribe to changes that concern this candidate (for queue-shaped stores: its
+    /// Subscribe to changes that concern this candidate (for queue-shaped stores: at least its
     /// predecessor). The engine subscribes *before* it tries to acquire, so no release is
     /// missed. `None` when the store cannot push.
     async fn watch(&mut self) -> Result<Option<Changes>> {
         Ok(None)
+    }
+
+    /// Whether the stream [`watch`](Candidacy::watch) returns is *complete*: while it is open,
+    /// it reports every change that could let this candidate lead or that ends its wait, so a
+    /// follower need not look at the store when the holder's lease would run out. That means:
+    ///
+    /// * every release **and every expiry** of the holder's lease, as [`Change::Released`] or
+    ///   [`Change::Expired`] (or [`Change::Other`]), at least when this candidate is the next to
+    ///   lead;
+    /// * the loss of this candidate's own per-candidate state (its session, its queue entry);
+    /// * a stream that can no longer promise this ends (or yields [`Change::Other`]).
+    ///
+    /// The engine then waits for the stream alone, with one look at the store every 20 leases
+    /// in case an event was lost all the same, instead of one at the end of every lease it read
+    /// or heard of. Holder changes reported as [`Change::Acquired`] keep the follower's leader
+    /// id current without a request.
+    ///
+    /// `false` by default: a store whose renewals and expiries are not pushed (a single record
+    /// that nobody deletes when it expires) must let the engine look when the lease runs out.
+    /// The etcd store answers `true`: etcd deletes a queue entry when it revokes the entry's
+    /// expired lease, so the deletion a follower watches covers release and expiry alike.
+    fn watch_is_complete(&self) -> bool {
+        false
     }
 }
