@@ -6,6 +6,7 @@
 //! A missing binary is a loud failure naming the fix, never a skip: `scripts/test` installs
 //! the Debian packages `etcd-server` (`etcd`) and `etcd-client` (`etcdctl`).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -156,6 +157,52 @@ impl EtcdServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
         format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The gRPC messages the server has received so far, per method (`LeaseKeepAlive`, `Txn`,
+    /// `Range`, `Watch`, ...), from its `/metrics` (`grpc_server_msg_received_total`): a unary
+    /// call is one message, and so is each keepalive or watch request on a stream. Methods
+    /// with none are left out.
+    ///
+    /// # Panics
+    ///
+    /// When the metrics cannot be read.
+    pub fn grpc_messages_received(&self) -> BTreeMap<String, u64> {
+        let text = self
+            .http_get("/metrics")
+            .unwrap_or_else(|e| panic!("reading etcd's /metrics: {e}"));
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let method = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("grpc_method=\""))
+                .and_then(|m| m.strip_suffix('"'))
+                .unwrap_or("?");
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            if value > 0.0 {
+                *out.entry(method.to_owned()).or_default() += value as u64;
+            }
+        }
+        out
+    }
+
+    /// The body of a plain-HTTP `GET` on the metrics port.
+    fn http_get(&self, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply
+            .split_once("\r\n\r\n")
+            .map_or(reply.as_str(), |(_, body)| body)
+            .to_owned())
     }
 
     /// `127.0.0.1:PORT` (`https://127.0.0.1:PORT` over TLS), for `etcdctl --endpoints`.

@@ -18,6 +18,7 @@ use baton::store::etcd::EtcdStore;
 use baton::{BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
 use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
+use baton_testkit::faulty::{FaultControl, FaultyStore, Op};
 use baton_testkit::servers::{TlsFiles, scratch_dir};
 use baton_testkit::tls::TestCa;
 
@@ -79,6 +80,26 @@ fn election(url: &str, key: &str, id: &str, lease: Duration) -> LeaderElection {
         .instance_id(id)
         .build()
         .unwrap()
+}
+
+/// An election whose store calls are counted: the etcd store in a `FaultyStore` with no faults
+/// set (a transparent wrapper).
+fn counted_election(
+    url: &str,
+    key: &str,
+    id: &str,
+    lease: Duration,
+) -> (LeaderElection, FaultControl) {
+    let store = FaultyStore::new(Arc::new(EtcdStore::open(url).unwrap()));
+    let calls = store.control();
+    let election = LeaderElection::builder(store, key)
+        .lease_duration(lease)
+        .renew_interval(lease / 4)
+        .grace_period(lease / 4)
+        .instance_id(id)
+        .build()
+        .unwrap();
+    (election, calls)
 }
 
 async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -272,6 +293,146 @@ async fn graceful_handoff_is_pushed_not_polled() {
         assert!(!rest.is_leader());
     }
     c.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_follower_learns_the_new_leader_from_its_watch_without_asking() {
+    let server = shared_etcd();
+    let name = unique("third");
+    // A 10 s lease: a follower that looked at the store only when the lease it read ran out
+    // would name the old leader for seconds.
+    let lease = Duration::from_secs(10);
+    let a = election(&server.url(), &name, "a", lease);
+    let b = election(&server.url(), &name, "b", lease);
+    let (c, c_calls) = counted_election(&server.url(), &name, "c", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    c.start().await.unwrap();
+    assert_eq!(b.current_leader_id().as_deref(), Some("a"));
+    assert_eq!(c.current_leader_id().as_deref(), Some("a"));
+    let mut events = c.subscribe();
+    let (tries, reads) = (c_calls.calls(Op::Acquire), c_calls.calls(Op::Read));
+
+    // a leaves; b, next in the queue, takes over; c, third, only hears of it.
+    a.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(2), || b.is_leader()).await);
+    assert!(
+        wait_until(Duration::from_secs(2), || c.current_leader_id().as_deref()
+            == Some("b"))
+        .await,
+        "c names b as the leader: {:?}",
+        c.current_leader_id()
+    );
+    let changed = std::iter::from_fn(|| events.try_recv()).collect::<Vec<_>>();
+    assert!(
+        changed.contains(&Event::LeaderChanged {
+            previous: Some("a".into()),
+            current: Some("b".into()),
+        }),
+        "{changed:?}"
+    );
+    assert!(!c.is_leader());
+    assert_eq!(
+        (c_calls.calls(Op::Acquire), c_calls.calls(Op::Read)),
+        (tries, reads),
+        "c learnt the new leader from its watch, without a request of its own"
+    );
+
+    // Now c is next: b's release wakes it.
+    b.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(2), || c.is_leader()).await);
+    assert_eq!(c_calls.calls(Op::Acquire), tries + 1);
+    c.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_follower_sends_nothing_but_its_keepalives() {
+    // A server of the test's own: its counters are this test's requests alone.
+    let server = EtcdServer::start();
+    let name = unique("idle");
+    // etcd keeps a 3 s TTL as it is: a follower's session sends a keepalive every second, and
+    // the leader renews every 750 ms.
+    let lease = Duration::from_secs(3);
+    let (a, a_calls) = counted_election(&server.url(), &name, "a", lease);
+    let (b, b_calls) = counted_election(&server.url(), &name, "b", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    assert_eq!(b.current_leader_id().as_deref(), Some("a"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let before = server.grpc_messages_received();
+    let (renewals, tries) = (a_calls.calls(Op::Renew), b_calls.calls(Op::Acquire));
+    // Four leases: before complete watches, the follower looked at its position at the end of
+    // each (a keepalive, a `Txn`, a `LeaseTimeToLive` and a new `Watch`).
+    tokio::time::sleep(lease * 4).await;
+    let after = server.grpc_messages_received();
+    let renewals = a_calls.calls(Op::Renew) - renewals;
+
+    let delta: std::collections::BTreeMap<String, u64> = after
+        .iter()
+        .map(|(method, n)| (method.clone(), n - before.get(method).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(a.is_leader() && !b.is_leader());
+    assert_eq!(b.current_leader_id().as_deref(), Some("a"));
+    assert_eq!(
+        b_calls.calls(Op::Acquire),
+        tries,
+        "the follower made no attempt"
+    );
+    let others: Vec<_> = delta
+        .keys()
+        .filter(|m| !matches!(m.as_str(), "LeaseKeepAlive" | "Range"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "only keepalives and the leader's renewal reads reach etcd: {delta:?}"
+    );
+    // Each renewal of the leader is one keepalive and one read of its entry (a renewal in
+    // flight at either end of the window may fall on either side).
+    let reads = delta.get("Range").copied().unwrap_or(0);
+    assert!(
+        reads.abs_diff(renewals) <= 1,
+        "{reads} reads for {renewals} renewals: {delta:?}"
+    );
+    // The rest are the follower's session keepalives: one per second at most.
+    let keepalives = delta.get("LeaseKeepAlive").copied().unwrap_or(0);
+    let follower = keepalives.saturating_sub(renewals);
+    assert!(
+        (1..=lease.as_secs() * 4 + 2).contains(&follower),
+        "{follower} keepalives of the follower's session in 12 s: {delta:?}"
+    );
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_leaders_expiry_wakes_the_follower_through_its_watch() {
+    let server = shared_etcd();
+    let name = unique("expiry");
+    let lease = Duration::from_secs(2);
+    let store = EtcdStore::open(&server.url()).unwrap();
+    let mut crashed = store.join(&name, "crashed").await.unwrap();
+    assert!(matches!(
+        crashed.try_acquire(lease).await.unwrap(),
+        baton::Acquire::Acquired(_)
+    ));
+    let (b, b_calls) = counted_election(&server.url(), &name, "b", lease);
+    b.start().await.unwrap();
+    assert_eq!(b.current_leader_id().as_deref(), Some("crashed"));
+    // A killed process neither releases nor revokes: forget the candidacy (dropping it would
+    // revoke its lease).
+    std::mem::forget(crashed);
+    // etcd revokes the lease within its TTL plus its 500 ms expiry sweep, deleting the entry.
+    assert!(wait_until(Duration::from_secs(6), || b.is_leader()).await);
+    assert_eq!(
+        b_calls.calls(Op::Acquire),
+        2,
+        "one attempt at start, one when the watch saw the crashed leader's entry go"
+    );
+    b.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,10 +32,18 @@
 //!   in the same write: one round trip, where `concurrency.Election`'s `Resign` and
 //!   `Session.Close` take two (a delete guarded on the create revision, then the revoke). Only
 //!   the candidate's own entry can go. The next entry's watcher wakes at once.
-//! * **Followers** ([`Candidacy::watch`]) watch the deletion of their predecessor's entry only,
-//!   from the revision at which they read it, so a handoff wakes exactly one follower, and a
-//!   deletion between the read and the watch is not missed. A deletion by release and by lease
-//!   expiry look the same. There is no polling.
+//! * **Followers** ([`Candidacy::watch`]) read every entry ahead of their own (with the own entry,
+//!   in the read-only transaction above) and then watch the election's prefix from the revision
+//!   of that read, so no event between the read and the watch is missed. They keep that view of
+//!   the queue current from the events alone: when the head is deleted, every follower learns
+//!   the new head's value (the new leader's id) without a request, and only the follower whose
+//!   last entry ahead went is woken to take over, so a handoff costs one follower one attempt.
+//!   A deletion by release and by lease expiry look the same (etcd deletes an entry when it
+//!   revokes its expired lease), and the deletion of the follower's own entry or the loss of
+//!   its session wakes it too: the stream is *complete*
+//!   ([`Candidacy::watch_is_complete`]), so the engine does not look at the store when the
+//!   leader's lease would run out, only every 20 leases in case an event was lost. There is no
+//!   polling: an idle follower's only requests are its session's keepalives.
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
 //!
@@ -87,6 +95,7 @@
 //! one is not silently ignored. The client connects on first use, so the store can be built
 //! while etcd is down.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -94,7 +103,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -433,15 +442,17 @@ fn head_options() -> GetOptions {
 
 /// Check that `kv` is an entry `concurrency.Election` could have written for `key`.
 fn check_entry(key: &str, kv: &KeyValue) -> Result<()> {
-    let name = String::from_utf8_lossy(kv.key());
-    let suffix = name.strip_prefix(&election_prefix(key)).unwrap_or(&name);
-    let problem = if kv.lease() == 0 {
+    check_name(key, &String::from_utf8_lossy(kv.key()), kv.lease())
+}
+
+/// Check that an etcd key `name` with lease `lease` is an entry `concurrency.Election` could
+/// have written for `key`.
+fn check_name(key: &str, name: &str, lease: i64) -> Result<()> {
+    let suffix = name.strip_prefix(&election_prefix(key)).unwrap_or(name);
+    let problem = if lease == 0 {
         Some("it has no lease".to_owned())
-    } else if suffix != format!("{:x}", kv.lease()) {
-        Some(format!(
-            "its name is not its lease id in hex ({:x})",
-            kv.lease()
-        ))
+    } else if suffix != format!("{lease:x}") {
+        Some(format!("its name is not its lease id in hex ({lease:x})"))
     } else {
         None
     };
@@ -551,12 +562,122 @@ struct Entry {
     handed_out: bool,
 }
 
-/// What the candidacy's change stream watches: the predecessor's key and the revision to watch
-/// from, and the session whose loss must wake the follower.
+/// What the candidacy's change stream watches: the queue as the follower last read it, and the
+/// session whose loss must wake the follower.
 #[derive(Debug, Clone, Default)]
 struct Position {
-    predecessor: Option<(String, i64)>,
+    queue: Option<Arc<QueueView>>,
     lost: Option<CancellationToken>,
+}
+
+/// A follower's view of the queue, as one read saw it: its own entry and every entry ahead of
+/// it. The change stream keeps it current from the prefix watch's events alone.
+#[derive(Debug, Clone)]
+struct QueueView {
+    /// The election name.
+    key: String,
+    /// The follower's own entry.
+    own: String,
+    /// The entries ahead of the own one, by create revision: their key, lease and value.
+    ahead: BTreeMap<i64, Ahead>,
+    /// The revision to watch from: one past the read's.
+    from: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ahead {
+    key: String,
+    lease: i64,
+    value: String,
+}
+
+impl QueueView {
+    fn new(key: &str, own: &str, ahead: &[KeyValue], read_at: i64) -> QueueView {
+        QueueView {
+            key: key.to_owned(),
+            own: own.to_owned(),
+            ahead: ahead
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.create_revision(),
+                        Ahead {
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            lease: kv.lease(),
+                            value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        },
+                    )
+                })
+                .collect(),
+            from: read_at + 1,
+        }
+    }
+
+    /// The head of the queue (when it is not the own entry).
+    fn head(&self) -> Option<&Ahead> {
+        self.ahead.first_key_value().map(|(_, head)| head)
+    }
+
+    /// Apply one watch response's events. A change the follower must act on (its turn has
+    /// come, its own entry is gone, the head is not an election entry) wakes it; a new head, or
+    /// a new value at the head (`Election.Proclaim`), is a new leader to report.
+    fn apply(&mut self, events: &[etcd_client::Event]) -> Step {
+        let head_before = self.head().cloned();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            let name = String::from_utf8_lossy(kv.key());
+            if name == self.own {
+                if event.event_type() == EventType::Delete {
+                    // The session ended (etcd deleted the entry with its lease) or someone
+                    // deleted the entry: queue anew.
+                    return Step::Wake(Change::Expired);
+                }
+                continue;
+            }
+            // A delete event carries only the key; puts of keys not ahead are entries queued
+            // behind this one.
+            let Some(rev) = self
+                .ahead
+                .iter()
+                .find_map(|(rev, a)| (a.key == name).then_some(*rev))
+            else {
+                continue;
+            };
+            match event.event_type() {
+                EventType::Delete => {
+                    self.ahead.remove(&rev);
+                }
+                EventType::Put => {
+                    if let Some(a) = self.ahead.get_mut(&rev) {
+                        a.value = String::from_utf8_lossy(kv.value()).into_owned();
+                    }
+                }
+            }
+        }
+        let Some(head) = self.head() else {
+            // Nobody is ahead any more: this candidate's turn.
+            return Step::Wake(Change::Released);
+        };
+        if head_before.as_ref() == Some(head) {
+            return Step::Quiet;
+        }
+        if check_name(&self.key, &head.key, head.lease).is_err() {
+            // Not an election entry: let `try_acquire` look, and say so.
+            return Step::Wake(Change::Other);
+        }
+        Step::Leader(head.value.clone())
+    }
+}
+
+/// What one watch response means to a follower.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing it needs to know.
+    Quiet,
+    /// A new leader (or a new value at the head): the holder's id.
+    Leader(String),
+    /// Time to try again.
+    Wake(Change),
 }
 
 /// One candidate in one etcd election: a session (lease) and a queue entry.
@@ -679,21 +800,20 @@ impl EtcdCandidacy {
         }))
     }
 
-    /// Read the own entry, the head and the predecessor in one transaction.
+    /// Read the own entry and every entry ahead of it (the head first, the predecessor last)
+    /// in one transaction.
     async fn positions(&self, entry: &Entry) -> Result<Positions> {
         let prefix = election_prefix(&self.key);
         let mut client = self.store.client().await?;
         let txn = Txn::new().and_then([
             TxnOp::get(entry.key.as_str(), None),
-            TxnOp::get(prefix.as_str(), Some(head_options())),
             TxnOp::get(
                 prefix.as_str(),
                 Some(
                     GetOptions::new()
                         .with_prefix()
                         .with_max_create_revision(entry.rev - 1)
-                        .with_sort(SortTarget::Create, SortOrder::Descend)
-                        .with_limit(1),
+                        .with_sort(SortTarget::Create, SortOrder::Ascend),
                 ),
             ),
         ]);
@@ -703,25 +823,24 @@ impl EtcdCandidacy {
             .map_err(|e| self.store.error(e, "reading the election", false))?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().map(|op| match op {
-            TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-            _ => None,
+            TxnOpResponse::Get(mut get) => get.take_kvs(),
+            _ => Vec::new(),
         });
-        let own = gets.next().flatten();
-        let head = gets.next().flatten();
-        let predecessor = gets.next().flatten();
+        let own = gets.next().unwrap_or_default().into_iter().next();
+        let ahead = gets.next().unwrap_or_default();
         Ok(Positions {
-            own_alive: own.is_some_and(|kv| kv.create_revision() == entry.rev),
-            head,
-            predecessor,
+            own: own.filter(|kv| kv.create_revision() == entry.rev),
+            ahead,
             revision,
         })
     }
 }
 
 struct Positions {
-    own_alive: bool,
-    head: Option<KeyValue>,
-    predecessor: Option<KeyValue>,
+    /// The own entry, if it is still there with the expected create revision.
+    own: Option<KeyValue>,
+    /// Every entry created before the own one, oldest (the head) first.
+    ahead: Vec<KeyValue>,
     revision: i64,
 }
 
@@ -797,17 +916,14 @@ impl Candidacy for EtcdCandidacy {
                 continue;
             }
             let positions = positions?;
-            if !positions.own_alive {
+            let Some(own) = positions.own else {
                 // Deleted by someone else, or expired with the lease: queue anew.
                 self.entry = None;
                 continue;
-            }
-            let Some(head) = positions.head else {
-                self.entry = None;
-                continue;
             };
+            let head = positions.ahead.first().unwrap_or(&own).clone();
             check_entry(&self.key, &head)?;
-            if let Some(predecessor) = &positions.predecessor {
+            if let Some(predecessor) = positions.ahead.last() {
                 check_entry(&self.key, predecessor)?;
             }
             if head.key() == entry.key.as_bytes() {
@@ -832,12 +948,12 @@ impl Candidacy for EtcdCandidacy {
             } else {
                 let lost = self.session.as_ref().map(|s| s.lost.clone());
                 self.position.send_replace(Position {
-                    predecessor: positions.predecessor.as_ref().map(|p| {
-                        (
-                            String::from_utf8_lossy(p.key()).into_owned(),
-                            positions.revision + 1,
-                        )
-                    }),
+                    queue: Some(Arc::new(QueueView::new(
+                        &self.key,
+                        &entry.key,
+                        &positions.ahead,
+                        positions.revision,
+                    ))),
                     lost,
                 });
             }
@@ -929,10 +1045,20 @@ impl Candidacy for EtcdCandidacy {
         tokio::spawn(follow(client, self.position.subscribe(), tx));
         Ok(Some(receiver_changes(rx)))
     }
+
+    /// The stream reports the follower's turn (the last entry ahead of it deleted: by release
+    /// or by etcd revoking an expired lease alike), the loss of its own session or entry, and
+    /// every new head of the queue; it ends when the watch breaks.
+    fn watch_is_complete(&self) -> bool {
+        true
+    }
 }
 
-/// The change stream of a candidacy: watches the deletion of the current predecessor (as
-/// `try_acquire` last saw it) and the loss of the session. Ends when the watch breaks.
+/// The change stream of a candidacy. While it follows, it watches the whole election prefix
+/// from the revision of its last read and keeps its view of the queue current from the events:
+/// a new head is reported as [`Change::Acquired`] (no request), the deletion of the last entry
+/// ahead as [`Change::Released`], the deletion of its own entry or the loss of its session as
+/// [`Change::Expired`]. Ends when the watch breaks.
 async fn follow(
     mut client: Client,
     mut position: watch::Receiver<Position>,
@@ -942,15 +1068,19 @@ async fn follow(
         let current = position.borrow_and_update().clone();
         let lost = current.lost.clone().unwrap_or_default();
         let has_session = current.lost.is_some();
-        let change = match &current.predecessor {
-            Some((key, from)) => {
+        let change = match &current.queue {
+            Some(queue) => {
+                let mut view = QueueView::clone(queue);
                 let options = WatchOptions::new()
-                    .with_start_revision(*from)
-                    .with_filters([WatchFilterType::NoPut]);
-                let mut stream = match client.watch(key.as_str(), Some(options)).await {
+                    .with_prefix()
+                    .with_start_revision(view.from);
+                let mut stream = match client
+                    .watch(election_prefix(&view.key), Some(options))
+                    .await
+                {
                     Ok(stream) => stream,
                     Err(e) => {
-                        debug!(error = %e, "watching the predecessor failed");
+                        debug!(error = %e, "watching the election failed");
                         return;
                     }
                 };
@@ -967,11 +1097,15 @@ async fn follow(
                         message = stream.message() => match message {
                             // Compacted past the revision, or refused: look again.
                             Ok(Some(resp)) if resp.canceled() => break Some(Change::Other),
-                            Ok(Some(resp)) => {
-                                if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                                    break Some(Change::Released);
+                            Ok(Some(resp)) => match view.apply(resp.events()) {
+                                Step::Quiet => {}
+                                Step::Leader(holder) => {
+                                    if tx.send(Change::Acquired { holder }).await.is_err() {
+                                        return;
+                                    }
                                 }
-                            }
+                                Step::Wake(change) => break Some(change),
+                            },
                             _ => return,
                         },
                     }
