@@ -198,6 +198,15 @@ impl Profile {
                 ("redis", 1),
                 ("redis", 100),
                 ("redis", 10_000),
+                ("postgres", 1),
+                ("postgres", 100),
+                ("postgres", 10_000),
+                ("mysql", 1),
+                ("mysql", 100),
+                ("mysql", 10_000),
+                ("etcd", 1),
+                ("etcd", 100),
+                ("etcd", 10_000),
             ],
             server_stores: server_stores::Params {
                 warmup: 10,
@@ -352,10 +361,15 @@ fn run(args: &Args) -> BoxResult<()> {
     // Started from the main thread, which outlives the run: the server dies with the thread
     // that spawned it.
     let redis = RedisServer::start();
-    let etcd = [Figure::CliHandoff, Figure::Etcd, Figure::VsEtcdctl]
-        .iter()
-        .any(|f| figures.contains(f))
-        .then(EtcdServer::start);
+    let etcd = [
+        Figure::CliHandoff,
+        Figure::Scale,
+        Figure::Etcd,
+        Figure::VsEtcdctl,
+    ]
+    .iter()
+    .any(|f| figures.contains(f))
+    .then(EtcdServer::start);
     let baton_exe = match &args.baton {
         Some(path) => path.clone(),
         None => std::env::current_exe()?
@@ -544,6 +558,7 @@ async fn measure(
         let mut runs = Vec::new();
         for &(store, elections) in &profile.scale_runs {
             eprintln!("scale: {store}, E = {elections}");
+            let mut server = None;
             let (url, admin) = match store {
                 "memory" => ("memory:".to_owned(), None),
                 "sqlite" => (
@@ -553,9 +568,23 @@ async fn measure(
                     ),
                     None,
                 ),
+                "postgres" | "mysql" | "etcd" => {
+                    let s = match store {
+                        "postgres" => dbs::Server::postgres().await?,
+                        "mysql" => dbs::Server::mysql().await?,
+                        _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
+                    };
+                    let url = s.store_url();
+                    server = Some(s);
+                    (url, None)
+                }
                 _ => (redis_url.to_owned(), Some(&mut admin)),
             };
-            runs.push(scale::run(&exe, store, &url, elections, profile.scale, admin).await?);
+            let run = scale::run(&exe, store, &url, elections, profile.scale, admin).await;
+            if let Some(s) = server {
+                s.cleanup().await;
+            }
+            runs.push(run?);
         }
         summary_rows.extend(scale::summary_rows(&runs));
         emit("scale", scale::report(&runs, profile.scale, ctx));

@@ -146,6 +146,15 @@ impl Context {
                     env!("BENCH_REDIS_RS_VERSION"),
                     self.redis_server
                 )),
+                "postgres" => versions.push(
+                    "PostgreSQL via sqlx (the machine's server on 127.0.0.1:5432; its version in the PostgreSQL section)".to_owned(),
+                ),
+                "mysql" => versions.push(
+                    "MySQL/MariaDB via sqlx (the machine's server on 127.0.0.1:3306; its version in the MySQL/MariaDB section)".to_owned(),
+                ),
+                "etcd" => versions.push(
+                    "etcd via etcd-client (spawned by the bench on a free loopback port; its version in the etcd section)".to_owned(),
+                ),
                 other => versions.push(other.to_owned()),
             }
         }

@@ -283,7 +283,9 @@ pub fn report(runs: &[ScaleRun], params: Params, ctx: &Context) -> String {
     let _ = writeln!(
         out,
         "E elections on E distinct keys in one child process, on one store instance (Redis: one \
-         `RedisStore`, one multiplexed connection), {}; all lead. After {} of steady state, over \
+         `RedisStore`, one multiplexed connection; PostgreSQL and MySQL/MariaDB: one pool of at \
+         most 4 connections, on a table of the bench's own; etcd: one client, and a session \
+         lease per election, as etcd's recipe has), {}; all lead. After {} of steady state, over \
          a {} window: the child's CPU time (`/proc/self/stat` utime + stime, in clock ticks) as \
          % of one core, and the context switches of all its threads per second (how often \
          threads sleep and wake); at the end, its `VmRSS` (and peak `VmHWM`). *Per election* is \
