@@ -212,19 +212,7 @@ pub async fn measure(
     .into_iter()
     .flatten()
     .collect();
-    let etcdctl_version = std::process::Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let etcdctl_version = procs::tool_version("etcdctl", "version");
     Ok(Run {
         params: p,
         stores,

@@ -188,23 +188,9 @@ impl Server {
             }
             Server::Etcd { port } => {
                 let text = http_get(*port, "/metrics")?;
-                for line in text.lines() {
-                    let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
-                        continue;
-                    };
-                    let Some((labels, value)) = rest.split_once("} ") else {
-                        continue;
-                    };
-                    let method = labels
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix("grpc_method=\""))
-                        .and_then(|m| m.strip_suffix('"'))
-                        .unwrap_or("?");
-                    let value: f64 = value.trim().parse()?;
-                    if value > 0.0 {
-                        *out.entry(method.to_owned()).or_default() += value as u64;
-                    }
-                }
+                out.extend(baton_testkit::etcd_server::grpc_messages_from_metrics(
+                    &text,
+                ));
             }
         }
         Ok(out)

@@ -210,40 +210,14 @@ pub fn etcdctl_vs_baton(
             p.etcdctl_crash_cap,
         )?);
     }
-    let version = |cmd: &str| {
-        Command::new(cmd)
-            .arg("version")
-            .env("ETCDCTL_API", "3")
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            })
-            .unwrap_or_else(|e| format!("unknown ({e})"))
-    };
-    let etcd_version = Command::new("etcd")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
-        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let etcd_version = procs::tool_version("etcd", "--version");
     Ok(EtcdctlRun {
         params: p,
         etcdctl_handoff: Samples::new(etcdctl_handoff),
         baton_handoff: Samples::new(baton_handoff),
         etcdctl_crashes,
         baton_crashes,
-        etcdctl_version: version("etcdctl"),
+        etcdctl_version: procs::tool_version("etcdctl", "version"),
         etcd_version,
     })
 }

@@ -230,3 +230,20 @@ pub fn baton_rounds(
     leader.wait_exit(STEP)?;
     Ok(out)
 }
+
+/// The first line a tool prints for `arg` (`version`, `--version`), or why there is none.
+pub fn tool_version(program: &str, arg: &str) -> String {
+    Command::new(program)
+        .arg(arg)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}

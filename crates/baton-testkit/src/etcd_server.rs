@@ -171,25 +171,7 @@ impl EtcdServer {
         let text = self
             .http_get("/metrics")
             .unwrap_or_else(|e| panic!("reading etcd's /metrics: {e}"));
-        let mut out = BTreeMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.split_once("} ") else {
-                continue;
-            };
-            let method = labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("grpc_method=\""))
-                .and_then(|m| m.strip_suffix('"'))
-                .unwrap_or("?");
-            let value: f64 = value.trim().parse().unwrap_or(0.0);
-            if value > 0.0 {
-                *out.entry(method.to_owned()).or_default() += value as u64;
-            }
-        }
-        out
+        grpc_messages_from_metrics(&text)
     }
 
     /// The body of a plain-HTTP `GET` on the metrics port.
@@ -360,4 +342,28 @@ fn die_with_parent(cmd: &mut Command) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = cmd;
+}
+
+/// gRPC messages received per method (`grpc_server_msg_received_total`, summed over services
+/// and types), from the text of etcd's `/metrics`.
+pub fn grpc_messages_from_metrics(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let method = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("grpc_method=\""))
+            .and_then(|m| m.strip_suffix('"'))
+            .unwrap_or("?");
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        if value > 0.0 {
+            *out.entry(method.to_owned()).or_default() += value as u64;
+        }
+    }
+    out
 }

@@ -81,6 +81,16 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// How many times `cmd` ran, from `INFO commandstats`.
+fn command_calls(stats: &str, cmd: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn drain(events: &mut baton::Events) -> Vec<Event> {
     std::iter::from_fn(|| events.try_recv()).collect()
 }
@@ -869,14 +879,7 @@ async fn idle_followers_send_no_commands_while_the_leader_renews() {
     // Four leases' worth of renewals (every 500 ms).
     tokio::time::sleep(Duration::from_secs(8)).await;
     let stats = server.cli(&["INFO", "commandstats"]);
-    let calls = |cmd: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let calls = |cmd: &str| command_calls(&stats, cmd);
     // HMGET runs only in an acquire that finds the key held: a follower asking.
     assert_eq!(calls("hmget"), 0, "followers asked Redis:\n{stats}");
     assert!(calls("pexpire") >= 10, "the leader renewed:\n{stats}");
@@ -930,14 +933,7 @@ async fn a_release_wakes_one_candidate_per_connection_not_the_herd() {
         "every follower learns the new leader"
     );
     let stats = server.cli(&["INFO", "commandstats"]);
-    let calls = |cmd: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let calls = |cmd: &str| command_calls(&stats, cmd);
     // HMGET runs only in an acquire that finds the key held. A herd would be 19 of them;
     // a machine stalled past the fallback wait may let a few through, never most.
     assert!(
