@@ -442,6 +442,56 @@ async fn postgres_notify_names_the_key_and_the_change() {
     assert_eq!(next, Some(baton::Change::Released));
 }
 
+/// Which of the election's statements on `table` are prepared on `conn`: acquire, renew,
+/// release, select.
+async fn prepared(conn: &mut sqlx::PgConnection, table: &str) -> [bool; 4] {
+    let statements: Vec<String> =
+        sqlx::query_scalar("SELECT statement FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind(format!("%{table}%"))
+            .fetch_all(conn)
+            .await
+            .unwrap();
+    let has = |what: &str| statements.iter().any(|s| s.contains(what));
+    [
+        has("INSERT INTO"),
+        has("FROM renewed"),
+        has("FROM freed"),
+        has("* 1000000)::bigint"),
+    ]
+}
+
+/// D39: once the table is known, every connection the pool opens or hands out has the
+/// election's statements prepared, so the acquire after a release runs at once, without a
+/// Parse and a Describe first, on whichever connection the pool gives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_pool_connections_have_the_election_statements_prepared() {
+    let s = Scratch::new(Db::Postgres);
+    let store = PostgresStore::open(&s.url()).unwrap();
+    // Before the table is known: nothing to prepare (the statements name it).
+    {
+        let mut conn = store.pool().acquire().await.unwrap();
+        assert_eq!(prepared(&mut conn, &s.table).await, [false; 4]);
+    }
+    // The first read checks the table; from then on the pool prepares.
+    assert_eq!(store.read("k").await.unwrap(), None);
+    // Two at once: the idle connection from before (prepared as it is handed out) and a new
+    // one (prepared as it is opened).
+    let mut first = store.pool().acquire().await.unwrap();
+    let mut second = store.pool().acquire().await.unwrap();
+    assert_eq!(prepared(&mut first, &s.table).await, [true; 4]);
+    assert_eq!(prepared(&mut second, &s.table).await, [true; 4]);
+    drop((first, second));
+    // And the election runs on them.
+    let mut c = store.join("k", "alice").await.unwrap();
+    let lease = acquired(c.try_acquire(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(
+        c.renew(&lease, Duration::from_secs(5)).await.unwrap(),
+        baton::Renew::Renewed
+    );
+    c.release(&lease).await.unwrap();
+    assert_eq!(store.read("k").await.unwrap(), None);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Killed connections.
 

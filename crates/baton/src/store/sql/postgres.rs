@@ -73,11 +73,12 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, Row, SqlSafeStr};
 use tokio::sync::{Mutex, OnceCell, oneshot};
 use tracing::debug;
 
@@ -220,6 +221,26 @@ fn q(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(Arc::clone(sql))
 }
 
+/// Prepare the election's statements on `conn`, once the table is known to exist (D39).
+///
+/// sqlx prepares a statement on a connection the first time it runs it there (a Parse and a
+/// Describe: one more round trip, and the server parses and analyses the statement). The
+/// pool calls this on every connection it opens and every connection it hands out, so that
+/// cost is paid when a connection is set up, not by the acquire that follows a release: the
+/// handoff. A statement already prepared on the connection costs a lookup in sqlx's cache.
+/// A failure here is only logged: the statement then runs, and fails, where the caller sees it.
+async fn prepare_election(conn: &mut PgConnection, sql: &Sql, ready: &AtomicBool) {
+    if !ready.load(Ordering::Acquire) {
+        return;
+    }
+    for statement in [&sql.acquire, &sql.select, &sql.renew, &sql.release] {
+        if let Err(e) = conn.prepare(q(statement).into_sql_str()).await {
+            debug!(error = %e, "cannot prepare the election's statements; they run unprepared");
+            return;
+        }
+    }
+}
+
 /// A [`LeaseStore`] in a PostgreSQL table. Cheap to clone: clones share the pool and the
 /// listener.
 ///
@@ -241,9 +262,12 @@ pub struct PostgresStore {
 struct Inner {
     pool: PgPool,
     url: SqlUrl,
-    sql: Sql,
+    sql: Arc<Sql>,
     /// Set once the table is known to be Baton's.
     ready: OnceCell<()>,
+    /// Set with `ready`: from then on the pool prepares the election's statements on every
+    /// connection it hands out (see [`prepare_election`]).
+    table_ready: Arc<AtomicBool>,
     feed: Arc<Feed>,
     /// The listener task, once a watch started it.
     listener: Mutex<Option<ListenerTask>>,
@@ -279,17 +303,36 @@ impl PostgresStore {
                 url.redacted
             )));
         }
+        let sql = Arc::new(Sql::for_table(&url.table));
+        let table_ready = Arc::new(AtomicBool::new(false));
+        let (sql_c, ready_c) = (Arc::clone(&sql), Arc::clone(&table_ready));
+        let (sql_a, ready_a) = (Arc::clone(&sql), Arc::clone(&table_ready));
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(60))
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let (sql, ready) = (Arc::clone(&sql_c), Arc::clone(&ready_c));
+                Box::pin(async move {
+                    prepare_election(conn, &sql, &ready).await;
+                    Ok(())
+                })
+            })
+            .before_acquire(move |conn, _| {
+                let (sql, ready) = (Arc::clone(&sql_a), Arc::clone(&ready_a));
+                Box::pin(async move {
+                    prepare_election(conn, &sql, &ready).await;
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
-                sql: Sql::for_table(&url.table),
+                sql,
+                table_ready,
                 url,
                 ready: OnceCell::new(),
                 feed: Arc::default(),
@@ -317,7 +360,11 @@ impl Inner {
     /// Make sure the table exists and is Baton's, once per store.
     async fn ready(&self) -> Result<()> {
         self.ready
-            .get_or_try_init(|| self.prepare_table())
+            .get_or_try_init(|| async {
+                self.prepare_table().await?;
+                self.table_ready.store(true, Ordering::Release);
+                Ok::<_, Error>(())
+            })
             .await
             .map(|_| ())
     }
