@@ -436,11 +436,27 @@ impl Run {
                                  two commits, and a round trip for the notice) comes to about \
                                  {} by the medians above, {:.0}× less than that median store \
                                  part: most of it is not the statements' own time on the \
-                                 server. This figure does not split the store part further \
-                                 (the release, the notice on the follower's `LISTEN` \
-                                 connection, the acquire); not explained yet.",
+                                 server.",
                                 ms(statements),
                                 store.as_secs_f64() / statements.as_secs_f64().max(1e-9)
+                            );
+                        }
+                        if s.store == "postgres" {
+                            let _ = write!(
+                                out,
+                                " Where the rest goes (docs/decisions.md D40, measured apart \
+                                 from this run): the leaving process exits right after its \
+                                 release, and on this 2-core machine, which also runs the \
+                                 server, its three sessions' backends end while the follower \
+                                 acquires; a build that kept them 150 ms longer halved the \
+                                 median. The remainder is waking idle processes and backends: \
+                                 in one traced handoff the release took 1.6 ms and the acquire \
+                                 1.0 ms, against 0.5 ms for both in the hot loop of the \
+                                 in-process figure. With the server on a machine of its own, \
+                                 as in production, neither competes with the follower; here, \
+                                 holding the leaving process's connections until its \
+                                 successor leads would fix the first part, at the cost of a \
+                                 slower exit for every leader; not done (D40)."
                             );
                         }
                     }
