@@ -1,13 +1,19 @@
-//! Contention on Redis: C candidates on one key, spread over a few connections (as a few
-//! processes would run many candidates each), and the cost of one handoff.
+//! Contention: C candidates on one key, spread over a few store instances (as a few processes
+//! would run many candidates each), and the cost of one handoff; on Redis, PostgreSQL,
+//! MySQL/MariaDB and etcd.
 //!
-//! One handoff: every follower knows the leader. `CONFIG RESETSTAT`; read the clock; the leader
-//! `stop()`s (release, which publishes `released`); the handoff ends when the first
-//! `BecameLeader` of any candidate reaches its subscriber (a task per candidate forwards it with
-//! its arrival time). The window for the command count stays open until every candidate
-//! knows the new leader (so every reaction to the release has been answered); then
-//! `INFO commandstats`. The stopped candidate is replaced by a new one on the same connection
-//! afterwards, outside both windows, so C stays constant.
+//! One handoff: every follower knows the leader. Read the clock; the leader `stop()`s (release);
+//! the handoff ends when the first `BecameLeader` of any candidate reaches its subscriber (a
+//! task per candidate forwards it with its arrival time). The stopped candidate is replaced by
+//! a new one on the same store instance afterwards, so C stays constant.
+//!
+//! Counting: on Redis, `CONFIG RESETSTAT` before the `stop()` and `INFO commandstats` once every
+//! candidate knows the new leader (so every reaction to the release has been answered), before
+//! the replacement joins: per handoff. The other servers' counters ([`dbs::Server`]) cannot be
+//! reset, and PostgreSQL's arrive seconds late, so there they are read once around all the
+//! handoffs, after a settling time at each end, minus the steady rate of the same candidates
+//! without handoffs (the leader's renewals; MySQL's pollers), measured just before: per
+//! handoff on average, the replacement's joining included.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::BoxResult;
+use crate::dbs;
 use crate::procfs::{OtherLoad, percent_or_dash};
 use crate::redis_admin::{Admin, CommandStats};
 use crate::report::{Context, Row, Samples, ms, target_ms, verdict};
@@ -38,14 +45,50 @@ pub struct Params {
     pub handoffs: usize,
 }
 
+/// How a run counts the store's requests.
+pub enum Counter<'a> {
+    /// Redis: `INFO commandstats` per handoff.
+    Redis(&'a mut Admin),
+    /// PostgreSQL, MySQL/MariaDB or etcd: the server's counters over all the handoffs, each
+    /// read after `settle`.
+    Server(&'a dbs::Server, Duration),
+}
+
 #[derive(Debug)]
 pub struct Contention {
+    /// `redis`, `postgres`, `mysql` or `etcd`.
+    pub store: &'static str,
     pub params: Params,
     pub latency: Samples,
-    /// Counters of each handoff's window.
+    /// Redis: counters of each handoff's window.
     pub stats: Vec<CommandStats>,
-    /// Other processes' CPU use during the handoffs, in % of the machine.
+    /// The other servers: counted over all the handoffs.
+    pub counted: Option<Counted>,
+    /// Other processes' CPU use during the handoffs, in % of the machine (Redis only: the other
+    /// servers are part of the work).
     pub others: Option<f64>,
+}
+
+/// A server's requests over all the handoffs of a run.
+#[derive(Debug)]
+pub struct Counted {
+    /// Requests per handoff: those counted around the handoffs, minus the steady rate over
+    /// the same time, divided by the handoffs.
+    pub per_handoff: f64,
+    /// The steady rate of the same candidates without handoffs, requests/s.
+    pub steady_per_s: f64,
+    /// What the server counts.
+    pub what: &'static str,
+}
+
+impl Contention {
+    /// Requests per handoff (mean).
+    fn requests(&self) -> f64 {
+        match &self.counted {
+            Some(c) => c.per_handoff,
+            None => spread(&self.stats, CommandStats::requests).0,
+        }
+    }
 }
 
 struct Candidates {
@@ -119,7 +162,11 @@ impl Candidates {
     }
 }
 
-pub async fn measure(kind: &StoreKind, admin: &mut Admin, params: Params) -> BoxResult<Contention> {
+pub async fn measure(
+    kind: &StoreKind,
+    mut counter: Counter<'_>,
+    params: Params,
+) -> BoxResult<Contention> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut c = Candidates {
         stores: (0..params.connections)
@@ -158,12 +205,27 @@ pub async fn measure(kind: &StoreKind, admin: &mut Admin, params: Params) -> Box
 
     let mut latency = Vec::with_capacity(params.handoffs);
     let mut stats = Vec::with_capacity(params.handoffs);
-    let load = OtherLoad::start(Some(admin.server_pid().await?))?;
+    // The other servers: the steady rate first, then the count around the handoffs.
+    let mut around = None;
+    if let Counter::Server(server, settle) = &counter {
+        tokio::time::sleep(*settle).await;
+        let (s0, t0) = (server.snapshot().await?, Instant::now());
+        tokio::time::sleep(*settle).await;
+        let (s1, t1) = (server.snapshot().await?, Instant::now());
+        let steady = server.requests(&dbs::delta(&s0, &s1)) as f64 / (t1 - t0).as_secs_f64();
+        around = Some((s1, t1, steady));
+    }
+    let load = match &mut counter {
+        Counter::Redis(admin) => Some(OtherLoad::start(Some(admin.server_pid().await?))?),
+        Counter::Server(..) => None,
+    };
     for h in 0..params.handoffs {
         let old = c
             .leader()
             .ok_or_else(|| format!("handoff {h}: not exactly one leader"))?;
-        admin.reset_stats().await?;
+        if let Counter::Redis(admin) = &mut counter {
+            admin.reset_stats().await?;
+        }
         let t0 = Instant::now();
         let (stopped, became) = tokio::time::timeout(STEP_LIMIT, async {
             tokio::join!(c.elections[old].stop(), rx.recv())
@@ -175,7 +237,9 @@ pub async fn measure(kind: &StoreKind, admin: &mut Admin, params: Params) -> Box
         latency.push(at.saturating_duration_since(t0));
         let new_id = c.elections[new].candidate_id().to_owned();
         c.all_know(&new_id, old).await?;
-        stats.push(admin.command_stats().await?);
+        if let Counter::Redis(admin) = &mut counter {
+            stats.push(admin.command_stats().await?);
+        }
 
         let replacement = c.make(old)?;
         replacement.start().await?;
@@ -183,14 +247,31 @@ pub async fn measure(kind: &StoreKind, admin: &mut Admin, params: Params) -> Box
         c.all_know(&new_id, usize::MAX).await?;
         while rx.try_recv().is_ok() {}
     }
-    let others = load.percent()?;
+    let others = match load {
+        Some(load) => load.percent()?,
+        None => None,
+    };
+    let mut counted = None;
+    if let (Counter::Server(server, settle), Some((s1, t1, steady))) = (&counter, around) {
+        tokio::time::sleep(*settle).await;
+        let s2 = server.snapshot().await?;
+        let total = server.requests(&dbs::delta(&s1, &s2)) as f64;
+        let background = steady * t1.elapsed().as_secs_f64();
+        counted = Some(Counted {
+            per_handoff: ((total - background) / params.handoffs as f64).max(0.0),
+            steady_per_s: steady,
+            what: server.counts_what(),
+        });
+    }
     for e in &c.elections {
         e.stop().await?;
     }
     Ok(Contention {
+        store: kind.name(),
         params,
         latency: Samples::new(latency),
         stats,
+        counted,
         others,
     })
 }
@@ -221,7 +302,7 @@ fn herd(run: &Contention) -> bool {
 
 /// The summary's lines: the largest C.
 pub fn summary_rows(runs: &[Contention]) -> Vec<Row> {
-    let Some(run) = runs.iter().max_by_key(|r| r.params.candidates) else {
+    let Some(run) = redis(runs).max_by_key(|r| r.params.candidates) else {
         return Vec::new();
     };
     let c = run.params.candidates;
@@ -255,9 +336,16 @@ pub fn summary_rows(runs: &[Contention]) -> Vec<Row> {
     ]
 }
 
-pub fn report(runs: &[Contention], ctx: &Context) -> String {
+/// The Redis runs (counted per handoff).
+fn redis(runs: &[Contention]) -> impl Iterator<Item = &Contention> {
+    runs.iter().filter(|r| r.store == "redis")
+}
+
+pub fn report(all: &[Contention], ctx: &Context, servers: &[(&str, String)]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## Contention on Redis: many candidates on one key\n");
+    let _ = writeln!(out, "## Contention: many candidates on one key\n");
+    let runs: Vec<&Contention> = redis(all).collect();
+    let _ = writeln!(out, "### Redis\n");
     if let Some(first) = runs.first() {
         let _ = writeln!(
             out,
@@ -280,7 +368,7 @@ pub fn report(runs: &[Contention], ctx: &Context) -> String {
         "| candidates | handoffs | p50 | p99 | max | requests / handoff | commands / handoff | acquire attempts / handoff (min–max) | others' CPU |"
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for run in runs {
+    for run in &runs {
         let (req, _, _) = spread(&run.stats, CommandStats::requests);
         let (cmds, _, _) = spread(&run.stats, CommandStats::commands);
         let (att, att_min, att_max) = spread(&run.stats, |s| s.get("hmget") + s.get("hset"));
@@ -296,7 +384,7 @@ pub fn report(runs: &[Contention], ctx: &Context) -> String {
         );
     }
     out.push('\n');
-    for run in runs {
+    for run in &runs {
         let p99 = run.latency.p(99.0);
         let (att, _, _) = spread(&run.stats, |s| s.get("hmget") + s.get("hset"));
         let c = run.params.candidates;
@@ -337,7 +425,7 @@ pub fn report(runs: &[Contention], ctx: &Context) -> String {
             c = run.params.candidates,
         );
     }
-    if runs.iter().any(herd) {
+    if runs.iter().any(|r| herd(r)) {
         let _ = writeln!(
             out,
             "\nWhy the herd: more candidates of one connection answered a release than the one \
@@ -347,6 +435,108 @@ pub fn report(runs: &[Contention], ctx: &Context) -> String {
         );
     }
     out.push('\n');
-    out.push_str(&ctx.footer(&["redis"]));
+    other_stores(&mut out, all);
+    let mut versions = vec!["redis".to_owned()];
+    versions.extend(servers.iter().map(|(name, v)| format!("{name}: {v}")));
+    out.push_str(&ctx.footer(&versions.iter().map(String::as_str).collect::<Vec<_>>()));
     out
+}
+
+fn display_name(store: &str) -> &str {
+    match store {
+        "postgres" => "PostgreSQL",
+        "mysql" => "MySQL/MariaDB",
+        "etcd" => "etcd",
+        other => other,
+    }
+}
+
+/// The section on the stores counted over all the handoffs.
+fn other_stores(out: &mut String, all: &[Contention]) {
+    let runs: Vec<&Contention> = all.iter().filter(|r| r.counted.is_some()).collect();
+    let Some(first) = runs.first() else { return };
+    let _ = writeln!(out, "### PostgreSQL, MySQL/MariaDB and etcd\n");
+    let _ = writeln!(
+        out,
+        "The same handoffs, with the candidates spread evenly over {} store instances (each its own \
+         pool or client, as a process of its own would have) in one process; {}. These servers' \
+         counters cannot be reset, and PostgreSQL's arrive seconds late, so *requests / handoff* \
+         is counted once around all the handoffs, after a settling time at each end, minus the \
+         steady rate of the same candidates without handoffs, measured just before (*steady*: \
+         the leader's renewals, and on MySQL the followers' polling), and divided by the \
+         handoffs; it includes the stopped candidate's replacement joining (on the SQL stores an \
+         acquire attempt and a read; on etcd its queue entry, lease and watch). What each server \
+         counts: {}.\n",
+        first.params.connections,
+        first.params.timing.describe(),
+        runs.iter()
+            .map(|r| r.store)
+            .fold(Vec::<&str>::new(), |mut v, s| {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+                v
+            })
+            .iter()
+            .filter_map(|s| runs.iter().find(|r| r.store == *s))
+            .map(|r| format!(
+                "{}, {}",
+                display_name(r.store),
+                r.counted.as_ref().map_or("", |c| c.what)
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        out,
+        "| store | candidates | handoffs | p50 | p99 | max | requests / handoff | steady requests/s |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for run in &runs {
+        let steady = run.counted.as_ref().map_or(0.0, |c| c.steady_per_s);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {steady:.1} |",
+            display_name(run.store),
+            run.params.candidates,
+            run.latency.len(),
+            ms(run.latency.p(50.0)),
+            ms(run.latency.p(99.0)),
+            ms(run.latency.max()),
+            run.requests(),
+        );
+    }
+    out.push('\n');
+    for store in ["postgres", "mysql", "etcd"] {
+        let of: Vec<&&Contention> = runs.iter().filter(|r| r.store == store).collect();
+        let (Some(small), Some(large)) = (
+            of.iter().min_by_key(|r| r.params.candidates),
+            of.iter().max_by_key(|r| r.params.candidates),
+        ) else {
+            continue;
+        };
+        let grows = large.requests() > small.requests() * 2.0 + 4.0;
+        let _ = writeln!(
+            out,
+            "- {}: from C = {} to C = {}, requests per handoff {:.1} → {:.1}, p99 {} → {}. {}",
+            display_name(store),
+            small.params.candidates,
+            large.params.candidates,
+            small.requests(),
+            large.requests(),
+            ms(small.latency.p(99.0)),
+            ms(large.latency.p(99.0)),
+            match (store, grows) {
+                (_, false) => "The cost of a handoff does not grow with the candidates.",
+                ("etcd", true) => "The cost grows with the candidates.",
+                (_, true) =>
+                    "A thundering herd: every follower of a store instance answers a release with \
+                     an acquire (and a read when it loses), so the cost grows with the \
+                     candidates. The fix is Redis's wake-one (docs/decisions.md D38) in the SQL \
+                     stores' notice feed: one candidate per store instance tries, the others \
+                     wait for the winner's notice; not done yet.",
+            }
+        );
+    }
+    out.push('\n');
 }

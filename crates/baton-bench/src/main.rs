@@ -12,8 +12,10 @@
 //!    last acquire/renew send → the follower's `BecameLeader`, against the lease.
 //! 3. **Cost** (Redis): requests per second of one leader and ten idle followers, from the
 //!    server's `INFO commandstats`.
-//! 4. **Contention** (Redis): C candidates on one key; handoff latency and commands per handoff.
-//! 5. **Scale** (memory, SQLite, Redis): E elections in one child process; its CPU and RSS.
+//! 4. **Contention** (Redis, PostgreSQL, MySQL/MariaDB, etcd): C candidates on one key;
+//!    handoff latency and the server's requests per handoff.
+//! 5. **Scale** (memory, SQLite, Redis, PostgreSQL, MySQL/MariaDB, etcd): E elections in one
+//!    child process; its CPU and RSS.
 //! 6. **PostgreSQL, MySQL/MariaDB, etcd** (one figure each): graceful handoff, crash failover
 //!    and cost (requests/s of the leader and of idle followers, from the server's own counters).
 //! 7. **Against `etcdctl elect`**: graceful handoff and crash failover across processes, Baton's
@@ -363,6 +365,7 @@ fn run(args: &Args) -> BoxResult<()> {
     let redis = RedisServer::start();
     let etcd = [
         Figure::CliHandoff,
+        Figure::Contention,
         Figure::Scale,
         Figure::Etcd,
         Figure::VsEtcdctl,
@@ -544,13 +547,48 @@ async fn measure(
         let mut runs = Vec::new();
         for &params in &profile.contention {
             eprintln!(
-                "contention: {} candidates, {} handoffs",
+                "contention: redis, {} candidates, {} handoffs",
                 params.candidates, params.handoffs
             );
-            runs.push(contention::measure(&kinds[2], &mut admin, params).await?);
+            let counter = contention::Counter::Redis(&mut admin);
+            runs.push(contention::measure(&kinds[2], counter, params).await?);
+        }
+        let mut versions = Vec::new();
+        for store in ["postgres", "mysql", "etcd"] {
+            let server = match store {
+                "postgres" => dbs::Server::postgres().await?,
+                "mysql" => dbs::Server::mysql().await?,
+                _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
+            };
+            // PostgreSQL backends report table counters up to 10 s late (see dbs.rs).
+            let settle = match (profile.smoke, store) {
+                (true, _) => Duration::from_millis(200),
+                (false, "postgres") => Duration::from_secs(11),
+                (false, _) => Duration::from_secs(2),
+            };
+            versions.push((store, server.version().await));
+            let kind = StoreKind::Url(store, server.store_url());
+            let mut result = Ok(());
+            for &params in &profile.contention {
+                eprintln!(
+                    "contention: {store}, {} candidates, {} handoffs",
+                    params.candidates, params.handoffs
+                );
+                let counter = contention::Counter::Server(&server, settle);
+                match contention::measure(&kind, counter, params).await {
+                    Ok(run) => runs.push(run),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            server.cleanup().await;
+            result?;
         }
         summary_rows.extend(contention::summary_rows(&runs));
-        emit("contention", contention::report(&runs, ctx));
+        let versions: Vec<(&str, String)> = versions;
+        emit("contention", contention::report(&runs, ctx, &versions));
     }
 
     if figures.contains(&Figure::Scale) {
