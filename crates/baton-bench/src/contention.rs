@@ -527,14 +527,17 @@ fn other_stores(out: &mut String, all: &[Contention]) {
             ms(small.latency.p(99.0)),
             ms(large.latency.p(99.0)),
             match (store, grows) {
-                (_, false) => "The cost of a handoff does not grow with the candidates.",
+                ("etcd", false) =>
+                    "The cost of a handoff does not grow with the candidates: \
+                                    they wait in a queue, and only the next one acts.",
+                (_, false) =>
+                    "The cost of a handoff does not grow with the candidates: a \
+                               release wakes one candidate per store instance \
+                               (docs/decisions.md D41).",
                 ("etcd", true) => "The cost grows with the candidates.",
                 (_, true) =>
-                    "A thundering herd: every follower of a store instance answers a release with \
-                     an acquire (and a read when it loses), so the cost grows with the \
-                     candidates. The fix is Redis's wake-one (docs/decisions.md D38) in the SQL \
-                     stores' notice feed: one candidate per store instance tries, the others \
-                     wait for the winner's notice; not done yet.",
+                    "The cost grows with the candidates: a thundering herd, which \
+                              the wake-one of docs/decisions.md D41 should prevent.",
             }
         );
     }

@@ -69,6 +69,8 @@ pub mod redis;
 pub mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mysql"))]
+mod wake;
 
 /// A fencing token: strictly increases with every acquisition of a key.
 ///

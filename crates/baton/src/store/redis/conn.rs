@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::map_error;
 use super::target::{Kind, Target};
-use super::wake::Route;
 use crate::store::Change;
+use crate::store::wake::Route;
 use crate::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};

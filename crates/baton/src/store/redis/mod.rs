@@ -148,7 +148,6 @@
 mod batch;
 mod conn;
 mod target;
-mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;

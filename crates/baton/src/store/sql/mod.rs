@@ -32,9 +32,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
+use super::wake::{Route, Subscription};
 use super::{Change, Changes};
 use crate::connect::redact;
 use crate::{Error, Result};
@@ -187,14 +186,13 @@ pub(crate) struct Notice {
 /// for every key made each subscriber filter every notice: starting 10,000 elections on one
 /// PostgreSQL store woke 10,000 streams for each of the 10,000 acquisitions, and the lagging
 /// streams' spurious wake-ups kept most elections from leading for minutes.)
+///
+/// A release wakes one candidate of the store; the others wait for the winner's notice
+/// ([`wake`](crate::store::wake), docs/decisions.md D41). Observers see every notice.
 #[derive(Debug, Default)]
 pub(crate) struct Feed {
-    routes: Mutex<HashMap<Arc<str>, broadcast::Sender<Change>>>,
+    routes: Mutex<HashMap<Arc<str>, Arc<Route>>>,
 }
-
-/// How many notices a subscription may fall behind before it is told to look for itself
-/// ([`Change::Other`]).
-const FEED_BACKLOG: usize = 16;
 
 impl Feed {
     /// Pass `change` to the subscriptions of `key`, or to every subscription for `None`
@@ -203,13 +201,18 @@ impl Feed {
         let mut routes = lock(&self.routes);
         match key {
             Some(key) => {
-                if let Some(tx) = routes.get(key)
-                    && tx.send(change).is_err()
-                {
-                    routes.remove(key);
+                if let Some(route) = routes.get(key) {
+                    if route.is_watched() {
+                        route.send(change);
+                    } else {
+                        routes.remove(key);
+                    }
                 }
             }
-            None => routes.retain(|_, tx| tx.send(change.clone()).is_ok()),
+            None => routes.retain(|_, route| {
+                route.send(change.clone());
+                route.is_watched()
+            }),
         }
     }
 
@@ -219,36 +222,28 @@ impl Feed {
         self.publish(notice.key.as_deref(), notice.change);
     }
 
-    /// Notices for `key`. `keep` is held by the stream for as long as it lives (a poller, a
+    /// Notices for `key`, for a candidate (`candidate`: a release it did not claim is held
+    /// back) or an observer. `keep` is held by the stream for as long as it lives (a poller, a
     /// listener), and dropped with it.
-    pub fn subscribe<K: Send + 'static>(&self, key: &str, keep: K) -> Changes {
-        Self::stream(self.receiver(key), keep)
+    pub fn subscribe<K: Send + 'static>(&self, key: &str, candidate: bool, keep: K) -> Changes {
+        Self::stream(self.receiver(key), candidate, keep)
     }
 
-    /// A receiver of `key`'s notices taken now, to be turned into a stream with
+    /// A subscription to `key`'s notices taken now, to be turned into a stream with
     /// [`Feed::stream`] later: nothing published in between is lost.
-    pub fn receiver(&self, key: &str) -> broadcast::Receiver<Change> {
+    pub fn receiver(&self, key: &str) -> Subscription {
         let mut routes = lock(&self.routes);
-        routes
-            .entry(key.into())
-            .or_insert_with(|| broadcast::channel(FEED_BACKLOG).0)
-            .subscribe()
+        routes.entry(key.into()).or_default().subscribe()
     }
 
-    /// The notices from `rx`, keeping `keep` alive as long as the stream.
-    pub fn stream<K: Send + 'static>(rx: broadcast::Receiver<Change>, keep: K) -> Changes {
-        Box::pin(futures_util::stream::unfold(
-            (rx, keep),
-            |(mut rx, keep)| async move {
-                match rx.recv().await {
-                    Ok(change) => Some((change, (rx, keep))),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        Some((Change::Other, (rx, keep)))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => None,
-                }
-            },
-        ))
+    /// The notices of `sub`, for a candidate or an observer, keeping `keep` alive as long as
+    /// the stream.
+    pub fn stream<K: Send + 'static>(sub: Subscription, candidate: bool, keep: K) -> Changes {
+        if candidate {
+            sub.candidate(keep)
+        } else {
+            sub.observer(keep)
+        }
     }
 }
 
@@ -458,8 +453,8 @@ mod tests {
     #[tokio::test]
     async fn a_notice_wakes_only_its_keys_subscribers() {
         let feed = Feed::default();
-        let mut a = feed.subscribe("a", ());
-        let mut b = feed.subscribe("b", ());
+        let mut a = feed.subscribe("a", true, ());
+        let mut b = feed.subscribe("b", true, ());
         feed.publish(Some("a"), Change::Released);
         assert_eq!(ready(&mut a), Some(Change::Released));
         assert_eq!(ready(&mut b), None, "b was woken by a's notice");
@@ -473,14 +468,39 @@ mod tests {
         let feed = Feed::default();
         let rx = feed.receiver("k");
         feed.publish(Some("k"), Change::Expired);
-        let mut changes = Feed::stream(rx, ());
+        let mut changes = Feed::stream(rx, true, ());
         assert_eq!(ready(&mut changes), Some(Change::Expired));
         drop(changes);
         feed.publish(Some("k"), Change::Released);
         assert!(lock(&feed.routes).is_empty());
-        let mut again = feed.subscribe("k", ());
+        let mut again = feed.subscribe("k", true, ());
         feed.publish(Some("k"), Change::Released);
         assert_eq!(ready(&mut again), Some(Change::Released));
+    }
+
+    /// D41: a release wakes one candidate of the store; the others learn who won, and
+    /// observers see everything.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_wakes_one_candidate_and_every_observer() {
+        let feed = Feed::default();
+        let mut a = feed.subscribe("k", true, ());
+        let mut b = feed.subscribe("k", true, ());
+        let mut watcher = feed.subscribe("k", false, ());
+        feed.publish(Some("k"), Change::Released);
+        assert_eq!(ready(&mut a), Some(Change::Released));
+        assert_eq!(ready(&mut b), None, "b answered a release a claimed");
+        assert_eq!(ready(&mut watcher), Some(Change::Released));
+        let won = Change::Acquired { holder: "a".into() };
+        feed.publish(Some("k"), won.clone());
+        assert_eq!(ready(&mut b), Some(won.clone()));
+        assert_eq!(ready(&mut watcher), Some(won));
+        // With nobody taking the lease, b tries after all.
+        feed.publish(Some("k"), Change::Released);
+        assert_eq!(ready(&mut a), Some(Change::Acquired { holder: "a".into() }));
+        assert_eq!(ready(&mut a), Some(Change::Released));
+        let start = tokio::time::Instant::now();
+        assert_eq!(b.next().await, Some(Change::Released));
+        assert_eq!(start.elapsed(), crate::store::wake::WAKE_OTHERS_AFTER);
     }
 
     #[test]

@@ -48,7 +48,8 @@
 //! queries per second per watching follower process** at the default, each a single-row
 //! primary-key lookup; the leader does not poll (it renews once per renew interval). A
 //! graceful handoff therefore takes at most one poll interval plus an acquire round trip.
-//! Changes made through the same store object are delivered at once. (The alternative,
+//! Changes made through the same store object are delivered at once. Of a store's candidates,
+//! one answers a release; the others wait for the winner (docs/decisions.md D41). (The alternative,
 //! blocking followers on `GET_LOCK` of a lock the leader holds, costs no polling but pins one
 //! connection per follower and per leader; it is not implemented.)
 //!
@@ -69,6 +70,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -219,6 +221,8 @@ struct Inner {
     ready: OnceCell<()>,
     feed: Arc<Feed>,
     pollers: Mutex<HashMap<String, std::sync::Weak<Poller>>>,
+    /// Pollers running (each reads its key every `poll`).
+    polling: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for MysqlStore {
@@ -273,6 +277,7 @@ impl MysqlStore {
                 ready: OnceCell::new(),
                 feed: Arc::new(Feed::default()),
                 pollers: Mutex::new(HashMap::new()),
+                polling: Arc::default(),
             }),
         })
     }
@@ -285,6 +290,13 @@ impl MysqlStore {
     /// How often a watching follower reads its key.
     pub fn poll_interval(&self) -> Duration {
         self.inner.poll
+    }
+
+    /// How many keys this store polls now: one poller per watched key, however many of the
+    /// store's candidates and observers watch it, each reading its key once per
+    /// [`poll_interval`](Self::poll_interval).
+    pub fn pollers(&self) -> usize {
+        self.inner.polling.load(Ordering::Acquire)
     }
 
     /// The pool, for callers that want to run their own statements on the same server.
@@ -527,7 +539,7 @@ impl LeaseStore for MysqlStore {
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         check_len("key", key)?;
-        self.subscribe(key).await.map(Some)
+        self.subscribe(key, false).await.map(Some)
     }
 
     fn info(&self) -> StoreInfo {
@@ -648,7 +660,7 @@ impl Candidacy for MysqlCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        self.store.subscribe(&self.key).await.map(Some)
+        self.store.subscribe(&self.key, true).await.map(Some)
     }
 }
 
@@ -656,11 +668,19 @@ impl Candidacy for MysqlCandidacy {
 // The polled watch.
 
 /// The poller of one key; stops when the last subscription to it is dropped.
-struct Poller(tokio::task::JoinHandle<()>);
+struct Poller {
+    task: tokio::task::JoinHandle<()>,
+    /// The store's count of running pollers, which this one is part of.
+    polling: Arc<AtomicUsize>,
+    /// Becomes true once the poller has read the key the first time: every change after that
+    /// is published.
+    baseline: tokio::sync::watch::Receiver<bool>,
+}
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+        self.polling.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -687,25 +707,47 @@ impl Seen {
 }
 
 impl MysqlStore {
-    /// Changes to `key`, from this store's poller of the key (started if none runs).
-    async fn subscribe(&self, key: &str) -> Result<Changes> {
+    /// Changes to `key` for a candidate or an observer (see [`Feed`]), from this store's
+    /// poller of the key (started if none runs).
+    async fn subscribe(&self, key: &str, candidate: bool) -> Result<Changes> {
         let inner = &self.inner;
         inner.ready().await?;
-        let existing = lock(&inner.pollers)
-            .get(key)
-            .and_then(std::sync::Weak::upgrade);
-        if let Some(poller) = existing {
-            return Ok(inner.feed.subscribe(key, poller));
+        // One poller per key and store, however many subscribe at once: found or started
+        // under one lock, with no await in between (candidates that start together used to
+        // start one poller each).
+        let (changes, mut baseline) = self.poll_key(key, candidate);
+        // Returned once the poller has read the key, so a change after the caller's next read
+        // is published (a poller whose task ended stops the wait too).
+        let _ = baseline.wait_for(|taken| *taken).await;
+        Ok(changes)
+    }
+
+    /// A stream of `key`'s changes from its poller, found or started, and the poller's
+    /// baseline signal.
+    fn poll_key(
+        &self,
+        key: &str,
+        candidate: bool,
+    ) -> (Changes, tokio::sync::watch::Receiver<bool>) {
+        let inner = &self.inner;
+        let mut pollers = lock(&inner.pollers);
+        if let Some(poller) = pollers.get(key).and_then(std::sync::Weak::upgrade) {
+            let baseline = poller.baseline.clone();
+            return (inner.feed.subscribe(key, candidate, poller), baseline);
         }
-        // Subscribe first, then take the baseline, so no change after it is missed.
+        // Subscribe first; the poller then takes its baseline, so no change after it is missed.
         let rx = inner.feed.receiver(key);
-        let doing = format!("watching key {key:?}");
-        let baseline = inner.select(key, &doing).await.ok().map(Seen::of);
+        let (baseline_taken, baseline) = tokio::sync::watch::channel(false);
         let weak = Arc::downgrade(inner);
         let owned_key = key.to_owned();
         let poll = inner.poll;
         let task = tokio::spawn(async move {
-            let mut last = baseline;
+            let doing = format!("watching key {owned_key:?}");
+            let mut last = match weak.upgrade() {
+                Some(inner) => inner.select(&owned_key, &doing).await.ok().map(Seen::of),
+                None => return,
+            };
+            let _ = baseline_taken.send(true);
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -737,9 +779,14 @@ impl MysqlStore {
                 }
             }
         });
-        let poller = Arc::new(Poller(task));
-        let changes = Feed::stream(rx, Arc::clone(&poller));
-        lock(&inner.pollers).insert(key.to_owned(), Arc::downgrade(&poller));
-        Ok(changes)
+        let taken = baseline.clone();
+        inner.polling.fetch_add(1, Ordering::AcqRel);
+        let poller = Arc::new(Poller {
+            task,
+            polling: Arc::clone(&inner.polling),
+            baseline,
+        });
+        pollers.insert(key.to_owned(), Arc::downgrade(&poller));
+        (Feed::stream(rx, candidate, poller), taken)
     }
 }

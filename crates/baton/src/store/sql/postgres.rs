@@ -50,7 +50,8 @@
 //! [`watch`](Candidacy::watch) and kept until the store is dropped; it reconnects by itself,
 //! and after a reconnect tells every watcher to look again ([`Change::Other`]), since notices
 //! sent while it was away are lost. A follower therefore wakes one notification after a
-//! release: a graceful handoff costs about two round trips.
+//! release: a graceful handoff costs about two round trips. Of a store's candidates, one
+//! answers a release; the others wait for the winner's notice (docs/decisions.md D41).
 //!
 //! # Connections
 //!
@@ -551,7 +552,7 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
-        self.subscribe(key).await
+        self.subscribe(key, false).await
     }
 
     fn info(&self) -> StoreInfo {
@@ -659,7 +660,7 @@ impl Candidacy for PostgresCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        self.store.subscribe(&self.key).await
+        self.store.subscribe(&self.key, true).await
     }
 }
 
@@ -676,12 +677,13 @@ impl Drop for ListenerTask {
 }
 
 impl PostgresStore {
-    /// Changes to `key`, once the listener is listening; `None` if it cannot connect.
-    async fn subscribe(&self, key: &str) -> Result<Option<Changes>> {
+    /// Changes to `key` for a candidate or an observer (see [`Feed`]), once the listener is
+    /// listening; `None` if it cannot connect.
+    async fn subscribe(&self, key: &str, candidate: bool) -> Result<Option<Changes>> {
         let inner = &self.inner;
         inner.ready().await?;
         let mut slot = inner.listener.lock().await;
-        let changes = inner.feed.subscribe(key, ());
+        let changes = inner.feed.subscribe(key, candidate, ());
         let running = slot.as_ref().is_some_and(|t| !t.0.is_finished());
         if !running {
             let (ready_tx, ready_rx) = oneshot::channel();

@@ -1,22 +1,24 @@
-//! Routing a key's change messages to the candidates of one store, waking one per release.
+//! Routing a key's change messages to the candidates of one store instance, waking one per
+//! release. Used by the Redis store (a route per connection and channel) and the SQL stores (a
+//! route per store and key, fed by PostgreSQL's `LISTEN` connection or MySQL's poller).
 //!
-//! Every candidate of a store watches its key's channel through the store's one connection.
-//! When the leader releases, Redis sends the `released` message once per connection, and
-//! without care every follower on the connection would answer it with an acquire script, all
-//! but one of them in vain: a thundering herd of C − 1 attempts for C candidates (999 per
-//! handoff at C = 1000 in `scripts/bench`'s contention figure).
+//! Every candidate of a store instance watches its key through the instance's one source of
+//! changes. When the leader releases, that source reports the release once, and without care
+//! every follower of the instance would answer it with an acquire, all but one of them in vain:
+//! a thundering herd of C − 1 attempts for C candidates (999 per handoff at C = 1000 in
+//! `scripts/bench`'s contention figure).
 //!
 //! So a release is *claimed*: the first candidate's stream to take the message yields
 //! [`Change::Released`] and its candidate tries at once; the others hold the message back and
-//! wait for what follows. Whoever wins publishes `acquired:<holder>`, which the held-back
-//! streams yield instead, and their candidates wait out the new lease without asking Redis. If
-//! nothing follows within [`WAKE_OTHERS_AFTER`] (the claimer was stopped, or its acquire
-//! failed), they yield the `Released` after all and try themselves. A handoff then costs one
-//! acquire attempt per connection (per process, for `baton run`), not one per candidate. See
-//! docs/decisions.md D38.
+//! wait for what follows. Whoever wins is reported as [`Change::Acquired`], which the held-back
+//! streams yield instead, and their candidates wait out the new lease without asking the
+//! store. If nothing follows within [`WAKE_OTHERS_AFTER`] (the claimer was stopped, or its
+//! acquire failed), they yield the `Released` after all and try themselves. A handoff then
+//! costs one acquire attempt per store instance (per process, for `baton run`), not one per
+//! candidate. See docs/decisions.md D38 and D41.
 //!
 //! Observers that are not candidates (`baton watch`, [`LeaseStore::watch`]) see every message
-//! as it comes: they never acquire.
+//! as it comes: they never acquire, so they never claim.
 //!
 //! [`LeaseStore::watch`]: crate::LeaseStore::watch
 
@@ -34,19 +36,19 @@ use crate::store::{Change, Changes};
 /// round trip; this only delays a handoff whose claimer did not take the lease (it was stopped
 /// at that moment, or its acquire failed), and is long enough that a busy machine does not
 /// bring the herd back by delaying that message.
-pub(super) const WAKE_OTHERS_AFTER: Duration = Duration::from_millis(200);
+pub(crate) const WAKE_OTHERS_AFTER: Duration = Duration::from_millis(200);
 
 /// One change message, numbered if it is a release.
 #[derive(Debug, Clone)]
-pub(super) struct Push {
+pub(crate) struct Push {
     pub change: Change,
     /// For [`Change::Released`], the number of this release on its route (from 1); 0 otherwise.
     pub release: u64,
 }
 
-/// The watchers of one channel on one store.
+/// The watchers of one key (or channel) on one store instance.
 #[derive(Debug)]
-pub(super) struct Route {
+pub(crate) struct Route {
     tx: broadcast::Sender<Push>,
     /// Releases seen on this route.
     releases: AtomicU64,
@@ -76,26 +78,63 @@ impl Route {
     }
 
     /// Every change as it comes, for observers.
-    pub fn observer(&self) -> Changes {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn observer(self: &Arc<Self>) -> Changes {
+        self.subscribe().observer(())
+    }
+
+    /// Whether anyone still listens.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+    pub fn is_watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    /// A subscription taken now, to become a stream later ([`Subscription::candidate`], [`Subscription::observer`]): nothing sent in
+    /// between is lost.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        Subscription {
+            rx: self.tx.subscribe(),
+            route: Arc::clone(self),
+        }
+    }
+
+    /// Changes for a candidate: a release it did not claim is held back, as the module docs
+    /// describe.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn candidate(self: &Arc<Self>) -> Changes {
+        self.subscribe().candidate(())
+    }
+}
+
+/// A subscription to a [`Route`], taken before it becomes a stream.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    rx: broadcast::Receiver<Push>,
+    route: Arc<Route>,
+}
+
+impl Subscription {
+    /// Every change as it comes, for observers; `keep` lives as long as the stream.
+    pub fn observer<K: Send + 'static>(self, keep: K) -> Changes {
         Box::pin(futures_util::stream::unfold(
-            self.tx.subscribe(),
-            |mut rx| async move {
+            (self.rx, keep),
+            |(mut rx, keep)| async move {
                 match rx.recv().await {
-                    Ok(push) => Some((push.change, rx)),
-                    Err(RecvError::Lagged(_)) => Some((Change::Other, rx)),
+                    Ok(push) => Some((push.change, (rx, keep))),
+                    Err(RecvError::Lagged(_)) => Some((Change::Other, (rx, keep))),
                     Err(RecvError::Closed) => None,
                 }
             },
         ))
     }
 
-    /// Changes for a candidate: a release it did not claim is held back, as the module docs
-    /// describe.
-    pub fn candidate(self: &Arc<Self>) -> Changes {
-        let state = (self.tx.subscribe(), self.clone());
+    /// Changes for a candidate, a release it did not claim held back; `keep` lives as long as
+    /// the stream.
+    pub fn candidate<K: Send + 'static>(self, keep: K) -> Changes {
+        let state = (self.rx, self.route, keep);
         Box::pin(futures_util::stream::unfold(
             state,
-            |(mut rx, route)| async move {
+            |(mut rx, route, keep)| async move {
                 let mut held_back: Option<tokio::time::Instant> = None;
                 loop {
                     let next = match held_back {
@@ -103,7 +142,7 @@ impl Route {
                         Some(until) => tokio::select! {
                             next = rx.recv() => next,
                             () = tokio::time::sleep_until(until) => {
-                                return Some((Change::Released, (rx, route)));
+                                return Some((Change::Released, (rx, route, keep)));
                             }
                         },
                     };
@@ -113,14 +152,16 @@ impl Route {
                             release,
                         }) => {
                             if route.claimed.fetch_max(release, Ordering::AcqRel) < release {
-                                return Some((Change::Released, (rx, route)));
+                                return Some((Change::Released, (rx, route, keep)));
                             }
                             held_back.get_or_insert_with(|| {
                                 tokio::time::Instant::now() + WAKE_OTHERS_AFTER
                             });
                         }
-                        Ok(push) => return Some((push.change, (rx, route))),
-                        Err(RecvError::Lagged(_)) => return Some((Change::Other, (rx, route))),
+                        Ok(push) => return Some((push.change, (rx, route, keep))),
+                        Err(RecvError::Lagged(_)) => {
+                            return Some((Change::Other, (rx, route, keep)));
+                        }
                         Err(RecvError::Closed) => return None,
                     }
                 }
