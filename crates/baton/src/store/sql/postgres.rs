@@ -226,10 +226,11 @@ fn q(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 ///
 /// sqlx prepares a statement on a connection the first time it runs it there (a Parse and a
 /// Describe: one more round trip, and the server parses and analyses the statement). The
-/// pool calls this on every connection it opens and every connection it hands out, so that
-/// cost is paid when a connection is set up, not by the acquire that follows a release: the
-/// handoff. A statement already prepared on the connection costs a lookup in sqlx's cache.
-/// A failure here is only logged: the statement then runs, and fails, where the caller sees it.
+/// pool calls this on every connection it opens, and the store once on the idle connections
+/// when it finds the table ready, so that cost is paid when a connection is set up, not by the
+/// acquire that follows a release: the handoff. Nothing runs when a connection is handed out,
+/// so renewals pay nothing for it. A failure here is only logged: the statement then runs,
+/// and fails, where the caller sees it.
 async fn prepare_election(conn: &mut PgConnection, sql: &Sql, ready: &AtomicBool) {
     if !ready.load(Ordering::Acquire) {
         return;
@@ -267,7 +268,7 @@ struct Inner {
     /// Set once the table is known to be Baton's.
     ready: OnceCell<()>,
     /// Set with `ready`: from then on the pool prepares the election's statements on every
-    /// connection it hands out (see [`prepare_election`]).
+    /// connection it opens (see [`prepare_election`]).
     table_ready: Arc<AtomicBool>,
     feed: Arc<Feed>,
     /// The listener task, once a watch started it.
@@ -307,7 +308,6 @@ impl PostgresStore {
         let sql = Arc::new(Sql::for_table(&url.table));
         let table_ready = Arc::new(AtomicBool::new(false));
         let (sql_c, ready_c) = (Arc::clone(&sql), Arc::clone(&table_ready));
-        let (sql_a, ready_a) = (Arc::clone(&sql), Arc::clone(&table_ready));
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)
@@ -319,13 +319,6 @@ impl PostgresStore {
                 Box::pin(async move {
                     prepare_election(conn, &sql, &ready).await;
                     Ok(())
-                })
-            })
-            .before_acquire(move |conn, _| {
-                let (sql, ready) = (Arc::clone(&sql_a), Arc::clone(&ready_a));
-                Box::pin(async move {
-                    prepare_election(conn, &sql, &ready).await;
-                    Ok(true)
                 })
             })
             .connect_lazy_with(options);
@@ -363,7 +356,13 @@ impl Inner {
         self.ready
             .get_or_try_init(|| async {
                 self.prepare_table().await?;
+                // From now on every new connection is prepared as it opens; the ones that
+                // checked the table are prepared here, once.
                 self.table_ready.store(true, Ordering::Release);
+                let idle: Vec<_> = std::iter::from_fn(|| self.pool.try_acquire()).collect();
+                for mut conn in idle {
+                    prepare_election(&mut conn, &self.sql, &self.table_ready).await;
+                }
                 Ok::<_, Error>(())
             })
             .await
