@@ -17,7 +17,7 @@ use crate::dbs::Server;
 use crate::peers::{etcdctl_rounds, ratio};
 use crate::procs::{self, Change, STEP};
 use crate::redis_admin::Admin;
-use crate::report::{Context, Row, Samples, ms, target_ms, verdict};
+use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
 use crate::stores::Timing;
 
 #[derive(Debug, Clone, Copy)]
@@ -94,16 +94,6 @@ pub fn target(store: &str) -> Option<Duration> {
         "postgres" => Some(Duration::from_millis(5)),
         "mysql" => Some(Duration::from_millis(50)),
         _ => None,
-    }
-}
-
-fn display_name(store: &str) -> &'static str {
-    match store {
-        "sqlite" => "SQLite",
-        "redis" => "Redis",
-        "postgres" => "PostgreSQL",
-        "mysql" => "MySQL/MariaDB",
-        _ => "etcd",
     }
 }
 

@@ -27,7 +27,7 @@ use crate::BoxResult;
 use crate::dbs;
 use crate::procfs::{OtherLoad, percent_or_dash};
 use crate::redis_admin::{Admin, CommandStats};
-use crate::report::{Context, Row, Samples, ms, target_ms, verdict};
+use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
 use crate::stores::{
     StoreKind, Timing, became_leader, became_leader_within, election, first_lead_limit,
 };
@@ -442,14 +442,8 @@ pub fn report(all: &[Contention], ctx: &Context, servers: &[(&str, String)]) -> 
     out
 }
 
-fn display_name(store: &str) -> &str {
-    match store {
-        "postgres" => "PostgreSQL",
-        "mysql" => "MySQL/MariaDB",
-        "etcd" => "etcd",
-        other => other,
-    }
-}
+/// The stores counted over all the handoffs, in the report's order.
+pub const SERVERS: [&str; 3] = ["postgres", "mysql", "etcd"];
 
 /// The section on the stores counted over all the handoffs.
 fn other_stores(out: &mut String, all: &[Contention]) {
@@ -469,14 +463,7 @@ fn other_stores(out: &mut String, all: &[Contention]) {
          counts: {}.\n",
         first.params.connections,
         first.params.timing.describe(),
-        runs.iter()
-            .map(|r| r.store)
-            .fold(Vec::<&str>::new(), |mut v, s| {
-                if !v.contains(&s) {
-                    v.push(s);
-                }
-                v
-            })
+        SERVERS
             .iter()
             .filter_map(|s| runs.iter().find(|r| r.store == *s))
             .map(|r| format!(
@@ -507,7 +494,7 @@ fn other_stores(out: &mut String, all: &[Contention]) {
         );
     }
     out.push('\n');
-    for store in ["postgres", "mysql", "etcd"] {
+    for store in SERVERS {
         let of: Vec<&&Contention> = runs.iter().filter(|r| r.store == store).collect();
         let (Some(small), Some(large)) = (
             of.iter().min_by_key(|r| r.params.candidates),

@@ -430,6 +430,15 @@ struct Servers<'a> {
 }
 
 impl Servers<'_> {
+    /// The server of `postgres`, `mysql` or `etcd`, with its counters.
+    async fn server(&self, store: &str) -> BoxResult<dbs::Server> {
+        Ok(match store {
+            "postgres" => dbs::Server::postgres().await?,
+            "mysql" => dbs::Server::mysql().await?,
+            _ => dbs::Server::etcd(self.etcd.ok_or("no etcd server")?.port()),
+        })
+    }
+
     /// The `baton` binary, if it exists.
     fn baton_checked(&self) -> BoxResult<&std::path::Path> {
         if self.baton.exists() {
@@ -554,12 +563,8 @@ async fn measure(
             runs.push(contention::measure(&kinds[2], counter, params).await?);
         }
         let mut versions = Vec::new();
-        for store in ["postgres", "mysql", "etcd"] {
-            let server = match store {
-                "postgres" => dbs::Server::postgres().await?,
-                "mysql" => dbs::Server::mysql().await?,
-                _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
-            };
+        for store in contention::SERVERS {
+            let server = servers.server(store).await?;
             // PostgreSQL backends report table counters up to 10 s late (see dbs.rs).
             let settle = match (profile.smoke, store) {
                 (true, _) => Duration::from_millis(200),
@@ -587,7 +592,6 @@ async fn measure(
             result?;
         }
         summary_rows.extend(contention::summary_rows(&runs));
-        let versions: Vec<(&str, String)> = versions;
         emit("contention", contention::report(&runs, ctx, &versions));
     }
 
@@ -607,11 +611,7 @@ async fn measure(
                     None,
                 ),
                 "postgres" | "mysql" | "etcd" => {
-                    let s = match store {
-                        "postgres" => dbs::Server::postgres().await?,
-                        "mysql" => dbs::Server::mysql().await?,
-                        _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
-                    };
+                    let s = servers.server(store).await?;
                     let url = s.store_url();
                     server = Some(s);
                     (url, None)
@@ -636,11 +636,7 @@ async fn measure(
         if !figures.contains(&figure) {
             continue;
         }
-        let server = match store {
-            "postgres" => dbs::Server::postgres().await?,
-            "mysql" => dbs::Server::mysql().await?,
-            _ => dbs::Server::etcd(servers.etcd.ok_or("no etcd server")?.port()),
-        };
+        let server = servers.server(store).await?;
         let mut params = profile.server_stores;
         if store == "postgres" && !profile.smoke {
             // PostgreSQL backends report table counters up to 10 s late (see dbs.rs).

@@ -218,6 +218,19 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> Result<(), String> 
     std::fs::write(path, new).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// A store's name as the report prints it (`postgres` → `PostgreSQL`).
+pub fn display_name(store: &str) -> &'static str {
+    match store {
+        "memory" => "memory",
+        "sqlite" => "SQLite",
+        "redis" => "Redis",
+        "postgres" => "PostgreSQL",
+        "mysql" => "MySQL/MariaDB",
+        "etcd" => "etcd",
+        _ => "?",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

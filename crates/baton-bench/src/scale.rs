@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::BoxResult;
 use crate::procfs::{context_switches, cpu_seconds, rss_kib};
 use crate::redis_admin::Admin;
-use crate::report::{Context, Row, verdict};
+use crate::report::{Context, Row, display_name, verdict};
 use crate::stores::{StoreKind, Timing, election};
 
 /// Target for 10,000 elections in one process (issue 3 and 8).
@@ -275,16 +275,6 @@ pub fn summary_rows(runs: &[ScaleRun]) -> Vec<Row> {
 
 /// The stores whose largest E is held to the targets.
 const TARGETED: [&str; 4] = ["redis", "postgres", "mysql", "etcd"];
-
-fn display_name(store: &str) -> &str {
-    match store {
-        "redis" => "Redis",
-        "postgres" => "PostgreSQL",
-        "mysql" => "MySQL/MariaDB",
-        "etcd" => "etcd",
-        other => other,
-    }
-}
 
 /// `0.12 %`, or `< 0.03 %` when no clock tick was counted.
 fn cpu(r: &ScaleRun) -> String {

@@ -21,7 +21,7 @@ use crate::dbs::{Server, Snapshot, delta};
 use crate::failover::{self, Crash};
 use crate::handoff;
 use crate::procfs::{OtherLoad, percent_or_dash};
-use crate::report::{Context, Row, Samples, ms, target_ms, verdict};
+use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
 use crate::stores::{StoreKind, Timing, became_leader_within, election, first_lead_limit};
 
 #[derive(Debug, Clone, Copy)]
@@ -596,13 +596,4 @@ impl Run {
 /// its default election timeout).
 fn etcd_ttl_secs(lease: Duration) -> f64 {
     lease.as_secs_f64().ceil().max(2.0)
-}
-
-pub fn display_name(store: &str) -> &'static str {
-    match store {
-        "postgres" => "PostgreSQL",
-        "mysql" => "MySQL/MariaDB",
-        "etcd" => "etcd",
-        _ => "?",
-    }
 }
