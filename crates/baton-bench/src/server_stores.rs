@@ -540,11 +540,9 @@ impl Run {
                 cost.per_follower()
             ),
             _ => {
-                let recheck = baton::ElectionOptions {
-                    lease_duration: cost.timing.lease,
-                    ..baton::ElectionOptions::default()
-                }
-                .complete_watch_recheck();
+                let recheck = baton::ElectionOptions::new()
+                    .with_lease_duration(cost.timing.lease)
+                    .complete_watch_recheck();
                 format!(
                     "Expected: the leader one keepalive and one read per renewal; each follower \
                      one keepalive per third of its session's TTL (as Go's `concurrency.Session` \

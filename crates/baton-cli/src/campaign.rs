@@ -90,7 +90,9 @@ fn print_json(
                 boot_ns,
             });
         }
-        Event::LeaderChanged { previous, current } => {
+        Event::LeaderChanged {
+            previous, current, ..
+        } => {
             // The token is known only for our own term.
             let token = match current.as_deref() {
                 Some(c) if c == candidate => state.borrow().token.map(|t| t.get()),
@@ -108,6 +110,18 @@ fn print_json(
                 boot_ns,
             });
         }
+        // An event this build does not know: its name and the state tell the rest.
+        _ => EventLine {
+            event: event.name(),
+            candidate: Some(candidate),
+            key,
+            token: None,
+            leader: None,
+            reason: None,
+            previous: None,
+            ts,
+            boot_ns,
+        },
     };
     output::json_line(&line)
 }
@@ -121,11 +135,14 @@ fn print_human(event: &Event, me: &str) {
         Event::LostLeadership { token, reason, .. } => {
             format!("{BAD}lost leadership{BAD:#}: {reason} (fencing token {token})")
         }
-        Event::LeaderChanged { previous, current } => format!(
+        Event::LeaderChanged {
+            previous, current, ..
+        } => format!(
             "{NOTE}leader changed{NOTE:#}: {} -> {}",
             leader_name(previous.as_deref(), me),
             leader_name(current.as_deref(), me)
         ),
+        _ => event.name().replace('_', " "),
     };
     say(format!("{DIM}{ts}{DIM:#}  {text}\n"));
 }

@@ -132,7 +132,10 @@ pub struct GlobalArgs {
     /// Test-only and unsafe: ignore the step-down deadline, so a leader keeps acting after its
     /// lease may have passed to another candidate. The chaos harness (crates/baton-chaos) runs
     /// candidates with it to show that its checker catches an unsafe election. Hidden from
-    /// --help, and deliberately no environment variable or config file setting.
+    /// --help, and deliberately no environment variable or config file setting. Only in a
+    /// `baton` built with the `unsafe-testing` feature, which the chaos harness's build
+    /// enables: `cargo install` builds a `baton` without it.
+    #[cfg(feature = "unsafe-testing")]
     #[arg(
         long = "unsafe-ignore-deadline-for-testing",
         global = true,

@@ -170,30 +170,29 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
             }
         }
     };
-    let options = ElectionOptions {
-        lease_duration: duration(
-            "lease",
-            "BATON_LEASE",
-            &args.lease,
-            &file.lease,
-            defaults.lease_duration,
-        )?,
-        renew_interval: duration(
-            "renew",
-            "BATON_RENEW",
-            &args.renew,
-            &file.renew,
-            defaults.renew_interval,
-        )?,
-        grace_period: duration(
-            "grace",
-            "BATON_GRACE",
-            &args.grace,
-            &file.grace,
-            defaults.grace_period,
-        )?,
-        instance_id: id,
-    };
+    let mut options = ElectionOptions::new();
+    options.lease_duration = duration(
+        "lease",
+        "BATON_LEASE",
+        &args.lease,
+        &file.lease,
+        defaults.lease_duration,
+    )?;
+    options.renew_interval = duration(
+        "renew",
+        "BATON_RENEW",
+        &args.renew,
+        &file.renew,
+        defaults.renew_interval,
+    )?;
+    options.grace_period = duration(
+        "grace",
+        "BATON_GRACE",
+        &args.grace,
+        &file.grace,
+        defaults.grace_period,
+    )?;
+    options.instance_id = id;
     options.validate()?;
     Ok(Settings {
         store,

@@ -232,6 +232,7 @@ fn print_event(event: &Event, me: &str) {
             candidate,
             key,
             token,
+            ..
         } => format!(
             "\n{GOOD}*** LEADERSHIP ACQUIRED ***{GOOD:#}\n  Candidate: {candidate}\n  Lock Key: {key}\n  \
              Fencing Token: {token}\n  This instance is now the leader!\n\n"
@@ -254,11 +255,14 @@ fn print_event(event: &Event, me: &str) {
                 "\n{BAD}*** LEADERSHIP LOST *** ({reason}){BAD:#}\n  Fencing Token: {token} (its term is over)\n  {why}\n\n"
             )
         }
-        Event::LeaderChanged { previous, current } => format!(
+        Event::LeaderChanged {
+            previous, current, ..
+        } => format!(
             "{NOTE}Leader changed: {} -> {}{NOTE:#}\n",
             leader_name(previous.as_deref(), me),
             leader_name(current.as_deref(), me)
         ),
+        _ => return,
     };
     say(text);
 }

@@ -311,12 +311,10 @@ mod tests {
     use super::*;
 
     fn opts(lease: u64, renew: u64, grace: u64) -> ElectionOptions {
-        ElectionOptions {
-            lease_duration: Duration::from_millis(lease),
-            renew_interval: Duration::from_millis(renew),
-            grace_period: Duration::from_millis(grace),
-            instance_id: None,
-        }
+        ElectionOptions::new()
+            .with_lease_duration(Duration::from_millis(lease))
+            .with_renew_interval(Duration::from_millis(renew))
+            .with_grace_period(Duration::from_millis(grace))
     }
 
     #[test]

@@ -53,8 +53,10 @@ pub fn build_election(
     store: Arc<dyn LeaseStore>,
     settings: &Settings,
 ) -> Result<LeaderElection, Failure> {
+    #[cfg_attr(not(feature = "unsafe-testing"), allow(unused_mut))]
     let mut builder =
         LeaderElection::builder_dyn(store, settings.key.clone()).options(settings.options.clone());
+    #[cfg(feature = "unsafe-testing")]
     if unsafe_ignore_deadline_for_testing() {
         tracing::warn!(
             "--unsafe-ignore-deadline-for-testing: this candidate ignores its deadline and can \
@@ -71,6 +73,7 @@ pub fn build_election(
 /// no setting (no config file or environment variable can turn it on), so [`Settings`] does not
 /// carry it: it is read from the command line, parsed with the same definition as every other
 /// flag, so an argument of the command after `run --` never counts.
+#[cfg(feature = "unsafe-testing")]
 fn unsafe_ignore_deadline_for_testing() -> bool {
     use clap::Parser;
     crate::cli::Cli::try_parse().is_ok_and(|cli| cli.global.unsafe_ignore_deadline_for_testing)
@@ -106,9 +109,15 @@ impl Shutdown {
 
 /// Stop the election (cancel the scope, emit the event, release the lease). A second signal
 /// while stopping gives up waiting: returns false, and the lease then expires in the store.
+/// A release the store did not take is said on stderr; the election is stopped all the same.
 pub async fn leave(election: &LeaderElection, shutdown: &mut Shutdown) -> bool {
     tokio::select! {
-        _ = election.stop() => true,
+        stopped = election.stop() => {
+            if let Err(e) = stopped {
+                tracing::warn!("{e}");
+            }
+            true
+        }
         _ = shutdown.recv() => false,
     }
 }

@@ -465,12 +465,7 @@ pub async fn release_only_by_owner<F: StoreFactory + ?Sized>(factory: &F) {
     );
 
     let mut bob = join(&*store, &key, "bob").await;
-    let bobs_claim = Lease {
-        key: key.clone(),
-        holder: "bob".to_owned(),
-        token: lease.token,
-        act_after: Duration::ZERO,
-    };
+    let bobs_claim = Lease::new(key.clone(), "bob".to_owned(), lease.token);
     ok(bob.release(&bobs_claim).await, "release by a non-owner");
     expect_holder(
         &*store,
@@ -482,12 +477,11 @@ pub async fn release_only_by_owner<F: StoreFactory + ?Sized>(factory: &F) {
     .await;
 
     let mut twin = join(&*store, &key, "alice").await;
-    let forged = Lease {
-        key: key.clone(),
-        holder: "alice".to_owned(),
-        token: FencingToken(lease.token.get() + 1),
-        act_after: Duration::ZERO,
-    };
+    let forged = Lease::new(
+        key.clone(),
+        "alice".to_owned(),
+        FencingToken(lease.token.get() + 1),
+    );
     ok(
         twin.release(&forged).await,
         "release by a second candidacy with the holder's id",
@@ -822,12 +816,7 @@ pub async fn foreign_data_is_left_untouched<F: StoreFactory + ?Sized>(factory: &
         Err(e) => expect_foreign(Err::<(), _>(e), "join()"),
         Ok(mut alice) => {
             expect_foreign(alice.try_acquire(LEASE).await, "try_acquire()");
-            let forged = Lease {
-                key: key.clone(),
-                holder: "alice".to_owned(),
-                token: FencingToken(1),
-                act_after: Duration::ZERO,
-            };
+            let forged = Lease::new(key.clone(), "alice".to_owned(), FencingToken(1));
             match alice.renew(&forged, LEASE).await {
                 Ok(Renew::Lost(_)) | Err(Error::ForeignData { .. }) => {}
                 other => panic!(

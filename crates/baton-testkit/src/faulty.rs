@@ -355,11 +355,9 @@ impl LeaseStore for FaultyStore {
     }
 
     fn info(&self) -> StoreInfo {
-        let info = self.inner.info();
-        StoreInfo {
-            location: format!("{} (with injected faults)", info.location),
-            ..info
-        }
+        let mut info = self.inner.info();
+        info.location = format!("{} (with injected faults)", info.location);
+        info
     }
 }
 

@@ -248,12 +248,11 @@ struct FlawedCandidacy {
 impl FlawedCandidacy {
     /// The lease that currently holds the key, as if it were ours.
     async fn current(&self) -> Result<Option<Lease>> {
-        Ok(self.store.read(&self.key).await?.map(|record| Lease {
-            key: self.key.clone(),
-            holder: record.holder,
-            token: record.token,
-            act_after: Duration::ZERO,
-        }))
+        Ok(self
+            .store
+            .read(&self.key)
+            .await?
+            .map(|record| Lease::new(self.key.clone(), record.holder, record.token)))
     }
 }
 
@@ -264,12 +263,11 @@ impl Candidacy for FlawedCandidacy {
             Acquire::Held(record)
                 if self.flaw == Flaw::ReentrantAcquire && record.holder == self.candidate =>
             {
-                Ok(Acquire::Acquired(Lease {
-                    key: self.key.clone(),
-                    holder: record.holder,
-                    token: record.token,
-                    act_after: Duration::ZERO,
-                }))
+                Ok(Acquire::Acquired(Lease::new(
+                    self.key.clone(),
+                    record.holder,
+                    record.token,
+                )))
             }
             outcome => Ok(outcome),
         }

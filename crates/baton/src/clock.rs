@@ -46,9 +46,13 @@ impl Clock {
         })
     }
 
-    /// **For tests.** Move a [`Clock::tokio`] clock forward by `d` without firing tokio's
-    /// timers, as a machine suspend does to the boot clock. Clones see the jump. Has no effect
-    /// on [`Clock::boot`].
+    /// Move a [`Clock::tokio`] clock forward by `d` without firing tokio's timers, as a
+    /// machine suspend does to the boot clock. Clones see the jump. Has no effect on
+    /// [`Clock::boot`], so it cannot disturb a production election.
+    ///
+    /// Public on purpose, with [`Clock::tokio`]: applications test their own leader-only work
+    /// under paused time, and a suspend (or a process paused past its deadline) is the case
+    /// such tests most need to reach.
     pub fn jump(&self, d: Duration) {
         if let ClockKind::Tokio {
             jumped,
@@ -134,6 +138,11 @@ fn suspend_signal() -> &'static Notify {
 
 /// Time since boot, including time spent suspended, on Linux and Android; the plain monotonic
 /// clock elsewhere.
+///
+/// Public on purpose: it is the clock [`Clock::boot`] reads, and the one clock every process
+/// of a machine shares and that NTP cannot step. Tools that compare instants across processes
+/// (Baton's benchmarks and chaos harness time handoffs between `baton` processes with it)
+/// read the same clock as the elections they observe.
 pub fn boot_time() -> Duration {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let id = rustix::time::ClockId::Boottime;

@@ -63,6 +63,21 @@ pub enum Error {
     /// The election is not running (never started, or stopped).
     #[error("the election is not running")]
     Stopped,
+    /// [`LeaderElection::stop`](crate::LeaderElection::stop) stopped the election, but could
+    /// not give the lease (or the candidate's place in the election) back to the store.
+    /// Nothing is unsafe: this candidate no longer acts as leader. Followers take over when
+    /// the lease expires in the store, within `expires_within`, instead of at once.
+    #[error(
+        "stopped, but the lease could not be released ({source}); followers take over when it expires in the store, within {}",
+        crate::fmt_duration(*.expires_within)
+    )]
+    ReleaseFailed {
+        /// At most how long until the store frees the lease by itself.
+        expires_within: std::time::Duration,
+        /// Why the release failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -110,6 +125,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::AlreadyStarted => "already_started",
             Error::Stopped => "stopped",
+            Error::ReleaseFailed { .. } => "release_failed",
         }
     }
 }

@@ -38,3 +38,25 @@ pub use store::{
     Acquire, Candidacy, Change, Changes, FencingToken, Lease, LeaseRecord, LeaseStore, Renew,
     StoreInfo,
 };
+
+/// Compile-time promises: the handles and every store can move between threads and tasks,
+/// and be shared (`Arc`), for as long as the program runs.
+const _: () = {
+    const fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<LeaderElection>();
+    send_sync_static::<LeaderElectionBuilder>();
+    send_sync_static::<Leadership>();
+    send_sync_static::<Events>();
+    send_sync_static::<Error>();
+    send_sync_static::<MemoryStore>();
+    #[cfg(feature = "sqlite")]
+    send_sync_static::<SqliteStore>();
+    #[cfg(feature = "redis")]
+    send_sync_static::<store::redis::RedisStore>();
+    #[cfg(feature = "postgres")]
+    send_sync_static::<store::sql::postgres::PostgresStore>();
+    #[cfg(feature = "mysql")]
+    send_sync_static::<store::sql::mysql::MysqlStore>();
+    #[cfg(feature = "etcd")]
+    send_sync_static::<store::etcd::EtcdStore>();
+};

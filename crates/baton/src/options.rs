@@ -17,7 +17,22 @@ use crate::{Error, Result};
 /// `renew_interval + grace_period + skew_margin < lease_duration`, where the skew margin is
 /// 2 % of the lease plus 5 ms (see [`ElectionOptions::skew_margin`]). The leader therefore
 /// always steps down before the lease can expire in the store.
+///
+/// Start from [`ElectionOptions::default`] (or [`ElectionOptions::new`]) and set what you
+/// need with the `with_*` methods or the public fields; options may be added in minor
+/// releases, each with a default, so the struct cannot be written as a literal outside Baton.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = baton::ElectionOptions::new()
+///     .with_lease_duration(Duration::from_secs(30))
+///     .with_renew_interval(Duration::from_secs(10))
+///     .with_grace_period(Duration::from_secs(15))
+///     .with_instance_id("instance-1");
+/// options.validate().unwrap();
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ElectionOptions {
     /// How long a lease lasts in the store without renewal.
     pub lease_duration: Duration,
@@ -47,6 +62,39 @@ const DRIFT_PERCENT: u32 = 1;
 const MARGIN_FIXED: Duration = Duration::from_millis(5);
 
 impl ElectionOptions {
+    /// The seed's defaults: lease 15 s, renew 5 s, grace 5 s, instance id `<hostname>-<pid>`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `lease_duration` set.
+    #[must_use]
+    pub fn with_lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+
+    /// With `renew_interval` set.
+    #[must_use]
+    pub fn with_renew_interval(mut self, d: Duration) -> Self {
+        self.renew_interval = d;
+        self
+    }
+
+    /// With `grace_period` set.
+    #[must_use]
+    pub fn with_grace_period(mut self, d: Duration) -> Self {
+        self.grace_period = d;
+        self
+    }
+
+    /// With `instance_id` set.
+    #[must_use]
+    pub fn with_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
     /// The default instance id: `<hostname>-<pid>`.
     pub fn default_instance_id() -> String {
         let host = gethostname::gethostname();
@@ -161,7 +209,11 @@ pub(crate) struct Timing {
 /// once every this many leases (plus jitter), in case an event was lost all the same.
 const COMPLETE_WATCH_RECHECK_LEASES: u32 = 20;
 
-/// Formats a duration the way the CLI parses them (`1s 500ms`).
+/// Formats a duration the way the CLI parses them and Baton's errors print them: `1s 500ms`,
+/// `250ms`, `15s`; durations that are not whole milliseconds in Rust's `Debug` form.
+///
+/// Public on purpose: applications that echo Baton's options (in logs, in a status page) can
+/// print them the way `baton` does, and `humantime` parses the result back.
 pub fn fmt_duration(d: Duration) -> String {
     humantime_like(d)
 }

@@ -176,7 +176,7 @@ impl Candidacy for ScriptedCandidacy {
         apply(self.mode("acquire")).await?;
         let act_after = self.store.faults.lock().unwrap().act_after;
         Ok(match self.inner.try_acquire(ttl).await? {
-            Acquire::Acquired(lease) => Acquire::Acquired(Lease { act_after, ..lease }),
+            Acquire::Acquired(lease) => Acquire::Acquired(lease.with_act_after(act_after)),
             held => held,
         })
     }
@@ -911,6 +911,108 @@ async fn start_twice_is_an_error() {
     let a = election(&store, "a", &clock);
     a.start().await.unwrap();
     assert!(matches!(a.start().await, Err(Error::AlreadyStarted)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_after_stop_campaigns_again_with_a_new_token() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    let first = a.fencing_token().expect("leads");
+    a.stop().await.unwrap();
+    assert_eq!(a.state().borrow().role, Role::Stopped);
+    assert!(store.inner.read("jobs:leader").await.unwrap().is_none());
+
+    a.start().await.unwrap();
+    assert!(a.is_leader(), "the same handle leads again");
+    let second = a.fencing_token().expect("leads");
+    assert!(second > first, "a new term, a greater token: {first} then {second}");
+    assert_eq!(a.state().borrow().role, Role::Leader);
+    assert!(matches!(a.start().await, Err(Error::AlreadyStarted)));
+    // The subscriber from before the first start sees both terms.
+    assert_eq!(became(&drain(&mut events)), 2);
+    // Renewals run in the new term as in the first.
+    run_for(secs(12)).await;
+    assert!(a.is_leader());
+    a.stop().await.unwrap();
+    assert!(!a.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_after_a_fatal_first_attempt_tries_again() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    store.set(|f| f.acquire = Mode::Foreign);
+    assert!(matches!(a.start().await, Err(Error::ForeignData { .. })));
+    store.set(|f| f.acquire = Mode::Pass);
+    a.start().await.unwrap();
+    assert!(a.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_during_a_stop_waits_for_the_release() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    // The release takes a second; a start issued meanwhile must not overlap the old run.
+    store.set(|f| f.release = Mode::Delay(secs(1)));
+    let stopping = tokio::spawn({
+        let a = a.clone();
+        async move { a.stop().await }
+    });
+    settle().await;
+    store.set(|f| f.release = Mode::Pass);
+    a.start().await.unwrap();
+    stopping.await.unwrap().unwrap();
+    assert_eq!(clock.now(), secs(1), "the start waited for the release");
+    assert!(a.is_leader());
+    assert_eq!(store.count("release"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_reports_a_release_that_failed() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    store.set(|f| f.release = Mode::Fail);
+    let err = a.stop().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ReleaseFailed { expires_within, .. } if *expires_within == secs(15)),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("injected") && msg.contains("within 15s"),
+        "says why and how long followers wait: {msg}"
+    );
+    // Stopped all the same: not leading, and the store frees the lease by itself.
+    assert!(!a.is_leader());
+    assert_eq!(a.state().borrow().role, Role::Stopped);
+    assert!(a.stop().await.is_ok(), "a second stop has nothing to report");
+    run_for(secs(16)).await;
+    assert!(b.is_leader(), "b took over when the lease expired");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_reports_a_release_that_hung() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    store.set(|f| f.release = Mode::Hang);
+    let err = a.stop().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ReleaseFailed { source, .. } if matches!(**source, Error::Timeout(_))),
+        "{err:?}"
+    );
+    assert!(!a.is_leader());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -130,10 +130,8 @@ async fn renew_by_the_owner_succeeds_and_by_a_stale_lease_fails() {
         other => panic!("expected Lost, got {other:?}"),
     }
     // Another candidate's id with the current token does not renew it either.
-    let forged = Lease {
-        holder: "b".to_owned(),
-        ..second.clone()
-    };
+    let mut forged = second.clone();
+    forged.holder = "b".to_owned();
     assert!(matches!(
         a.renew(&forged, LONG).await.unwrap(),
         Renew::Lost(Some(_))
@@ -149,20 +147,14 @@ async fn release_by_a_non_owner_is_a_no_op() {
     let mut b = store.join(KEY, "b").await.unwrap();
     let lease = acquire(&mut a, LONG).await;
 
-    let other_holder = Lease {
-        holder: "b".to_owned(),
-        ..lease.clone()
-    };
+    let mut other_holder = lease.clone();
+    other_holder.holder = "b".to_owned();
     b.release(&other_holder).await.unwrap();
-    let stale_token = Lease {
-        token: FencingToken(lease.token.get() - 1),
-        ..lease.clone()
-    };
+    let mut stale_token = lease.clone();
+    stale_token.token = FencingToken(lease.token.get() - 1);
     a.release(&stale_token).await.unwrap();
-    let huge_token = Lease {
-        token: FencingToken(u64::MAX),
-        ..lease.clone()
-    };
+    let mut huge_token = lease.clone();
+    huge_token.token = FencingToken(u64::MAX);
     a.release(&huge_token).await.unwrap();
 
     let record = store.read(KEY).await.unwrap().expect("still held");
@@ -218,12 +210,7 @@ async fn tokens_increase_across_release_expiry_and_reopening_the_file() {
         "the lease survives reopening"
     );
     let record = store.read(KEY).await.unwrap().unwrap();
-    let lease = Lease {
-        key: KEY.to_owned(),
-        holder: record.holder,
-        token: record.token,
-        act_after: Duration::ZERO,
-    };
+    let lease = Lease::new(KEY.to_owned(), record.holder, record.token);
     a.release(&lease).await.unwrap();
     tokens.push(acquire(&mut a, LONG).await.token);
 
@@ -403,12 +390,7 @@ async fn a_lease_from_an_earlier_boot_counts_as_expired() {
     assert_eq!(store.read(KEY).await.unwrap(), None);
 
     let mut c = store.join(KEY, "a").await.unwrap();
-    let ghost = Lease {
-        key: KEY.to_owned(),
-        holder: "ghost".to_owned(),
-        token: FencingToken(7),
-        act_after: Duration::ZERO,
-    };
+    let ghost = Lease::new(KEY.to_owned(), "ghost".to_owned(), FencingToken(7));
     assert!(matches!(
         c.renew(&ghost, LONG).await.unwrap(),
         Renew::Lost(None)

@@ -72,6 +72,8 @@ pub(crate) struct Engine {
     stop: CancellationToken,
     first: Option<oneshot::Sender<Result<()>>>,
     backoff: Duration,
+    /// A release or leave that failed while stopping on purpose: what `stop()` reports.
+    stop_error: Option<Error>,
 }
 
 impl Engine {
@@ -86,10 +88,14 @@ impl Engine {
             stop,
             first: Some(first),
             backoff,
+            stop_error: None,
         }
     }
 
-    pub async fn run(mut self) {
+    /// Campaign and lead until stopped. Returns the failure to give the lease (or the
+    /// candidate's place) back when stopping on purpose, for
+    /// [`LeaderElection::stop`](super::LeaderElection::stop) to report.
+    pub async fn run(mut self) -> Result<()> {
         let span =
             info_span!("election", key = %self.shared.key, candidate = %self.shared.candidate);
         async move {
@@ -98,6 +104,9 @@ impl Engine {
                 self.campaign(&mut candidacy).await;
                 if let Err(e) = with_timeout(self.shared.timing.request_timeout, candidacy.leave()).await {
                     debug!(error = %e, "leaving the election failed; the store cleans up on expiry");
+                    if self.stop.is_cancelled() && self.stop_error.is_none() {
+                        self.stop_error = Some(e);
+                    }
                 }
             }
             self.update_state(|s| {
@@ -106,6 +115,13 @@ impl Engine {
             });
             self.report_first(Err(Error::Stopped));
             info!("election stopped");
+            match self.stop_error.take() {
+                None => Ok(()),
+                Some(e) => Err(Error::ReleaseFailed {
+                    expires_within: self.shared.timing.lease,
+                    source: Box::new(e),
+                }),
+            }
         }
         .instrument(span)
         .await
@@ -162,7 +178,7 @@ impl Engine {
                     changes = None;
                     if self.shared.clock.now() >= t_send + timing.validity {
                         warn!("acquire took longer than the lease validity; giving the lease back");
-                        self.release(candidacy, &lease).await;
+                        let _ = self.release(candidacy, &lease).await;
                         continue;
                     }
                     if self.lead(candidacy, lease, t_send).await == LossReason::Stopped {
@@ -369,15 +385,22 @@ impl Engine {
         }
         // After a graceful stop or a failed renewal the lease may still be ours in the store:
         // give it back (owner-checked, so never someone else's) so followers need not wait.
-        self.release(candidacy, &lease).await;
+        if let Err(e) = self.release(candidacy, &lease).await
+            && reason == LossReason::Stopped
+        {
+            self.stop_error = Some(e);
+        }
         reason
     }
 
-    async fn release(&self, candidacy: &mut Box<dyn Candidacy>, lease: &Lease) {
-        match with_timeout(self.shared.timing.request_timeout, candidacy.release(lease)).await {
+    async fn release(&self, candidacy: &mut Box<dyn Candidacy>, lease: &Lease) -> Result<()> {
+        let outcome =
+            with_timeout(self.shared.timing.request_timeout, candidacy.release(lease)).await;
+        match &outcome {
             Ok(()) => debug!(token = %lease.token, "lease released"),
             Err(e) => warn!(error = %e, "releasing the lease failed; it will expire in the store"),
         }
+        outcome
     }
 
     /// Start acting as leader. Returns a receiver that yields `None` once every

@@ -40,7 +40,10 @@ impl fmt::Display for LossReason {
 }
 
 /// An election event. Delivered through channels, never run on the renewal path.
+///
+/// Events may be added in minor releases: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// This candidate became the leader.
     BecameLeader {

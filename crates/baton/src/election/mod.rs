@@ -17,8 +17,9 @@ pub use events::{Event, Events, LossReason};
 use crate::options::Timing;
 use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result, fmt_duration};
 
-/// This candidate's role.
+/// This candidate's role. Roles may be added in minor releases: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Role {
     /// Not started yet.
     Idle,
@@ -30,8 +31,10 @@ pub enum Role {
     Stopped,
 }
 
-/// A snapshot of an election, published on [`LeaderElection::state`] at every change.
+/// A snapshot of an election, published on [`LeaderElection::state`] at every change. Fields
+/// may be added in minor releases.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ElectionState {
     /// This candidate's role.
     pub role: Role,
@@ -70,6 +73,9 @@ pub(crate) struct Shared {
     /// The current term's scope, while leading.
     pub scope: Mutex<Option<Term>>,
     pub control: Mutex<Control>,
+    /// Held by `start` and `stop` for their whole run, so a `start` waits for a `stop` in
+    /// progress to release the lease before a new run begins.
+    pub lifecycle: tokio::sync::Mutex<()>,
     /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
     /// checker must catch). Never set in production code.
     pub unsafe_ignore_deadline: bool,
@@ -87,7 +93,8 @@ pub(crate) struct Term {
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     pub stop: Option<CancellationToken>,
-    pub task: Option<JoinHandle<()>>,
+    /// The engine task of the current run; it answers what `stop()` reports.
+    pub task: Option<JoinHandle<Result<()>>>,
 }
 
 impl Shared {
@@ -211,7 +218,10 @@ impl LeaderElectionBuilder {
     /// **Unsafe, for testing safety checkers only.** Keeps reporting leadership past the
     /// deadline and ignores failed renewals until the store says the lease is lost. A checker
     /// that cannot catch an election built this way proves nothing.
+    ///
+    /// Only with the `unsafe-testing` feature, which nothing but Baton's chaos harness enables.
     #[doc(hidden)]
+    #[cfg(feature = "unsafe-testing")]
     pub fn unsafe_ignore_deadline_for_testing(mut self) -> Self {
         self.unsafe_ignore_deadline = true;
         self
@@ -245,6 +255,7 @@ impl LeaderElectionBuilder {
             events: broadcast::Sender::new(EVENT_BUFFER),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
+            lifecycle: tokio::sync::Mutex::new(()),
             unsafe_ignore_deadline: self.unsafe_ignore_deadline,
         });
         Ok(LeaderElection {
@@ -284,20 +295,34 @@ impl LeaderElection {
     /// [`Error::Config`] or [`Error::ForeignData`] on the first attempt, are returned and the
     /// election stops.
     ///
+    /// After [`stop`](Self::stop) (or after the election stopped on such an error), `start`
+    /// joins the election again, with the same id, options and subscribers: a new term gets a
+    /// new fencing token. While the election runs, it fails with [`Error::AlreadyStarted`].
+    ///
     /// Must be called inside a tokio runtime.
     pub async fn start(&self) -> Result<()> {
         let (first_tx, first_rx) = oneshot::channel();
         {
+            let _lifecycle = self.shared.lifecycle.lock().await;
             let mut control = self
                 .shared
                 .control
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if control.stop.is_some() {
+            if control.task.as_ref().is_some_and(|t| !t.is_finished()) {
                 return Err(Error::AlreadyStarted);
             }
             let stop = CancellationToken::new();
             control.stop = Some(stop.clone());
+            // A run after a stop starts from scratch, not from the last run's end.
+            self.shared.state.send_if_modified(|s| {
+                let restart = s.role == Role::Stopped;
+                if restart {
+                    s.role = Role::Idle;
+                    s.last_error = None;
+                }
+                restart
+            });
             let engine = engine::Engine::new(self.shared.clone(), stop, first_tx);
             control.task = Some(tokio::spawn(engine.run()));
         }
@@ -309,12 +334,21 @@ impl LeaderElection {
 
     /// Leave the election gracefully: cancel the leadership scope, emit
     /// [`Event::LostLeadership`] with [`LossReason::Stopped`], release the lease so a follower
-    /// takes over at once, and leave. Idempotent.
+    /// takes over at once, and leave. Idempotent: stopping an election that is not running
+    /// returns `Ok`.
     ///
     /// The release waits until every [`Leadership`] scope of the term has been dropped (at
     /// most until the lease would have expired), so a follower never starts while this
     /// leader's work still runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReleaseFailed`] when the store could not be told (unreachable, or no answer in
+    /// time). The election is stopped all the same, and this candidate does not act as leader;
+    /// the lease expires in the store by itself, so followers take over within a lease rather
+    /// than at once. Nothing needs to be retried.
     pub async fn stop(&self) -> Result<()> {
+        let _lifecycle = self.shared.lifecycle.lock().await;
         let task = {
             let mut control = self
                 .shared
@@ -326,10 +360,10 @@ impl LeaderElection {
             }
             control.task.take()
         };
-        if let Some(task) = task {
-            let _ = task.await;
+        match task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// This candidate's id.

@@ -100,7 +100,11 @@ impl From<FencingToken> for u64 {
 }
 
 /// A lease this candidate holds: proof of a successful acquire.
+///
+/// Stores build it with [`Lease::new`] (and [`Lease::with_act_after`]); new fields may be added
+/// in minor releases.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lease {
     /// The election key.
     pub key: String,
@@ -125,10 +129,21 @@ impl Lease {
             act_after: Duration::ZERO,
         }
     }
+
+    /// The same lease, on which the holder must wait `wait` after sending the acquire before
+    /// it acts as leader (see [`Lease::act_after`]).
+    #[must_use]
+    pub fn with_act_after(mut self, wait: Duration) -> Self {
+        self.act_after = wait;
+        self
+    }
 }
 
 /// What the store says about a key: who holds it, with which token, for how much longer.
+///
+/// Built with [`LeaseRecord::new`]; new fields may be added in minor releases.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseRecord {
     /// The holder's candidate id.
     pub holder: String,
@@ -136,6 +151,17 @@ pub struct LeaseRecord {
     pub token: FencingToken,
     /// Time left on the lease, by the store's clock, when it was read.
     pub ttl: Duration,
+}
+
+impl LeaseRecord {
+    /// The record of `holder`'s lease with `token`, `ttl` from expiry.
+    pub fn new(holder: impl Into<String>, token: FencingToken, ttl: Duration) -> Self {
+        LeaseRecord {
+            holder: holder.into(),
+            token,
+            ttl,
+        }
+    }
 }
 
 /// The outcome of [`Candidacy::try_acquire`].
@@ -157,7 +183,11 @@ pub enum Renew {
 }
 
 /// A hint that the lease at a key may have changed. Followers react by trying to acquire.
+///
+/// New kinds of change may be added in minor releases: match with a `_` arm, and treat an
+/// unknown change as [`Change::Other`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// The holder released the key.
     Released,
@@ -195,7 +225,11 @@ pub(crate) fn broadcast_changes(rx: tokio::sync::broadcast::Receiver<Change>) ->
 }
 
 /// Static facts about a store.
+///
+/// Built with [`StoreInfo::new`] and [`StoreInfo::with_watch`]; new facts may be added in minor
+/// releases.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreInfo {
     /// A short name: `"memory"`, `"sqlite"`, `"redis"`, ...
     pub name: &'static str,
@@ -203,6 +237,25 @@ pub struct StoreInfo {
     pub location: String,
     /// Whether [`Candidacy::watch`] / [`LeaseStore::watch`] push changes.
     pub can_watch: bool,
+}
+
+impl StoreInfo {
+    /// A store called `name` at `location` (redact any password first), which does not push
+    /// changes.
+    pub fn new(name: &'static str, location: impl Into<String>) -> Self {
+        StoreInfo {
+            name,
+            location: location.into(),
+            can_watch: false,
+        }
+    }
+
+    /// The same, with [`can_watch`](StoreInfo::can_watch) set to `can_watch`.
+    #[must_use]
+    pub fn with_watch(mut self, can_watch: bool) -> Self {
+        self.can_watch = can_watch;
+        self
+    }
 }
 
 /// A backend that keeps leases. Object safe: the CLI picks one at run time as

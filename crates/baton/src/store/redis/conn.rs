@@ -190,6 +190,29 @@ impl Connection {
         }
     }
 
+    /// One reconnecting connection made with the application's `info` (address, TLS,
+    /// credentials, database), switched to RESP3 for the push messages of the handoff.
+    /// Touches no network. Must be called inside a tokio runtime.
+    pub fn from_info(
+        info: ConnectionInfo,
+        address: String,
+        pubsub: Arc<PubSub>,
+    ) -> Result<Connection> {
+        let setup = |e: redis::RedisError| {
+            Error::Config(format!(
+                "cannot set up a Redis connection to {address}: {e}"
+            ))
+        };
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings)).map_err(setup)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config(&pubsub))
+            .map_err(setup)?;
+        Ok(Connection::Single { conn, address })
+    }
+
     /// How long ago this connection moved to a new master (a Sentinel failover), if it did.
     ///
     /// Until Sentinel reconfigures it, a demoted master goes on accepting writes, so the old

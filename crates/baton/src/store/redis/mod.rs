@@ -266,7 +266,11 @@ fn has_hash_tag(key: &str) -> bool {
         .is_some_and(|len| len > 0)
 }
 
-/// The channel on which changes to `key` are published.
+/// The channel on which changes to `key` are published: `baton:changes:<key>`.
+///
+/// Public on purpose: the channel is part of the store's layout, like the key itself, so a
+/// service in another language (or `redis-cli SUBSCRIBE`) can follow an election's releases,
+/// acquisitions and renewals without polling.
 pub fn change_channel(key: &str) -> String {
     format!("baton:changes:{key}")
 }
@@ -388,20 +392,7 @@ impl RedisStoreBuilder {
         }
         let pubsub = Arc::new(PubSub::default());
         let conn = Connection::open(target, certs, pubsub.clone())?;
-        let batched = !conn.is_cluster();
-        Ok(RedisStore {
-            inner: Arc::new_cyclic(|inner| Inner {
-                conn,
-                location,
-                pubsub,
-                acquire: Script::new(ACQUIRE),
-                renew: Script::new(RENEW),
-                release: Script::new(RELEASE),
-                read: Script::new(READ),
-                renew_many: Script::new(batch::RENEW_MANY),
-                renewals: batched.then(|| batch::spawn(inner.clone())),
-            }),
-        })
+        Ok(RedisStore::assemble(conn, location, pubsub))
     }
 }
 
@@ -414,6 +405,66 @@ impl RedisStore {
     /// Must be called inside a tokio runtime. The same as `RedisStore::builder(url).build()`.
     pub fn open(url: &str) -> Result<RedisStore> {
         Self::builder(url).build()
+    }
+
+    /// A store that connects the way the application's `client` does: its address, TLS
+    /// settings and certificates, credentials and database. For applications that already
+    /// configure a [`redis::Client`]; nothing needs saying twice.
+    ///
+    /// The store opens one multiplexed, reconnecting connection of its own from the client
+    /// (redis-rs's `ConnectionManager`, in RESP3): the release notices of the handoff arrive
+    /// as push messages, which a connection routes to the one receiver it was set up with,
+    /// so Baton cannot ride on a `ConnectionManager` the application built. A single server
+    /// only: use a URL for Cluster and Sentinel.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when there is no tokio runtime or the client's settings cannot make a
+    /// connection.
+    pub fn from_client(client: &redis::Client) -> Result<RedisStore> {
+        let info = client.get_connection_info().clone();
+        let (location, address) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                (format!("redis://{host}:{port}"), format!("{host}:{port}"))
+            }
+            redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                target::ensure_crypto_provider();
+                (format!("rediss://{host}:{port}"), format!("{host}:{port}"))
+            }
+            redis::ConnectionAddr::Unix(path) => (
+                format!("redis+unix://{}", path.display()),
+                path.display().to_string(),
+            ),
+            _ => ("redis (the application's client)".to_owned(), String::new()),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Config(format!(
+                "the Redis store for {location} must be built inside a tokio runtime, where its \
+                 connection runs"
+            )));
+        }
+        let pubsub = Arc::new(PubSub::default());
+        let conn = Connection::from_info(info, address, pubsub.clone())?;
+        Ok(RedisStore::assemble(conn, location, pubsub))
+    }
+
+    fn assemble(conn: Connection, location: String, pubsub: Arc<PubSub>) -> RedisStore {
+        let batched = !conn.is_cluster();
+        RedisStore {
+            inner: Arc::new_cyclic(|inner| Inner {
+                conn,
+                location,
+                pubsub,
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                read: Script::new(READ),
+                renew_many: Script::new(batch::RENEW_MANY),
+                renewals: batched.then(|| batch::spawn(inner.clone())),
+            }),
+        }
     }
 
     /// A builder for `url`, to add certificates given as bytes.

@@ -68,6 +68,40 @@ pub(crate) struct SqlUrl {
 }
 
 impl SqlUrl {
+    /// The settings of a store built on an application's pool: the table `table` (created
+    /// when missing), the default poll, and a location without a password (a pool's options
+    /// do not give it out anyway) that says the pool is the application's.
+    pub fn for_pool(
+        scheme: &str,
+        user: &str,
+        host: &str,
+        port: u16,
+        database: Option<&str>,
+        table: &str,
+    ) -> Result<SqlUrl> {
+        let table = validate_table(table)?;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let user = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        let database = database.unwrap_or("");
+        let location =
+            format!("{scheme}://{user}{host}:{port}/{database} (the application's pool)");
+        Ok(SqlUrl {
+            driver_url: String::new(),
+            redacted: location,
+            table,
+            create: true,
+            poll: None,
+        })
+    }
+
     /// Split Baton's options off `url`. `store` names the store in messages.
     pub fn parse(url: &str, store: &str) -> Result<SqlUrl> {
         let redacted = redact(url);
@@ -152,7 +186,7 @@ fn parse_poll(value: &str, redacted: &str) -> Result<Duration> {
 
 /// Check a lease table name: an identifier that needs no quoting in either database, so that
 /// it can be put into SQL text safely and means the same thing to every client.
-pub fn validate_table(name: &str) -> Result<String> {
+pub(crate) fn validate_table(name: &str) -> Result<String> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')

@@ -268,7 +268,37 @@ impl MysqlStore {
             .idle_timeout(Duration::from_secs(60))
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        Ok(MysqlStore {
+        Ok(MysqlStore::with_pool(pool, url))
+    }
+
+    /// A store on the application's own pool, in the lease table `table`
+    /// ([`DEFAULT_TABLE`](super::DEFAULT_TABLE) is the usual name), which Baton creates when
+    /// it is missing. The store shares the pool's connections with the application rather
+    /// than opening a second pool; watching followers poll every 25 ms (open the store from a
+    /// URL with `poll=` for another interval).
+    ///
+    /// Give the pool room for the election: a renewal waits for a free connection like any
+    /// other query, and a pool starved for longer than the grace period makes the leader step
+    /// down.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid table name.
+    pub fn from_pool(pool: MySqlPool, table: &str) -> Result<MysqlStore> {
+        let options = pool.connect_options();
+        let url = SqlUrl::for_pool(
+            "mysql",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database(),
+            table,
+        )?;
+        Ok(MysqlStore::with_pool(pool, url))
+    }
+
+    fn with_pool(pool: MySqlPool, url: SqlUrl) -> Self {
+        MysqlStore {
             inner: Arc::new(Inner {
                 pool,
                 poll: url.poll.unwrap_or(DEFAULT_POLL),
@@ -279,7 +309,7 @@ impl MysqlStore {
                 pollers: Mutex::new(HashMap::new()),
                 polling: Arc::default(),
             }),
-        })
+        }
     }
 
     /// The lease table's name.

@@ -322,7 +322,45 @@ impl PostgresStore {
                 })
             })
             .connect_lazy_with(options);
-        Ok(PostgresStore {
+        Ok(PostgresStore::with_pool(pool, url, sql, table_ready))
+    }
+
+    /// A store on the application's own pool, in the lease table `table`
+    /// ([`DEFAULT_TABLE`](super::DEFAULT_TABLE) is the usual name), which Baton creates when
+    /// it is missing. The store shares the pool's connections with the application rather
+    /// than opening a second pool; `baton status --store postgres://...?table=NAME` reads the
+    /// same election.
+    ///
+    /// Give the pool room for the election: a renewal waits for a free connection like any
+    /// other query, and a pool starved for longer than the grace period makes the leader step
+    /// down. A watch (a follower's push) holds one connection of its own for `LISTEN`. The
+    /// pool's connections are not prepared ahead for the election's statements (the store's
+    /// own pool does that, D39); sqlx prepares them on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid table name.
+    pub fn from_pool(pool: PgPool, table: &str) -> Result<PostgresStore> {
+        let options = pool.connect_options();
+        let url = SqlUrl::for_pool(
+            "postgres",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database(),
+            table,
+        )?;
+        let sql = Arc::new(Sql::for_table(&url.table));
+        Ok(PostgresStore::with_pool(
+            pool,
+            url,
+            sql,
+            Arc::new(AtomicBool::new(false)),
+        ))
+    }
+
+    fn with_pool(pool: PgPool, url: SqlUrl, sql: Arc<Sql>, table_ready: Arc<AtomicBool>) -> Self {
+        PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 sql,
@@ -332,7 +370,7 @@ impl PostgresStore {
                 feed: Arc::default(),
                 listener: Mutex::new(None),
             }),
-        })
+        }
     }
 
     /// The lease table's name.
