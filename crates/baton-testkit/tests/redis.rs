@@ -56,6 +56,48 @@ mod conformance {
     baton_testkit::conformance_tests!(super::RedisFactory);
 }
 
+/// Every `store()` is built with `RedisStore::from_client` from a plain redis-rs client, as an
+/// application that already configures one would (RESP2, redis-rs's default: the store
+/// switches its own connection to RESP3 for the push messages).
+struct FromClientFactory;
+
+#[async_trait]
+impl StoreFactory for FromClientFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        let client = redis::Client::open(shared_redis().url()).expect("a redis-rs client");
+        Ok(Arc::new(RedisStore::from_client(&client)?))
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        Some(&RedisFactory)
+    }
+}
+
+mod from_client_conformance {
+    baton_testkit::conformance_tests!(super::FromClientFactory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_from_a_client_keeps_its_credentials_and_never_shows_the_password() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}", server.port());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let store = RedisStore::from_client(&client).unwrap();
+    let info = store.info();
+    assert_eq!(
+        info.location,
+        format!("redis://127.0.0.1:{}", server.port())
+    );
+    assert!(!format!("{store:?}").contains("s3cret-pw"));
+    let a = short(&store, "jobs", "a");
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    assert_eq!(
+        server.cli(&["-a", "s3cret-pw", "--no-auth-warning", "GET", "jobs"]),
+        "a"
+    );
+    a.stop().await.unwrap();
+}
+
 fn short(store: &RedisStore, key: &str, id: &str) -> LeaderElection {
     LeaderElection::builder(store.clone(), key)
         .lease_duration(Duration::from_secs(2))
@@ -615,6 +657,37 @@ async fn mutual_tls_with_a_client_certificate() {
     assert!(matches!(err, Error::Config(_)), "{text}");
     assert!(text.contains("client certificate"), "{text}");
     assert!(text.contains("cert="), "the fix: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_from_a_tls_client_uses_its_certificates() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(&pki.server, false);
+    let client = redis::Client::build_with_tls(
+        server.url(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pki.ca_pem.clone().into_bytes()),
+        },
+    )
+    .unwrap();
+    let store = RedisStore::from_client(&client).unwrap();
+    assert!(
+        store.info().location.starts_with("rediss://"),
+        "{:?}",
+        store.info()
+    );
+    let a = short(&store, "jobs", "a");
+    let b = short(&RedisStore::from_client(&client).unwrap(), "jobs", "b");
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    // Let b settle as a follower, subscribed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.stop().await.unwrap();
+    // The release reaches b by push over TLS, before the 2 s lease could run out.
+    assert!(wait_until(Duration::from_secs(1), || b.is_leader()).await);
+    b.stop().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

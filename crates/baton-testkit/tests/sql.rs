@@ -1237,3 +1237,127 @@ async fn mysql_tls_verify_ca_rejects_a_certificate_from_another_ca() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stores on the application's own pool (`from_pool`).
+
+/// Stores built with `from_pool` on a pool of the test's own, as an application that already
+/// holds one would.
+struct AppPoolFactory(SqlFactory);
+
+impl AppPoolFactory {
+    fn new(db: Db) -> AppPoolFactory {
+        AppPoolFactory(SqlFactory(Scratch::new(db)))
+    }
+
+    /// A store on a new application pool (another process, as far as the server can tell).
+    fn app_store(&self) -> Arc<dyn LeaseStore> {
+        let s = &self.0.0;
+        match s.db {
+            Db::Postgres => {
+                let pool = sqlx::PgPool::connect_lazy(PG_BASE).expect("a PostgreSQL pool");
+                Arc::new(PostgresStore::from_pool(pool, &s.table).expect("from_pool"))
+            }
+            Db::Mysql => {
+                let pool = sqlx::MySqlPool::connect_lazy(MY_BASE).expect("a MariaDB pool");
+                Arc::new(MysqlStore::from_pool(pool, &s.table).expect("from_pool"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StoreFactory for AppPoolFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        Ok(self.app_store())
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        self.0.foreign_writer()
+    }
+}
+
+mod postgres_app_pool_conformance {
+    baton_testkit::conformance_tests!(super::AppPoolFactory::new(super::Db::Postgres));
+}
+
+mod mysql_app_pool_conformance {
+    baton_testkit::conformance_tests!(super::AppPoolFactory::new(super::Db::Mysql));
+}
+
+/// A store on the application's pool uses that pool (no second one), says where it is without
+/// a password, hands over by push like a store opened from a URL, and reads the same election
+/// as a store opened from the URL with the same table.
+async fn app_pool_store_shares_the_pool_and_hands_over_promptly(db: Db) {
+    let f = AppPoolFactory::new(db);
+    let s = &f.0.0;
+    // The application's pool, which it also uses for its own queries.
+    let (store, pool_size): (Arc<dyn LeaseStore>, Box<dyn Fn() -> u32>) = match db {
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect_lazy(PG_BASE).unwrap();
+            let app = pool.clone();
+            (
+                Arc::new(PostgresStore::from_pool(pool, &s.table).unwrap()),
+                Box::new(move || app.size()),
+            )
+        }
+        Db::Mysql => {
+            let pool = sqlx::MySqlPool::connect_lazy(MY_BASE).unwrap();
+            let app = pool.clone();
+            (
+                Arc::new(MysqlStore::from_pool(pool, &s.table).unwrap()),
+                Box::new(move || app.size()),
+            )
+        }
+    };
+    let info = store.info();
+    assert!(
+        info.location.contains("127.0.0.1") && info.location.contains("application's pool"),
+        "{info:?}"
+    );
+    assert_eq!(pool_size(), 0, "nothing connected yet");
+    let lease = Duration::from_secs(10);
+    let a = election(store, "app-pool", "a", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    assert!(
+        pool_size() >= 1,
+        "the election runs on the application's pool"
+    );
+    let b = election(f.app_store(), "app-pool", "b", lease);
+    b.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_leader());
+    // A store opened from the URL with the same table reads the same election.
+    let record = s.store().read("app-pool").await.unwrap().expect("held");
+    assert_eq!(record.holder, "a");
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || b.is_leader()).await,
+        "the follower did not lead within 2 s of a graceful stop (lease 10 s)"
+    );
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_app_pool_store_shares_the_pool_and_hands_over_promptly() {
+    app_pool_store_shares_the_pool_and_hands_over_promptly(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_app_pool_store_shares_the_pool_and_hands_over_promptly() {
+    app_pool_store_shares_the_pool_and_hands_over_promptly(Db::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn from_pool_checks_the_table_name() {
+    require_pg();
+    let pool = sqlx::PgPool::connect_lazy(PG_BASE).unwrap();
+    let err = PostgresStore::from_pool(pool, "Robert'); DROP TABLE x;--").unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    require_my();
+    let pool = sqlx::MySqlPool::connect_lazy(MY_BASE).unwrap();
+    assert!(matches!(
+        MysqlStore::from_pool(pool, ""),
+        Err(Error::Config(_))
+    ));
+}

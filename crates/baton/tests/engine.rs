@@ -928,7 +928,10 @@ async fn start_after_stop_campaigns_again_with_a_new_token() {
     a.start().await.unwrap();
     assert!(a.is_leader(), "the same handle leads again");
     let second = a.fencing_token().expect("leads");
-    assert!(second > first, "a new term, a greater token: {first} then {second}");
+    assert!(
+        second > first,
+        "a new term, a greater token: {first} then {second}"
+    );
     assert_eq!(a.state().borrow().role, Role::Leader);
     assert!(matches!(a.start().await, Err(Error::AlreadyStarted)));
     // The subscriber from before the first start sees both terms.
@@ -995,7 +998,10 @@ async fn stop_reports_a_release_that_failed() {
     // Stopped all the same: not leading, and the store frees the lease by itself.
     assert!(!a.is_leader());
     assert_eq!(a.state().borrow().role, Role::Stopped);
-    assert!(a.stop().await.is_ok(), "a second stop has nothing to report");
+    assert!(
+        a.stop().await.is_ok(),
+        "a second stop has nothing to report"
+    );
     run_for(secs(16)).await;
     assert!(b.is_leader(), "b took over when the lease expired");
 }
