@@ -303,7 +303,8 @@ fn demo_runs_through_the_seeds_sections() {
     assert_eq!(status_json(&scratch).0, 1);
 }
 
-// (b) Two demos: the second follows, then takes over the moment the first is interrupted.
+// (b) The seed's multi-terminal test: two demos on the default store (no --store, no server),
+// the second follows, then takes over the moment the first is interrupted.
 #[test]
 fn a_second_demo_takes_over_when_the_first_is_interrupted() {
     let scratch = Scratch::new("demo-takeover");
@@ -315,18 +316,23 @@ fn a_second_demo_takes_over_when_the_first_is_interrupted() {
         "--batch",
         "100ms",
     ];
-    let mut first = Running::spawn({
-        let mut cmd = scratch.baton_fast(&["--id", "first", "demo"]);
-        cmd.args(slow);
+    // The default store: an SQLite file in the user's state directory, which the scratch
+    // environment points into the scratch directory.
+    let demo = |id: &str| {
+        let mut cmd = scratch.baton();
+        cmd.args(FAST).args(["--id", id, "demo"]).args(slow);
         cmd
-    });
+    };
+    let default_store = format!(
+        "Store: sqlite:{}",
+        scratch.path("state").join("baton").join("baton.db").display()
+    );
+    let mut first = Running::spawn(demo("first"));
+    first.wait_line("the default store", |l| l.contains(&default_store));
     first.wait_line("leader work", |l| l.contains("Processing batch 1"));
 
-    let mut second = Running::spawn({
-        let mut cmd = scratch.baton_fast(&["--id", "second", "demo"]);
-        cmd.args(slow);
-        cmd
-    });
+    let mut second = Running::spawn(demo("second"));
+    second.wait_line("the default store", |l| l.contains(&default_store));
     second.wait_line("following", |l| l.contains("Following: first leads"));
 
     first.signal(Signal::INT);
