@@ -748,6 +748,12 @@ fn readme_api_example_is_the_compiled_quickstart() {
         readme.contains(&format!("```rust\n{code}```")),
         "README.md's API example differs from crates/baton/examples/quickstart.rs"
     );
+    // The library's own README (its crates.io and docs.rs page) shows the same quick start.
+    let crate_readme = std::fs::read_to_string(root.join("crates/baton/README.md")).unwrap();
+    assert!(
+        crate_readme.contains(&format!("```rust\n{code}```")),
+        "crates/baton/README.md's quick start differs from crates/baton/examples/quickstart.rs"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

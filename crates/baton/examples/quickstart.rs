@@ -1,6 +1,6 @@
 //! The README's API example: the seed's registration and leader work pattern, in Rust.
 //!
-//! Runs with no setup on the in-process memory store: `cargo run -p baton --example quickstart`.
+//! Runs with no setup on the in-process memory store: `cargo run -p baton-election --example quickstart`.
 //! For leaders across processes on one machine, open `baton::store::sqlite::SqliteStore`
 //! instead (feature `sqlite`); `baton::connect::store_from_url` picks a store from a URL.
 

@@ -1,21 +1,21 @@
-//! # Baton: leader election for Rust services
+#![doc = include_str!("../README.md")]
 //!
-//! Several copies of a service run; exactly one of them must do the singleton work. Baton
-//! elects that one through a store the copies share, hands leadership over promptly when the
-//! leader stops or dies, steps a leader down *on time* when the store misbehaves, and gives
-//! every term a [`FencingToken`] so resources can reject a stale leader.
+//! # The parts
 //!
 //! * [`LeaderElection`] is what applications hold: state, events, leadership scopes,
-//!   start/stop. Its options keep the names and defaults of the .NET library it mirrors.
-//! * [`LeaseStore`] / [`Candidacy`] are the store contract, implemented once per backend:
-//!   [`MemoryStore`] (in process), [`SqliteStore`] (one file shared
-//!   by the processes of one machine; feature `sqlite`, on by default).
+//!   start/stop. Its options ([`ElectionOptions`]) keep the names and defaults of the .NET
+//!   library it mirrors.
+//! * [`LeaseStore`] / [`Candidacy`] are the store contract, implemented once per backend in
+//!   [`store`]; [`connect::store_from_url`] picks one from a URL.
+//! * [`Error`] is the one error type: it says whether a store call was not applied, may have
+//!   been applied, or cannot succeed until the configuration changes.
 //!
 //! The library never prints and never reads the environment. It logs with `tracing` and
 //! counts with the `metrics` facade: `baton_is_leader`, `baton_transitions_total{reason}`,
 //! `baton_renew_duration_seconds` and `baton_store_errors_total{kind}`.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 pub mod connect;
