@@ -1,7 +1,7 @@
 //! The etcd store against real `etcd` processes: the conformance suite, interop with
 //! `etcdctl elect` (etcd's own `concurrency.Election`) both ways, an etcd restart that keeps
 //! its data, a frozen etcd (keepalive loss), push handoff between Baton candidates, and
-//! elections over TLS and with etcd's authentication.
+//! elections over TLS and with etcd's authentication (including a token that expires).
 //!
 //! Timing bounds are generous on purpose: they check behaviour (push, not polling; stepping
 //! down before the store can hand the lease on), not speed.
@@ -666,4 +666,43 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert!(msg.contains("permission denied"), "{msg}");
     assert!(!msg.contains("app-secret-2"), "the password leaked: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_renewed_and_the_call_retried() {
+    let mut server = EtcdServer::start();
+    let name = unique("token");
+    server.enable_auth("root-secret-1");
+    server.add_user_for_prefix("app", "app-secret-2", &format!("{name}/"));
+    // etcd forgets a token that goes unused for a second.
+    server.restart_with_auth_token_ttl(1);
+    let url = format!("etcd://app:app-secret-2@127.0.0.1:{}", server.port());
+    let store = EtcdStore::open(&url).unwrap();
+    let mut candidacy = store.join(&name, "a").await.unwrap();
+    let lease = match candidacy
+        .try_acquire(Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        baton::Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+
+    // The store's token expires; etcd refuses it as invalid. The client authenticates again
+    // and retries, so callers see the answers, not a configuration error.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let record = store.read(&name).await.unwrap().unwrap();
+    assert_eq!(record.holder, "a");
+    assert_eq!(record.token, lease.token);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        candidacy
+            .renew(&lease, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        baton::Renew::Renewed
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    candidacy.leave().await.unwrap();
+    assert_eq!(store.read(&name).await.unwrap(), None);
 }
