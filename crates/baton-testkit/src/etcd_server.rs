@@ -181,6 +181,23 @@ impl EtcdServer {
         grpc_messages_from_metrics(&text)
     }
 
+    /// How many watchers the server has open now, from its `/metrics`
+    /// (`etcd_debugging_mvcc_watcher_total`): one per watch a client created and has not
+    /// ended.
+    ///
+    /// # Panics
+    ///
+    /// When the metrics cannot be read.
+    pub fn watchers(&self) -> u64 {
+        let text = self
+            .http_get("/metrics")
+            .unwrap_or_else(|e| panic!("reading etcd's /metrics: {e}"));
+        text.lines()
+            .find_map(|line| line.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    }
+
     /// The body of a plain-HTTP `GET` on the metrics port.
     fn http_get(&self, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;

@@ -409,6 +409,73 @@ async fn an_idle_follower_sends_nothing_but_its_keepalives() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
+    // A server of the test's own: its watchers are this test's alone.
+    let server = EtcdServer::start();
+    let name = unique("watchers");
+    // One client for everything below, kept alive throughout: a watch must end when it is
+    // dropped, not when its connection closes.
+    let store = EtcdStore::open(&server.url()).unwrap();
+    for _ in 0..5 {
+        let changes = store.watch(&name).await.unwrap().unwrap();
+        assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+        drop(changes);
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || server.watchers() == 0).await,
+        "{} observer watches still open on etcd",
+        server.watchers()
+    );
+
+    // A follower watches the queue from its last read until its turn comes; then, leading, it
+    // watches nothing.
+    let election = |id: &str| {
+        LeaderElection::builder(store.clone(), name.as_str())
+            .lease_duration(Duration::from_secs(5))
+            .renew_interval(Duration::from_millis(1250))
+            .grace_period(Duration::from_millis(1250))
+            .instance_id(id)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (election("a"), election("b"));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+    for _ in 0..3 {
+        // Someone deletes b's entry: b queues anew and watches from its new read; the watch
+        // from before ends.
+        let txns = || server.grpc_messages_received().get("Txn").copied();
+        let before = txns();
+        let listing = server.ctl(&["get", "--prefix", &format!("{name}/")]);
+        let lines: Vec<&str> = listing.lines().collect();
+        let entry = lines
+            .chunks(2)
+            .find(|kv| kv.get(1) == Some(&"b"))
+            .map(|kv| kv[0].to_owned())
+            .expect("b's queue entry");
+        server.ctl(&["del", &entry]);
+        // Its attempt: create the entry, then read the queue.
+        assert!(wait_until(Duration::from_secs(3), || txns() >= before.map(|n| n + 2)).await);
+        assert!(
+            wait_until(Duration::from_secs(3), || server.watchers() == 1).await,
+            "{} watches open for one follower",
+            server.watchers()
+        );
+        assert!(!b.is_leader());
+    }
+    a.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(3), || b.is_leader()).await);
+    assert!(
+        wait_until(Duration::from_secs(3), || server.watchers() == 0).await,
+        "{} watches open with nobody following",
+        server.watchers()
+    );
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_leaders_expiry_wakes_the_follower_through_its_watch() {
     let server = shared_etcd();
     let name = unique("expiry");

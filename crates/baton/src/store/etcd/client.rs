@@ -16,7 +16,8 @@
 //!   once for all the calls that hit it together, and retries the call once.
 //! * **Keepalive** is one request and one response on a new `LeaseKeepAlive` stream, as the
 //!   store needs one answer per renewal; **watch** is one create request on a `Watch` stream
-//!   that stays open until the [`WatchStream`] is dropped.
+//!   whose request side stays open until the [`WatchStream`] is dropped, and then ends, so
+//!   that the stream closes and etcd drops the watch.
 //!
 //! Errors are tonic's [`Status`]: failures to connect come as `UNAVAILABLE`, with the cause
 //! (rustls's reason for a failed handshake, say) in its source chain.
@@ -26,6 +27,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::{StreamExt, future, stream};
+use tokio::sync::oneshot;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -300,13 +302,25 @@ impl Client {
             let message = WatchRequest {
                 request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
             };
-            // The request side stays open: etcd ends a watch stream whose client is done.
-            let requests = stream::once(future::ready(message)).chain(stream::pending());
+            // The request side stays open while the watch is wanted, and ends when the
+            // `WatchStream` is dropped: only with both sides done does the HTTP/2 stream close
+            // and etcd end the watch. (A request side that never ended would keep every watch
+            // ever started alive on the server, each sent every event under the prefix.)
+            let (dropped, done) = oneshot::channel::<()>();
+            let requests = stream::once(future::ready(message)).chain(
+                stream::once(async move {
+                    let _ = done.await;
+                })
+                .filter_map(|()| future::ready(None)),
+            );
             let responses = WatchClient::new(channel)
                 .watch(Request::from_parts(metadata, extensions, requests))
                 .await?
                 .into_inner();
-            Ok(WatchStream { responses })
+            Ok(WatchStream {
+                responses,
+                _dropped: dropped,
+            })
         })
         .await
     }
@@ -334,9 +348,11 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The responses of one watch. Dropping it cancels the watch.
+/// The responses of one watch. Dropping it ends the watch.
 pub(super) struct WatchStream {
     responses: Streaming<WatchResponse>,
+    /// Ends the request side of the watch's stream when dropped.
+    _dropped: oneshot::Sender<()>,
 }
 
 impl WatchStream {
