@@ -12,7 +12,7 @@ fn main() {
         ("rusqlite", "BENCH_RUSQLITE_VERSION"),
         ("tokio", "BENCH_TOKIO_VERSION"),
         ("sqlx", "BENCH_SQLX_VERSION"),
-        ("etcd-client", "BENCH_ETCD_CLIENT_VERSION"),
+        ("tonic", "BENCH_TONIC_VERSION"),
     ] {
         println!("cargo::rustc-env={var}={}", locked_version(&text, krate));
     }

@@ -180,8 +180,8 @@ pub async fn measure(
                     store,
                     url_shape: "etcd://127.0.0.1:<port>",
                     versions: format!(
-                        "etcd-client {}; `{}` (spawned by the bench on a free loopback port)",
-                        env!("BENCH_ETCD_CLIENT_VERSION"),
+                        "Baton's generated etcd client on tonic {}; `{}` (spawned by the bench on a free loopback port)",
+                        env!("BENCH_TONIC_VERSION"),
                         server.version().await
                     ),
                     changes: rounds(baton, etcd.url(), p).await?,

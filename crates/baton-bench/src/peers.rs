@@ -419,9 +419,9 @@ impl EtcdctlRun {
             baton::fmt_duration(p.timing.renew)
         );
         out.push_str(&ctx.footer(&[&format!(
-            "`baton` CLI processes ({} build), etcd-client {}; `{}`; server: `{}` (spawned by the bench on a free loopback port)",
+            "`baton` CLI processes ({} build), Baton's generated etcd client on tonic {}; `{}`; server: `{}` (spawned by the bench on a free loopback port)",
             ctx.profile,
-            env!("BENCH_ETCD_CLIENT_VERSION"),
+            env!("BENCH_TONIC_VERSION"),
             self.etcdctl_version,
             self.etcd_version
         )]));

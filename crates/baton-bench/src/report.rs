@@ -153,7 +153,7 @@ impl Context {
                     "MySQL/MariaDB via sqlx (the machine's server on 127.0.0.1:3306; its version in the MySQL/MariaDB section)".to_owned(),
                 ),
                 "etcd" => versions.push(
-                    "etcd via etcd-client (spawned by the bench on a free loopback port; its version in the etcd section)".to_owned(),
+                    "etcd via Baton's generated client on tonic (spawned by the bench on a free loopback port; its version in the etcd section)".to_owned(),
                 ),
                 other => versions.push(other.to_owned()),
             }

@@ -580,8 +580,8 @@ impl Run {
                     }
                 ),
                 _ => format!(
-                    "etcd-client {} (spawned by the bench on a free loopback port)",
-                    env!("BENCH_ETCD_CLIENT_VERSION")
+                    "Baton's generated etcd client on tonic {} (spawned by the bench on a free loopback port)",
+                    env!("BENCH_TONIC_VERSION")
                 ),
             },
             self.version

@@ -325,7 +325,11 @@ fn a_second_demo_takes_over_when_the_first_is_interrupted() {
     };
     let default_store = format!(
         "Store: sqlite:{}",
-        scratch.path("state").join("baton").join("baton.db").display()
+        scratch
+            .path("state")
+            .join("baton")
+            .join("baton.db")
+            .display()
     );
     let mut first = Running::spawn(demo("first"));
     first.wait_line("the default store", |l| l.contains(&default_store));

@@ -10,18 +10,19 @@
 //! starts (its first attempt answered `Held`, so it is subscribed and waiting), the clock is
 //! read, the leader's `stop()` is called and, in the same task, the follower's events are
 //! awaited until `BecameLeader`. Each candidate has a client of its own, as separate processes
-//! would. A third client watches the election prefix, which splits each handoff in two: from
-//! `stop()` to the moment the deletion of the leader's entry reaches a watcher (the leader's
-//! side), and from there to `BecameLeader` (the follower's side).
+//! would. A third client (a store of its own, through [`LeaseStore::watch`], which reports the
+//! deletion of an entry under the election prefix as [`Change::Released`]) splits each handoff
+//! in two: from `stop()` to the moment the deletion of the leader's entry reaches a watcher
+//! (the leader's side), and from there to `BecameLeader` (the follower's side).
 //!
 //! Not a test: timings on a shared machine are noisy; compare builds in the same window.
 
 use std::time::{Duration, Instant};
 
 use baton::store::etcd::EtcdStore;
-use baton::{Event, LeaderElection};
+use baton::{Change, Event, LeaderElection, LeaseStore};
 use baton_testkit::etcd_server::EtcdServer;
-use etcd_client::{EventType, WatchOptions};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 const WARMUP: usize = 5;
@@ -80,21 +81,16 @@ async fn main() {
     let key = format!("handoff-{:08x}", fastrand::u32(..));
 
     // The third client: when does a watcher see the leader's entry deleted?
-    let mut watcher = etcd_client::Client::connect([format!("http://{}", server.endpoint())], None)
+    let watcher = EtcdStore::open(&url).unwrap();
+    let mut changes = watcher
+        .watch(&key)
         .await
-        .unwrap();
-    let mut stream = watcher
-        .watch(format!("{key}/"), Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap();
+        .unwrap()
+        .expect("the etcd store can watch");
     let (deleted_tx, mut deleted) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
-            if resp
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
+        while let Some(change) = changes.next().await {
+            if change == Change::Released {
                 let _ = deleted_tx.send(Instant::now());
             }
         }

@@ -30,6 +30,9 @@ pub struct EtcdServer {
     tls: Option<TlsFiles>,
     /// `user:password` for `etcdctl`, once [`enable_auth`](Self::enable_auth) ran.
     ctl_user: Option<String>,
+    /// `--auth-token-ttl` in seconds, once
+    /// [`restart_with_auth_token_ttl`](Self::restart_with_auth_token_ttl) set it.
+    auth_token_ttl: Option<u64>,
     child: Option<Child>,
 }
 
@@ -60,6 +63,7 @@ impl EtcdServer {
             dir: scratch_dir("baton-etcd"),
             tls,
             ctl_user: None,
+            auth_token_ttl: None,
             child: None,
         };
         server.spawn()?;
@@ -86,6 +90,9 @@ impl EtcdServer {
             .args(["--initial-cluster", &format!("default={peer}")])
             .args(["--listen-metrics-urls", &metrics])
             .args(["--log-level", "warn"]);
+        if let Some(ttl) = self.auth_token_ttl {
+            cmd.args(["--auth-token-ttl", &ttl.to_string()]);
+        }
         if let Some(tls) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&tls.cert)
@@ -174,6 +181,23 @@ impl EtcdServer {
         grpc_messages_from_metrics(&text)
     }
 
+    /// How many watchers the server has open now, from its `/metrics`
+    /// (`etcd_debugging_mvcc_watcher_total`): one per watch a client created and has not
+    /// ended.
+    ///
+    /// # Panics
+    ///
+    /// When the metrics cannot be read.
+    pub fn watchers(&self) -> u64 {
+        let text = self
+            .http_get("/metrics")
+            .unwrap_or_else(|e| panic!("reading etcd's /metrics: {e}"));
+        text.lines()
+            .find_map(|line| line.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    }
+
     /// The body of a plain-HTTP `GET` on the metrics port.
     fn http_get(&self, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
@@ -240,6 +264,13 @@ impl EtcdServer {
     /// Kill the server and start it again on the same ports and data directory.
     pub fn restart(&mut self) {
         self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`restart`](Self::restart) with authentication tokens that expire after `secs` seconds
+    /// unused (etcd's `--auth-token-ttl`, 300 s by default), for this and later restarts.
+    pub fn restart_with_auth_token_ttl(&mut self, secs: u64) {
+        self.auth_token_ttl = Some(secs);
+        self.restart();
     }
 
     /// [`restart`](Self::restart), but a server that does not come back is an error, not a

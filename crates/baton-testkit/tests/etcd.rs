@@ -1,7 +1,7 @@
 //! The etcd store against real `etcd` processes: the conformance suite, interop with
 //! `etcdctl elect` (etcd's own `concurrency.Election`) both ways, an etcd restart that keeps
 //! its data, a frozen etcd (keepalive loss), push handoff between Baton candidates, and
-//! elections over TLS and with etcd's authentication.
+//! elections over TLS and with etcd's authentication (including a token that expires).
 //!
 //! Timing bounds are generous on purpose: they check behaviour (push, not polling; stepping
 //! down before the store can hand the lease on), not speed.
@@ -409,6 +409,73 @@ async fn an_idle_follower_sends_nothing_but_its_keepalives() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
+    // A server of the test's own: its watchers are this test's alone.
+    let server = EtcdServer::start();
+    let name = unique("watchers");
+    // One client for everything below, kept alive throughout: a watch must end when it is
+    // dropped, not when its connection closes.
+    let store = EtcdStore::open(&server.url()).unwrap();
+    for _ in 0..5 {
+        let changes = store.watch(&name).await.unwrap().unwrap();
+        assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+        drop(changes);
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || server.watchers() == 0).await,
+        "{} observer watches still open on etcd",
+        server.watchers()
+    );
+
+    // A follower watches the queue from its last read until its turn comes; then, leading, it
+    // watches nothing.
+    let election = |id: &str| {
+        LeaderElection::builder(store.clone(), name.as_str())
+            .lease_duration(Duration::from_secs(5))
+            .renew_interval(Duration::from_millis(1250))
+            .grace_period(Duration::from_millis(1250))
+            .instance_id(id)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (election("a"), election("b"));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+    for _ in 0..3 {
+        // Someone deletes b's entry: b queues anew and watches from its new read; the watch
+        // from before ends.
+        let txns = || server.grpc_messages_received().get("Txn").copied();
+        let before = txns();
+        let listing = server.ctl(&["get", "--prefix", &format!("{name}/")]);
+        let lines: Vec<&str> = listing.lines().collect();
+        let entry = lines
+            .chunks(2)
+            .find(|kv| kv.get(1) == Some(&"b"))
+            .map(|kv| kv[0].to_owned())
+            .expect("b's queue entry");
+        server.ctl(&["del", &entry]);
+        // Its attempt: create the entry, then read the queue.
+        assert!(wait_until(Duration::from_secs(3), || txns() >= before.map(|n| n + 2)).await);
+        assert!(
+            wait_until(Duration::from_secs(3), || server.watchers() == 1).await,
+            "{} watches open for one follower",
+            server.watchers()
+        );
+        assert!(!b.is_leader());
+    }
+    a.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(3), || b.is_leader()).await);
+    assert!(
+        wait_until(Duration::from_secs(3), || server.watchers() == 0).await,
+        "{} watches open with nobody following",
+        server.watchers()
+    );
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_leaders_expiry_wakes_the_follower_through_its_watch() {
     let server = shared_etcd();
     let name = unique("expiry");
@@ -666,4 +733,43 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert!(msg.contains("permission denied"), "{msg}");
     assert!(!msg.contains("app-secret-2"), "the password leaked: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_renewed_and_the_call_retried() {
+    let mut server = EtcdServer::start();
+    let name = unique("token");
+    server.enable_auth("root-secret-1");
+    server.add_user_for_prefix("app", "app-secret-2", &format!("{name}/"));
+    // etcd forgets a token that goes unused for a second.
+    server.restart_with_auth_token_ttl(1);
+    let url = format!("etcd://app:app-secret-2@127.0.0.1:{}", server.port());
+    let store = EtcdStore::open(&url).unwrap();
+    let mut candidacy = store.join(&name, "a").await.unwrap();
+    let lease = match candidacy
+        .try_acquire(Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        baton::Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+
+    // The store's token expires; etcd refuses it as invalid. The client authenticates again
+    // and retries, so callers see the answers, not a configuration error.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let record = store.read(&name).await.unwrap().unwrap();
+    assert_eq!(record.holder, "a");
+    assert_eq!(record.token, lease.token);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        candidacy
+            .renew(&lease, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        baton::Renew::Renewed
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    candidacy.leave().await.unwrap();
+    assert_eq!(store.read(&name).await.unwrap(), None);
 }
