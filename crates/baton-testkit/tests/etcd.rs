@@ -67,6 +67,32 @@ mod conformance {
     baton_testkit::conformance_tests!(super::EtcdFactory);
 }
 
+/// Every `store()` is built with `EtcdStore::from_channel` on a channel of its own, as an
+/// application that already holds a gRPC channel to etcd would.
+struct ChannelFactory;
+
+#[async_trait]
+impl StoreFactory for ChannelFactory {
+    async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
+        let endpoint = baton::store::etcd::Endpoint::from_shared(format!(
+            "http://{}",
+            shared_etcd().endpoint()
+        ))
+        .expect("an endpoint");
+        Ok(Arc::new(EtcdStore::from_channel(endpoint.connect_lazy())))
+    }
+    fn capabilities(&self) -> Capabilities {
+        EtcdFactory.capabilities()
+    }
+    fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
+        Some(&EtcdFactory)
+    }
+}
+
+mod from_channel_conformance {
+    baton_testkit::conformance_tests!(super::ChannelFactory);
+}
+
 fn unique(name: &str) -> String {
     format!("test-{name}-{:08x}", fastrand::u32(..))
 }

@@ -145,6 +145,14 @@ impl Auth {
 }
 
 impl Client {
+    /// A client on a channel the application built, without authentication.
+    pub fn on_channel(channel: Channel) -> Client {
+        Client {
+            channel,
+            auth: None,
+        }
+    }
+
     /// A client over `endpoints`; with `credentials`, authenticates first (the only request:
     /// otherwise the channel connects on the first call). Needs a tokio runtime.
     pub async fn connect(

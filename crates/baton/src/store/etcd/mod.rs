@@ -111,6 +111,10 @@ mod pb;
 mod queue;
 mod url;
 
+/// The gRPC channel type [`EtcdStore::from_channel`] takes: tonic's, re-exported so that an
+/// application builds it with the tonic version Baton links.
+pub use tonic::transport::{Channel, Endpoint};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -236,6 +240,26 @@ impl EtcdStore {
                 client: OnceCell::new(),
             }),
         })
+    }
+
+    /// A store on a gRPC channel to etcd that the application already holds (its own etcd
+    /// client's connections, with whatever TLS and client certificate the channel carries):
+    /// no second connection. The channel connects as it would for the application; build it
+    /// with [`Endpoint`] (re-exported tonic), for example
+    /// `Endpoint::from_static("http://127.0.0.1:2379").connect_lazy()`.
+    ///
+    /// Without user authentication: etcd's user tokens are per client, and Baton refreshes its
+    /// own; for `auth enable` clusters open the store from a URL with the user and password.
+    /// The location in errors and [`StoreInfo`] is `etcd (the application's channel)`.
+    pub fn from_channel(channel: Channel) -> EtcdStore {
+        EtcdStore {
+            inner: Arc::new(Inner {
+                endpoints: Vec::new(),
+                credentials: None,
+                location: "etcd (the application's channel)".to_owned(),
+                client: OnceCell::new_with(Some(Client::on_channel(channel))),
+            }),
+        }
     }
 
     /// Check that etcd answers (and that the credentials, if any, are accepted). Asks for the
