@@ -410,6 +410,83 @@ fn watch_streams_leader_changes() {
     assert!(watch.wait_exit().0.success());
 }
 
+// watch, on every store: an observer hears of a graceful release as the candidates do, not
+// when the lease runs out (on SQLite, `baton watch` used to see a release up to a second late).
+
+/// The lease of the observer tests: far longer than any wait they allow.
+const OBSERVED: [&str; 6] = ["--lease", "30s", "--renew", "5s", "--grace", "5s"];
+
+/// How long after the leader's exit the observer may report the release: well short of the
+/// 30 s lease, so only a pushed (or promptly polled) release passes.
+const LONG_BEFORE_EXPIRY: Duration = Duration::from_secs(5);
+
+/// One leader and one `baton watch --json` on `store`; the leader stops gracefully, and the
+/// watcher reports the key free long before the lease could have expired.
+fn watch_reports_a_release_long_before_the_lease_expires(scratch: &Scratch, store: &str) {
+    let baton = |args: &[&str]| {
+        let mut cmd = scratch.baton();
+        cmd.args(["--store", store]).args(OBSERVED).args(args);
+        cmd
+    };
+    let mut leader = Running::spawn(baton(&["--id", "observed", "campaign", "--json"]));
+    let mut watch = Running::spawn(baton(&["watch", "--json"]));
+    // The watcher subscribes before it prints anything. It waits for the lease in the store,
+    // not for the leader's `became_leader`: on a Redis server younger than the lease, the
+    // holder holds for a whole lease before it acts (the restart guard), and the release must
+    // be seen all the same.
+    watch.wait_event("leader_changed", Some("observed"));
+
+    let stopped = Instant::now();
+    leader.signal(Signal::INT);
+    assert!(leader.wait_exit().0.success(), "{}", leader.stderr());
+    let line = watch.wait_line("the release", |l| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["event"] == "leader_changed" && v["previous"] == "observed" && v["leader"] != "observed"
+    });
+    let waited = stopped.elapsed();
+    assert!(
+        waited < LONG_BEFORE_EXPIRY,
+        "{store}: the watcher reported the release {waited:?} after the leader stopped, \
+         as if it had waited for the 30 s lease: {line}"
+    );
+    watch.signal(Signal::INT);
+    assert!(watch.wait_exit().0.success(), "{}", watch.stderr());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_sqlite() {
+    let scratch = Scratch::new("watch-release-sqlite");
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &scratch.store());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_redis() {
+    let scratch = Scratch::new("watch-release-redis");
+    let server = baton_testkit::servers::RedisServer::start();
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &server.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_postgres() {
+    let scratch = Scratch::new("watch-release-postgres");
+    let table = SqlTable::new(Sql::Postgres);
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &table.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_mysql() {
+    let scratch = Scratch::new("watch-release-mysql");
+    let table = SqlTable::new(Sql::Mysql);
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &table.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_etcd() {
+    let scratch = Scratch::new("watch-release-etcd");
+    let server = baton_testkit::etcd_server::EtcdServer::start();
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &server.url());
+}
+
 /// The settings the demo prints in Demo 1, as `(key, lease, renew, grace)`: the quickest way to
 /// see what a run of `baton` took from where.
 fn effective(cmd: &mut Command) -> (String, String, String, String) {
@@ -1086,5 +1163,118 @@ fn completions_are_printed_for_each_shell() {
         let out = run(s.baton().args(["completions", shell]));
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("campaign"), "{shell}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine's SQL servers
+
+/// The machine's PostgreSQL and MariaDB (or MySQL), as `scripts/test` starts them: superuser
+/// without a password, database `test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sql {
+    Postgres,
+    Mysql,
+}
+
+impl Sql {
+    /// The server's base URL, as its superuser.
+    fn base(self) -> &'static str {
+        match self {
+            Sql::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+            Sql::Mysql => "mysql://root@127.0.0.1:3306/test",
+        }
+    }
+
+    /// Fail loudly, naming the fix, unless the server listens.
+    fn require(self) {
+        let (port, what, start) = match self {
+            Sql::Postgres => (
+                5432,
+                "PostgreSQL",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ),
+            Sql::Mysql => (
+                3306,
+                "MariaDB",
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+            ),
+        };
+        let addr = ([127, 0, 0, 1], port).into();
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+            panic!(
+                "{what} is not running on 127.0.0.1:{port}; this test needs it. Start it with \
+                 `{start}` (scripts/test does this in its \"servers\" step)"
+            );
+        }
+    }
+
+    /// Run SQL as the superuser with the command-line client; the error is its stderr.
+    fn admin(self, sql: &str) -> Result<(), String> {
+        let out = match self {
+            Sql::Postgres => Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "test",
+                    "-q",
+                    "-c",
+                    sql,
+                ])
+                .output(),
+            Sql::Mysql => Command::new("mysql")
+                .args(["-h", "127.0.0.1", "-u", "root", "test", "-e", sql])
+                .output(),
+        }
+        .map_err(|e| format!("{sql}: the command-line client does not run: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{sql}: {}", text(&out.stderr)))
+        }
+    }
+}
+
+/// A lease table of this test's own on a machine's SQL server, dropped (with the users it
+/// lists) when dropped.
+struct SqlTable {
+    sql: Sql,
+    table: String,
+    users: Vec<String>,
+}
+
+impl SqlTable {
+    fn new(sql: Sql) -> SqlTable {
+        sql.require();
+        SqlTable {
+            sql,
+            table: format!("baton_cli_{:012x}", fastrand::u64(..) >> 16),
+            users: Vec::new(),
+        }
+    }
+
+    /// The store URL: the superuser, this table.
+    fn url(&self) -> String {
+        format!("{}?table={}", self.sql.base(), self.table)
+    }
+}
+
+impl Drop for SqlTable {
+    fn drop(&mut self) {
+        let mut statements = vec![format!("DROP TABLE IF EXISTS {}", self.table)];
+        for user in &self.users {
+            statements.push(match self.sql {
+                Sql::Postgres => format!("DROP ROLE IF EXISTS {user}"),
+                Sql::Mysql => format!("DROP USER IF EXISTS '{user}'@'%'"),
+            });
+        }
+        for statement in statements {
+            if let Err(e) = self.sql.admin(&statement) {
+                eprintln!("cleaning up: {e}");
+            }
+        }
     }
 }
