@@ -802,6 +802,63 @@ fn bad_input_is_one_line_and_exit_code_2() {
     assert_bad_input(s.baton().args(["status", "--bogus"]), "--bogus");
 }
 
+/// The `--store` help, the error for an unknown scheme, the README's table of stores and the
+/// URL factory agree: each lists every scheme of `baton::connect::STORE_KINDS`, the one list
+/// the factory opens stores by, so none can leave out a store when one is added.
+#[test]
+fn store_help_error_readme_and_factory_list_the_same_schemes() {
+    use baton::connect::{STORE_KINDS, Status, store_from_url};
+
+    let s = Scratch::new("schemes");
+    let help = text(&run(s.baton().arg("--help")).stdout);
+    let error = assert_bad_input(
+        s.baton().args(["--store", "zookeeper://zk:2181", "status"]),
+        "unknown store scheme",
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let stores_table = readme
+        .split_once("\n## Stores\n")
+        .and_then(|(_, rest)| rest.split_once("\n### "))
+        .expect("README.md has a Stores section with a table")
+        .0;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    for kind in STORE_KINDS {
+        for (i, scheme) in kind.schemes.iter().enumerate() {
+            let in_readme = if kind.name == "memory" || kind.name == "sqlite" {
+                format!("`{scheme}:")
+            } else {
+                format!("`{scheme}://")
+            };
+            assert!(
+                stores_table.contains(&in_readme),
+                "README.md's table of stores lacks {in_readme}"
+            );
+            if kind.status == Status::Planned {
+                assert!(error.contains(kind.name), "{error}");
+                continue;
+            }
+            let shown = if i == 0 {
+                kind.form.to_owned()
+            } else {
+                format!("{scheme}://")
+            };
+            assert!(help.contains(&shown), "--help lacks {shown}:\n{help}");
+            assert!(error.contains(&shown), "the error lacks {shown}: {error}");
+            let url = match kind.name {
+                "memory" => "memory:".to_owned(),
+                "sqlite" => format!("{scheme}:{}", s.path("factory.db").display()),
+                _ => format!("{scheme}://127.0.0.1:1/x"),
+            };
+            if let Err(e) = store_from_url(&url) {
+                let e = e.to_string();
+                assert!(!e.contains("unknown store scheme"), "{url}: {e}");
+            }
+        }
+    }
+}
+
 // The README's API example is the quickstart example, which the build compiles.
 #[test]
 fn readme_api_example_is_the_compiled_quickstart() {
