@@ -802,6 +802,44 @@ fn bad_input_is_one_line_and_exit_code_2() {
     assert_bad_input(s.baton().args(["status", "--bogus"]), "--bogus");
 }
 
+/// Credentials a SQL server rejects are bad input: exit 2, one line that names the user and
+/// password in the URL as the fix, and no password; not "store unavailable" retried forever.
+/// PostgreSQL (which trusts 127.0.0.1 here, so checks no password): a role that does not
+/// exist. MariaDB: a user of the test's own, with a wrong password.
+#[test]
+fn sql_credentials_the_server_rejects_are_bad_input() {
+    let s = Scratch::new("sql-credentials");
+    let pg = SqlTable::new(Sql::Postgres);
+    let mut my = SqlTable::new(Sql::Mysql);
+    let user = format!("baton_cli_{:08x}", fastrand::u32(..));
+    Sql::Mysql
+        .admin(&format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'right-one'"
+        ))
+        .unwrap();
+    my.users.push(user.clone());
+    for url in [
+        format!(
+            "postgres://baton_nobody_{:08x}:hunter2@127.0.0.1:5432/test?table={}",
+            fastrand::u32(..),
+            pg.table
+        ),
+        format!(
+            "mysql://{user}:hunter2@127.0.0.1:3306/test?table={}",
+            my.table
+        ),
+    ] {
+        for command in [&["status"][..], &["campaign", "--json"], &["watch"]] {
+            let line = assert_bad_input(
+                s.baton().args(["--store", &url]).args(FAST).args(command),
+                "rejected the credentials: check the user and password in the URL",
+            );
+            assert!(!line.contains("hunter2"), "{line}");
+            assert!(line.contains(":****@127.0.0.1"), "{line}");
+        }
+    }
+}
+
 /// The `--store` help, the error for an unknown scheme, the README's table of stores and the
 /// URL factory agree: each lists every scheme of `baton::connect::STORE_KINDS`, the one list
 /// the factory opens stores by, so none can leave out a store when one is added.
