@@ -897,6 +897,34 @@ fn store_help_error_readme_and_factory_list_the_same_schemes() {
     }
 }
 
+/// `--id $'a\nb'` was accepted, and split every JSON line that carried the id. Ids and keys
+/// with control characters are bad input now, from every source, and the line shows them
+/// escaped.
+#[test]
+fn an_id_or_key_with_a_control_character_is_bad_input() {
+    let s = Scratch::new("control-characters");
+    let line = assert_bad_input(
+        &mut s.baton_fast(&["--id", "a\nb", "campaign", "--json"]),
+        "the id from --id (\"a\\nb\") contains a control character",
+    );
+    assert!(line.contains("printable"), "{line}");
+    assert_bad_input(
+        s.baton_fast(&["watch", "--json"])
+            .env("BATON_KEY", "jobs\tnightly"),
+        "the key from BATON_KEY (\"jobs\\tnightly\") contains a control character",
+    );
+    assert_bad_input(
+        &mut s.baton_fast(&["--key", "\u{1b}[31mred", "status"]),
+        "control character",
+    );
+    let file = s.path("ids.toml");
+    std::fs::write(&file, "id = \"w\\u0007\"\n").unwrap();
+    assert_bad_input(
+        &mut s.baton_fast(&["--config", &file.display().to_string(), "run", "--", "true"]),
+        "contains a control character",
+    );
+}
+
 // The README's API example is the quickstart example, which the build compiles.
 #[test]
 fn readme_api_example_is_the_compiled_quickstart() {
