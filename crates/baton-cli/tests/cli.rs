@@ -1,4 +1,5 @@
-//! The `baton` binary, run for real against temporary SQLite files.
+//! The `baton` binary, run for real against temporary SQLite files (and the machine's servers
+//! where a test says so); and the library's examples, run as a user would run them.
 //!
 //! These tests check behaviour across processes: who leads, who takes over, what is printed,
 //! what exits how. Every wait has a generous bound (seconds, not milliseconds): the machine
@@ -1287,6 +1288,182 @@ fn completions_are_printed_for_each_shell() {
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("campaign"), "{shell}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library's examples (crates/baton/examples), run as their headers say.
+
+/// The path of the `baton` crate's example `name`, built as `scripts/test` and `scripts/bench`
+/// build the workspace (`cargo build --workspace --all-features --examples`, which is up to
+/// date at once after their test build), in the profile of this test binary.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/cli-<hash> -> target/<profile>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--workspace",
+            "--all-features",
+            "--examples",
+            "--quiet",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    // Without the variables cargo sets for this test's package: a build script that reads one
+    // (ring's reads CARGO_MANIFEST_DIR) would otherwise run again, and the whole workspace be
+    // rebuilt, on every call.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&&*name)
+        {
+            build.env_remove(&*name);
+        }
+    }
+    let out = build.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building the examples failed: {}",
+        text(&out.stderr)
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}
+
+/// The first line `proc` prints that starts with `prefix`.
+fn line_starting(proc: &mut Running, prefix: &str) -> String {
+    proc.wait_line(prefix, |l| l.starts_with(prefix))
+}
+
+/// GET `/leader` from an `http_service` copy until `want` holds; the last answer.
+fn leader_view(port: u16, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = http_get(port, "/leader");
+        assert_eq!(code, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).expect("JSON from /leader");
+        if want(&view) {
+            return view;
+        }
+        assert!(Instant::now() < until, "{what}: still {view}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port an `http_service` copy printed it listens on.
+fn listening_port(copy: &mut Running) -> u16 {
+    let line = line_starting(copy, "listening on http://");
+    line.trim_start_matches("listening on http://127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// `examples/http_service.rs`: two copies on one SQLite file (`BATON_STORE`); one runs the job
+/// and both report it as the leader on `GET /leader`; when it stops (SIGINT), the other leads
+/// and runs the job; `EXAMPLE_RUN_FOR` stops a copy by itself.
+#[test]
+fn the_http_service_example_runs_its_job_in_one_copy_and_hands_it_over() {
+    let s = Scratch::new("example-http");
+    let bin = example("http_service");
+    let copy = |id: &str, run_for: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("BATON_STORE", s.store())
+            .env("BATON_ID", id)
+            .env("PORT", "0")
+            .env("EXAMPLE_RUN_FOR", run_for)
+            .stdin(Stdio::null());
+        Running::spawn(cmd)
+    };
+    let mut one = copy("web-1", "60s");
+    let port_one = listening_port(&mut one);
+    let view = leader_view(port_one, "web-1 leads and runs its job", |v| {
+        v["is_leader"] == true && v["job_runs"].as_u64() >= Some(1)
+    });
+    assert_eq!(view["candidate"], "web-1", "{view}");
+    assert_eq!(view["leader"], "web-1", "{view}");
+    let token = view["token"]
+        .as_u64()
+        .expect("a fencing token while leading");
+    // The job's first line may come before or after the one naming the port.
+    let first_run = format!("job run 1 with fencing token {token}");
+    if !one.seen.contains(&first_run) {
+        one.wait_line(&first_run, |l| l == first_run);
+    }
+
+    let mut two = copy("web-2", "60s");
+    let port_two = listening_port(&mut two);
+    let view = leader_view(port_two, "web-2 sees web-1 lead", |v| {
+        v["leader"] == "web-1"
+    });
+    assert_eq!(view["is_leader"], false, "{view}");
+    assert!(view["token"].is_null(), "{view}");
+    assert_eq!(view["job_runs"], 0, "{view}");
+
+    one.signal(Signal::INT);
+    let (status, _) = one.wait_exit();
+    assert!(status.success(), "{}", one.stderr());
+    let view = leader_view(port_two, "web-2 takes over", |v| {
+        v["is_leader"] == true && v["job_runs"].as_u64() >= Some(1)
+    });
+    assert!(view["token"].as_u64() > Some(token), "{view}");
+    two.signal(Signal::TERM);
+    let (status, lines) = two.wait_exit();
+    assert!(status.success(), "{}", two.stderr());
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("stopped"),
+        "{lines:?}"
+    );
+
+    let mut three = copy("web-3", "300ms");
+    listening_port(&mut three);
+    let (status, _) = three.wait_exit();
+    assert!(status.success(), "{}", three.stderr());
+}
+
+/// `examples/fencing_postgres.rs` against the machine's PostgreSQL, in tables of the test's
+/// own: the stale leader's write is refused, and the counter holds the later leader's token.
+#[test]
+fn the_fencing_example_refuses_the_stale_leaders_write() {
+    let leases = SqlTable::new(Sql::Postgres);
+    let counter = SqlTable::new(Sql::Postgres);
+    let out = run(Command::new(example("fencing_postgres"))
+        .env("DATABASE_URL", Sql::Postgres.base())
+        .env("BATON_STORE", leases.url())
+        .env("EXAMPLE_TABLE", &counter.table));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("a leads with fencing token 1; its write: accepted"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("b leads with fencing token 2; its write: accepted"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("a, whose term has ended, writes with token 1: refused (the table has accepted token 2; value 2)"),
+        "{stdout}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
