@@ -7,7 +7,9 @@
 //!    instances pass leadership back and forth; `stop()` → the follower's `BecameLeader`.
 //!    **Across processes** (SQLite, Redis, PostgreSQL, MySQL/MariaDB, etcd): `baton campaign
 //!    --json` processes; SIGINT to the leader → the follower's `became_leader`, on the boot
-//!    clock (and `etcdctl elect` on the same etcd, for comparison).
+//!    clock (and `etcdctl elect` on the same etcd, for comparison). **Observer** (the same five):
+//!    a `baton watch --json` process watches those handoffs; the leader's `lost_leadership` →
+//!    the watcher's `leader_changed`, against the follower's `became_leader`.
 //! 2. **Crash failover** (memory, SQLite, Redis): a leader that vanishes without releasing; its
 //!    last acquire/renew send → the follower's `BecameLeader`, against the lease.
 //! 3. **Cost** (Redis): requests per second of one leader and ten idle followers, from the
@@ -36,6 +38,7 @@ mod cost;
 mod dbs;
 mod failover;
 mod handoff;
+mod observer;
 mod peers;
 mod procfs;
 mod procs;
@@ -78,8 +81,8 @@ struct Args {
     /// Only these figures (comma-separated) [default: all]
     #[arg(long, value_delimiter = ',')]
     only: Vec<Figure>,
-    /// Timed handoffs of the cli-handoff (per store), postgres, mysql, etcd and vs-* figures
-    /// [default: 100; smoke: 3-5]
+    /// Timed handoffs of the cli-handoff and observer (per store), postgres, mysql, etcd and
+    /// vs-* figures [default: 100; smoke: 3-5]
     #[arg(long)]
     rounds: Option<usize>,
     /// Crashes of the postgres, mysql, etcd and vs-* figures [default: 10; smoke: 1]; `etcdctl
@@ -102,6 +105,7 @@ struct Args {
 enum Figure {
     Handoff,
     CliHandoff,
+    Observer,
     Failover,
     Cost,
     Contention,
@@ -113,9 +117,10 @@ enum Figure {
     VsNaiveRedis,
 }
 
-const ALL: [Figure; 11] = [
+const ALL: [Figure; 12] = [
     Figure::Handoff,
     Figure::CliHandoff,
+    Figure::Observer,
     Figure::Failover,
     Figure::Cost,
     Figure::Contention,
@@ -142,6 +147,7 @@ struct Profile {
     handoff: [(&'static str, usize, usize); 3],
     handoff_timing: Timing,
     cli_handoff: cli_handoff::Params,
+    observer: observer::Params,
     failover_rounds: usize,
     failover_timing: Timing,
     cost: cost::Params,
@@ -166,6 +172,10 @@ impl Profile {
             ],
             handoff_timing: Timing::ms(2000, 500, 500),
             cli_handoff: cli_handoff::Params {
+                rounds: 100,
+                timing: CLI_TIMING,
+            },
+            observer: observer::Params {
                 rounds: 100,
                 timing: CLI_TIMING,
             },
@@ -257,6 +267,10 @@ impl Profile {
                 // first (etcd leases are at least 2 s).
                 timing: Timing::ms(2000, 500, 500),
             },
+            observer: observer::Params {
+                rounds: 3,
+                timing: Timing::ms(2000, 500, 500),
+            },
             failover_rounds: 1,
             failover_timing: Timing::ms(300, 100, 100),
             cost: cost::Params {
@@ -316,6 +330,7 @@ impl Profile {
     fn adjust(&mut self, args: &Args) {
         if let Some(n) = args.rounds {
             self.cli_handoff.rounds = n.max(1);
+            self.observer.rounds = n.max(1);
             self.server_stores.rounds = n.max(1);
             self.server_stores.warmup = self.server_stores.warmup.min(n.div_ceil(10));
             self.etcdctl.rounds = n.max(1);
@@ -365,6 +380,7 @@ fn run(args: &Args) -> BoxResult<()> {
     let redis = RedisServer::start();
     let etcd = [
         Figure::CliHandoff,
+        Figure::Observer,
         Figure::Contention,
         Figure::Scale,
         Figure::Etcd,
@@ -502,6 +518,12 @@ async fn measure(
         .await?;
         summary_rows.extend(run.summary_rows());
         emit("cli-handoff", run.report(ctx));
+    }
+
+    if figures.contains(&Figure::Observer) {
+        let run = observer::measure(&servers, &mut admin, dir, profile.observer).await?;
+        summary_rows.extend(run.summary_rows());
+        emit("observer", run.report(ctx));
     }
 
     if figures.contains(&Figure::Failover) {

@@ -1,5 +1,6 @@
-//! Child processes whose output lines the bench reads: `baton campaign --json` (the cli-handoff
-//! and vs-etcdctl figures) and `etcdctl elect` (vs-etcdctl).
+//! Child processes whose output lines the bench reads: `baton campaign --json` (the cli-handoff,
+//! observer and vs-etcdctl figures), `baton watch --json` (observer) and `etcdctl elect`
+//! (vs-etcdctl).
 //!
 //! A leader change between two `baton campaign --json` processes is timed on two clocks at
 //! once ([`Change`]): the arrival of the follower's `became_leader` line at the bench (the only
@@ -114,6 +115,17 @@ pub fn baton_campaign(baton: &Path, url: &str, key: &str, id: &str, t: Timing) -
     Proc::spawn(cmd, format!("baton campaign {id}"), true)
 }
 
+/// `baton --store URL --key KEY --lease .. --renew .. --grace .. watch --json`: an observer.
+pub fn baton_watch(baton: &Path, url: &str, key: &str, t: Timing) -> BoxResult<Proc> {
+    let mut cmd = Command::new(baton);
+    cmd.args(["--store", url, "--key", key])
+        .args(["--lease", &baton::fmt_duration(t.lease)])
+        .args(["--renew", &baton::fmt_duration(t.renew)])
+        .args(["--grace", &baton::fmt_duration(t.grace)])
+        .args(["watch", "--json"]);
+    Proc::spawn(cmd, "baton watch".to_owned(), true)
+}
+
 /// The command line of [`baton_campaign`], for reports (`URL` and `KEY` as given).
 pub fn campaign_args(url: &str, key: &str, t: Timing) -> String {
     format!(
@@ -124,32 +136,35 @@ pub fn campaign_args(url: &str, key: &str, t: Timing) -> String {
     )
 }
 
-/// A `campaign --json` line: its `event`, `leader`, `candidate` and `boot_ns`.
-struct EventLine {
-    event: String,
-    leader: Option<String>,
-    candidate: Option<String>,
-    boot_ns: u64,
+/// A `campaign --json` or `watch --json` line: its `event`, `leader`, `previous`, `candidate`
+/// and `boot_ns`.
+pub struct EventLine {
+    pub event: String,
+    pub leader: Option<String>,
+    pub previous: Option<String>,
+    pub candidate: Option<String>,
+    pub boot_ns: u64,
 }
 
-fn parse(line: &str) -> Option<EventLine> {
+pub fn parse(line: &str) -> Option<EventLine> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let text = |k: &str| v[k].as_str().map(str::to_owned);
     Some(EventLine {
         event: text("event")?,
         leader: text("leader"),
+        previous: text("previous"),
         candidate: text("candidate"),
         boot_ns: v["boot_ns"].as_u64()?,
     })
 }
 
 /// Whether `line` is event `event` naming `leader` as the leader.
-fn is_event(line: &str, event: &str, leader: &str) -> bool {
+pub fn is_event(line: &str, event: &str, leader: &str) -> bool {
     parse(line).is_some_and(|l| l.event == event && l.leader.as_deref() == Some(leader))
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds (what `boot_ns` holds).
-fn boot_ns_now() -> u64 {
+pub fn boot_ns_now() -> u64 {
     u64::try_from(baton::boot_time().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -167,7 +182,7 @@ pub struct Change {
     pub leader_stop: Option<Duration>,
 }
 
-fn since(t0: u64, t1: u64) -> Duration {
+pub fn since(t0: u64, t1: u64) -> Duration {
     Duration::from_nanos(t1.saturating_sub(t0))
 }
 

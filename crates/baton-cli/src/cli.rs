@@ -36,14 +36,15 @@ pub struct Cli {
 /// from a config file, so they are parsed once all sources are merged (see `config`).
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Where leases live: `sqlite:PATH`, `redis://HOST:PORT` (also rediss://, redis+cluster://,
-    /// redis+sentinel://) or `memory:` [default: a per-user SQLite file]
+    // Where leases live. The help lists the URLs this binary can open, from the same list
+    // the URL factory opens them by (`baton::connect::STORE_KINDS`).
     #[arg(
         long,
         global = true,
         env = "BATON_STORE",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        help = store_help()
     )]
     pub store: Option<String>,
 
@@ -239,6 +240,14 @@ pub struct DemoArgs {
     /// How long one batch of leader work takes
     #[arg(long, default_value = "2s", value_name = "DUR", value_parser = positive_duration)]
     pub batch: Duration,
+}
+
+/// The `--store` help: every URL this binary can open.
+pub fn store_help() -> String {
+    format!(
+        "Where leases live: {} [default: a per-user SQLite file]",
+        baton::connect::supported_schemes()
+    )
 }
 
 /// A humantime duration (`500ms`, `2s`, `1m`), with the fix in the message.

@@ -126,6 +126,11 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
                 "the key from {origin} is empty: pass a name such as myapp:leader"
             )));
         }
+        Some((key, origin)) if key.chars().any(char::is_control) => {
+            return Err(Failure::new(format!(
+                "the key from {origin} ({key:?}) contains a control character, which would break baton's line-by-line output: use printable characters, e.g. myapp:leader"
+            )));
+        }
         Some((key, origin)) => {
             origins.push(("key", origin.to_string()));
             key
@@ -135,12 +140,18 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
             DEFAULT_KEY.to_owned()
         }
     };
-    let id = cli("id", "BATON_ID", &args.id)
-        .or_else(|| from_file(&file.id, "id"))
-        .map(|(id, origin)| {
+    let id = match cli("id", "BATON_ID", &args.id).or_else(|| from_file(&file.id, "id")) {
+        Some((id, origin)) if id.chars().any(char::is_control) => {
+            return Err(Failure::new(format!(
+                "the id from {origin} ({id:?}) contains a control character, which would break baton's line-by-line output: use printable characters, e.g. worker-1"
+            )));
+        }
+        Some((id, origin)) => {
             origins.push(("id", origin.to_string()));
-            id
-        });
+            Some(id)
+        }
+        None => None,
+    };
     if id.is_none() {
         origins.push(("id", "default: <hostname>-<pid>".to_owned()));
     }

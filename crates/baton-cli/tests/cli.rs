@@ -1,4 +1,5 @@
-//! The `baton` binary, run for real against temporary SQLite files.
+//! The `baton` binary, run for real against temporary SQLite files (and the machine's servers
+//! where a test says so); and the library's examples, run as a user would run them.
 //!
 //! These tests check behaviour across processes: who leads, who takes over, what is printed,
 //! what exits how. Every wait has a generous bound (seconds, not milliseconds): the machine
@@ -420,6 +421,83 @@ fn watch_streams_leader_changes() {
     assert!(watch.wait_exit().0.success());
 }
 
+// watch, on every store: an observer hears of a graceful release as the candidates do, not
+// when the lease runs out (on SQLite, `baton watch` used to see a release up to a second late).
+
+/// The lease of the observer tests: far longer than any wait they allow.
+const OBSERVED: [&str; 6] = ["--lease", "30s", "--renew", "5s", "--grace", "5s"];
+
+/// How long after the leader's exit the observer may report the release: well short of the
+/// 30 s lease, so only a pushed (or promptly polled) release passes.
+const LONG_BEFORE_EXPIRY: Duration = Duration::from_secs(5);
+
+/// One leader and one `baton watch --json` on `store`; the leader stops gracefully, and the
+/// watcher reports the key free long before the lease could have expired.
+fn watch_reports_a_release_long_before_the_lease_expires(scratch: &Scratch, store: &str) {
+    let baton = |args: &[&str]| {
+        let mut cmd = scratch.baton();
+        cmd.args(["--store", store]).args(OBSERVED).args(args);
+        cmd
+    };
+    let mut leader = Running::spawn(baton(&["--id", "observed", "campaign", "--json"]));
+    let mut watch = Running::spawn(baton(&["watch", "--json"]));
+    // The watcher subscribes before it prints anything. It waits for the lease in the store,
+    // not for the leader's `became_leader`: on a Redis server younger than the lease, the
+    // holder holds for a whole lease before it acts (the restart guard), and the release must
+    // be seen all the same.
+    watch.wait_event("leader_changed", Some("observed"));
+
+    let stopped = Instant::now();
+    leader.signal(Signal::INT);
+    assert!(leader.wait_exit().0.success(), "{}", leader.stderr());
+    let line = watch.wait_line("the release", |l| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["event"] == "leader_changed" && v["previous"] == "observed" && v["leader"] != "observed"
+    });
+    let waited = stopped.elapsed();
+    assert!(
+        waited < LONG_BEFORE_EXPIRY,
+        "{store}: the watcher reported the release {waited:?} after the leader stopped, \
+         as if it had waited for the 30 s lease: {line}"
+    );
+    watch.signal(Signal::INT);
+    assert!(watch.wait_exit().0.success(), "{}", watch.stderr());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_sqlite() {
+    let scratch = Scratch::new("watch-release-sqlite");
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &scratch.store());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_redis() {
+    let scratch = Scratch::new("watch-release-redis");
+    let server = baton_testkit::servers::RedisServer::start();
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &server.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_postgres() {
+    let scratch = Scratch::new("watch-release-postgres");
+    let table = SqlTable::new(Sql::Postgres);
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &table.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_mysql() {
+    let scratch = Scratch::new("watch-release-mysql");
+    let table = SqlTable::new(Sql::Mysql);
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &table.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_etcd() {
+    let scratch = Scratch::new("watch-release-etcd");
+    let server = baton_testkit::etcd_server::EtcdServer::start();
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &server.url());
+}
+
 /// The settings the demo prints in Demo 1, as `(key, lease, renew, grace)`: the quickest way to
 /// see what a run of `baton` took from where.
 fn effective(cmd: &mut Command) -> (String, String, String, String) {
@@ -733,6 +811,129 @@ fn bad_input_is_one_line_and_exit_code_2() {
     );
     assert_bad_input(s.baton().arg("bogus"), "bogus");
     assert_bad_input(s.baton().args(["status", "--bogus"]), "--bogus");
+}
+
+/// Credentials a SQL server rejects are bad input: exit 2, one line that names the user and
+/// password in the URL as the fix, and no password; not "store unavailable" retried forever.
+/// PostgreSQL (which trusts 127.0.0.1 here, so checks no password): a role that does not
+/// exist. MariaDB: a user of the test's own, with a wrong password.
+#[test]
+fn sql_credentials_the_server_rejects_are_bad_input() {
+    let s = Scratch::new("sql-credentials");
+    let pg = SqlTable::new(Sql::Postgres);
+    let mut my = SqlTable::new(Sql::Mysql);
+    let user = format!("baton_cli_{:08x}", fastrand::u32(..));
+    Sql::Mysql
+        .admin(&format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'right-one'"
+        ))
+        .unwrap();
+    my.users.push(user.clone());
+    for url in [
+        format!(
+            "postgres://baton_nobody_{:08x}:hunter2@127.0.0.1:5432/test?table={}",
+            fastrand::u32(..),
+            pg.table
+        ),
+        format!(
+            "mysql://{user}:hunter2@127.0.0.1:3306/test?table={}",
+            my.table
+        ),
+    ] {
+        for command in [&["status"][..], &["campaign", "--json"], &["watch"]] {
+            let line = assert_bad_input(
+                s.baton().args(["--store", &url]).args(FAST).args(command),
+                "rejected the credentials: check the user and password in the URL",
+            );
+            assert!(!line.contains("hunter2"), "{line}");
+            assert!(line.contains(":****@127.0.0.1"), "{line}");
+        }
+    }
+}
+
+/// The `--store` help, the error for an unknown scheme, the README's table of stores and the
+/// URL factory agree: each lists every scheme of `baton::connect::STORE_KINDS`, the one list
+/// the factory opens stores by, so none can leave out a store when one is added.
+#[test]
+fn store_help_error_readme_and_factory_list_the_same_schemes() {
+    use baton::connect::{STORE_KINDS, Status, store_from_url};
+
+    let s = Scratch::new("schemes");
+    let help = text(&run(s.baton().arg("--help")).stdout);
+    let error = assert_bad_input(
+        s.baton().args(["--store", "zookeeper://zk:2181", "status"]),
+        "unknown store scheme",
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let stores_table = readme
+        .split_once("\n## Stores\n")
+        .and_then(|(_, rest)| rest.split_once("\n### "))
+        .expect("README.md has a Stores section with a table")
+        .0;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    for kind in STORE_KINDS {
+        for (i, scheme) in kind.schemes.iter().enumerate() {
+            let in_readme = if kind.name == "memory" || kind.name == "sqlite" {
+                format!("`{scheme}:")
+            } else {
+                format!("`{scheme}://")
+            };
+            assert!(
+                stores_table.contains(&in_readme),
+                "README.md's table of stores lacks {in_readme}"
+            );
+            if kind.status == Status::Planned {
+                assert!(error.contains(kind.name), "{error}");
+                continue;
+            }
+            let shown = if i == 0 {
+                kind.form.to_owned()
+            } else {
+                format!("{scheme}://")
+            };
+            assert!(help.contains(&shown), "--help lacks {shown}:\n{help}");
+            assert!(error.contains(&shown), "the error lacks {shown}: {error}");
+            let url = match kind.name {
+                "memory" => "memory:".to_owned(),
+                "sqlite" => format!("{scheme}:{}", s.path("factory.db").display()),
+                _ => format!("{scheme}://127.0.0.1:1/x"),
+            };
+            if let Err(e) = store_from_url(&url) {
+                let e = e.to_string();
+                assert!(!e.contains("unknown store scheme"), "{url}: {e}");
+            }
+        }
+    }
+}
+
+/// `--id $'a\nb'` was accepted, and split every JSON line that carried the id. Ids and keys
+/// with control characters are bad input now, from every source, and the line shows them
+/// escaped.
+#[test]
+fn an_id_or_key_with_a_control_character_is_bad_input() {
+    let s = Scratch::new("control-characters");
+    let line = assert_bad_input(
+        &mut s.baton_fast(&["--id", "a\nb", "campaign", "--json"]),
+        "the id from --id (\"a\\nb\") contains a control character",
+    );
+    assert!(line.contains("printable"), "{line}");
+    assert_bad_input(
+        s.baton_fast(&["watch", "--json"])
+            .env("BATON_KEY", "jobs\tnightly"),
+        "the key from BATON_KEY (\"jobs\\tnightly\") contains a control character",
+    );
+    assert_bad_input(
+        &mut s.baton_fast(&["--key", "\u{1b}[31mred", "status"]),
+        "control character",
+    );
+    let file = s.path("ids.toml");
+    std::fs::write(&file, "id = \"w\\u0007\"\n").unwrap();
+    assert_bad_input(
+        &mut s.baton_fast(&["--config", &file.display().to_string(), "run", "--", "true"]),
+        "contains a control character",
+    );
 }
 
 // The README's API example is the quickstart example, which the build compiles.
@@ -1102,5 +1303,294 @@ fn completions_are_printed_for_each_shell() {
         let out = run(s.baton().args(["completions", shell]));
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("campaign"), "{shell}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The library's examples (crates/baton/examples), run as their headers say.
+
+/// The path of the `baton` crate's example `name`, built as `scripts/test` and `scripts/bench`
+/// build the workspace (`cargo build --workspace --all-features --examples`, which is up to
+/// date at once after their test build), in the profile of this test binary.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/cli-<hash> -> target/<profile>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--workspace",
+            "--all-features",
+            "--examples",
+            "--quiet",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    // Without the variables cargo sets for this test's package: a build script that reads one
+    // (ring's reads CARGO_MANIFEST_DIR) would otherwise run again, and the whole workspace be
+    // rebuilt, on every call.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&&*name)
+        {
+            build.env_remove(&*name);
+        }
+    }
+    let out = build.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building the examples failed: {}",
+        text(&out.stderr)
+    );
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}
+
+/// The first line `proc` prints that starts with `prefix`.
+fn line_starting(proc: &mut Running, prefix: &str) -> String {
+    proc.wait_line(prefix, |l| l.starts_with(prefix))
+}
+
+/// GET `/leader` from an `http_service` copy until `want` holds; the last answer.
+fn leader_view(port: u16, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = http_get(port, "/leader");
+        assert_eq!(code, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).expect("JSON from /leader");
+        if want(&view) {
+            return view;
+        }
+        assert!(Instant::now() < until, "{what}: still {view}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port an `http_service` copy printed it listens on.
+fn listening_port(copy: &mut Running) -> u16 {
+    let line = line_starting(copy, "listening on http://");
+    line.trim_start_matches("listening on http://127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// `examples/http_service.rs`: two copies on one SQLite file (`BATON_STORE`); one runs the job
+/// and both report it as the leader on `GET /leader`; when it stops (SIGINT), the other leads
+/// and runs the job; `EXAMPLE_RUN_FOR` stops a copy by itself.
+#[test]
+fn the_http_service_example_runs_its_job_in_one_copy_and_hands_it_over() {
+    let s = Scratch::new("example-http");
+    let bin = example("http_service");
+    let copy = |id: &str, run_for: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("BATON_STORE", s.store())
+            .env("BATON_ID", id)
+            .env("PORT", "0")
+            .env("EXAMPLE_RUN_FOR", run_for)
+            .stdin(Stdio::null());
+        Running::spawn(cmd)
+    };
+    let mut one = copy("web-1", "60s");
+    let port_one = listening_port(&mut one);
+    let view = leader_view(port_one, "web-1 leads and runs its job", |v| {
+        v["is_leader"] == true && v["job_runs"].as_u64() >= Some(1)
+    });
+    assert_eq!(view["candidate"], "web-1", "{view}");
+    assert_eq!(view["leader"], "web-1", "{view}");
+    let token = view["token"]
+        .as_u64()
+        .expect("a fencing token while leading");
+    // The job's first line may come before or after the one naming the port.
+    let first_run = format!("job run 1 with fencing token {token}");
+    if !one.seen.contains(&first_run) {
+        one.wait_line(&first_run, |l| l == first_run);
+    }
+
+    let mut two = copy("web-2", "60s");
+    let port_two = listening_port(&mut two);
+    let view = leader_view(port_two, "web-2 sees web-1 lead", |v| {
+        v["leader"] == "web-1"
+    });
+    assert_eq!(view["is_leader"], false, "{view}");
+    assert!(view["token"].is_null(), "{view}");
+    assert_eq!(view["job_runs"], 0, "{view}");
+
+    one.signal(Signal::INT);
+    let (status, _) = one.wait_exit();
+    assert!(status.success(), "{}", one.stderr());
+    let view = leader_view(port_two, "web-2 takes over", |v| {
+        v["is_leader"] == true && v["job_runs"].as_u64() >= Some(1)
+    });
+    assert!(view["token"].as_u64() > Some(token), "{view}");
+    two.signal(Signal::TERM);
+    let (status, lines) = two.wait_exit();
+    assert!(status.success(), "{}", two.stderr());
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("stopped"),
+        "{lines:?}"
+    );
+
+    let mut three = copy("web-3", "300ms");
+    listening_port(&mut three);
+    let (status, _) = three.wait_exit();
+    assert!(status.success(), "{}", three.stderr());
+}
+
+/// `examples/fencing_postgres.rs` against the machine's PostgreSQL, in tables of the test's
+/// own: the stale leader's write is refused, and the counter holds the later leader's token.
+#[test]
+fn the_fencing_example_refuses_the_stale_leaders_write() {
+    let leases = SqlTable::new(Sql::Postgres);
+    let counter = SqlTable::new(Sql::Postgres);
+    let out = run(Command::new(example("fencing_postgres"))
+        .env("DATABASE_URL", Sql::Postgres.base())
+        .env("BATON_STORE", leases.url())
+        .env("EXAMPLE_TABLE", &counter.table));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("a leads with fencing token 1; its write: accepted"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("b leads with fencing token 2; its write: accepted"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("a, whose term has ended, writes with token 1: refused (the table has accepted token 2; value 2)"),
+        "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine's SQL servers
+
+/// The machine's PostgreSQL and MariaDB (or MySQL), as `scripts/test` starts them: superuser
+/// without a password, database `test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sql {
+    Postgres,
+    Mysql,
+}
+
+impl Sql {
+    /// The server's base URL, as its superuser.
+    fn base(self) -> &'static str {
+        match self {
+            Sql::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+            Sql::Mysql => "mysql://root@127.0.0.1:3306/test",
+        }
+    }
+
+    /// Fail loudly, naming the fix, unless the server listens.
+    fn require(self) {
+        let (port, what, start) = match self {
+            Sql::Postgres => (
+                5432,
+                "PostgreSQL",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ),
+            Sql::Mysql => (
+                3306,
+                "MariaDB",
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+            ),
+        };
+        let addr = ([127, 0, 0, 1], port).into();
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+            panic!(
+                "{what} is not running on 127.0.0.1:{port}; this test needs it. Start it with \
+                 `{start}` (scripts/test does this in its \"servers\" step)"
+            );
+        }
+    }
+
+    /// Run SQL as the superuser with the command-line client; the error is its stderr.
+    fn admin(self, sql: &str) -> Result<(), String> {
+        let out = match self {
+            Sql::Postgres => Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "test",
+                    "-q",
+                    "-c",
+                    sql,
+                ])
+                .output(),
+            Sql::Mysql => Command::new("mysql")
+                .args(["-h", "127.0.0.1", "-u", "root", "test", "-e", sql])
+                .output(),
+        }
+        .map_err(|e| format!("{sql}: the command-line client does not run: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{sql}: {}", text(&out.stderr)))
+        }
+    }
+}
+
+/// A lease table of this test's own on a machine's SQL server, dropped (with the users it
+/// lists) when dropped.
+struct SqlTable {
+    sql: Sql,
+    table: String,
+    users: Vec<String>,
+}
+
+impl SqlTable {
+    fn new(sql: Sql) -> SqlTable {
+        sql.require();
+        SqlTable {
+            sql,
+            table: format!("baton_cli_{:012x}", fastrand::u64(..) >> 16),
+            users: Vec::new(),
+        }
+    }
+
+    /// The store URL: the superuser, this table.
+    fn url(&self) -> String {
+        format!("{}?table={}", self.sql.base(), self.table)
+    }
+}
+
+impl Drop for SqlTable {
+    fn drop(&mut self) {
+        let mut statements = vec![format!("DROP TABLE IF EXISTS {}", self.table)];
+        for user in &self.users {
+            statements.push(match self.sql {
+                Sql::Postgres => format!("DROP ROLE IF EXISTS {user}"),
+                Sql::Mysql => format!("DROP USER IF EXISTS '{user}'@'%'"),
+            });
+        }
+        for statement in statements {
+            if let Err(e) = self.sql.admin(&statement) {
+                eprintln!("cleaning up: {e}");
+            }
+        }
     }
 }

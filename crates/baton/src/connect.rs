@@ -14,50 +14,175 @@
 //! | `mysql://`, `mariadb://` | `MysqlStore`: a lease table, a polled watch | feature `mysql` |
 //! | `kubernetes://`, `consul://` | planned | not yet |
 //!
+//! [`STORE_KINDS`] is that table as data, and the only list of schemes: [`store_from_url`]
+//! picks the store from it, and [`supported_schemes`] (the CLI's `--store` help, the error
+//! for an unknown scheme) and [`planned_schemes`] describe it, so none of them can leave a
+//! scheme out when a store is added.
+//!
 //! Like the rest of the library, this module never reads the environment and never prints.
 
 use std::sync::Arc;
 
 use crate::{Error, LeaseStore, MemoryStore, Result};
 
-/// The schemes of the Redis store (feature `redis`).
-const REDIS_SCHEMES: &[&str] = &[
-    "redis",
-    "rediss",
-    "redis+cluster",
-    "rediss+cluster",
-    "redis+sentinel",
-    "rediss+sentinel",
-];
-
-/// The schemes this build can open, as shown in error messages.
-fn supported() -> String {
-    let mut schemes = vec!["memory:"];
-    if cfg!(feature = "sqlite") {
-        schemes.push("sqlite:PATH");
-    }
-    if cfg!(feature = "redis") {
-        schemes.extend([
-            "redis://",
-            "rediss://",
-            "redis+cluster://",
-            "redis+sentinel://",
-        ]);
-    }
-    if cfg!(feature = "etcd") {
-        schemes.extend(["etcd://", "etcds://"]);
-    }
-    if cfg!(feature = "postgres") {
-        schemes.extend(["postgres://", "postgresql://"]);
-    }
-    if cfg!(feature = "mysql") {
-        schemes.extend(["mysql://", "mariadb://"]);
-    }
-    schemes.join(", ")
+/// A kind of store, as store URLs name it: one row of the table in the [module
+/// documentation](self).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreKind {
+    /// The store's name, as [`StoreInfo::name`](crate::StoreInfo::name) reports it:
+    /// `"sqlite"`, `"redis"`, ...
+    pub name: &'static str,
+    /// The URL schemes that open it, lowercase and without the `:`; the first is the main one.
+    pub schemes: &'static [&'static str],
+    /// The shape of its URL, for help texts: `sqlite:PATH`, `redis://HOST[:PORT]`.
+    pub form: &'static str,
+    /// Whether this build can open it.
+    pub status: Status,
+    /// Opens a URL of one of `schemes` (`rest` is what follows `scheme:`).
+    open: fn(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>>,
 }
 
-/// Schemes of stores that are designed (DESIGN.md §4) but not built yet, with their family.
-const PLANNED: &[(&str, &str)] = &[("kubernetes", "kubernetes"), ("consul", "consul")];
+/// Whether a [`StoreKind`] can be opened by this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Built into this binary.
+    Built,
+    /// Built by Baton, but not into this binary: it needs this cargo feature of `baton`.
+    NeedsFeature(&'static str),
+    /// Designed (DESIGN.md §4) but not built yet.
+    Planned,
+}
+
+/// `Built` when `on` (a `cfg!(feature = ...)`), else the feature it needs.
+const fn feature(on: bool, name: &'static str) -> Status {
+    if on {
+        Status::Built
+    } else {
+        Status::NeedsFeature(name)
+    }
+}
+
+/// Every kind of store a URL can name, built or not, in the order help texts list them: the
+/// embedded default first, `memory:` (for trying things out) after the real stores, the
+/// planned ones last.
+pub const STORE_KINDS: &[StoreKind] = &[
+    StoreKind {
+        name: "sqlite",
+        schemes: &["sqlite"],
+        form: "sqlite:PATH",
+        status: feature(cfg!(feature = "sqlite"), "sqlite"),
+        open: open_sqlite,
+    },
+    StoreKind {
+        name: "redis",
+        schemes: &[
+            "redis",
+            "rediss",
+            "redis+cluster",
+            "rediss+cluster",
+            "redis+sentinel",
+            "rediss+sentinel",
+        ],
+        form: "redis://HOST[:PORT]",
+        status: feature(cfg!(feature = "redis"), "redis"),
+        open: open_redis,
+    },
+    StoreKind {
+        name: "postgres",
+        schemes: &["postgres", "postgresql"],
+        form: "postgres://USER@HOST/DB",
+        status: feature(cfg!(feature = "postgres"), "postgres"),
+        open: open_postgres,
+    },
+    StoreKind {
+        name: "mysql",
+        schemes: &["mysql", "mariadb"],
+        form: "mysql://USER@HOST/DB",
+        status: feature(cfg!(feature = "mysql"), "mysql"),
+        open: open_mysql,
+    },
+    StoreKind {
+        name: "etcd",
+        schemes: &["etcd", "etcds"],
+        form: "etcd://HOST[:PORT]",
+        status: feature(cfg!(feature = "etcd"), "etcd"),
+        open: open_etcd,
+    },
+    StoreKind {
+        name: "memory",
+        schemes: &["memory"],
+        form: "memory:",
+        status: Status::Built,
+        open: open_memory,
+    },
+    StoreKind {
+        name: "kubernetes",
+        schemes: &["kubernetes"],
+        form: "kubernetes://",
+        status: Status::Planned,
+        open: open_planned,
+    },
+    StoreKind {
+        name: "consul",
+        schemes: &["consul"],
+        form: "consul://HOST[:PORT]",
+        status: Status::Planned,
+        open: open_planned,
+    },
+];
+
+impl StoreKind {
+    /// The kind a scheme (any case, without the `:`) names, if any.
+    pub fn of_scheme(scheme: &str) -> Option<&'static StoreKind> {
+        STORE_KINDS
+            .iter()
+            .find(|k| k.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+    }
+
+    /// `form`, followed by the other schemes: `redis://HOST[:PORT] (also rediss://, ...)`.
+    fn describe(&self) -> String {
+        let others: Vec<String> = self.schemes[1..]
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect();
+        if others.is_empty() {
+            self.form.to_owned()
+        } else {
+            format!("{} (also {})", self.form, others.join(", "))
+        }
+    }
+}
+
+/// The URLs this build can open, for help texts and errors: every scheme of every built store,
+/// in [`STORE_KINDS`] order, e.g. `sqlite:PATH, redis://HOST[:PORT] (also rediss://, ...), ...
+/// or memory:`.
+///
+/// ```
+/// let text = baton::connect::supported_schemes();
+/// assert!(text.starts_with("sqlite:PATH") && text.ends_with("or memory:"));
+/// ```
+pub fn supported_schemes() -> String {
+    let built: Vec<String> = STORE_KINDS
+        .iter()
+        .filter(|k| k.status == Status::Built)
+        .map(StoreKind::describe)
+        .collect();
+    match built.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The stores that are planned but not built yet, by name: `kubernetes, consul`.
+pub fn planned_schemes() -> String {
+    STORE_KINDS
+        .iter()
+        .filter(|k| k.status == Status::Planned)
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Query parameter names whose values are secrets.
 const SECRET_PARAMS: &[&str] = &[
@@ -73,7 +198,7 @@ const SECRET_PARAMS: &[&str] = &[
     "apikey",
 ];
 
-/// Open the store a URL names.
+/// Open the store a URL names, by its scheme in [`STORE_KINDS`].
 ///
 /// * `memory:` is an in-process [`MemoryStore`]: useful to try things out, but every process
 ///   gets its own, so it elects nothing across processes.
@@ -82,9 +207,12 @@ const SECRET_PARAMS: &[&str] = &[
 /// * `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+cluster://`,
 ///   `rediss+sentinel://`) open a `RedisStore`; see `baton::store::redis` for the forms and
 ///   their options. Needs the `redis` feature, and a tokio runtime to be running.
+/// * `postgres://`, `postgresql://` and `mysql://`, `mariadb://` open the SQL stores (features
+///   `postgres`, `mysql`; see `baton::store::sql`), `etcd://`, `etcds://` the etcd store
+///   (feature `etcd`). They too need a tokio runtime.
 ///
-/// Synchronous: opening a store only parses and, for SQLite, opens a local file; for Redis it
-/// reads the certificate files the URL names, and connects on first use.
+/// Synchronous: opening a store only parses and, for SQLite, opens a local file; for the
+/// others it reads the certificate files the URL names, and connects on first use.
 ///
 /// # Errors
 ///
@@ -103,37 +231,37 @@ const SECRET_PARAMS: &[&str] = &[
 pub fn store_from_url(url: &str) -> Result<Arc<dyn LeaseStore>> {
     let url = url.trim();
     let (scheme, rest) = split_scheme(url)?;
-    match scheme.as_str() {
-        "memory" => {
-            if !rest.trim_start_matches('/').is_empty() {
-                return Err(Error::Config(format!(
-                    "the memory store takes no location, got {:?}: use \"memory:\"",
-                    redact(url)
-                )));
-            }
-            Ok(Arc::new(MemoryStore::new()))
-        }
-        "sqlite" => open_sqlite(url, rest),
-        s if REDIS_SCHEMES.contains(&s) => open_redis(url),
-        "postgres" | "postgresql" => open_postgres(url),
-        "mysql" | "mariadb" => open_mysql(url),
-        "etcd" | "etcds" => open_etcd(url),
-        other => {
-            if let Some((_, family)) = PLANNED.iter().find(|(s, _)| *s == other) {
-                return Err(Error::Config(format!(
-                    "the {family} store ({}) is planned but not built yet; stores available now: {}",
-                    redact(url),
-                    supported(),
-                )));
-            }
-            Err(Error::Config(format!(
-                "unknown store scheme {other:?} in {:?}: supported now: {}; planned: {}",
-                redact(url),
-                supported(),
-                planned_list(),
-            )))
-        }
+    match StoreKind::of_scheme(&scheme) {
+        Some(kind) => (kind.open)(url, rest),
+        None => Err(Error::Config(format!(
+            "unknown store scheme {scheme:?} in {:?}: supported now: {}; planned: {}",
+            redact(url),
+            supported_schemes(),
+            planned_schemes(),
+        ))),
     }
+}
+
+fn open_memory(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    if !rest.trim_start_matches('/').is_empty() {
+        return Err(Error::Config(format!(
+            "the memory store takes no location, got {:?}: use \"memory:\"",
+            redact(url)
+        )));
+    }
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+fn open_planned(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    let family = split_scheme(url)
+        .ok()
+        .and_then(|(scheme, _)| StoreKind::of_scheme(&scheme))
+        .map_or("this", |k| k.name);
+    Err(Error::Config(format!(
+        "the {family} store ({}) is planned but not built yet; stores available now: {}",
+        redact(url),
+        supported_schemes(),
+    )))
 }
 
 /// Split `scheme:rest`, checking the scheme's syntax (RFC 3986: a letter, then letters, digits,
@@ -170,16 +298,6 @@ fn split_scheme(url: &str) -> Result<(String, &str)> {
         )));
     }
     Ok((scheme.to_ascii_lowercase(), rest))
-}
-
-fn planned_list() -> String {
-    let mut families: Vec<&str> = Vec::new();
-    for (_, family) in PLANNED {
-        if !families.contains(family) {
-            families.push(family);
-        }
-    }
-    families.join(", ")
 }
 
 /// The file path of a `sqlite:` URL (`rest` is what follows `sqlite:`).
@@ -226,70 +344,79 @@ fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
 #[cfg(not(feature = "sqlite"))]
 fn open_sqlite(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>> {
     let _ = sqlite_path(url, rest)?;
-    Err(Error::Config(format!(
-        "this build has no sqlite store ({}): build baton with the `sqlite` feature; stores available now: {}",
-        redact(url),
-        supported(),
-    )))
+    Err(not_built(url))
 }
 
 #[cfg(feature = "redis")]
-fn open_redis(url: &str) -> Result<Arc<dyn LeaseStore>> {
+fn open_redis(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Ok(Arc::new(crate::store::redis::RedisStore::open(url)?))
 }
 
 #[cfg(not(feature = "redis"))]
-fn open_redis(url: &str) -> Result<Arc<dyn LeaseStore>> {
-    Err(Error::Config(format!(
-        "this build has no redis store ({}): build baton with the `redis` feature; stores available now: {}; planned: {}",
-        redact(url),
-        supported(),
-        planned_list(),
-    )))
+fn open_redis(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(not_built(url))
 }
 
 #[cfg(feature = "etcd")]
-fn open_etcd(url: &str) -> Result<Arc<dyn LeaseStore>> {
+fn open_etcd(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Ok(Arc::new(crate::store::etcd::EtcdStore::open(url)?))
 }
 
 #[cfg(not(feature = "etcd"))]
-fn open_etcd(url: &str) -> Result<Arc<dyn LeaseStore>> {
-    Err(Error::Config(format!(
-        "this build has no etcd store ({}): build baton with the `etcd` feature; stores available now: {}",
-        redact(url),
-        supported(),
-    )))
+fn open_etcd(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(not_built(url))
 }
 
 #[cfg(feature = "postgres")]
-fn open_postgres(url: &str) -> Result<Arc<dyn LeaseStore>> {
+fn open_postgres(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Ok(Arc::new(crate::store::sql::postgres::PostgresStore::open(
         url,
     )?))
 }
 
 #[cfg(not(feature = "postgres"))]
-fn open_postgres(url: &str) -> Result<Arc<dyn LeaseStore>> {
-    Err(Error::Config(format!(
-        "this build has no postgres store ({}): build baton with the `postgres` feature; stores available now: {}",
-        redact(url),
-        supported(),
-    )))
+fn open_postgres(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(not_built(url))
 }
 
 #[cfg(feature = "mysql")]
-fn open_mysql(url: &str) -> Result<Arc<dyn LeaseStore>> {
+fn open_mysql(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Ok(Arc::new(crate::store::sql::mysql::MysqlStore::open(url)?))
 }
 
 #[cfg(not(feature = "mysql"))]
-fn open_mysql(url: &str) -> Result<Arc<dyn LeaseStore>> {
-    Err(Error::Config(format!(
-        "this build has no mysql store ({}): build baton with the `mysql` feature; stores available now: {}",
+fn open_mysql(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(not_built(url))
+}
+
+/// The error for a URL of a store this build leaves out: which feature brings it in.
+#[cfg_attr(
+    all(
+        feature = "sqlite",
+        feature = "redis",
+        feature = "etcd",
+        feature = "postgres",
+        feature = "mysql"
+    ),
+    allow(dead_code)
+)]
+fn not_built(url: &str) -> Error {
+    let kind = split_scheme(url)
+        .ok()
+        .and_then(|(scheme, _)| StoreKind::of_scheme(&scheme));
+    let (name, feature) = match kind {
+        Some(StoreKind {
+            name,
+            status: Status::NeedsFeature(feature),
+            ..
+        }) => (*name, *feature),
+        _ => ("this", "matching"),
+    };
+    Error::Config(format!(
+        "this build has no {name} store ({}): build baton with the `{feature}` feature; stores available now: {}",
         redact(url),
-        supported(),
-    )))
+        supported_schemes(),
+    ))
 }
 
 /// `url` with every password replaced by `****`: the password of the user info
@@ -376,6 +503,63 @@ mod tests {
             Err(other) => panic!("{url}: expected a config error, got {other}"),
             Ok(store) => panic!("{url}: expected an error, got {store:?}"),
         }
+    }
+
+    /// The one list of schemes is what the factory opens and what its errors list: every
+    /// scheme of a built store opens that store (or fails for its own reasons, never as an
+    /// unknown scheme), and the error for an unknown scheme names every one of them.
+    #[tokio::test]
+    async fn the_factory_opens_every_listed_scheme_and_its_errors_list_them_all() {
+        let unknown = config_error("zookeeper://zk:2181");
+        let dir = std::env::temp_dir().join(format!("baton-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut seen = Vec::new();
+        for kind in STORE_KINDS {
+            for scheme in kind.schemes {
+                assert!(!seen.contains(scheme), "{scheme} is listed twice");
+                seen.push(scheme);
+                assert_eq!(
+                    StoreKind::of_scheme(scheme).map(|k| k.name),
+                    Some(kind.name)
+                );
+                let url = match kind.name {
+                    "memory" => "memory:".to_owned(),
+                    "sqlite" => format!("{scheme}:{}", dir.join("b.db").display()),
+                    _ => format!("{scheme}://127.0.0.1:1/x"),
+                };
+                let opened = store_from_url(&url);
+                match kind.status {
+                    Status::Built => {
+                        let shown = if kind.schemes[0] == *scheme {
+                            kind.form.to_owned()
+                        } else {
+                            format!("{scheme}://")
+                        };
+                        assert!(unknown.contains(&shown), "{shown} missing from: {unknown}");
+                        assert!(supported_schemes().contains(&shown), "{shown}");
+                        match opened {
+                            Ok(store) => assert_eq!(store.info().name, kind.name, "{url}"),
+                            Err(e) => assert!(
+                                !e.to_string().contains("unknown store scheme")
+                                    && !e.to_string().contains("planned"),
+                                "{url}: {e}"
+                            ),
+                        }
+                    }
+                    Status::NeedsFeature(feature) => {
+                        let msg = opened.unwrap_err().to_string();
+                        assert!(msg.contains(&format!("`{feature}` feature")), "{msg}");
+                    }
+                    Status::Planned => {
+                        assert!(planned_schemes().contains(kind.name));
+                        assert!(unknown.contains(kind.name), "{unknown}");
+                        let msg = opened.unwrap_err().to_string();
+                        assert!(msg.contains("planned"), "{msg}");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

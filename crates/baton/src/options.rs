@@ -145,12 +145,17 @@ impl ElectionOptions {
                 return Err(Error::Config(format!("{name} must be greater than 0")));
             }
         }
-        if let Some(id) = &self.instance_id
-            && id.trim().is_empty()
-        {
-            return Err(Error::Config(
-                "instance_id must not be empty: leave it unset for <hostname>-<pid>".into(),
-            ));
+        if let Some(id) = &self.instance_id {
+            if id.trim().is_empty() {
+                return Err(Error::Config(
+                    "instance_id must not be empty: leave it unset for <hostname>-<pid>".into(),
+                ));
+            }
+            if has_control(id) {
+                return Err(Error::Config(format!(
+                    "instance_id {id:?} contains a control character: ids are printed one per line, in events, logs and `baton` output; use printable characters, e.g. worker-1"
+                )));
+            }
         }
         let needed = self.renew_interval + self.grace_period + self.skew_margin();
         if needed >= self.lease_duration {
@@ -208,6 +213,34 @@ pub(crate) struct Timing {
 /// A follower whose change stream reports every release and expiry still looks at the store
 /// once every this many leases (plus jitter), in case an event was lost all the same.
 const COMPLETE_WATCH_RECHECK_LEASES: u32 = 20;
+
+/// Check an election key: not empty, and without control characters (a line break, a tab, an
+/// escape, ...), which would break the line-oriented output that shows keys (events, logs,
+/// `baton`'s JSON lines and `status`). Every problem is an [`Error::Config`] naming the fix.
+/// [`LeaderElectionBuilder::build`](crate::LeaderElectionBuilder::build) calls it.
+///
+/// ```
+/// assert!(baton::validate_key("myapp:leader").is_ok());
+/// assert!(baton::validate_key("a\nb").is_err());
+/// ```
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.trim().is_empty() {
+        return Err(Error::Config(
+            "the election key must not be empty: pass a name such as \"myapp:leader\"".into(),
+        ));
+    }
+    if has_control(key) {
+        return Err(Error::Config(format!(
+            "the election key {key:?} contains a control character: keys are printed one per line, in events, logs and `baton` output; use printable characters, e.g. myapp:leader"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `text` holds a control character (Unicode category Cc: C0, DEL, C1).
+pub(crate) fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
 
 /// Formats a duration the way the CLI parses them and Baton's errors print them: `1s 500ms`,
 /// `250ms`, `15s`; durations that are not whole milliseconds in Rust's `Debug` form.
@@ -288,6 +321,47 @@ mod tests {
         // 15 s * 0.99 - (150 ms + 5 ms)
         assert_eq!(o.leader_validity(), Duration::from_millis(14_850 - 155));
         assert!(o.renew_interval + o.grace_period < o.leader_validity());
+    }
+
+    /// `--id $'a\nb'` broke `baton`'s line-oriented output: ids and keys with control
+    /// characters are refused, and the error shows them escaped, on one line.
+    #[test]
+    fn ids_and_keys_with_control_characters_are_rejected() {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "tab\there",
+            "esc\u{1b}[31m",
+            "nul\0",
+            "del\u{7f}",
+            "c1\u{85}",
+        ] {
+            let o = ElectionOptions {
+                instance_id: Some(bad.into()),
+                ..Default::default()
+            };
+            match o.validate() {
+                Err(Error::Config(msg)) => {
+                    assert!(msg.contains("instance_id") && !msg.contains('\n'), "{msg}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            match validate_key(bad) {
+                Err(Error::Config(msg)) => {
+                    assert!(msg.contains("election key") && !msg.contains('\n'), "{msg}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for good in ["worker-1", "myapp:leader", "ünïcode ✓", "with space"] {
+            validate_key(good).unwrap();
+            ElectionOptions {
+                instance_id: Some(good.into()),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap();
+        }
     }
 
     #[test]

@@ -1191,6 +1191,30 @@ fn invalid_options_are_errors_not_panics() {
     assert!(matches!(err, Error::Config(_)));
 }
 
+/// A key or an id with a control character would break every line-oriented output that shows
+/// it (`--id $'a\nb'` split `baton`'s JSON lines): `build()` refuses both.
+#[test]
+fn keys_and_ids_with_control_characters_are_config_errors() {
+    let store = MemoryStore::new();
+    for bad in ["a\nb", "a\tb", "\u{1b}[2J"] {
+        let err = LeaderElection::builder(store.clone(), bad)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("election key")),
+            "{err}"
+        );
+        let err = LeaderElection::builder(store.clone(), "k")
+            .instance_id(bad)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("instance_id")),
+            "{err}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn sub_second_leases_work() {
     let clock = Clock::tokio();

@@ -504,6 +504,56 @@ async fn watch_sees_writes_made_outside_this_process_through_the_file() {
     assert!(acquire(&mut b, LONG).await.token > lease.token);
 }
 
+/// An observer (`LeaseStore::watch`, `baton watch`) only reads, so it must not be told of a
+/// file event before the write behind it can be read: a file event comes while the commit is
+/// still being written, and an observer that read at once saw the old holder, then heard
+/// nothing more until its next poll (`baton watch` on SQLite reported a release a second
+/// late). Here the file changes while another connection's write is still open; the observer's
+/// stream yields only once that write has committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_observer_is_told_of_a_change_only_once_it_can_read_it() {
+    let dir = TempDir::new();
+    let store = open(&dir.db());
+    let mut a = store.join(KEY, "a").await.unwrap();
+    acquire(&mut a, LONG).await;
+
+    let observer = open(&dir.db());
+    let mut changes = observer
+        .watch(KEY)
+        .await
+        .unwrap()
+        .expect("sqlite can watch");
+    settle(&mut changes).await;
+
+    let db = dir.db();
+    let (touched_tx, touched) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let conn = raw(&db);
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; UPDATE baton_leases SET holder = NULL, expires_at_ms = NULL;",
+        )
+        .unwrap();
+        // A file event while the write is still open, as a commit's first WAL pages make.
+        std::fs::File::options()
+            .append(true)
+            .open(&db)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        touched_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    touched.recv().unwrap();
+    next_change(&mut changes).await;
+    assert_eq!(
+        observer.read(KEY).await.unwrap(),
+        None,
+        "the observer was woken before the release it was woken for could be read"
+    );
+    writer.join().unwrap();
+}
+
 /// A follower that finds the key held writes nothing, so it does not wake itself or other
 /// followers: no notification loop between followers.
 #[tokio::test(flavor = "multi_thread")]

@@ -229,11 +229,7 @@ impl LeaderElectionBuilder {
 
     /// Validate the options and build the election (not yet started).
     pub fn build(self) -> Result<LeaderElection> {
-        if self.key.trim().is_empty() {
-            return Err(Error::Config(
-                "the election key must not be empty: pass a name such as \"myapp:leader\"".into(),
-            ));
-        }
+        crate::options::validate_key(&self.key)?;
         self.options.validate()?;
         let candidate = self.options.effective_instance_id();
         let shared = Arc::new(Shared {

@@ -49,6 +49,14 @@
 //! same file in the process; writes made by other processes are seen through a file-system
 //! watch (inotify on Linux) on the database file and its WAL. A follower in another process
 //! therefore wakes within milliseconds of a release instead of waiting out the lease.
+//!
+//! A file event comes while the commit that causes it is still being written: the WAL's pages
+//! are written, then synced, and only then does the commit become visible to readers. A
+//! candidate that wakes early loses nothing, because its acquire waits for the write lock. An
+//! observer ([`LeaseStore::watch`], `baton watch`) only reads, so its stream waits for the
+//! write in flight before it yields: it takes the write lock and lets it go without writing.
+//! A read after the stream yields therefore sees the change that woke it, rather than the state
+//! before it and then nothing until the observer's next poll.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -344,7 +352,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
-        Ok(self.inner.feed.subscribe(key))
+        Ok(self.inner.feed.subscribe(key, Some(self.clone())))
     }
 
     fn info(&self) -> StoreInfo {
@@ -397,7 +405,8 @@ impl Candidacy for SqliteCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        Ok(self.store.inner.feed.subscribe(&self.key))
+        // A candidate's acquire waits for the write lock itself: no need to wait here.
+        Ok(self.store.inner.feed.subscribe(&self.key, None))
     }
 }
 
@@ -543,6 +552,17 @@ impl Inner {
         tx.commit().map_err(|e| self.commit_error(doing, e))?;
         self.feed.publish(&lease.key, Change::Released);
         Ok(())
+    }
+
+    /// Wait until no other connection is in the middle of a write: take the write lock and let
+    /// it go at once, writing nothing. A commit still being written when its file event came
+    /// holds that lock until it is visible, so a read after this sees it.
+    fn wait_for_writers(&self, conn: &mut Connection) -> Result<()> {
+        let doing = "waiting for a write to finish in";
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(doing, e))?;
+        tx.rollback().map_err(|e| self.error(doing, e))
     }
 
     /// The row at `key`, checked to be one Baton could have written.
@@ -1053,7 +1073,11 @@ impl Feed {
     /// Changes to `key`, or `None` if the file cannot be watched: then only changes made by this
     /// process would be seen, and a caller told "no push" polls or sleeps until the expiry
     /// instead of waiting for a notice that would never come.
-    fn subscribe(self: &Arc<Self>, key: &str) -> Option<Changes> {
+    ///
+    /// With `settle` (an observer's stream), a change seen through the file watch is yielded
+    /// only once the write in flight has finished, on `settle`'s connection (see the module
+    /// documentation, *Push*).
+    fn subscribe(self: &Arc<Self>, key: &str, settle: Option<SqliteStore>) -> Option<Changes> {
         // Subscribe before the file watch starts, so nothing in between is missed.
         let notices = self.notices.subscribe();
         let file_watch = match self.file_watch() {
@@ -1067,6 +1091,7 @@ impl Feed {
         let subscription = Subscription {
             key: key.into(),
             notices,
+            settle,
             _feed: Arc::clone(self),
             _file_watch: file_watch,
         };
@@ -1158,6 +1183,9 @@ fn is_write(kind: &notify::EventKind) -> bool {
 struct Subscription {
     key: Arc<str>,
     notices: broadcast::Receiver<Notice>,
+    /// For an observer: the store on whose connection to wait for the write behind a file
+    /// event before yielding it.
+    settle: Option<SqliteStore>,
     _feed: Arc<Feed>,
     _file_watch: Arc<FileWatch>,
 }
@@ -1166,13 +1194,21 @@ impl Subscription {
     /// The next change. Notices already queued behind it are folded into one
     /// [`Change::Other`], so a burst of file events (one commit writes several pages) wakes a
     /// follower once rather than once per page.
+    ///
+    /// An observer's stream yields a change seen through the file watch (or a burst that may
+    /// contain one) only once the write behind it is visible.
     async fn next(&mut self) -> Option<Change> {
         let first = loop {
             match self.notices.recv().await {
-                Ok(notice) if self.concerns(&notice) => break notice.change,
+                Ok(notice) if self.concerns(&notice) => break notice,
                 Ok(_) => {}
                 // A watcher that fell behind only needs to know that something changed.
-                Err(broadcast::error::RecvError::Lagged(_)) => break Change::Other,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    break Notice {
+                        key: None,
+                        change: Change::Other,
+                    };
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         };
@@ -1184,7 +1220,21 @@ impl Subscription {
                 Err(_) => break,
             }
         }
-        Some(if burst { Change::Other } else { first })
+        // Notices published by this process's stores follow their commit; file events may
+        // precede it.
+        if let Some(store) = &self.settle
+            && (burst || first.key.is_none())
+        {
+            let settled = store
+                .run(false, BUSY_TIMEOUT, |inner, conn| {
+                    inner.wait_for_writers(conn)
+                })
+                .await;
+            if let Err(e) = settled {
+                debug!(error = %e, "could not wait for a write to finish; yielding the change anyway");
+            }
+        }
+        Some(if burst { Change::Other } else { first.change })
     }
 
     fn concerns(&self, notice: &Notice) -> bool {

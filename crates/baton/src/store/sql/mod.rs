@@ -27,6 +27,19 @@
 //! `verify_identity`) where that matters. A certificate the client refuses (unknown CA, wrong
 //! name, expired) is an [`Error::Config`] that says which and what to change, since trying
 //! again cannot help.
+//!
+//! # Errors the server gives
+//!
+//! A server error is reported with the server's message and its code (PostgreSQL's SQLSTATE;
+//! MySQL's error number and SQLSTATE), never with the position in the server's own source
+//! code that PostgreSQL adds. Those that retrying cannot fix are an [`Error::Config`] naming
+//! what in the URL to change, so that `start()` fails at once instead of retrying forever:
+//!
+//! | server says | PostgreSQL | MySQL/MariaDB | fix |
+//! |---|---|---|---|
+//! | wrong password, unknown user, host not allowed | `28P01`, `28000` | 1045, 1698 | the user and password in the URL |
+//! | the user may not use the database | | 1044 | the database in the URL, or the user's grants |
+//! | no such database | `3D000` | 1049 | the database in the URL's path |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -342,13 +355,19 @@ pub(crate) fn map_error(
             "{doing} in {location}: TLS failed ({cause}): {fix}"
         ));
     }
-    let message = format!("{doing} in {location}: {}", describe(&e));
+    let described = describe(&e);
+    let message = format!("{doing} in {location}: {described}");
     match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             Error::unavailable(store, message, e)
         }
         sqlx::Error::Configuration(_) => Error::Config(message),
-        sqlx::Error::Database(_) => Error::unavailable(store, message, e),
+        sqlx::Error::Database(db) => match config_fault(db.as_ref()) {
+            Some(fix) => Error::Config(format!("{message}: {fix}")),
+            // The server's error without sqlx's rendering of it, which adds PostgreSQL's
+            // source position ("at line 768").
+            None => Error::unavailable(store, message, ServerError(described)),
+        },
         _ if effect == Effect::Maybe && dead_connection(&e).0 && !dead_connection(&e).1 => {
             Error::indeterminate(store, message, e)
         }
@@ -426,17 +445,77 @@ fn tls_fix(e: &sqlx::Error, p: TlsParams) -> Option<(String, String)> {
 }
 
 /// An sqlx error, described without anything secret (sqlx never puts the password in one).
+/// A server error is its message and code, without PostgreSQL's source position.
 fn describe(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::PoolTimedOut => {
             "no connection to the server within the pool's timeout (is the server up and reachable?)"
                 .to_owned()
         }
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} (code {code})", db.message()),
-            None => db.message().to_owned(),
-        },
+        sqlx::Error::Database(db) => {
+            let sqlstate = db.code();
+            match (mysql_error_number(db.as_ref()), sqlstate) {
+                (Some(n), Some(state)) => format!("{} (error {n}, SQLSTATE {state})", db.message()),
+                (Some(n), None) => format!("{} (error {n})", db.message()),
+                (None, Some(state)) => format!("{} (SQLSTATE {state})", db.message()),
+                (None, None) => db.message().to_owned(),
+            }
+        }
         other => other.to_string(),
+    }
+}
+
+/// A server's error as [`describe`] puts it: the source of an [`Error`] mapped from one, in
+/// place of sqlx's error, whose text adds PostgreSQL's source position.
+#[derive(Debug)]
+struct ServerError(String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// MySQL's own error number (1045, ...) of a server error; `None` for PostgreSQL's.
+fn mysql_error_number(db: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    #[cfg(feature = "mysql")]
+    if let Some(e) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return Some(e.number());
+    }
+    let _ = db;
+    None
+}
+
+/// The fix for a server error that retrying cannot fix (see the module documentation,
+/// *Errors the server gives*), or `None`.
+fn config_fault(db: &dyn sqlx::error::DatabaseError) -> Option<&'static str> {
+    const CREDENTIALS: &str =
+        "the server rejected the credentials: check the user and password in the URL";
+    const DATABASE: &str = "check the database name in the URL's path (postgres://USER@HOST/DB), or create that database";
+    if let Some(number) = mysql_error_number(db) {
+        return match number {
+            // ER_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+            1045 | 1698 => Some(CREDENTIALS),
+            // ER_DBACCESS_DENIED_ERROR
+            1044 => Some(
+                "the user may not use this database: check the database in the URL's path (mysql://USER@HOST/DB), or grant the user access to it",
+            ),
+            // ER_BAD_DB_ERROR
+            1049 => Some(
+                "check the database name in the URL's path (mysql://USER@HOST/DB), or create that database",
+            ),
+            _ => None,
+        };
+    }
+    match db.code().as_deref() {
+        // invalid_authorization_specification (an unknown role, no pg_hba.conf entry),
+        // invalid_password
+        Some("28000" | "28P01") => Some(CREDENTIALS),
+        // invalid_catalog_name
+        Some("3D000") => Some(DATABASE),
+        _ => None,
     }
 }
 
@@ -535,6 +614,75 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(b.next().await, Some(Change::Released));
         assert_eq!(start.elapsed(), crate::store::wake::WAKE_OTHERS_AFTER);
+    }
+
+    /// A server error with a SQLSTATE, as PostgreSQL's look to the mapping.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str, &'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} at line 768", self.1)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.1
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server(code: &'static str, message: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Sqlstate(code, message)))
+    }
+
+    /// Rejected credentials and a missing database are configuration errors naming what to
+    /// fix (a wrong password, 28P01, cannot be provoked on the test machine's trusting
+    /// server); other server errors stay transient. None shows the server's source position.
+    #[test]
+    fn server_errors_that_retrying_cannot_fix_are_configuration_errors() {
+        let loc = "postgres://app:****@db/x";
+        for (code, fix) in [
+            ("28P01", "check the user and password in the URL"),
+            ("28000", "check the user and password in the URL"),
+            ("3D000", "check the database name in the URL's path"),
+        ] {
+            let e = map_error("postgres", loc, "reading", Effect::None, server(code, "no"));
+            let text = e.to_string();
+            assert!(matches!(e, Error::Config(_)), "{code}: {text}");
+            assert!(
+                text.contains(fix) && text.contains(&format!("SQLSTATE {code}")),
+                "{text}"
+            );
+        }
+        let e = map_error(
+            "postgres",
+            loc,
+            "reading",
+            Effect::None,
+            server("53300", "busy"),
+        );
+        assert!(e.is_transient(), "{e}");
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert_eq!(source, "busy (SQLSTATE 53300)");
+        assert!(!e.to_string().contains("at line"), "{e}");
     }
 
     #[test]
