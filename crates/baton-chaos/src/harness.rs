@@ -509,7 +509,7 @@ impl<'h> Run<'h> {
         }
         let child = cmd.spawn().map_err(|e| {
             format!(
-                "cannot start {}: {e}; build it with `cargo build -p baton-cli` or pass --baton",
+                "cannot start {}: {e}; build it with `cargo build -p baton-cli --all-features` or pass --baton",
                 self.cfg.baton.display()
             )
         })?;

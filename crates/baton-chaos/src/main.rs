@@ -180,7 +180,7 @@ fn chaos(args: RunArgs) -> Result<ExitCode, String> {
     };
     if !baton.is_file() {
         return Err(format!(
-            "no baton binary at {}: build it with `cargo build -p baton-cli` (scripts/chaos \
+            "no baton binary at {}: build it with `cargo build -p baton-cli --all-features` (scripts/chaos \
              does), or pass --baton PATH",
             baton.display()
         ));

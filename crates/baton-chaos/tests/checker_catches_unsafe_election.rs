@@ -24,7 +24,7 @@ fn partition_run(unsafe_ignore_deadline: bool, seed: u64) -> RunOutcome {
         .unwrap_or_else(|| worker.with_file_name("baton"));
     assert!(
         baton.is_file(),
-        "no baton binary at {}: build it with `cargo build -p baton-cli --features baton/redis` \
+        "no baton binary at {}: build it with `cargo build -p baton-cli --all-features` \
          (scripts/chaos does), or set BATON_CHAOS_BATON",
         baton.display()
     );

@@ -871,6 +871,11 @@ fn store_help_error_readme_and_factory_list_the_same_schemes() {
         .and_then(|(_, rest)| rest.split_once("\n### "))
         .expect("README.md has a Stores section with a table")
         .0;
+    let crate_readmes: Vec<(&str, String)> =
+        ["crates/baton/README.md", "crates/baton-cli/README.md"]
+            .into_iter()
+            .map(|path| (path, std::fs::read_to_string(root.join(path)).unwrap()))
+            .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _entered = runtime.enter();
     for kind in STORE_KINDS {
@@ -884,6 +889,16 @@ fn store_help_error_readme_and_factory_list_the_same_schemes() {
                 stores_table.contains(&in_readme),
                 "README.md's table of stores lacks {in_readme}"
             );
+            // The packages' own READMEs (their crates.io pages) list the built stores too.
+            if kind.status != Status::Planned {
+                for crate_readme in &crate_readmes {
+                    assert!(
+                        crate_readme.1.contains(&in_readme),
+                        "{} lacks {in_readme}",
+                        crate_readme.0
+                    );
+                }
+            }
             if kind.status == Status::Planned {
                 assert!(error.contains(kind.name), "{error}");
                 continue;

@@ -42,12 +42,15 @@ pub struct StoreKind {
     open: fn(url: &str, rest: &str) -> Result<Arc<dyn LeaseStore>>,
 }
 
-/// Whether a [`StoreKind`] can be opened by this build.
+/// Whether a [`StoreKind`] can be opened by this build. More states may be added in minor
+/// releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Status {
     /// Built into this binary.
     Built,
-    /// Built by Baton, but not into this binary: it needs this cargo feature of `baton`.
+    /// Built by Baton, but not into this binary: it needs this cargo feature of the
+    /// `baton-election` package.
     NeedsFeature(&'static str),
     /// Designed (DESIGN.md §4) but not built yet.
     Planned,

@@ -977,6 +977,58 @@ async fn a_start_during_a_stop_waits_for_the_release() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stop_whose_future_is_dropped_still_stops_and_the_next_start_waits_for_it() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    let first = a.fencing_token().unwrap();
+    // The release takes 2 s; the caller gives up on stop() after 1 s.
+    store.set(|f| f.release = Mode::Delay(secs(2)));
+    let gave_up = tokio::time::timeout(secs(1), a.stop()).await;
+    assert!(gave_up.is_err(), "stop() was still releasing");
+    assert!(!a.is_leader(), "stepped down all the same");
+    store.set(|f| f.release = Mode::Pass);
+    // A start now waits for the abandoned stop to finish, rather than run beside it.
+    a.start().await.unwrap();
+    assert_eq!(clock.now(), secs(2), "the start waited for the release");
+    assert_eq!(store.count("release"), 1);
+    assert!(a.is_leader());
+    assert!(a.fencing_token().unwrap() > first);
+    assert_eq!(a.state().borrow().role, Role::Leader);
+    // The old run's end did not overwrite the new run's state.
+    run_for(secs(12)).await;
+    assert!(a.is_leader());
+    assert_eq!(a.state().borrow().role, Role::Leader);
+    assert!(a.health().healthy, "{:?}", a.health());
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_release_that_took_effect_after_all_is_not_reported() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    a.start().await.unwrap();
+    // The release times out, but the store applied it (the reply was lost): stop() asks the
+    // store and finds the lease gone.
+    let inner = store.inner.clone();
+    *store.on_release.lock().unwrap() = Some(Box::new(move || {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut c = inner.join("jobs:leader", "a").await.unwrap();
+            if let Some(record) = inner.read("jobs:leader").await.unwrap() {
+                let lease = Lease::new("jobs:leader", record.holder, record.token);
+                c.release(&lease).await.unwrap();
+            }
+        });
+    }));
+    store.set(|f| f.release = Mode::Hang);
+    a.stop().await.unwrap();
+    assert!(store.inner.read("jobs:leader").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
 async fn stop_reports_a_release_that_failed() {
     let clock = Clock::tokio();
     let store = Scripted::new(&clock);
@@ -986,6 +1038,7 @@ async fn stop_reports_a_release_that_failed() {
     b.start().await.unwrap();
     store.set(|f| f.release = Mode::Fail);
     let err = a.stop().await.unwrap_err();
+    // The lease it still holds, as the store reports it, runs out 15 s after the acquire.
     assert!(
         matches!(&err, Error::ReleaseFailed { expires_within, .. } if *expires_within == secs(15)),
         "{err:?}"
@@ -1329,4 +1382,21 @@ async fn health_reports_a_stalled_campaign() {
     clock.jump(secs(40));
     let h = b.health();
     assert!(!h.healthy && h.detail.contains("stalled"), "{h:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_follower_waiting_for_a_complete_stream_is_healthy() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    store.set(|f| f.complete_watch = true);
+    let a = election(&store, "a", &clock);
+    let b = election(&store, "b", &clock);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    // b waits 20 leases for its stream; a renews all along.
+    for _ in 0..19 {
+        run_for(secs(15)).await;
+        assert!(b.health().healthy, "{:?}", b.health());
+    }
+    assert!(a.is_leader() && a.health().healthy);
 }

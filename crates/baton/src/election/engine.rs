@@ -72,8 +72,9 @@ pub(crate) struct Engine {
     stop: CancellationToken,
     first: Option<oneshot::Sender<Result<()>>>,
     backoff: Duration,
-    /// A release or leave that failed while stopping on purpose: what `stop()` reports.
-    stop_error: Option<Error>,
+    /// A release (with its lease) or a leave that failed while stopping on purpose: what
+    /// `stop()` reports, once a read has shown that the store still holds the lease.
+    stop_error: Option<(Option<Lease>, Error)>,
 }
 
 impl Engine {
@@ -99,32 +100,57 @@ impl Engine {
         let span =
             info_span!("election", key = %self.shared.key, candidate = %self.shared.candidate);
         async move {
+            self.mark_progress();
             if let Some(mut candidacy) = self.join().await {
                 self.update_state(|s| s.role = Role::Follower);
                 self.campaign(&mut candidacy).await;
                 if let Err(e) = with_timeout(self.shared.timing.request_timeout, candidacy.leave()).await {
                     debug!(error = %e, "leaving the election failed; the store cleans up on expiry");
                     if self.stop.is_cancelled() && self.stop_error.is_none() {
-                        self.stop_error = Some(e);
+                        self.stop_error = Some((None, e));
                     }
                 }
             }
+            let outcome = self.stop_outcome().await;
             self.update_state(|s| {
                 s.role = Role::Stopped;
                 s.token = None;
             });
             self.report_first(Err(Error::Stopped));
             info!("election stopped");
-            match self.stop_error.take() {
-                None => Ok(()),
-                Some(e) => Err(Error::ReleaseFailed {
-                    expires_within: self.shared.timing.lease,
-                    source: Box::new(e),
-                }),
-            }
+            self.shared.running.store(false, Ordering::Release);
+            outcome
         }
         .instrument(span)
         .await
+    }
+
+    /// What `stop()` reports: a release that failed while the store still holds this lease
+    /// (a timed-out release may have been applied all the same, so the store is asked), or a
+    /// failed leave.
+    async fn stop_outcome(&mut self) -> Result<()> {
+        let Some((lease, source)) = self.stop_error.take() else {
+            return Ok(());
+        };
+        let timing = self.shared.timing;
+        let mut expires_within = timing.lease;
+        if let Some(lease) = lease {
+            let read = with_timeout(timing.request_timeout, self.shared.store.read(&lease.key));
+            match read.await {
+                Ok(Some(record))
+                    if record.holder == lease.holder && record.token == lease.token =>
+                {
+                    expires_within = record.ttl;
+                }
+                // Released after all, expired, or someone else's now: nothing to report.
+                Ok(_) => return Ok(()),
+                Err(e) => debug!(error = %e, "cannot tell whether the release took effect"),
+            }
+        }
+        Err(Error::ReleaseFailed {
+            expires_within,
+            source: Box::new(source),
+        })
     }
 
     /// Join the election, retrying transient errors until stopped.
@@ -245,6 +271,10 @@ impl Engine {
 
     /// Wait for `d`, a change, or stop. `None` when stopped; `Some(Some(change))` on a change.
     async fn wait(&self, d: Duration, changes: &mut Option<Changes>) -> Option<Option<Change>> {
+        self.shared.progress_due.store(
+            (self.shared.clock.now() + d).as_nanos() as u64,
+            Ordering::Release,
+        );
         let woke = tokio::select! {
             biased;
             () = self.stop.cancelled() => None,
@@ -388,7 +418,7 @@ impl Engine {
         if let Err(e) = self.release(candidacy, &lease).await
             && reason == LossReason::Stopped
         {
-            self.stop_error = Some(e);
+            self.stop_error = Some((Some(lease), e));
         }
         reason
     }

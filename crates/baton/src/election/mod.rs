@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     /// When the engine last made progress (finished a store call or a wait), on `clock`, in
     /// nanoseconds: a campaign that stops moving shows here.
     pub progress: AtomicU64,
+    /// When the engine's current wait ends, on `clock`, in nanoseconds: a follower waiting
+    /// for a complete change stream (20 leases) is not stalled before then.
+    pub progress_due: AtomicU64,
     /// Send time of the last successful acquire or renewal of the current term, in
     /// nanoseconds on `clock`.
     pub renewed: AtomicU64,
@@ -73,9 +76,14 @@ pub(crate) struct Shared {
     /// The current term's scope, while leading.
     pub scope: Mutex<Option<Term>>,
     pub control: Mutex<Control>,
-    /// Held by `start` and `stop` for their whole run, so a `start` waits for a `stop` in
-    /// progress to release the lease before a new run begins.
-    pub lifecycle: tokio::sync::Mutex<()>,
+    /// The engine task of the current run, if any. `start` and `stop` hold this lock for their
+    /// whole work, so a `start` waits for a `stop` in progress to release the lease before a
+    /// new run begins. The task stays here until someone has seen it finish: a `stop()` whose
+    /// future was dropped midway (a timeout around it, a `select!`) leaves it for the next
+    /// `start` to wait for, never a second engine beside the first.
+    pub run: tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>,
+    /// Whether the current run's engine task is alive (read by `health`).
+    pub running: std::sync::atomic::AtomicBool,
     /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
     /// checker must catch). Never set in production code.
     pub unsafe_ignore_deadline: bool,
@@ -92,9 +100,18 @@ pub(crate) struct Term {
 
 #[derive(Debug, Default)]
 pub(crate) struct Control {
+    /// Cancels the current run: `stop()`, or the last handle dropped.
     pub stop: Option<CancellationToken>,
-    /// The engine task of the current run; it answers what `stop()` reports.
-    pub task: Option<JoinHandle<Result<()>>>,
+}
+
+/// Wait for a run's engine task and return what it reports. A panic in the engine is the
+/// caller's panic; a task cancelled by a runtime shutting down reports nothing.
+async fn finish(task: &mut JoinHandle<Result<()>>) -> Result<()> {
+    match task.await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
+    }
 }
 
 impl Shared {
@@ -241,6 +258,7 @@ impl LeaderElectionBuilder {
             store: self.store,
             deadline: AtomicU64::new(0),
             progress: AtomicU64::new(0),
+            progress_due: AtomicU64::new(0),
             renewed: AtomicU64::new(0),
             state: watch::Sender::new(ElectionState {
                 role: Role::Idle,
@@ -251,7 +269,8 @@ impl LeaderElectionBuilder {
             events: broadcast::Sender::new(EVENT_BUFFER),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
-            lifecycle: tokio::sync::Mutex::new(()),
+            run: tokio::sync::Mutex::new(None),
+            running: std::sync::atomic::AtomicBool::new(false),
             unsafe_ignore_deadline: self.unsafe_ignore_deadline,
         });
         Ok(LeaderElection {
@@ -297,35 +316,55 @@ impl LeaderElection {
     ///
     /// Must be called inside a tokio runtime.
     pub async fn start(&self) -> Result<()> {
-        let (first_tx, first_rx) = oneshot::channel();
-        {
-            let _lifecycle = self.shared.lifecycle.lock().await;
-            let mut control = self
+        let mut run = self.shared.run.lock().await;
+        if let Some(task) = run.as_mut() {
+            let stopping = self
                 .shared
                 .control
                 .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if control.task.as_ref().is_some_and(|t| !t.is_finished()) {
+                .unwrap_or_else(|e| e.into_inner())
+                .stop
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled);
+            if !task.is_finished() && !stopping {
                 return Err(Error::AlreadyStarted);
             }
-            let stop = CancellationToken::new();
-            control.stop = Some(stop.clone());
-            // A run after a stop starts from scratch, not from the last run's end.
-            self.shared.state.send_if_modified(|s| {
-                let restart = s.role == Role::Stopped;
-                if restart {
-                    s.role = Role::Idle;
-                    s.last_error = None;
-                }
-                restart
-            });
-            let engine = engine::Engine::new(self.shared.clone(), stop, first_tx);
-            control.task = Some(tokio::spawn(engine.run()));
+            // A run that ended, or one being stopped by a `stop()` nobody waited for: let it
+            // release and leave before the new run joins.
+            if let Err(e) = finish(task).await {
+                tracing::warn!(error = %e, "the previous run ended with an error");
+            }
+            *run = None;
         }
-        match first_rx.await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Stopped),
+        let (first_tx, first_rx) = oneshot::channel();
+        let stop = CancellationToken::new();
+        self.shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop = Some(stop.clone());
+        // A run after a stop starts from scratch, not from the last run's end.
+        self.shared.state.send_if_modified(|s| {
+            let restart = s.role == Role::Stopped;
+            if restart {
+                s.role = Role::Idle;
+                s.last_error = None;
+            }
+            restart
+        });
+        self.shared.running.store(true, Ordering::Release);
+        let engine = engine::Engine::new(self.shared.clone(), stop, first_tx);
+        let task = run.insert(tokio::spawn(engine.run()));
+        // The first outcome comes before the engine's first wait, within one store call's
+        // timeout, so holding the lock meanwhile delays a concurrent `stop()` only that long.
+        let first = first_rx.await.unwrap_or(Err(Error::Stopped));
+        if first.is_err() {
+            // The run is over (an error retrying cannot fix, or stopped): wait until it has
+            // left the election, so that a `start()` right after this one finds it finished.
+            let _ = finish(task).await;
+            *run = None;
         }
+        first
     }
 
     /// Leave the election gracefully: cancel the leadership scope, emit
@@ -337,29 +376,33 @@ impl LeaderElection {
     /// most until the lease would have expired), so a follower never starts while this
     /// leader's work still runs.
     ///
+    /// If this future is dropped before it completes, the election still stops and releases
+    /// in the background, and a later [`start`](Self::start) waits for that to finish.
+    ///
     /// # Errors
     ///
     /// [`Error::ReleaseFailed`] when the store could not be told (unreachable, or no answer in
-    /// time). The election is stopped all the same, and this candidate does not act as leader;
-    /// the lease expires in the store by itself, so followers take over within a lease rather
-    /// than at once. Nothing needs to be retried.
+    /// time) and still holds this candidate's lease. The election is stopped all the same, and
+    /// this candidate does not act as leader; the lease expires in the store by itself, so
+    /// followers take over within the time the error names rather than at once. Nothing
+    /// needs to be retried.
     pub async fn stop(&self) -> Result<()> {
-        let _lifecycle = self.shared.lifecycle.lock().await;
-        let task = {
-            let mut control = self
-                .shared
-                .control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(stop) = &control.stop {
-                stop.cancel();
-            }
-            control.task.take()
-        };
-        match task {
-            Some(task) => task.await.unwrap_or(Ok(())),
-            None => Ok(()),
+        let mut run = self.shared.run.lock().await;
+        if let Some(stop) = &self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop
+        {
+            stop.cancel();
         }
+        let Some(task) = run.as_mut() else {
+            return Ok(());
+        };
+        let outcome = finish(task).await;
+        *run = None;
+        outcome
     }
 
     /// This candidate's id.
@@ -409,8 +452,9 @@ impl LeaderElection {
     /// Whether this election is working: a leader must have renewed within
     /// `renew_interval + grace_period` and still be before its deadline (a leader past its
     /// deadline that has not stepped down is wedged); a follower must keep campaigning (a store
-    /// call or a wake-up at least every two leases); the engine must not have stopped on its
-    /// own. Unlike client-go's `HealthzAdaptor`, a wedged process is unhealthy whatever it
+    /// call or a wake-up at least every two leases, or, while it waits longer on purpose for a
+    /// complete change stream, within a lease of that wait's end); the engine must not have
+    /// stopped on its own. Unlike client-go's `HealthzAdaptor`, a wedged process is unhealthy whatever it
     /// believes about its role.
     pub fn health(&self) -> Health {
         let shared = &self.shared;
@@ -424,8 +468,8 @@ impl LeaderElection {
         };
         let control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
         let stopped_on_purpose = control.stop.as_ref().is_some_and(|s| s.is_cancelled());
-        let task_ended = control.task.as_ref().is_some_and(|t| t.is_finished());
         drop(control);
+        let task_ended = !shared.running.load(Ordering::Acquire);
         let timing = &shared.timing;
         let (healthy, detail) = match role {
             Role::Idle => (true, "not started".to_owned()),
@@ -449,7 +493,8 @@ impl LeaderElection {
             ),
             Role::Leader => (true, "leading, renewals on time".to_owned()),
             Role::Follower
-                if since(&shared.progress) > 2 * timing.lease + timing.request_timeout =>
+                if since(&shared.progress) > 2 * timing.lease + timing.request_timeout
+                    && since(&shared.progress_due) > timing.lease + timing.request_timeout =>
             {
                 (
                     false,

@@ -87,6 +87,12 @@ const STORE: &str = "sqlite";
 /// expired by the time the lock came is not worth waiting for.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an observer waits for the write behind a file event before it yields the change
+/// anyway. A commit holds the write lock for about one fsync; a longer wait means a writer is
+/// slow or stuck, and the observer should neither stall nor hold up the store's connection,
+/// which the same store's candidates may share.
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
@@ -1226,7 +1232,7 @@ impl Subscription {
             && (burst || first.key.is_none())
         {
             let settled = store
-                .run(false, BUSY_TIMEOUT, |inner, conn| {
+                .run(false, SETTLE_TIMEOUT, |inner, conn| {
                     inner.wait_for_writers(conn)
                 })
                 .await;

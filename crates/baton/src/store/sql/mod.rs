@@ -37,7 +37,8 @@
 //!
 //! | server says | PostgreSQL | MySQL/MariaDB | fix |
 //! |---|---|---|---|
-//! | wrong password, unknown user, host not allowed | `28P01`, `28000` | 1045, 1698 | the user and password in the URL |
+//! | wrong password, unknown user | `28P01`, `28000` | 1045, 1698 | the user and password in the URL |
+//! | the user may not connect from this host | `28000` (no `pg_hba.conf` entry) | 1130 | the host in the URL, or the user's allowed hosts |
 //! | the user may not use the database | | 1044 | the database in the URL, or the user's grants |
 //! | no such database | `3D000` | 1049 | the database in the URL's path |
 
@@ -498,6 +499,12 @@ fn config_fault(db: &dyn sqlx::error::DatabaseError) -> Option<&'static str> {
         return match number {
             // ER_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_NO_PASSWORD_ERROR
             1045 | 1698 => Some(CREDENTIALS),
+            // ER_HOST_NOT_PRIVILEGED ("Host ... is not allowed to connect"). A host blocked
+            // after too many failed connections (1129) stays transient: an administrator's
+            // FLUSH HOSTS ends it, and the election then goes on by itself.
+            1130 => Some(
+                "the server does not let this user connect from this host: check the host in the URL, or allow the user from this host (CREATE USER 'USER'@'HOST')",
+            ),
             // ER_DBACCESS_DENIED_ERROR
             1044 => Some(
                 "the user may not use this database: check the database in the URL's path (mysql://USER@HOST/DB), or grant the user access to it",
