@@ -88,10 +88,10 @@ const STORE: &str = "sqlite";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an observer waits for the write behind a file event before it yields the change
-/// anyway. A commit holds the write lock for about one fsync; a longer wait means a writer is
-/// slow or stuck, and the observer should neither stall nor hold up the store's connection,
-/// which the same store's candidates may share.
-const SETTLE_TIMEOUT: Duration = Duration::from_millis(100);
+/// anyway. A commit holds the write lock for about one fsync; a writer that holds it for a
+/// second is slow or stuck, and the observer should not stall behind it for the five seconds
+/// of [`BUSY_TIMEOUT`], on a connection the same store's candidates share.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
