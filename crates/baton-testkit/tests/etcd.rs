@@ -21,6 +21,7 @@ use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
 use baton_testkit::faulty::{FaultControl, FaultyStore, Op};
 use baton_testkit::servers::{TlsFiles, scratch_dir};
 use baton_testkit::tls::TestCa;
+use futures_util::StreamExt;
 
 /// Every `store()` is a new client of the shared server, as another process would have.
 struct EtcdFactory;
@@ -795,7 +796,20 @@ async fn an_expired_token_is_renewed_and_the_call_retried() {
             .unwrap(),
         baton::Renew::Renewed
     );
+    // A watch with an expired token: etcd cancels it with "invalid auth token" rather than
+    // failing the call; the client authenticates again and watches, so the observer hears of
+    // the release below.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut changes = store
+        .watch(&name)
+        .await
+        .unwrap()
+        .expect("etcd pushes changes");
+    let observer = EtcdStore::open(&url).unwrap();
     candidacy.leave().await.unwrap();
-    assert_eq!(store.read(&name).await.unwrap(), None);
+    let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("the watch reports the release");
+    assert_eq!(change, Some(baton::Change::Released));
+    assert_eq!(observer.read(&name).await.unwrap(), None);
 }

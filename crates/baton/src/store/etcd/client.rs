@@ -298,7 +298,31 @@ impl Client {
 
     /// Watch the keys under `prefix` from revision `start` (0: from now). The first response
     /// confirms the watch (`created`); a response with `canceled` set ends it.
+    ///
+    /// etcd refuses a watch whose token has expired not with an error status, as it does every
+    /// other call, but with a first response that is `canceled`, with the reason
+    /// "etcdserver: invalid auth token" (etcd's `serverWatchStream.recvLoop`; 3.4 wraps it as
+    /// "rpc error: code = Unauthenticated desc = ..."). So with credentials, the first response is
+    /// read here: on that reason the client authenticates again and watches once more.
     pub async fn watch_prefix(&self, prefix: &str, start: i64) -> Result<WatchStream, Status> {
+        let Some(auth) = &self.auth else {
+            return self.open_watch(prefix, start).await;
+        };
+        let token = auth.token();
+        let mut watch = self.open_watch(prefix, start).await?;
+        let first = watch.responses.message().await?;
+        if first
+            .as_ref()
+            .is_some_and(|r| r.canceled && r.cancel_reason.contains(INVALID_AUTH_TOKEN))
+        {
+            self.authenticate_again(auth, token).await?;
+            return self.open_watch(prefix, start).await;
+        }
+        watch.peeked = Some(first);
+        Ok(watch)
+    }
+
+    async fn open_watch(&self, prefix: &str, start: i64) -> Result<WatchStream, Status> {
         let create = WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: prefix_end(prefix.as_bytes()),
@@ -327,6 +351,7 @@ impl Client {
                 .into_inner();
             Ok(WatchStream {
                 responses,
+                peeked: None,
                 _dropped: dropped,
             })
         })
@@ -359,6 +384,8 @@ impl std::fmt::Debug for Client {
 /// The responses of one watch. Dropping it ends the watch.
 pub(super) struct WatchStream {
     responses: Streaming<WatchResponse>,
+    /// The first response, when [`Client::watch_prefix`] read it already.
+    peeked: Option<Option<WatchResponse>>,
     /// Ends the request side of the watch's stream when dropped.
     _dropped: oneshot::Sender<()>,
 }
@@ -366,6 +393,9 @@ pub(super) struct WatchStream {
 impl WatchStream {
     /// The next response; `None` when etcd ended the stream.
     pub async fn message(&mut self) -> Result<Option<WatchResponse>, Status> {
+        if let Some(first) = self.peeked.take() {
+            return Ok(first);
+        }
         self.responses.message().await
     }
 }
