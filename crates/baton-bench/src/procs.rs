@@ -190,6 +190,12 @@ pub fn since(t0: u64, t1: u64) -> Duration {
 /// leads; for each change a new one starts and, once it has printed `leader_changed` naming
 /// the leader (it is subscribed and waiting), the bench reads both clocks and sends the leader
 /// SIGINT (graceful: it releases) or, with `crash`, SIGKILL; the follower leads next.
+/// How long a new follower process is left to settle, once it is known to wait for the
+/// leader, before the leader is stopped: a handoff is timed from an idle follower, as in a
+/// deployment, not from one still starting up. The same for Baton's followers and for
+/// `etcdctl elect`'s (D54).
+pub const FOLLOWER_SETTLE: Duration = Duration::from_millis(200);
+
 pub fn baton_rounds(
     baton: &Path,
     url: &str,
@@ -210,6 +216,7 @@ pub fn baton_rounds(
         follower
             .wait_line(STEP, |l| is_event(l, "leader_changed", &leader_id))
             .ok_or_else(|| format!("{id} never saw {leader_id} lead"))?;
+        std::thread::sleep(FOLLOWER_SETTLE);
         let boot0 = boot_ns_now();
         let t0 = Instant::now();
         leader.signal(if crash { Signal::KILL } else { Signal::INT })?;
