@@ -12,7 +12,8 @@
 //! | `etcd://`, `etcds://` | `EtcdStore`: an etcd cluster, speaking `concurrency.Election` (`etcdctl elect`) | feature `etcd` |
 //! | `postgres://`, `postgresql://` | `PostgresStore`: a lease table, `LISTEN`/`NOTIFY` push | feature `postgres` |
 //! | `mysql://`, `mariadb://` | `MysqlStore`: a lease table, a polled watch | feature `mysql` |
-//! | `kubernetes://`, `consul://` | planned | not yet |
+//! | `kubernetes:`, `kubernetes+http://` | `KubernetesStore`: Lease objects, compatible with client-go's `LeaseLock` | feature `kubernetes` |
+//! | `consul://` | planned | not yet |
 //!
 //! [`STORE_KINDS`] is that table as data, and the only list of schemes: [`store_from_url`]
 //! picks the store from it, and [`supported_schemes`] (the CLI's `--store` help, the error
@@ -112,18 +113,18 @@ pub const STORE_KINDS: &[StoreKind] = &[
         open: open_etcd,
     },
     StoreKind {
+        name: "kubernetes",
+        schemes: &["kubernetes", "kubernetes+http"],
+        form: "kubernetes:[?namespace=NS]",
+        status: feature(cfg!(feature = "kubernetes"), "kubernetes"),
+        open: open_kubernetes,
+    },
+    StoreKind {
         name: "memory",
         schemes: &["memory"],
         form: "memory:",
         status: Status::Built,
         open: open_memory,
-    },
-    StoreKind {
-        name: "kubernetes",
-        schemes: &["kubernetes"],
-        form: "kubernetes://",
-        status: Status::Planned,
-        open: open_planned,
     },
     StoreKind {
         name: "consul",
@@ -370,6 +371,18 @@ fn open_etcd(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Err(not_built(url))
 }
 
+#[cfg(feature = "kubernetes")]
+fn open_kubernetes(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(crate::store::kubernetes::KubernetesStore::open(
+        url,
+    )?))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn open_kubernetes(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
+    Err(not_built(url))
+}
+
 #[cfg(feature = "postgres")]
 fn open_postgres(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
     Ok(Arc::new(crate::store::sql::postgres::PostgresStore::open(
@@ -399,7 +412,8 @@ fn open_mysql(url: &str, _rest: &str) -> Result<Arc<dyn LeaseStore>> {
         feature = "redis",
         feature = "etcd",
         feature = "postgres",
-        feature = "mysql"
+        feature = "mysql",
+        feature = "kubernetes"
     ),
     allow(dead_code)
 )]
@@ -578,9 +592,7 @@ mod tests {
         let msg = config_error("zookeeper://zk:2181");
         assert!(msg.contains("unknown store scheme \"zookeeper\""), "{msg}");
         assert!(msg.contains("memory:"), "{msg}");
-        for planned in ["kubernetes", "consul"] {
-            assert!(msg.contains(planned), "{msg}");
-        }
+        assert!(msg.contains("consul"), "{msg}");
         if cfg!(feature = "redis") {
             for scheme in [
                 "redis://",
@@ -638,9 +650,7 @@ mod tests {
         assert!(msg.contains("consul store"), "{msg}");
         assert!(msg.contains("planned"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        for url in ["kubernetes://default", "consul://h:8500"] {
-            assert!(config_error(url).contains("planned"), "{url}");
-        }
+        assert!(config_error("consul://h:8500").contains("planned"));
     }
 
     #[cfg(feature = "etcd")]
@@ -660,6 +670,29 @@ mod tests {
         let msg = config_error("etcd://app:hunter2@h:2379/some/path");
         assert!(msg.contains("no path"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn kubernetes_schemes_open_kubernetes_stores_lazily() {
+        for url in [
+            "kubernetes:",
+            "KUBERNETES:?namespace=jobs&context=prod",
+            "kubernetes+http://127.0.0.1:1?namespace=jobs",
+        ] {
+            let store = store_from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(store.info().name, "kubernetes", "{url}");
+            assert!(store.info().can_watch);
+        }
+        let msg = config_error("kubernetes://cluster:6443");
+        assert!(msg.contains("kubernetes+http://HOST:PORT"), "{msg}");
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn kubernetes_without_the_feature_says_how_to_get_it() {
+        let msg = config_error("kubernetes:?namespace=x");
+        assert!(msg.contains("`kubernetes` feature"), "{msg}");
     }
 
     #[cfg(not(feature = "etcd"))]

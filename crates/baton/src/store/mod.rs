@@ -62,6 +62,8 @@ use crate::Result;
 mod cert;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

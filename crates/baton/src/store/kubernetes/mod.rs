@@ -1,0 +1,1078 @@
+//! Kubernetes `Lease` objects (`coordination.k8s.io/v1`), written exactly as client-go's
+//! `LeaseLock` writes them, so a Baton candidate and a client-go (or Python `kubernetes`)
+//! elector on one Lease exclude each other, and `kubectl get lease NAME -o yaml` shows Baton's
+//! leader.
+//!
+//! # The record
+//!
+//! The election key is the Lease's name, in the store's namespace. Its `spec` is client-go's
+//! `LeaderElectionRecord`:
+//!
+//! | field | Baton writes |
+//! |---|---|
+//! | `holderIdentity` | the candidate id; `""` once released |
+//! | `leaseDurationSeconds` | the election's lease, rounded **up** to whole seconds (at least 1); `1` once released |
+//! | `acquireTime`, `renewTime` | MicroTime, always exactly 6 fractional digits, in UTC |
+//! | `leaseTransitions` | `+1` on every acquisition; kept on release |
+//!
+//! plus two annotations of its own, `baton.dev/fencing-token` (the highest token minted on this
+//! Lease) and `baton.dev/fencing-term` (the `acquireTime` of the term that token belongs to).
+//! client-go keeps annotations when it updates a Lease, so they survive its terms too.
+//!
+//! # Every write is conditional
+//!
+//! Each write is a `PUT` carrying the `resourceVersion` that was read (or a `POST` that fails
+//! with 409 AlreadyExists when the Lease exists): the API server refuses it with 409 Conflict
+//! if anyone wrote in between, and a 409 means the race was lost. There are no patches without
+//! a precondition and no forced takeovers. A release writes what client-go's `ReleaseOnCancel`
+//! writes: `holderIdentity: ""`, `leaseDurationSeconds: 1`, both times set to now, transitions
+//! kept; it happens only while the Lease still holds this candidate's term.
+//!
+//! # Expiry without a server clock
+//!
+//! The API server keeps no lease clock, and client clocks differ. So, as client-go does, a
+//! candidate never compares `renewTime` with its own clock. It notes the local (boot-time,
+//! monotonic) instant at which it *observed the record change*, and judges the lease expired
+//! once `leaseDurationSeconds` have passed since then on its own clock. Observations come from
+//! every read and from the watch; one store keeps one observation per Lease, shared by all its
+//! candidacies and observers.
+//!
+//! What that means:
+//! * **Clock skew between machines does not matter**: no wall clock is compared with another.
+//!   Only clock *rates* matter, and the engine's drift allowance covers those.
+//! * **A slow watch or a late read only delays a takeover**: an observation is made after the
+//!   write it sees, so it never starts a follower's wait early; a follower that hears of a
+//!   renewal late waits longer, never less. A follower that just started waits a full
+//!   `leaseDurationSeconds` from its first read, even for a lease that expired long ago (as
+//!   client-go's does).
+//! * **A renewal the leader sent before its deadline but which reaches the API server after a
+//!   follower took over is refused**: the follower's write changed the `resourceVersion`.
+//!
+//! Safety then rests on the leader's own deadline (DESIGN.md §3: send time plus lease, minus
+//! drift and margin) ending before any follower's wait, which starts after the write it
+//! observed. `leaseDurationSeconds` is rounded up, never down, for the same reason. A client-go
+//! elector on the same Lease uses its own `LeaseDuration`; mixed electors must agree on it (or
+//! client-go's must be the shorter), as client-go's own electors must.
+//!
+//! # Fencing tokens
+//!
+//! A Lease has no counter that survives its deletion: `leaseTransitions` starts again at 0 when
+//! the object is created again, and is a 32-bit number. Baton's token is therefore minted from
+//! the API server's `resourceVersion`, which is etcd's global revision: on acquiring, the token
+//! is `max(resourceVersion read, highest token on the Lease) + 1`. The write that acquires
+//! gets a `resourceVersion` above the one read, so each token is at most its own write's
+//! `resourceVersion`, and every later acquisition reads one at least that high: tokens strictly
+//! increase across releases, expiries, candidate restarts, client-go terms in between, and the
+//! deletion of the Lease (a Lease created anew takes its floor from the `resourceVersion` of a
+//! list, which is above the deletion's). Kubernetes 1.35 made resourceVersions comparable as
+//! integers (KEP-5504); it has always been etcd's revision. A record whose current term was
+//! acquired by another elector (client-go) reports token 0: that holder has no Baton token.
+//! `docs/decisions.md` (D56) has the reasoning.
+//!
+//! # Push
+//!
+//! Followers watch the Lease (a field selector on its name) from the `resourceVersion` they
+//! read, with bookmarks, and list it again when the API server answers 410 Gone. A release
+//! reaches them within one watch event; a renewal refreshes their observation, so an idle
+//! follower sends nothing but its watch.
+//!
+//! # Foreign data
+//!
+//! A Lease at the key that is not a leader-election record is left alone and reported as
+//! [`Error::ForeignData`]: one without a `spec.holderIdentity`, one whose holder has no positive
+//! `leaseDurationSeconds`, one managed by coordinated leader election (`spec.strategy` or
+//! `spec.preferredHolder` set), or one whose `baton.dev/` annotations are malformed.
+//!
+//! # URLs
+//!
+//! | URL | connects to |
+//! |---|---|
+//! | `kubernetes:` | in a pod: the in-cluster configuration (service account token and CA, `KUBERNETES_SERVICE_HOST`/`PORT`); elsewhere the kubeconfig's current context (`KUBECONFIG` or `~/.kube/config`) |
+//! | `kubernetes:?namespace=NS&context=CTX&kubeconfig=PATH` | the same, with that namespace, that kubeconfig context, that kubeconfig file |
+//! | `kubernetes+http://HOST:PORT[?namespace=NS]` | a plain-HTTP API server, such as `kubectl proxy` |
+//!
+//! The namespace defaults to the pod's own (in a cluster), then the context's, then `default`.
+//! The client connects on first use, so the store can be built while the API server is down.
+//! TLS uses rustls with ring; there is no OpenSSL. The service account needs `get`, `list`,
+//! `watch`, `create`, `update` and `patch` on `leases` (`deploy/kubernetes/role.yaml`).
+//!
+//! # Kubernetes versions
+//!
+//! The store uses `k8s-openapi`'s `Lease`, the same in every Kubernetes version it supports.
+//! Like every library on `k8s-openapi`, Baton leaves the choice of version to the application:
+//! an application that enables the `kubernetes` feature also depends on `k8s-openapi` with one
+//! `v1_*` feature (e.g. `k8s-openapi = { version = "0.29", features = ["v1_33"] }`).
+
+mod url;
+
+/// kube's client, re-exported so that an application can hand [`KubernetesStore::from_client`]
+/// a client of the kube version Baton links.
+pub use kube::Client;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease as K8sLease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use tokio::sync::{OnceCell, mpsc};
+use tracing::debug;
+
+use self::url::{Target, check_name, parse_url};
+use super::{
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
+use crate::clock::boot_time;
+use crate::{Error, FencingToken, Result, connect::redact};
+
+/// The store's name in errors and [`StoreInfo`].
+const STORE: &str = "kubernetes";
+/// The highest fencing token minted on a Lease.
+const TOKEN_ANNOTATION: &str = "baton.dev/fencing-token";
+/// The `acquireTime` of the term [`TOKEN_ANNOTATION`] belongs to.
+const TERM_ANNOTATION: &str = "baton.dev/fencing-term";
+/// How long one watch request lasts before it is renewed (the API server closes it then);
+/// kube's own default.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// Lost races in a row after which `try_acquire` reports the holder it last read.
+const MAX_RACES: usize = 3;
+
+/// Leader election on Kubernetes `Lease` objects, compatible with client-go's `LeaseLock`.
+/// See the [module documentation](self).
+#[derive(Clone)]
+pub struct KubernetesStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Where the API server is; `None` when built from a client.
+    target: Option<Target>,
+    location: String,
+    api: OnceCell<Api<K8sLease>>,
+    /// When each Lease's record was last seen to change, on this machine's boot clock.
+    observed: Mutex<HashMap<String, Observed>>,
+}
+
+impl std::fmt::Debug for KubernetesStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesStore")
+            .field("location", &self.inner.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// client-go's `LeaderElectionRecord`: the part of a Lease an elector compares to tell whether
+/// the lease changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: String,
+    duration_secs: i32,
+    acquire: Option<Timestamp>,
+    renew: Option<Timestamp>,
+    transitions: i32,
+    /// Baton's token, when the current term is one a Baton candidate acquired; else 0.
+    token: u64,
+    /// The highest token minted on this Lease.
+    high_water: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Observed {
+    record: Record,
+    /// Boot-clock instant at which `record` was first seen.
+    at: Duration,
+}
+
+impl KubernetesStore {
+    /// Open the store a `kubernetes:` or `kubernetes+http://` URL names (see the [module
+    /// documentation](self)). Nothing is read or connected until first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL, an unknown option or an invalid namespace name.
+    pub fn open(url: &str) -> Result<Self> {
+        let target = parse_url(url)?;
+        Ok(Self::with(Some(target), redact(url), OnceCell::new()))
+    }
+
+    /// A store on an existing kube client, whose Leases live in `namespace`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `namespace` is not a valid namespace name.
+    pub fn from_client(client: Client, namespace: &str) -> Result<Self> {
+        parse_url(&format!("kubernetes:?namespace={namespace}"))?;
+        let api = Api::namespaced(client, namespace);
+        Ok(Self::with(
+            None,
+            format!("kubernetes (a kube client), namespace {namespace}"),
+            OnceCell::new_with(Some(api)),
+        ))
+    }
+
+    fn with(target: Option<Target>, location: String, api: OnceCell<Api<K8sLease>>) -> Self {
+        KubernetesStore {
+            inner: Arc::new(Inner {
+                target,
+                location,
+                api,
+                observed: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    async fn api(&self) -> Result<Api<K8sLease>> {
+        self.api
+            .get_or_try_init(|| async {
+                let target = self
+                    .target
+                    .as_ref()
+                    .expect("a store built from a client has its Api");
+                let (client, namespace) = connect(target, &self.location).await?;
+                Ok::<_, Error>(Api::namespaced(client, &namespace))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Note that `record` was read now; the instant it was first seen, if it is the record
+    /// already observed.
+    fn observe(&self, key: &str, record: Option<&Record>, now: Duration) -> Option<Observed> {
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = record else {
+            observed.remove(key);
+            return None;
+        };
+        let entry = observed
+            .entry(key.to_owned())
+            .and_modify(|o| {
+                if o.record != *record {
+                    *o = Observed {
+                        record: record.clone(),
+                        at: now,
+                    };
+                }
+            })
+            .or_insert_with(|| Observed {
+                record: record.clone(),
+                at: now,
+            });
+        Some(entry.clone())
+    }
+
+    /// Read the Lease at `key`: the object and its record, observed.
+    async fn get(&self, api: &Api<K8sLease>, key: &str) -> Result<Option<(K8sLease, Observed)>> {
+        let now = boot_time();
+        let Some(lease) = api.get_opt(key).await.map_err(|e| self.error(e, false))? else {
+            self.observe(key, None, now);
+            return Ok(None);
+        };
+        let record = parse_record(key, &lease)?;
+        let observed = self.observe(key, Some(&record), now).expect("observed");
+        Ok(Some((lease, observed)))
+    }
+
+    fn error(&self, e: kube::Error, write: bool) -> Error {
+        api_error(e, write, &self.location)
+    }
+}
+
+/// Build a client for `target`: its namespace too.
+async fn connect(target: &Target, location: &str) -> Result<(Client, String)> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+
+    let config_error = |what: String| Error::Config(format!("{location}: {what}"));
+    let (mut config, namespace) = match target {
+        Target::Http { base, namespace } => {
+            let config = Config::new(
+                base.parse()
+                    .map_err(|e| config_error(format!("{base} is not a valid server URL: {e}")))?,
+            );
+            (config, namespace.clone())
+        }
+        Target::Infer {
+            namespace,
+            context,
+            kubeconfig,
+        } => {
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            let config = match (kubeconfig, context) {
+                (Some(path), _) => {
+                    let file = Kubeconfig::read_from(path).map_err(|e| {
+                        config_error(format!("cannot read the kubeconfig {path}: {e}"))
+                    })?;
+                    Config::from_custom_kubeconfig(file, &options)
+                        .await
+                        .map_err(|e| config_error(format!("the kubeconfig {path}: {e}")))?
+                }
+                (None, Some(_)) => Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| config_error(format!("the kubeconfig: {e}")))?,
+                (None, None) => match Config::incluster() {
+                    Ok(config) => config,
+                    Err(in_cluster) => Config::from_kubeconfig(&options).await.map_err(|e| {
+                        config_error(format!(
+                            "no Kubernetes configuration: not in a cluster ({in_cluster}), and no usable kubeconfig ({e}); set KUBECONFIG, pass ?kubeconfig=PATH, or use kubernetes+http://HOST:PORT (e.g. kubectl proxy)"
+                        ))
+                    })?,
+                },
+            };
+            (config, namespace.clone())
+        }
+    };
+    if let Some(namespace) = namespace {
+        config.default_namespace = namespace;
+    }
+    let namespace = config.default_namespace.clone();
+    let client = Client::try_from(config)
+        .map_err(|e| config_error(format!("cannot build a Kubernetes client: {e}")))?;
+    Ok((client, namespace))
+}
+
+/// Map a kube error. `write`: the request may have been applied (a PUT or POST was sent).
+fn api_error(e: kube::Error, write: bool, location: &str) -> Error {
+    match e {
+        kube::Error::Api(status) => {
+            let message = format!("{location}: {} ({})", status.message, status.code);
+            match status.code {
+                401 => Error::Config(format!(
+                    "{message}: the API server did not accept the credentials; check the kubeconfig's user or the service account's token"
+                )),
+                403 => Error::Config(format!(
+                    "{message}: grant get, list, watch, create, update and patch on leases (coordination.k8s.io) in this namespace, as deploy/kubernetes/role.yaml does"
+                )),
+                400 | 404 | 422 => Error::Config(message),
+                _ if write => Error::indeterminate(STORE, message, status),
+                _ => Error::unavailable(STORE, message, status),
+            }
+        }
+        other if write => Error::indeterminate(
+            STORE,
+            format!("{location}: the request was sent, its outcome is unknown"),
+            other,
+        ),
+        other => Error::unavailable(
+            STORE,
+            format!("{location}: cannot reach the API server"),
+            other,
+        ),
+    }
+}
+
+fn is_code(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// The record of a Lease, or [`Error::ForeignData`] when it is not a leader-election record.
+fn parse_record(key: &str, lease: &K8sLease) -> Result<Record> {
+    let foreign = |found: String| Error::ForeignData {
+        key: key.to_owned(),
+        found,
+    };
+    let spec = lease
+        .spec
+        .as_ref()
+        .ok_or_else(|| foreign("a Lease with no spec".into()))?;
+    if spec.strategy.is_some() || spec.preferred_holder.is_some() {
+        return Err(foreign(
+            "a Lease managed by coordinated leader election (spec.strategy or spec.preferredHolder is set)".into(),
+        ));
+    }
+    let holder = spec
+        .holder_identity
+        .clone()
+        .ok_or_else(|| foreign("a Lease with no spec.holderIdentity".into()))?;
+    let duration_secs = spec.lease_duration_seconds.unwrap_or(0);
+    if !holder.is_empty() && duration_secs <= 0 {
+        return Err(foreign(format!(
+            "a Lease held by {holder:?} with no positive spec.leaseDurationSeconds"
+        )));
+    }
+    let annotations = lease.metadata.annotations.as_ref();
+    let annotation = |name: &str| annotations.and_then(|a| a.get(name));
+    let high_water = match annotation(TOKEN_ANNOTATION) {
+        None => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            foreign(format!(
+                "the annotation {TOKEN_ANNOTATION}: {text:?} is not a fencing token"
+            ))
+        })?,
+    };
+    let term = match annotation(TERM_ANNOTATION) {
+        None => None,
+        Some(text) => Some(text.parse::<Timestamp>().map_err(|_| {
+            foreign(format!(
+                "the annotation {TERM_ANNOTATION}: {text:?} is not a MicroTime"
+            ))
+        })?),
+    };
+    let acquire = spec.acquire_time.as_ref().map(|t| t.0);
+    let token = if !holder.is_empty() && term.is_some() && term == acquire {
+        high_water
+    } else {
+        0
+    };
+    Ok(Record {
+        holder,
+        duration_secs,
+        acquire,
+        renew: spec.renew_time.as_ref().map(|t| t.0),
+        transitions: spec.lease_transitions.unwrap_or(0),
+        token,
+        high_water,
+    })
+}
+
+/// The `resourceVersion` of an object or list, as the number it is (etcd's revision).
+fn resource_version(key: &str, rv: Option<&String>) -> Result<u64> {
+    rv.and_then(|rv| rv.parse().ok()).ok_or_else(|| {
+        Error::unavailable(
+            STORE,
+            format!("the API server gave {key:?} a resourceVersion that is not a number: {rv:?}"),
+            "unexpected resourceVersion",
+        )
+    })
+}
+
+/// The election's lease in whole seconds, rounded up, at least 1: the store never frees a
+/// lease before the engine's deadline.
+fn duration_secs(ttl: Duration) -> i32 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
+}
+
+/// Now, on the wall clock, at the microsecond precision a MicroTime keeps. Written into the
+/// record for people and for other electors' logs; no elector compares it with its clock.
+fn now_micro() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
+}
+
+/// The remaining time of an observed lease; zero when it has expired or is released.
+fn remaining(observed: &Observed, now: Duration) -> Duration {
+    if observed.record.holder.is_empty() {
+        return Duration::ZERO;
+    }
+    let duration = Duration::from_secs(observed.record.duration_secs.max(0) as u64);
+    (observed.at + duration).saturating_sub(now)
+}
+
+fn lease_record(observed: &Observed, now: Duration) -> LeaseRecord {
+    LeaseRecord::new(
+        observed.record.holder.clone(),
+        FencingToken(observed.record.token),
+        remaining(observed, now),
+    )
+}
+
+/// Write `spec` and Baton's annotations into `lease`, keeping everything else.
+fn set_term(lease: &mut K8sLease, spec: LeaseSpec, token: u64, term: Option<Timestamp>) {
+    let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(TOKEN_ANNOTATION.into(), token.to_string());
+    if let Some(term) = term {
+        annotations.insert(TERM_ANNOTATION.into(), format_micro(term));
+    }
+    lease.spec = Some(spec);
+}
+
+/// A MicroTime as the API server writes it: UTC, exactly 6 fractional digits.
+fn format_micro(t: Timestamp) -> String {
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", t)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn spec(
+    holder: &str,
+    duration_secs: i32,
+    acquire: Timestamp,
+    renew: Timestamp,
+    transitions: i32,
+) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(holder.to_owned()),
+        lease_duration_seconds: Some(duration_secs),
+        acquire_time: Some(MicroTime(acquire)),
+        renew_time: Some(MicroTime(renew)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    }
+}
+
+#[async_trait]
+impl LeaseStore for KubernetesStore {
+    async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
+        check_name(key)?;
+        Ok(Box::new(KubernetesCandidacy {
+            inner: self.inner.clone(),
+            key: key.to_owned(),
+            candidate: candidate.to_owned(),
+            written: None,
+        }))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        check_name(key)?;
+        let api = self.inner.api().await?;
+        let now = boot_time();
+        Ok(match self.inner.get(&api, key).await? {
+            Some((_, observed)) if remaining(&observed, now) > Duration::ZERO => {
+                Some(lease_record(&observed, now))
+            }
+            _ => None,
+        })
+    }
+
+    async fn watch(&self, key: &str) -> Result<Option<Changes>> {
+        check_name(key)?;
+        Ok(Some(watch_changes(self.inner.clone(), key.to_owned())))
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo::new(STORE, self.inner.location.clone()).with_watch(true)
+    }
+}
+
+/// One candidate on one Lease.
+struct KubernetesCandidacy {
+    inner: Arc<Inner>,
+    key: String,
+    candidate: String,
+    /// The Lease as this candidacy last wrote it, while it holds the term: renewals are sent on
+    /// it directly (client-go's fast path), and read the Lease again only after a conflict.
+    written: Option<K8sLease>,
+}
+
+impl std::fmt::Debug for KubernetesCandidacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesCandidacy")
+            .field("key", &self.key)
+            .field("candidate", &self.candidate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesCandidacy {
+    /// Whether the record is the term `lease` acquired.
+    fn is_term(record: &Record, lease: &Lease) -> bool {
+        record.holder == lease.holder && record.token == lease.token.0 && record.token != 0
+    }
+
+    /// The Lease to write the next renewal or release on: the last one written, or, after a
+    /// conflict, a fresh read, if it still holds `lease`'s term. `Err(record)` when it does not.
+    async fn current(
+        &mut self,
+        api: &Api<K8sLease>,
+        lease: &Lease,
+        fresh: bool,
+    ) -> Result<std::result::Result<K8sLease, Option<LeaseRecord>>> {
+        if !fresh && let Some(written) = self.written.clone() {
+            return Ok(Ok(written));
+        }
+        let now = boot_time();
+        match self.inner.get(api, &self.key).await? {
+            Some((object, observed)) if Self::is_term(&observed.record, lease) => Ok(Ok(object)),
+            Some((_, observed)) => Ok(Err(
+                Some(lease_record(&observed, now)).filter(|r| !r.holder.is_empty())
+            )),
+            None => Ok(Err(None)),
+        }
+    }
+
+    fn wrote(&mut self, lease: K8sLease) -> Result<()> {
+        let record = parse_record(&self.key, &lease)?;
+        self.inner.observe(&self.key, Some(&record), boot_time());
+        self.written = Some(lease);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Candidacy for KubernetesCandidacy {
+    async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
+        let api = self.inner.api().await?;
+        let key = self.key.clone();
+        let mut last = None;
+        for _ in 0..MAX_RACES {
+            let now = boot_time();
+            let (mut object, token, transitions) = match self.inner.get(&api, &key).await? {
+                Some((object, observed)) => {
+                    if remaining(&observed, now) > Duration::ZERO {
+                        return Ok(Acquire::Held(lease_record(&observed, now)));
+                    }
+                    let read = resource_version(&key, object.metadata.resource_version.as_ref())?;
+                    let token = read.max(observed.record.high_water) + 1;
+                    last = Some(observed);
+                    (object, token, observed_transitions(&last) + 1)
+                }
+                None => {
+                    // No Lease: create it. Its token's floor is the resourceVersion of a list,
+                    // above that of any write before, the deletion of an earlier Lease included.
+                    let list = api
+                        .list(
+                            &ListParams::default()
+                                .fields(&format!("metadata.name={key}"))
+                                .limit(1),
+                        )
+                        .await
+                        .map_err(|e| self.inner.error(e, false))?;
+                    if !list.items.is_empty() {
+                        continue;
+                    }
+                    let read = resource_version(&key, list.metadata.resource_version.as_ref())?;
+                    let object = K8sLease {
+                        metadata: ObjectMeta {
+                            name: Some(key.clone()),
+                            ..ObjectMeta::default()
+                        },
+                        spec: None,
+                    };
+                    (object, read + 1, 0)
+                }
+            };
+            let acquired = now_micro();
+            let creating = object.metadata.resource_version.is_none();
+            set_term(
+                &mut object,
+                spec(
+                    &self.candidate,
+                    duration_secs(ttl),
+                    acquired,
+                    acquired,
+                    transitions,
+                ),
+                token,
+                Some(acquired),
+            );
+            let written = if creating {
+                api.create(&PostParams::default(), &object).await
+            } else {
+                api.replace(&key, &PostParams::default(), &object).await
+            };
+            match written {
+                Ok(written) => {
+                    self.wrote(written)?;
+                    return Ok(Acquire::Acquired(Lease::new(
+                        key,
+                        self.candidate.clone(),
+                        FencingToken(token),
+                    )));
+                }
+                // Lost the race (409), or the Lease went meanwhile (404): look again.
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => {
+                    debug!(key, "lost a race to write the Lease");
+                    continue;
+                }
+                Err(e) => return Err(self.inner.error(e, true)),
+            }
+        }
+        // Lost every race: someone else is writing; report the holder last read.
+        let now = boot_time();
+        let observed = last.ok_or_else(|| {
+            Error::unavailable(
+                STORE,
+                format!("{key}: the Lease keeps changing"),
+                "lost races",
+            )
+        })?;
+        Ok(Acquire::Held(lease_record(&observed, now)))
+    }
+
+    async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
+        let api = self.inner.api().await?;
+        let mut fresh = false;
+        for _ in 0..MAX_RACES {
+            let mut object = match self.current(&api, lease, fresh).await? {
+                Ok(object) => object,
+                Err(record) => {
+                    self.written = None;
+                    return Ok(Renew::Lost(record));
+                }
+            };
+            let Some(mut spec) = object.spec.clone() else {
+                return Ok(Renew::Lost(None));
+            };
+            spec.renew_time = Some(MicroTime(now_micro()));
+            spec.lease_duration_seconds = Some(duration_secs(ttl));
+            object.spec = Some(spec);
+            match api
+                .replace(&self.key, &PostParams::default(), &object)
+                .await
+            {
+                Ok(written) => {
+                    self.wrote(written)?;
+                    return Ok(Renew::Renewed);
+                }
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => fresh = true,
+                Err(e) => {
+                    // The renewal may have been applied: read before the next one.
+                    self.written = None;
+                    return Err(self.inner.error(e, true));
+                }
+            }
+        }
+        Err(Error::unavailable(
+            STORE,
+            format!("{}: the Lease keeps changing", self.key),
+            "lost races",
+        ))
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let api = self.inner.api().await?;
+        let mut fresh = false;
+        for _ in 0..MAX_RACES {
+            let mut object = match self.current(&api, lease, fresh).await? {
+                Ok(object) => object,
+                Err(_) => {
+                    self.written = None;
+                    return Ok(());
+                }
+            };
+            let transitions = object
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_transitions)
+                .unwrap_or(0);
+            let now = now_micro();
+            // client-go's ReleaseOnCancel: no holder, a 1 s lease, transitions kept.
+            set_term(
+                &mut object,
+                spec("", 1, now, now, transitions),
+                lease.token.0,
+                None,
+            );
+            match api
+                .replace(&self.key, &PostParams::default(), &object)
+                .await
+            {
+                Ok(written) => {
+                    let record = parse_record(&self.key, &written)?;
+                    self.inner.observe(&self.key, Some(&record), boot_time());
+                    self.written = None;
+                    return Ok(());
+                }
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => fresh = true,
+                Err(e) => {
+                    self.written = None;
+                    return Err(self.inner.error(e, true));
+                }
+            }
+        }
+        Err(Error::unavailable(
+            STORE,
+            format!("{}: the Lease keeps changing", self.key),
+            "lost races",
+        ))
+    }
+
+    async fn watch(&mut self) -> Result<Option<Changes>> {
+        Ok(Some(watch_changes(self.inner.clone(), self.key.clone())))
+    }
+}
+
+fn observed_transitions(observed: &Option<Observed>) -> i32 {
+    observed.as_ref().map_or(0, |o| o.record.transitions)
+}
+
+/// Changes to the Lease at `key`, from a watch that a task of its own keeps open: from the
+/// `resourceVersion` of a list, with bookmarks, renewed when the API server ends it, listed
+/// again after 410 Gone. The stream ends on any other error (the engine subscribes again).
+fn watch_changes(inner: Arc<Inner>, key: String) -> Changes {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tx.closed() => {}
+            () = run_watch(&inner, &key, &tx) => {}
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|change| (change, rx))
+    }))
+}
+
+/// List the Lease: its record, observed, and the list's resourceVersion to watch from.
+async fn list(inner: &Inner, api: &Api<K8sLease>, key: &str) -> Result<(Option<Record>, String)> {
+    let list = api
+        .list(&ListParams::default().fields(&format!("metadata.name={key}")))
+        .await
+        .map_err(|e| inner.error(e, false))?;
+    let record = match list.items.first() {
+        Some(lease) => Some(parse_record(key, lease)?),
+        None => None,
+    };
+    inner.observe(key, record.as_ref(), boot_time());
+    let rv = list.metadata.resource_version.unwrap_or_default();
+    Ok((record, rv))
+}
+
+async fn run_watch(inner: &Inner, key: &str, tx: &mpsc::Sender<Change>) {
+    let Ok(api) = inner.api().await else { return };
+    let Ok((record, mut rv)) = list(inner, &api, key).await else {
+        return;
+    };
+    let mut holder = record.map(|r| r.holder);
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={key}"))
+        .timeout(WATCH_TIMEOUT_SECS);
+    loop {
+        let stream = match api.watch(&params, &rv).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!(key, error = %e, "watch failed");
+                return;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let change = match event {
+                Ok(WatchEvent::Added(lease) | WatchEvent::Modified(lease)) => {
+                    if let Some(v) = &lease.metadata.resource_version {
+                        rv.clone_from(v);
+                    }
+                    let Ok(record) = parse_record(key, &lease) else {
+                        holder = None;
+                        let _ = tx.send(Change::Other).await;
+                        continue;
+                    };
+                    let before = inner
+                        .observed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(key)
+                        .map(|o| o.record.clone());
+                    inner.observe(key, Some(&record), boot_time());
+                    if before.as_ref() == Some(&record) {
+                        continue;
+                    }
+                    let change = if record.holder.is_empty() {
+                        Change::Released
+                    } else if holder.as_deref() != Some(record.holder.as_str()) {
+                        Change::Acquired {
+                            holder: record.holder.clone(),
+                        }
+                    } else {
+                        Change::Renewed {
+                            holder: record.holder.clone(),
+                        }
+                    };
+                    holder = Some(record.holder);
+                    change
+                }
+                Ok(WatchEvent::Deleted(lease)) => {
+                    if let Some(v) = &lease.metadata.resource_version {
+                        rv.clone_from(v);
+                    }
+                    inner.observe(key, None, boot_time());
+                    holder = None;
+                    Change::Released
+                }
+                Ok(WatchEvent::Bookmark(bookmark)) => {
+                    rv = bookmark.metadata.resource_version;
+                    continue;
+                }
+                Ok(WatchEvent::Error(status)) if status.code == 410 => {
+                    // Too old: list again, and tell the follower to look.
+                    debug!(key, "watch expired (410 Gone); listing again");
+                    let Ok((record, fresh)) = list(inner, &api, key).await else {
+                        return;
+                    };
+                    rv = fresh;
+                    holder = record.map(|r| r.holder);
+                    let _ = tx.send(Change::Other).await;
+                    break;
+                }
+                Ok(WatchEvent::Error(status)) => {
+                    debug!(key, status = %status, "watch error");
+                    return;
+                }
+                Err(e) => {
+                    debug!(key, error = %e, "watch broke");
+                    return;
+                }
+            };
+            if tx.send(change).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_up_to_whole_seconds() {
+        assert_eq!(duration_secs(Duration::from_millis(1)), 1);
+        assert_eq!(duration_secs(Duration::from_millis(500)), 1);
+        assert_eq!(duration_secs(Duration::from_secs(1)), 1);
+        assert_eq!(duration_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(duration_secs(Duration::from_secs(15)), 15);
+        assert_eq!(duration_secs(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+
+    #[test]
+    fn micro_times_have_exactly_six_digits() {
+        let whole: Timestamp = "2026-12-06T15:00:00Z".parse().unwrap();
+        assert_eq!(format_micro(whole), "2026-12-06T15:00:00.000000Z");
+        let json = serde_json::to_string(&MicroTime(whole)).unwrap();
+        assert_eq!(json, "\"2026-12-06T15:00:00.000000Z\"");
+        let fine: Timestamp = "2026-12-06T15:00:00.123456789Z".parse().unwrap();
+        assert_eq!(format_micro(fine), "2026-12-06T15:00:00.123456Z");
+        let now = now_micro();
+        assert_eq!(now.subsec_nanosecond() % 1000, 0);
+    }
+
+    fn lease(spec: LeaseSpec, annotations: &[(&str, &str)]) -> K8sLease {
+        K8sLease {
+            metadata: ObjectMeta {
+                name: Some("k".into()),
+                resource_version: Some("7".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec),
+        }
+    }
+
+    #[test]
+    fn records_and_their_tokens() {
+        let t: Timestamp = "2026-12-06T15:00:00.5Z".parse().unwrap();
+        let held = spec("a", 15, t, t, 3);
+        let record = parse_record(
+            "k",
+            &lease(
+                held.clone(),
+                &[
+                    (TOKEN_ANNOTATION, "42"),
+                    (TERM_ANNOTATION, &format_micro(t)),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            (record.token, record.high_water, record.transitions),
+            (42, 42, 3)
+        );
+        // A term Baton did not mint (client-go took the Lease): token 0, high water kept.
+        let later: Timestamp = "2026-12-06T15:01:00Z".parse().unwrap();
+        let record = parse_record(
+            "k",
+            &lease(
+                spec("go", 15, later, later, 4),
+                &[
+                    (TOKEN_ANNOTATION, "42"),
+                    (TERM_ANNOTATION, &format_micro(t)),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!((record.token, record.high_water), (0, 42));
+        // Released: no holder, no token.
+        let record = parse_record("k", &lease(spec("", 1, t, t, 3), &[])).unwrap();
+        assert_eq!((record.holder.as_str(), record.token), ("", 0));
+    }
+
+    #[test]
+    fn leases_that_are_not_election_records_are_foreign() {
+        let t: Timestamp = "2026-12-06T15:00:00Z".parse().unwrap();
+        let cases = [
+            (
+                K8sLease {
+                    metadata: ObjectMeta::default(),
+                    spec: None,
+                },
+                "no spec",
+            ),
+            (lease(LeaseSpec::default(), &[]), "no spec.holderIdentity"),
+            (
+                lease(
+                    LeaseSpec {
+                        holder_identity: Some("node-1".into()),
+                        ..LeaseSpec::default()
+                    },
+                    &[],
+                ),
+                "positive spec.leaseDurationSeconds",
+            ),
+            (
+                lease(
+                    LeaseSpec {
+                        strategy: Some("OldestEmulationVersion".into()),
+                        ..spec("a", 15, t, t, 0)
+                    },
+                    &[],
+                ),
+                "coordinated leader election",
+            ),
+            (
+                lease(spec("a", 15, t, t, 0), &[(TOKEN_ANNOTATION, "x")]),
+                "not a fencing token",
+            ),
+            (
+                lease(spec("a", 15, t, t, 0), &[(TERM_ANNOTATION, "noon")]),
+                "not a MicroTime",
+            ),
+        ];
+        for (lease, why) in cases {
+            match parse_record("k", &lease) {
+                Err(Error::ForeignData { found, .. }) => assert!(found.contains(why), "{found}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn observations_start_when_the_record_changes() {
+        let store = KubernetesStore::open("kubernetes+http://127.0.0.1:1").unwrap();
+        let t: Timestamp = "2026-12-06T15:00:00Z".parse().unwrap();
+        let r1 = parse_record("k", &lease(spec("a", 10, t, t, 0), &[])).unwrap();
+        let first = store
+            .inner
+            .observe("k", Some(&r1), Duration::from_secs(100))
+            .unwrap();
+        assert_eq!(first.at, Duration::from_secs(100));
+        // The same record seen later: the observation keeps its instant, and expires on time.
+        let again = store
+            .inner
+            .observe("k", Some(&r1), Duration::from_secs(105))
+            .unwrap();
+        assert_eq!(again.at, Duration::from_secs(100));
+        assert_eq!(
+            remaining(&again, Duration::from_secs(105)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(remaining(&again, Duration::from_secs(111)), Duration::ZERO);
+        // A renewal (a new renewTime) starts a new observation, whatever its renewTime says.
+        let old: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+        let r2 = parse_record("k", &lease(spec("a", 10, t, old, 0), &[])).unwrap();
+        let renewed = store
+            .inner
+            .observe("k", Some(&r2), Duration::from_secs(109))
+            .unwrap();
+        assert_eq!(
+            remaining(&renewed, Duration::from_secs(111)),
+            Duration::from_secs(8)
+        );
+        assert!(
+            store
+                .inner
+                .observe("k", None, Duration::from_secs(120))
+                .is_none()
+        );
+    }
+}
