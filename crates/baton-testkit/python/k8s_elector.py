@@ -194,21 +194,23 @@ def main(argv):
         while not lock.stopping:
             # run() returns only after a leader failed to renew; a new LeaderElection starts
             # from no observed record, as a restarted process would.
+            failed = False
             try:
                 leaderelection.LeaderElection(cfg).run()
             except Exception as e:  # noqa: BLE001 (what the library lets escape)
                 # The library catches only ApiException: a refused connection or a timeout
                 # escapes run(), leader or not, without onstopped_leading. Leadership ends here.
                 logging.warning("the election raised %s: %s", type(e).__name__, e)
+                failed = True
                 with lock.mutex:
                     if leading.is_set() and not lock.stopping:
                         leading.clear()
                         emit("lost_leadership", args.identity, reason="error")
                         lost.set()
-                if not args.once:
-                    time.sleep(args.retry_period)
             if args.once and lost.is_set():
                 break
+            if failed:
+                time.sleep(args.retry_period)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     # The main thread waits for a signal with sigwait: blocked here, before any thread starts,
