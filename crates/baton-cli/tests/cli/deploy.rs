@@ -201,8 +201,8 @@ fn deploy_deployment_runs_three_baton_runs_as_the_service_account() {
         .expect("an ENTRYPOINT");
     assert!(entrypoint.ends_with("baton\"]"), "{entrypoint}");
     assert!(
-        dockerfile.contains("--features kubernetes"),
-        "the image has the Kubernetes store"
+        dockerfile.contains("cargo install --locked --path crates/baton-cli "),
+        "the image has this workspace's baton, its dependencies as locked"
     );
 
     assert_eq!(option(&args, "--store"), "kubernetes:");
