@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
+/// `deploy/kubernetes/`, checked against this `baton` (in `tests/cli/deploy.rs`, one test binary).
+#[path = "cli/deploy.rs"]
+mod deploy;
+
 /// Upper bound for anything that should take well under a second.
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -75,6 +75,7 @@ pub mod etcd_server;
 pub mod faulty;
 pub mod mariadb_server;
 pub mod proxy;
+pub mod py_elector;
 pub mod servers;
 pub mod tls;
 
