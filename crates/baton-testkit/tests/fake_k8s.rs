@@ -559,6 +559,8 @@ fn a_token_is_required_when_set_401_wrong_403_missing() {
         "leases.coordination.k8s.io \"a\" is forbidden: User \"system:anonymous\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"default\""
     );
     assert_status(&anon.get("/apis"), 403, "Forbidden");
+    assert_status(&anon.get("/openapi/v2"), 403, "Forbidden");
+    assert_eq!(good.get("/openapi/v2").code, 404);
     assert_eq!(anon.get("/version").code, 200);
 }
 

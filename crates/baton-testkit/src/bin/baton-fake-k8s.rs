@@ -45,7 +45,7 @@ fn main() -> std::io::Result<()> {
             bookmark_interval: args.bookmark_interval,
             history: args.history,
         };
-        let serving = run(listener, options);
+        let serving = run(listener, options)?;
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
         serving.await

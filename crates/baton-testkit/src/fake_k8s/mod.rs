@@ -112,7 +112,9 @@ impl FakeK8s {
                 runtime.block_on(async move {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    let serving = run(listener, options);
+                    let serving = run(listener, options).unwrap_or_else(|e| {
+                        panic!("the fake API server cannot read its state file: {e}")
+                    });
                     let _ = ready_tx.send(());
                     tokio::select! {
                         result = serving => {

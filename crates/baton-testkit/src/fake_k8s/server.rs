@@ -39,15 +39,16 @@ impl Server {
     }
 }
 
-/// Serve the fake on `listener` until the future is dropped.
+/// The fake on `listener`: reads the state file now, and returns the future that serves until
+/// it is dropped (so a command can say it is ready in between).
 ///
 /// # Errors
 ///
-/// When the state file cannot be read, or serving fails.
-pub async fn run(
+/// When the state file cannot be read.
+pub fn run(
     listener: tokio::net::TcpListener,
     options: FakeK8sOptions,
-) -> std::io::Result<()> {
+) -> std::io::Result<impl Future<Output = std::io::Result<()>> + Send> {
     let store = Store::open(options.state_file.clone(), options.history)?;
     let addr = listener.local_addr()?.to_string();
     let (events, _) = broadcast::channel(4096);
@@ -61,7 +62,7 @@ pub async fn run(
         let server = server.clone();
         async move { handle(server, req).await }
     });
-    axum::serve(listener, app).await
+    Ok(async move { axum::serve(listener, app).await })
 }
 
 fn json_response(code: u16, body: &Value, warnings: &[String]) -> Response<Body> {
@@ -203,9 +204,9 @@ async fn handle(server: Arc<Server>, req: axum::extract::Request) -> Response<Bo
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let params = query_params(parts.uri.query());
-    let Some(target) = route(&path) else {
-        return page_not_found();
-    };
+    // Unknown paths are authorized as non-resource paths first, as the filters run before
+    // the mux answers `404 page not found`.
+    let target = route(&path).unwrap_or(Target::NonResource("unknown"));
     let watch = match &target {
         Target::Collection { watch_path, .. } | Target::Object { watch_path, .. } => {
             *watch_path || truthy(params.get("watch"))
@@ -245,6 +246,7 @@ async fn handle(server: Arc<Server>, req: axum::extract::Request) -> Response<Bo
         .to_ascii_lowercase();
     let method = parts.method;
     let result = match target {
+        Target::NonResource("unknown") => return page_not_found(),
         Target::NonResource(which) => {
             if method != Method::GET {
                 return error_response(status::method_not_supported(method.as_str()));
