@@ -69,9 +69,18 @@
 //!
 //! The cases sleep in real time where expiry needs it (well under a second per case), so run
 //! them on a runtime whose time is not paused; [`conformance::block_on`] builds one.
+//!
+//! # A fake Kubernetes API server
+//!
+//! [`fake_k8s`] is a *fake* API server, not Kubernetes: it serves only Leases
+//! (`coordination.k8s.io/v1`) and enough discovery for `kubectl get leases`, in plain HTTP,
+//! with the simplifications its module documentation lists. It runs in-process
+//! ([`fake_k8s::FakeK8s`]) or as the `baton-fake-k8s` command
+//! ([`fake_k8s::FakeK8sProcess`]), so any Kubernetes client can be pointed at it.
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod fake_k8s;
 pub mod faulty;
 pub mod mariadb_server;
 pub mod proxy;
