@@ -17,6 +17,7 @@ use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::fake_k8s::{FakeK8s, FakeK8sOptions, FakeK8sProcess};
 use baton_testkit::faulty::{FaultyStore, Op};
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
+use baton_testkit::py_elector::{EventKind, PyElector, PyElectorConfig, write_kubeconfig};
 use baton_testkit::servers::scratch_dir;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -143,7 +144,10 @@ async fn raw(base: &str, key: &str) -> serde_json::Value {
 fn is_micro_time(v: &serde_json::Value) -> bool {
     let Some(s) = v.as_str() else { return false };
     // 2026-12-06T15:00:00.123456Z: exactly six fractional digits.
-    s.len() == 27 && s.as_bytes()[19] == b'.' && s.ends_with('Z') && s[20..26].bytes().all(|b| b.is_ascii_digit())
+    s.len() == 27
+        && s.as_bytes()[19] == b'.'
+        && s.ends_with('Z')
+        && s[20..26].bytes().all(|b| b.is_ascii_digit())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,8 +171,15 @@ async fn the_record_is_client_gos() {
         token.to_string()
     );
     // Minted from the resourceVersion the acquire read: at most the acquiring write's.
-    let written: u64 = lease["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    assert!(token > 0 && token <= written, "token {token}, resourceVersion {written}");
+    let written: u64 = lease["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        token > 0 && token <= written,
+        "token {token}, resourceVersion {written}"
+    );
     a.stop().await.unwrap();
     // client-go's ReleaseOnCancel: no holder, a 1 s lease, transitions kept.
     let spec = raw(&base, &key).await["spec"].clone();
@@ -218,15 +229,21 @@ async fn credentials_come_from_the_kubeconfig_and_a_wrong_token_is_a_clear_error
     let good = dir.join("good");
     fake.write_kubeconfig(&good).unwrap();
     let key = unique("auth");
-    let store = KubernetesStore::open(&format!("kubernetes:?kubeconfig={}", good.display())).unwrap();
+    let store =
+        KubernetesStore::open(&format!("kubernetes:?kubeconfig={}", good.display())).unwrap();
     let mut c = store.join(&key, "a").await.unwrap();
     assert!(matches!(
         c.try_acquire(Duration::from_secs(5)).await.unwrap(),
         baton::Acquire::Acquired(_)
     ));
     let bad = dir.join("bad");
-    std::fs::write(&bad, baton_testkit::fake_k8s::kubeconfig(&fake.url(), Some("wrong"))).unwrap();
-    let store = KubernetesStore::open(&format!("kubernetes:?kubeconfig={}", bad.display())).unwrap();
+    std::fs::write(
+        &bad,
+        baton_testkit::fake_k8s::kubeconfig(&fake.url(), Some("wrong")),
+    )
+    .unwrap();
+    let store =
+        KubernetesStore::open(&format!("kubernetes:?kubeconfig={}", bad.display())).unwrap();
     match store.read(&key).await {
         Err(Error::Config(msg)) => {
             assert!(msg.contains("credentials"), "{msg}");
@@ -271,7 +288,9 @@ async fn graceful_handoff_is_pushed_not_polled() {
     b.start().await.unwrap();
     c.start().await.unwrap();
     assert!(
-        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref() == Some("a")).await
+        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
     );
     let first = a.fencing_token().unwrap();
     let stopped = Instant::now();
@@ -285,7 +304,9 @@ async fn graceful_handoff_is_pushed_not_polled() {
     assert!(next.fencing_token().unwrap() > first);
     assert!(!rest.is_leader());
     assert!(
-        wait_until(Duration::from_secs(2), || rest.current_leader_id().as_deref()
+        wait_until(Duration::from_secs(2), || rest
+            .current_leader_id()
+            .as_deref()
             == Some(next.candidate_id()))
         .await
     );
@@ -299,7 +320,12 @@ async fn a_partitioned_leader_steps_down_and_a_follower_takes_over_one_lease_lat
     let key = unique("partition");
     let lease = Duration::from_secs(2);
     let proxy = FaultProxy::start(fake.addr()).unwrap();
-    let a = election(&url_of(&format!("http://{}", proxy.addr())), &key, "a", lease);
+    let a = election(
+        &url_of(&format!("http://{}", proxy.addr())),
+        &key,
+        "a",
+        lease,
+    );
     let b = election(&url_of(&fake.url()), &key, "b", lease);
     a.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
@@ -317,7 +343,10 @@ async fn a_partitioned_leader_steps_down_and_a_follower_takes_over_one_lease_lat
     assert!(!a.is_leader(), "a stepped down before b took over");
     // No sooner than the lease from a's last renewal, which was at most a renew interval
     // before the cut.
-    assert!(took_over >= lease - lease / 4, "b took over after {took_over:?}");
+    assert!(
+        took_over >= lease - lease / 4,
+        "b took over after {took_over:?}"
+    );
     println!("failover after a partition: {took_over:?}");
     proxy.set_mode(ProxyMode::Pass);
     a.stop().await.ok();
@@ -343,7 +372,9 @@ async fn an_idle_follower_sends_nothing_but_its_watch() {
         .unwrap();
     b.start().await.unwrap();
     assert!(
-        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref() == Some("a")).await
+        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = (calls.calls(Op::Acquire), calls.calls(Op::Read));
@@ -358,4 +389,234 @@ async fn an_idle_follower_sends_nothing_but_its_watch() {
     a.stop().await.unwrap();
     assert!(wait_until(Duration::from_secs(2), || b.is_leader()).await);
     b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_of_the_api_server_keeps_the_lease_and_tokens_keep_rising() {
+    let mut fake = FakeK8sProcess::start();
+    let key = unique("restart");
+    let lease = Duration::from_secs(3);
+    let a = election(&url_of(&fake.url()), &key, "a", lease);
+    let b = election(&url_of(&fake.url()), &key, "b", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    let first = a.fencing_token().unwrap();
+    // Down for less than a renew interval plus the grace: nobody notices more than a hiccup.
+    fake.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.restart();
+    tokio::time::sleep(lease).await;
+    assert!(
+        a.is_leader() ^ b.is_leader(),
+        "exactly one leads after the restart"
+    );
+    // The watch broke with the restart (its history is gone: 410 or a refused connection);
+    // the follower watches again, and a release still reaches it at once.
+    let (leader, follower) = if a.is_leader() { (&a, &b) } else { (&b, &a) };
+    assert!(leader.fencing_token().unwrap() >= first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    leader.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || follower.is_leader()).await,
+        "a release after the restart is pushed"
+    );
+    assert!(follower.fencing_token().unwrap() > first);
+    follower.stop().await.unwrap();
+}
+
+/// kubectl (client-go) sends no credentials over plain HTTP, so this fake has no token (D63).
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_shows_batons_leader() {
+    let fake = shared_fake();
+    let dir = scratch_dir("baton-k8s-kubectl");
+    let kubeconfig = dir.join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let key = unique("kubectl");
+    let a = election(
+        &url_of(&fake.url()),
+        &key,
+        "baton-a",
+        Duration::from_secs(5),
+    );
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    let kubeconfig_ = kubeconfig.clone();
+    let key_ = key.clone();
+    let yaml = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("kubectl")
+            .args(["--kubeconfig"])
+            .arg(&kubeconfig_)
+            .args(["get", "lease", &key_, "-o", "yaml"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run kubectl ({e}): run scripts/test, which installs kubernetes-client"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(yaml.contains("holderIdentity: baton-a"), "{yaml}");
+    assert!(yaml.contains("leaseDurationSeconds: 5"), "{yaml}");
+    let token = a.fencing_token().unwrap().to_string();
+    assert!(
+        yaml.contains(&format!("baton.dev/fencing-token: \"{token}\"")),
+        "{yaml}"
+    );
+    a.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Leadership intervals on the boot clock, from events: `(candidate, start, end)`.
+type Intervals = Vec<(String, Duration, Duration)>;
+
+/// Records a Baton election's terms until the returned handle is asked for them.
+fn record_terms(election: &LeaderElection) -> tokio::task::JoinHandle<Intervals> {
+    let mut events = election.subscribe();
+    tokio::spawn(async move {
+        let mut terms = Vec::new();
+        let mut start = None;
+        while let Some(event) = events.recv().await {
+            match event {
+                baton::Event::BecameLeader { candidate, .. } => {
+                    start = Some((candidate, baton::boot_time()));
+                }
+                baton::Event::LostLeadership { .. } => {
+                    if let Some((candidate, began)) = start.take() {
+                        terms.push((candidate, began, baton::boot_time()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((candidate, began)) = start {
+            terms.push((candidate, began, baton::boot_time()));
+        }
+        terms
+    })
+}
+
+/// Drains a Python candidate's events into terms; a term still open ends at `end`.
+fn python_terms(py: &PyElector, end: Duration, terms: &mut Intervals, open: &mut Option<Duration>) {
+    while let Some(event) = py.next_event(Duration::ZERO) {
+        match event.kind {
+            EventKind::BecameLeader => *open = Some(event.boot_time),
+            EventKind::LostLeadership => {
+                if let Some(start) = open.take() {
+                    terms.push((event.candidate, start, event.boot_time));
+                }
+            }
+        }
+    }
+    if let Some(start) = open.take() {
+        terms.push((py.identity().to_owned(), start, end));
+    }
+}
+
+/// The Python `kubernetes` client's elector (a LeaseLock, as client-go's) and Baton's
+/// candidates on one Lease: each side sees the other's lease as held, hand-offs go both ways
+/// (a release, a crash), and no two terms ever overlap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_clients_elector_and_batons_never_lead_at_once() {
+    let fake = shared_fake();
+    let dir = scratch_dir("baton-k8s-python");
+    let kubeconfig = write_kubeconfig(&dir, &fake.url(), None, "default");
+    let key = unique("python");
+    // Python waits its own lease_duration from the last change it saw: give it Baton's.
+    let lease = Duration::from_secs(4);
+    let config = |id: &str| PyElectorConfig::new(&kubeconfig, "default", &key, id);
+    let mut all: Intervals = Vec::new();
+
+    // 1. Python leads; Baton's candidates see it and wait.
+    let mut py1 = PyElector::spawn(&config("py-1"));
+    let event = py1
+        .wait_for(EventKind::BecameLeader, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("py-1 never led: {}", py1.stderr()));
+    let mut py1_open = Some(event.boot_time);
+    let a = election(&url_of(&fake.url()), &key, "baton-a", lease);
+    let b = election(&url_of(&fake.url()), &key, "baton-b", lease);
+    let (a_terms, b_terms) = (record_terms(&a), record_terms(&b));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || a.current_leader_id().as_deref()
+            == Some("py-1"))
+        .await
+    );
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    assert!(
+        !a.is_leader() && !b.is_leader(),
+        "Baton took a lease Python renews"
+    );
+
+    // 2. Python stops and releases; a Baton candidate takes over through its watch.
+    let stopped = Instant::now();
+    py1.terminate();
+    assert!(
+        wait_until(Duration::from_secs(3), || a.is_leader() || b.is_leader()).await,
+        "Baton takes over after Python's release"
+    );
+    println!("Python -> Baton handoff: {:?}", stopped.elapsed());
+    python_terms(&py1, baton::boot_time(), &mut all, &mut py1_open);
+
+    // 3. A new Python candidate sees Baton's lease as held.
+    let mut py2 = PyElector::spawn(&config("py-2"));
+    std::thread::sleep(lease + Duration::from_secs(2));
+    assert!(
+        py2.next_event(Duration::ZERO).is_none(),
+        "Python took a lease Baton renews"
+    );
+
+    // 4. Baton's candidates stop (releasing); Python takes over.
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let released = Instant::now();
+    let event = py2
+        .wait_for(EventKind::BecameLeader, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("py-2 never led: {}", py2.stderr()));
+    let mut py2_open = Some(event.boot_time);
+    println!("Baton -> Python handoff: {:?}", released.elapsed());
+
+    // 5. A Baton candidate waits; Python crashes; Baton takes over once its lease ran out.
+    let c = election(&url_of(&fake.url()), &key, "baton-c", lease);
+    let c_terms = record_terms(&c);
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!c.is_leader());
+    py2.kill();
+    let crashed = baton::boot_time();
+    let killed = Instant::now();
+    assert!(
+        wait_until(lease + Duration::from_secs(4), || c.is_leader()).await,
+        "Baton takes over from a crashed Python leader"
+    );
+    println!("Python crash -> Baton failover: {:?}", killed.elapsed());
+    python_terms(&py2, crashed, &mut all, &mut py2_open);
+    c.stop().await.unwrap();
+    drop((a, b, c));
+    for terms in [a_terms, b_terms, c_terms] {
+        all.extend(terms.await.unwrap());
+    }
+
+    all.sort_by_key(|t| t.1);
+    assert!(all.len() >= 4, "{all:?}");
+    assert!(
+        all.iter().any(|t| t.0.starts_with("py-")) && all.iter().any(|t| t.0.starts_with("baton-"))
+    );
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "two leaders at once: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -533,7 +533,9 @@ impl LeaseStore for KubernetesStore {
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         check_name(key)?;
-        Ok(Some(watch_changes(self.inner.clone(), key.to_owned())))
+        Ok(Some(
+            watch_changes(self.inner.clone(), key.to_owned()).await?,
+        ))
     }
 
     fn info(&self) -> StoreInfo {
@@ -574,8 +576,13 @@ impl KubernetesCandidacy {
         lease: &Lease,
         fresh: bool,
     ) -> Result<std::result::Result<K8sLease, Option<LeaseRecord>>> {
-        if !fresh && let Some(written) = self.written.clone() {
-            return Ok(Ok(written));
+        // The fast path, only for the term that wrote it: a stale lease of an earlier term
+        // of this candidacy must read the Lease, and find itself gone.
+        if !fresh
+            && let Some(written) = &self.written
+            && parse_record(&self.key, written).is_ok_and(|r| Self::is_term(&r, lease))
+        {
+            return Ok(Ok(written.clone()));
         }
         let now = boot_time();
         match self.inner.get(api, &self.key).await? {
@@ -775,7 +782,9 @@ impl Candidacy for KubernetesCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        Ok(Some(watch_changes(self.inner.clone(), self.key.clone())))
+        Ok(Some(
+            watch_changes(self.inner.clone(), self.key.clone()).await?,
+        ))
     }
 }
 
@@ -784,19 +793,23 @@ fn observed_transitions(observed: &Option<Observed>) -> i32 {
 }
 
 /// Changes to the Lease at `key`, from a watch that a task of its own keeps open: from the
-/// `resourceVersion` of a list, with bookmarks, renewed when the API server ends it, listed
-/// again after 410 Gone. The stream ends on any other error (the engine subscribes again).
-fn watch_changes(inner: Arc<Inner>, key: String) -> Changes {
+/// `resourceVersion` of a list made before this returns (so no change after the call is
+/// missed), with bookmarks, renewed when the API server ends it, listed again after 410 Gone.
+/// The stream ends on any other error (the engine subscribes again).
+async fn watch_changes(inner: Arc<Inner>, key: String) -> Result<Changes> {
+    let api = inner.api().await?;
+    let (record, rv) = list(&inner, &api, &key).await?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         tokio::select! {
             () = tx.closed() => {}
-            () = run_watch(&inner, &key, &tx) => {}
+            () = run_watch(&inner, &api, &key, record, rv, &tx) => {}
         }
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|change| (change, rx))
-    }))
+    Ok(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|change| (change, rx)) },
+    )))
 }
 
 /// List the Lease: its record, observed, and the list's resourceVersion to watch from.
@@ -814,12 +827,16 @@ async fn list(inner: &Inner, api: &Api<K8sLease>, key: &str) -> Result<(Option<R
     Ok((record, rv))
 }
 
-async fn run_watch(inner: &Inner, key: &str, tx: &mpsc::Sender<Change>) {
-    let Ok(api) = inner.api().await else { return };
-    let Ok((record, mut rv)) = list(inner, &api, key).await else {
-        return;
-    };
-    let mut holder = record.map(|r| r.holder);
+async fn run_watch(
+    inner: &Inner,
+    api: &Api<K8sLease>,
+    key: &str,
+    record: Option<Record>,
+    mut rv: String,
+    tx: &mpsc::Sender<Change>,
+) {
+    let mut holder = record.as_ref().map(|r| r.holder.clone());
+    let mut seen = record;
     let params = WatchParams::default()
         .fields(&format!("metadata.name={key}"))
         .timeout(WATCH_TIMEOUT_SECS);
@@ -840,19 +857,17 @@ async fn run_watch(inner: &Inner, key: &str, tx: &mpsc::Sender<Change>) {
                     }
                     let Ok(record) = parse_record(key, &lease) else {
                         holder = None;
+                        seen = None;
                         let _ = tx.send(Change::Other).await;
                         continue;
                     };
-                    let before = inner
-                        .observed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(key)
-                        .map(|o| o.record.clone());
                     inner.observe(key, Some(&record), boot_time());
-                    if before.as_ref() == Some(&record) {
+                    // Only changes of the record, as this watch last saw it (other watches and
+                    // reads of the store update the shared observation on their own).
+                    if seen.as_ref() == Some(&record) {
                         continue;
                     }
+                    seen = Some(record.clone());
                     let change = if record.holder.is_empty() {
                         Change::Released
                     } else if holder.as_deref() != Some(record.holder.as_str()) {
@@ -873,6 +888,7 @@ async fn run_watch(inner: &Inner, key: &str, tx: &mpsc::Sender<Change>) {
                     }
                     inner.observe(key, None, boot_time());
                     holder = None;
+                    seen = None;
                     Change::Released
                 }
                 Ok(WatchEvent::Bookmark(bookmark)) => {
@@ -882,11 +898,12 @@ async fn run_watch(inner: &Inner, key: &str, tx: &mpsc::Sender<Change>) {
                 Ok(WatchEvent::Error(status)) if status.code == 410 => {
                     // Too old: list again, and tell the follower to look.
                     debug!(key, "watch expired (410 Gone); listing again");
-                    let Ok((record, fresh)) = list(inner, &api, key).await else {
+                    let Ok((record, fresh)) = list(inner, api, key).await else {
                         return;
                     };
                     rv = fresh;
-                    holder = record.map(|r| r.holder);
+                    holder = record.as_ref().map(|r| r.holder.clone());
+                    seen = record;
                     let _ = tx.send(Change::Other).await;
                     break;
                 }
