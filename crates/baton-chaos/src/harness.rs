@@ -133,12 +133,18 @@ impl Config {
     }
 
     /// `baton run`'s default `--kill-after` for these options: a quarter of the lease, at most
-    /// half of what is left of the lease after `renew + grace` and the skew margin.
+    /// 10 s and at most half of the library's
+    /// [`shutdown_budget`](baton::ElectionOptions::shutdown_budget) (what is left of the lease
+    /// after `renew + grace` and the skew margin).
     pub fn kill_after(&self) -> Duration {
-        let lease = self.lease;
-        let validity = (lease - lease / 100).saturating_sub(lease / 100 + Duration::from_millis(5));
-        let budget = validity.saturating_sub(self.renew + self.grace);
-        (lease / 4).min(Duration::from_secs(10)).min(budget / 2)
+        let budget = baton::ElectionOptions::new()
+            .with_lease_duration(self.lease)
+            .with_renew_interval(self.renew)
+            .with_grace_period(self.grace)
+            .shutdown_budget();
+        (self.lease / 4)
+            .min(Duration::from_secs(10))
+            .min(budget / 2)
     }
 
     /// How long `store` keeps a lease that is no longer renewed: `--lease`, except on etcd,
