@@ -551,13 +551,14 @@ impl Run {
                      keeps its view of the queue from the events: its turn (the entry ahead of \
                      it deleted, by a release or by etcd revoking an expired lease alike) and \
                      every new leader reach it without a request. It looks at its position on \
-                     its own only once every 20 leases ({} here), in case an event was lost: a \
+                     its own only once every {} leases ({} here), in case an event was lost: a \
                      keepalive, a read-only `Txn`, a `LeaseTimeToLive` of the leader's lease and \
                      a new `Watch`, about {:.2}/s on average, which a window of {:.0} s starting \
                      {} after the followers may not hold at all. Measured: {:.2} messages/s per \
                      follower above the keepalives.",
                     3.0 / etcd_ttl_secs(cost.timing.lease),
                     etcd_ttl_secs(cost.timing.lease),
+                    baton::COMPLETE_WATCH_RECHECK_LEASES,
                     baton::fmt_duration(recheck),
                     4.0 / recheck.as_secs_f64(),
                     cost.windows[2].0,

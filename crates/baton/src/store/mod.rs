@@ -349,8 +349,9 @@ pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
     /// * the loss of this candidate's own per-candidate state (its session, its queue entry);
     /// * a stream that can no longer promise this ends (or yields [`Change::Other`]).
     ///
-    /// The engine then waits for the stream alone, with one look at the store every 20 leases
-    /// in case an event was lost all the same, instead of one at the end of every lease it read
+    /// The engine then waits for the stream alone, with one look at the store every
+    /// [`COMPLETE_WATCH_RECHECK_LEASES`](crate::COMPLETE_WATCH_RECHECK_LEASES) leases in case
+    /// an event was lost all the same, instead of one at the end of every lease it read
     /// or heard of. Holder changes reported as [`Change::Acquired`] keep the follower's leader
     /// id current without a request.
     ///

@@ -42,7 +42,9 @@
 //!   revokes its expired lease), and the deletion of the follower's own entry or the loss of
 //!   its session wakes it too: the stream is *complete*
 //!   ([`Candidacy::watch_is_complete`]), so the engine does not look at the store when the
-//!   leader's lease would run out, only every 20 leases in case an event was lost. There is no
+//!   leader's lease would run out, only every
+//!   [`COMPLETE_WATCH_RECHECK_LEASES`](crate::COMPLETE_WATCH_RECHECK_LEASES) leases in case an
+//!   event was lost. There is no
 //!   polling: an idle follower's only requests are its session's keepalives.
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
