@@ -54,7 +54,7 @@ pub fn failover_timing(store: &str) -> Timing {
 pub fn failover_target(store: &str, lease: Duration) -> (Duration, String) {
     match store {
         "etcd" => {
-            let ttl = Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
+            let ttl = baton::store::etcd::granted_ttl(lease);
             (
                 ttl + Duration::from_secs(1),
                 "≤ TTL rounded up + 1 s".to_owned(),
@@ -591,8 +591,8 @@ impl Run {
     }
 }
 
-/// The TTL etcd grants for `lease`: whole seconds, rounded up, at least 2 (etcd's minimum with
-/// its default election timeout).
+/// The TTL etcd grants for `lease`, in seconds: the library's rule
+/// ([`baton::store::etcd::granted_ttl`]).
 fn etcd_ttl_secs(lease: Duration) -> f64 {
-    lease.as_secs_f64().ceil().max(2.0)
+    baton::store::etcd::granted_ttl(lease).as_secs_f64()
 }

@@ -68,10 +68,6 @@ const FIRST_LEADER_LIMIT: Duration = Duration::from_secs(15);
 /// The machine's PostgreSQL, which PostgreSQL runs share (each in a table of its own).
 const POSTGRES_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5432);
 
-/// etcd's shortest lease TTL with its default election timeout (1.5 × 1 s, rounded up to whole
-/// seconds), which the run's own etcd keeps: etcd raises any shorter TTL to it.
-const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
-
 /// Environment variables `baton` reads, removed so the caller's settings cannot leak in.
 const BATON_ENV: &[&str] = &[
     "BATON_STORE",
@@ -148,16 +144,13 @@ impl Config {
     }
 
     /// How long `store` keeps a lease that is no longer renewed: `--lease`, except on etcd,
-    /// whose lease TTLs are whole seconds: the etcd store rounds the lease up to whole seconds
-    /// (so the store never frees a lease before the engine's deadline), and etcd raises a TTL
-    /// below its minimum (2 s with its defaults) to that minimum. With `--lease 1500ms` that
-    /// is 2 s. The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
+    /// whose lease TTLs are whole seconds, at least etcd's minimum (2 s with the defaults the
+    /// run's own etcd keeps): the library's rule, [`baton::store::etcd::granted_ttl`]. With
+    /// `--lease 1500ms` that is 2 s. The engine's own deadline (and so `--kill-after`) still
+    /// comes from `--lease`.
     pub fn effective_lease(&self, store: Store) -> Duration {
         match store {
-            Store::Etcd => {
-                let secs = self.lease.as_nanos().div_ceil(1_000_000_000).max(1);
-                Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)).max(ETCD_MIN_TTL)
-            }
+            Store::Etcd => baton::store::etcd::granted_ttl(self.lease),
             Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
         }
     }

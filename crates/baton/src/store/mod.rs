@@ -278,6 +278,19 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 
     /// Name, redacted location and capabilities.
     fn info(&self) -> StoreInfo;
+
+    /// How long this store keeps a lease that an election asks for with `requested`
+    /// (`lease_duration`) and that is not renewed: the TTL it actually grants.
+    ///
+    /// The default is `requested` itself, to the store's precision (milliseconds for SQLite
+    /// and Redis, microseconds for the SQL servers). A store whose TTLs are coarser says so,
+    /// and rounds up so that it never frees a lease before the holder's deadline: etcd's are
+    /// whole seconds, rounded up, and at least etcd's minimum TTL. Crash failover takes this
+    /// long (plus the store's own expiry sweep); tools that predict it (Baton's benchmarks and
+    /// chaos harness) read it here rather than copy the rule.
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        requested
+    }
 }
 
 #[async_trait]
@@ -293,6 +306,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     fn info(&self) -> StoreInfo {
         (**self).info()
+    }
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        (**self).granted_ttl(requested)
     }
 }
 
