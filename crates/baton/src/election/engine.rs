@@ -182,9 +182,11 @@ impl Engine {
             () = scopes_gone(&mut io.scopes_gone), if io.awaiting_scopes => Input::ScopesGone,
             () = sleep_until(clock, timer.unwrap_or_default()), if timer.is_some() => Input::Timer,
             else => {
-                // The state machine always waits for something; this is a bug, not a hang.
-                warn!("the election waits for nothing; stopping it");
-                Input::Stop
+                // The state machine always waits for something (a property its tests check):
+                // reaching this is a bug. Wait forever rather than spin.
+                debug_assert!(false, "the election waits for nothing");
+                warn!("the election waits for nothing");
+                pending::<Input>().await
             }
         };
         match &input {

@@ -62,7 +62,9 @@ pub(crate) struct Shared {
     pub timing: Timing,
     pub clock: Clock,
     pub store: Arc<dyn LeaseStore>,
-    /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading.
+    /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading. This and the
+    /// three times below are published by the driver from the state machine
+    /// (`state::Election`) after every step.
     pub deadline: AtomicU64,
     /// When the engine last made progress (finished a store call or a wait), on `clock`, in
     /// nanoseconds: a campaign that stops moving shows here.
