@@ -299,8 +299,7 @@ impl EtcdctlRun {
             .as_ref()
             .map_or(self.params.etcdctl_crash_cap, Samples::min);
         let lease = self.params.timing.lease;
-        let bound = Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0))
-            + Duration::from_secs(1);
+        let bound = baton::store::etcd::granted_ttl(lease) + Duration::from_secs(1);
         rows.push(Row::new(
             "etcd: crash failover, two processes, vs `etcdctl elect`",
             format!(

@@ -54,7 +54,7 @@ pub fn failover_timing(store: &str) -> Timing {
 pub fn failover_target(store: &str, lease: Duration) -> (Duration, String) {
     match store {
         "etcd" => {
-            let ttl = Duration::from_secs(lease.as_secs() + u64::from(lease.subsec_nanos() > 0));
+            let ttl = baton::store::etcd::granted_ttl(lease);
             (
                 ttl + Duration::from_secs(1),
                 "≤ TTL rounded up + 1 s".to_owned(),
@@ -551,13 +551,14 @@ impl Run {
                      keeps its view of the queue from the events: its turn (the entry ahead of \
                      it deleted, by a release or by etcd revoking an expired lease alike) and \
                      every new leader reach it without a request. It looks at its position on \
-                     its own only once every 20 leases ({} here), in case an event was lost: a \
+                     its own only once every {} leases ({} here), in case an event was lost: a \
                      keepalive, a read-only `Txn`, a `LeaseTimeToLive` of the leader's lease and \
                      a new `Watch`, about {:.2}/s on average, which a window of {:.0} s starting \
                      {} after the followers may not hold at all. Measured: {:.2} messages/s per \
                      follower above the keepalives.",
                     3.0 / etcd_ttl_secs(cost.timing.lease),
                     etcd_ttl_secs(cost.timing.lease),
+                    baton::COMPLETE_WATCH_RECHECK_LEASES,
                     baton::fmt_duration(recheck),
                     4.0 / recheck.as_secs_f64(),
                     cost.windows[2].0,
@@ -590,8 +591,8 @@ impl Run {
     }
 }
 
-/// The TTL etcd grants for `lease`: whole seconds, rounded up, at least 2 (etcd's minimum with
-/// its default election timeout).
+/// The TTL etcd grants for `lease`, in seconds: the library's rule
+/// ([`baton::store::etcd::granted_ttl`]).
 fn etcd_ttl_secs(lease: Duration) -> f64 {
-    lease.as_secs_f64().ceil().max(2.0)
+    baton::store::etcd::granted_ttl(lease).as_secs_f64()
 }

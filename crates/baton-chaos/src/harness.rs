@@ -68,10 +68,6 @@ const FIRST_LEADER_LIMIT: Duration = Duration::from_secs(15);
 /// The machine's PostgreSQL, which PostgreSQL runs share (each in a table of its own).
 const POSTGRES_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5432);
 
-/// etcd's shortest lease TTL with its default election timeout (1.5 × 1 s, rounded up to whole
-/// seconds), which the run's own etcd keeps: etcd raises any shorter TTL to it.
-const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
-
 /// Environment variables `baton` reads, removed so the caller's settings cannot leak in.
 const BATON_ENV: &[&str] = &[
     "BATON_STORE",
@@ -133,25 +129,28 @@ impl Config {
     }
 
     /// `baton run`'s default `--kill-after` for these options: a quarter of the lease, at most
-    /// half of what is left of the lease after `renew + grace` and the skew margin.
+    /// 10 s and at most half of the library's
+    /// [`shutdown_budget`](baton::ElectionOptions::shutdown_budget) (what is left of the lease
+    /// after `renew + grace` and the skew margin).
     pub fn kill_after(&self) -> Duration {
-        let lease = self.lease;
-        let validity = (lease - lease / 100).saturating_sub(lease / 100 + Duration::from_millis(5));
-        let budget = validity.saturating_sub(self.renew + self.grace);
-        (lease / 4).min(Duration::from_secs(10)).min(budget / 2)
+        let budget = baton::ElectionOptions::new()
+            .with_lease_duration(self.lease)
+            .with_renew_interval(self.renew)
+            .with_grace_period(self.grace)
+            .shutdown_budget();
+        (self.lease / 4)
+            .min(Duration::from_secs(10))
+            .min(budget / 2)
     }
 
     /// How long `store` keeps a lease that is no longer renewed: `--lease`, except on etcd,
-    /// whose lease TTLs are whole seconds: the etcd store rounds the lease up to whole seconds
-    /// (so the store never frees a lease before the engine's deadline), and etcd raises a TTL
-    /// below its minimum (2 s with its defaults) to that minimum. With `--lease 1500ms` that
-    /// is 2 s. The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
+    /// whose lease TTLs are whole seconds, at least etcd's minimum (2 s with the defaults the
+    /// run's own etcd keeps): the library's rule, [`baton::store::etcd::granted_ttl`]. With
+    /// `--lease 1500ms` that is 2 s. The engine's own deadline (and so `--kill-after`) still
+    /// comes from `--lease`.
     pub fn effective_lease(&self, store: Store) -> Duration {
         match store {
-            Store::Etcd => {
-                let secs = self.lease.as_nanos().div_ceil(1_000_000_000).max(1);
-                Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)).max(ETCD_MIN_TTL)
-            }
+            Store::Etcd => baton::store::etcd::granted_ttl(self.lease),
             Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
         }
     }

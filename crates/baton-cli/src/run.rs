@@ -39,12 +39,9 @@ const LOST_EXIT: u8 = 1;
 const DEFAULT_SHARE: u32 = 2;
 
 /// The time between losing leadership and the earliest moment the lease can expire in the
-/// store: the leader steps down `renew + grace` after its last good renewal was sent, and that
-/// renewal holds for `leader_validity` (the lease minus drift and margin) from the same moment.
+/// store: the library's step-down rule says it ([`ElectionOptions::shutdown_budget`]).
 pub fn kill_budget(options: &ElectionOptions) -> Duration {
-    options
-        .leader_validity()
-        .saturating_sub(options.renew_interval + options.grace_period)
+    options.shutdown_budget()
 }
 
 /// The `--kill-after` in effect: the given one if it fits the budget, else a clear error; by

@@ -359,6 +359,10 @@ impl LeaseStore for FaultyStore {
         info.location = format!("{} (with injected faults)", info.location);
         info
     }
+
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        self.inner.granted_ttl(requested)
+    }
 }
 
 /// A candidacy of a [`FaultyStore`].

@@ -30,7 +30,7 @@ pub use election::{
     LossReason, Role,
 };
 pub use error::{BoxError, Error, Result};
-pub use options::{ElectionOptions, fmt_duration, validate_key};
+pub use options::{COMPLETE_WATCH_RECHECK_LEASES, ElectionOptions, fmt_duration, validate_key};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteStore;

@@ -128,10 +128,32 @@ impl ElectionOptions {
 
     /// How long a follower whose change stream is complete
     /// ([`Candidacy::watch_is_complete`](crate::Candidacy::watch_is_complete), as on etcd) waits
-    /// without news before it looks at the store anyway, in case an event was lost: 20 leases.
-    /// Followers on other stores look when the lease they read runs out.
+    /// without news before it looks at the store anyway, in case an event was lost:
+    /// [`COMPLETE_WATCH_RECHECK_LEASES`] leases. Followers on other stores look when the lease
+    /// they read runs out.
     pub fn complete_watch_recheck(&self) -> Duration {
         self.lease_duration * COMPLETE_WATCH_RECHECK_LEASES
+    }
+
+    /// The time a leader's work has to stop in when the leader steps down because its
+    /// renewals failed, before its lease can expire in the store: `leader_validity -
+    /// (renew_interval + grace_period)`.
+    ///
+    /// The leader steps down `renew_interval + grace_period` after its last successful renewal
+    /// was sent, and that renewal holds for [`leader_validity`](Self::leader_validity) from the
+    /// same instant; the store keeps the lease longer still. Work told to stop by
+    /// [`Leadership::lost`](crate::Leadership::lost) must be gone within this, which is what
+    /// `baton run` checks its `--kill-after` against. Zero for options that do not
+    /// [validate](Self::validate).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // 15 s lease: validity 14.695 s, minus renew 5 s and grace 5 s.
+    /// let budget = baton::ElectionOptions::default().shutdown_budget();
+    /// assert_eq!(budget, Duration::from_millis(4695));
+    /// ```
+    pub fn shutdown_budget(&self) -> Duration {
+        crate::election::shutdown_budget(&self.timing())
     }
 
     /// Check the options; every problem is a [`Error::Config`] naming the fix.
@@ -189,7 +211,7 @@ impl ElectionOptions {
 }
 
 /// Durations the engine works with, derived once from validated options.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timing {
     pub lease: Duration,
     pub renew: Duration,
@@ -210,9 +232,14 @@ pub(crate) struct Timing {
     pub complete_watch_recheck: Duration,
 }
 
-/// A follower whose change stream reports every release and expiry still looks at the store
-/// once every this many leases (plus jitter), in case an event was lost all the same.
-const COMPLETE_WATCH_RECHECK_LEASES: u32 = 20;
+/// A follower whose change stream reports every release and expiry
+/// ([`Candidacy::watch_is_complete`](crate::Candidacy::watch_is_complete)) still looks at the
+/// store once every this many leases (plus jitter), in case an event was lost all the same
+/// ([`ElectionOptions::complete_watch_recheck`]).
+///
+/// Public so that tools that predict an election's store traffic (Baton's benchmarks) read the
+/// number the engine uses instead of a copy.
+pub const COMPLETE_WATCH_RECHECK_LEASES: u32 = 20;
 
 /// Check an election key: not empty, and without control characters (a line break, a tab, an
 /// escape, ...), which would break the line-oriented output that shows keys (events, logs,

@@ -2,6 +2,7 @@
 
 mod engine;
 mod events;
+mod state;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +14,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use events::{Event, Events, LossReason};
+pub(crate) use state::shutdown_budget;
 
 use crate::options::Timing;
-use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result, fmt_duration};
+use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result};
 
 /// This candidate's role. Roles may be added in minor releases: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +62,16 @@ pub(crate) struct Shared {
     pub timing: Timing,
     pub clock: Clock,
     pub store: Arc<dyn LeaseStore>,
-    /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading.
+    /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading. This and the
+    /// three times below are published by the driver from the state machine
+    /// (`state::Election`) after every step.
     pub deadline: AtomicU64,
     /// When the engine last made progress (finished a store call or a wait), on `clock`, in
     /// nanoseconds: a campaign that stops moving shows here.
     pub progress: AtomicU64,
     /// When the engine's current wait ends, on `clock`, in nanoseconds: a follower waiting
-    /// for a complete change stream (20 leases) is not stalled before then.
+    /// for a complete change stream ([`crate::COMPLETE_WATCH_RECHECK_LEASES`] leases) is not
+    /// stalled before then.
     pub progress_due: AtomicU64,
     /// Send time of the last successful acquire or renewal of the current term, in
     /// nanoseconds on `clock`.
@@ -115,9 +120,14 @@ async fn finish(task: &mut JoinHandle<Result<()>>) -> Result<()> {
 }
 
 impl Shared {
+    /// Whether this candidate leads now: the deadline the state machine published has not
+    /// passed ([`state::leads`]).
     pub fn is_leader_now(&self) -> bool {
-        let d = self.deadline.load(Ordering::Acquire);
-        d != 0 && (self.unsafe_ignore_deadline || (self.clock.now().as_nanos() as u64) < d)
+        state::leads(
+            self.deadline(),
+            self.clock.now(),
+            self.unsafe_ignore_deadline,
+        )
     }
 
     pub fn deadline(&self) -> Option<Duration> {
@@ -458,55 +468,26 @@ impl LeaderElection {
     /// believes about its role.
     pub fn health(&self) -> Health {
         let shared = &self.shared;
-        let now = shared.clock.now();
-        let since = |nanos: &AtomicU64| {
-            now.saturating_sub(Duration::from_nanos(nanos.load(Ordering::Acquire)))
-        };
-        let (role, error) = {
+        let at = |nanos: &AtomicU64| Duration::from_nanos(nanos.load(Ordering::Acquire));
+        let (role, last_error) = {
             let s = shared.state.borrow();
             (s.role, s.last_error.clone())
         };
         let control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
         let stopped_on_purpose = control.stop.as_ref().is_some_and(|s| s.is_cancelled());
         drop(control);
-        let task_ended = !shared.running.load(Ordering::Acquire);
-        let timing = &shared.timing;
-        let (healthy, detail) = match role {
-            Role::Idle => (true, "not started".to_owned()),
-            Role::Stopped if stopped_on_purpose => (false, "stopped".to_owned()),
-            Role::Stopped => (
-                false,
-                format!("the election stopped: {}", error.unwrap_or_default()),
-            ),
-            _ if task_ended => (false, "the election task ended unexpectedly".to_owned()),
-            Role::Leader if !self.is_leader() => (
-                false,
-                "leading past its deadline without stepping down: the election is wedged"
-                    .to_owned(),
-            ),
-            Role::Leader if since(&shared.renewed) > timing.renew + timing.grace => (
-                false,
-                format!(
-                    "leader renewal overdue: last good renewal {} ago",
-                    fmt_duration(since(&shared.renewed))
-                ),
-            ),
-            Role::Leader => (true, "leading, renewals on time".to_owned()),
-            Role::Follower
-                if since(&shared.progress) > 2 * timing.lease + timing.request_timeout
-                    && since(&shared.progress_due) > timing.lease + timing.request_timeout =>
-            {
-                (
-                    false,
-                    format!(
-                        "campaign stalled: no progress for {}",
-                        fmt_duration(since(&shared.progress))
-                    ),
-                )
-            }
-            Role::Follower => (true, "following, campaigning".to_owned()),
+        let view = state::HealthView {
+            role,
+            last_error,
+            stopped_on_purpose,
+            task_ended: !shared.running.load(Ordering::Acquire),
+            deadline: shared.deadline(),
+            renewed: at(&shared.renewed),
+            progress: at(&shared.progress),
+            progress_due: at(&shared.progress_due),
+            unsafe_mode: shared.unsafe_ignore_deadline,
         };
-        Health { healthy, detail }
+        state::health(&view, shared.clock.now(), &shared.timing)
     }
 
     /// Subscribe to events from now on.
@@ -627,8 +608,9 @@ impl Leadership {
             let Some(deadline) = self.shared.deadline() else {
                 return;
             };
-            let wait = deadline.saturating_sub(self.shared.clock.now());
-            if wait.is_zero() {
+            let now = self.shared.clock.now();
+            let wait = deadline.saturating_sub(now);
+            if !state::leads(Some(deadline), now, false) {
                 if self.shared.unsafe_ignore_deadline {
                     // The test-only unsafe variant ignores deadlines: only cancellation ends it.
                     self.cancel.cancelled().await;

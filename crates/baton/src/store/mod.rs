@@ -280,6 +280,19 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 
     /// Name, redacted location and capabilities.
     fn info(&self) -> StoreInfo;
+
+    /// How long this store keeps a lease that an election asks for with `requested`
+    /// (`lease_duration`) and that is not renewed: the TTL it actually grants.
+    ///
+    /// The default is `requested` itself, to the store's precision (milliseconds for SQLite
+    /// and Redis, microseconds for the SQL servers). A store whose TTLs are coarser says so,
+    /// and rounds up so that it never frees a lease before the holder's deadline: etcd's are
+    /// whole seconds, rounded up, and at least etcd's minimum TTL. Crash failover takes this
+    /// long (plus the store's own expiry sweep); tools that predict it (Baton's benchmarks and
+    /// chaos harness) read it here rather than copy the rule.
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        requested
+    }
 }
 
 #[async_trait]
@@ -295,6 +308,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     fn info(&self) -> StoreInfo {
         (**self).info()
+    }
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        (**self).granted_ttl(requested)
     }
 }
 
@@ -351,8 +367,9 @@ pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
     /// * the loss of this candidate's own per-candidate state (its session, its queue entry);
     /// * a stream that can no longer promise this ends (or yields [`Change::Other`]).
     ///
-    /// The engine then waits for the stream alone, with one look at the store every 20 leases
-    /// in case an event was lost all the same, instead of one at the end of every lease it read
+    /// The engine then waits for the stream alone, with one look at the store every
+    /// [`COMPLETE_WATCH_RECHECK_LEASES`](crate::COMPLETE_WATCH_RECHECK_LEASES) leases in case
+    /// an event was lost all the same, instead of one at the end of every lease it read
     /// or heard of. Holder changes reported as [`Change::Acquired`] keep the follower's leader
     /// id current without a request.
     ///

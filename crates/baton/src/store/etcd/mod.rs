@@ -42,7 +42,9 @@
 //!   revokes its expired lease), and the deletion of the follower's own entry or the loss of
 //!   its session wakes it too: the stream is *complete*
 //!   ([`Candidacy::watch_is_complete`]), so the engine does not look at the store when the
-//!   leader's lease would run out, only every 20 leases in case an event was lost. There is no
+//!   leader's lease would run out, only every
+//!   [`COMPLETE_WATCH_RECHECK_LEASES`](crate::COMPLETE_WATCH_RECHECK_LEASES) leases in case an
+//!   event was lost. There is no
 //!   polling: an idle follower's only requests are its session's keepalives.
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
@@ -144,6 +146,26 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shortest interval between background keepalives.
 const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// etcd's minimum lease TTL with its default election timeout (1 s): 1.5 × the election
+/// timeout, rounded up. etcd raises a shorter TTL to this when it grants the lease.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(2);
+
+/// The TTL etcd keeps a lease for when an election asks for `requested`
+/// ([`LeaseStore::granted_ttl`]): whole seconds, rounded up, and at least etcd's minimum
+/// ([`DEFAULT_MIN_TTL`] with etcd's default election timeout; a cluster with a longer election
+/// timeout raises it further).
+///
+/// ```
+/// use std::time::Duration;
+/// use baton::store::etcd::granted_ttl;
+/// assert_eq!(granted_ttl(Duration::from_millis(1500)), Duration::from_secs(2));
+/// assert_eq!(granted_ttl(Duration::from_millis(2500)), Duration::from_secs(3));
+/// ```
+pub fn granted_ttl(requested: Duration) -> Duration {
+    let secs = u64::try_from(lease_ttl_secs(requested)).unwrap_or(u64::MAX);
+    Duration::from_secs(secs).max(DEFAULT_MIN_TTL)
+}
 
 /// The lease TTL for an election lease duration: whole seconds, rounded up, at least 1.
 pub(crate) fn lease_ttl_secs(ttl: Duration) -> i64 {
@@ -497,6 +519,10 @@ impl LeaseStore for EtcdStore {
             location: self.inner.location.clone(),
             can_watch: true,
         }
+    }
+
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        granted_ttl(requested)
     }
 }
 
@@ -992,6 +1018,15 @@ mod tests {
         assert_eq!(lease_ttl_secs(Duration::from_secs(1)), 1);
         assert_eq!(lease_ttl_secs(Duration::from_millis(2500)), 3);
         assert_eq!(lease_ttl_secs(Duration::from_secs(15)), 15);
+        // What the store reports it keeps: at least etcd's minimum.
+        let store = EtcdStore::open("etcd://127.0.0.1:1").unwrap();
+        for (requested, granted) in [(500, 2), (1_000, 2), (2_000, 2), (2_500, 3), (15_000, 15)] {
+            assert_eq!(
+                store.granted_ttl(Duration::from_millis(requested)),
+                Duration::from_secs(granted),
+                "{requested} ms"
+            );
+        }
     }
 
     #[test]
