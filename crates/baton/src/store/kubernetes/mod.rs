@@ -541,6 +541,12 @@ impl LeaseStore for KubernetesStore {
     fn info(&self) -> StoreInfo {
         StoreInfo::new(STORE, self.inner.location.clone()).with_watch(true)
     }
+
+    /// `leaseDurationSeconds`: whole seconds, rounded up, at least 1. A follower takes over
+    /// that long after it last saw the record change.
+    fn granted_ttl(&self, requested: Duration) -> Duration {
+        Duration::from_secs(duration_secs(requested).unsigned_abs().into())
+    }
 }
 
 /// One candidate on one Lease.
@@ -926,6 +932,23 @@ async fn run_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_granted_ttl_is_the_rounded_lease() {
+        let store = KubernetesStore::open("kubernetes:").unwrap();
+        assert_eq!(
+            store.granted_ttl(Duration::from_millis(1500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            store.granted_ttl(Duration::from_millis(200)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            store.granted_ttl(Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
+    }
 
     #[test]
     fn durations_round_up_to_whole_seconds() {
