@@ -473,7 +473,12 @@ impl Election {
                         self.subscribed = false;
                     }
                 }
-                self.attempt(out);
+                // A stop that came while subscribing: leave, never take a lease first.
+                if self.stop_requested {
+                    self.leave(out);
+                } else {
+                    self.attempt(out);
+                }
             }
             Input::Acquired {
                 sent,

@@ -136,6 +136,20 @@ fn finish(actions: &[Action]) -> Option<&Result<()>> {
 // --- the rules as pure functions ---
 
 #[test]
+fn a_stop_while_subscribing_leaves_without_acquiring() {
+    let mut e = started();
+    let a = e.step(Input::Joined(Ok(())), ms(0));
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)));
+    e.step(Input::Stop, ms(1));
+    let a = e.step(Input::Subscribed(Ok(true)), ms(2));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::TryAcquire)),
+        "a stopped candidate must not take a lease: {a:?}"
+    );
+    assert!(a.iter().any(|a| matches!(a, Action::Leave)), "{a:?}");
+}
+
+#[test]
 fn the_rules_for_the_seed_defaults() {
     let t = timing();
     assert_eq!(deadline_after(&t, secs(1)), secs(1) + ms(14_695));

@@ -180,10 +180,16 @@ struct Record {
     high_water: u64,
 }
 
+/// What a store last saw of a Lease, and since when.
 #[derive(Debug, Clone)]
 struct Observed {
-    record: Record,
-    /// Boot-clock instant at which `record` was first seen.
+    /// The record; `None` once the Lease was seen deleted.
+    record: Option<Record>,
+    /// The `resourceVersion` it was seen at (0: unknown). A read that answers with an older
+    /// one is a stale answer and changes nothing.
+    rv: u64,
+    /// Boot-clock instant at which `record` was first seen, taken after the answer arrived:
+    /// never before the write it shows.
     at: Duration,
 }
 
@@ -241,41 +247,45 @@ impl Inner {
             .cloned()
     }
 
-    /// Note that `record` was read now; the instant it was first seen, if it is the record
-    /// already observed.
-    fn observe(&self, key: &str, record: Option<&Record>, now: Duration) -> Option<Observed> {
+    /// Note that `record` (`None`: no Lease) was seen at resourceVersion `rv`, just now: the
+    /// observation as it stands, with the instant its record was first seen. An answer older
+    /// than the observation (a read served before a change the watch already reported) leaves
+    /// it alone: the observation never goes back to an earlier record.
+    fn observe(&self, key: &str, record: Option<&Record>, rv: u64, now: Duration) -> Observed {
         let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(record) = record else {
-            observed.remove(key);
-            return None;
+        let fresh = Observed {
+            record: record.cloned(),
+            rv,
+            at: now,
         };
         let entry = observed
             .entry(key.to_owned())
-            .and_modify(|o| {
-                if o.record != *record {
-                    *o = Observed {
-                        record: record.clone(),
-                        at: now,
-                    };
-                }
-            })
-            .or_insert_with(|| Observed {
-                record: record.clone(),
-                at: now,
-            });
-        Some(entry.clone())
+            .or_insert_with(|| fresh.clone());
+        let stale = rv != 0 && entry.rv != 0 && rv < entry.rv;
+        if !stale {
+            if entry.record.as_ref() != record {
+                *entry = fresh;
+            } else {
+                entry.rv = entry.rv.max(rv);
+            }
+        }
+        entry.clone()
     }
 
-    /// Read the Lease at `key`: the object and its record, observed.
-    async fn get(&self, api: &Api<K8sLease>, key: &str) -> Result<Option<(K8sLease, Observed)>> {
-        let now = boot_time();
+    /// Read the Lease at `key`: the object, its record, and the observation.
+    async fn get(
+        &self,
+        api: &Api<K8sLease>,
+        key: &str,
+    ) -> Result<Option<(K8sLease, Record, Observed)>> {
         let Some(lease) = api.get_opt(key).await.map_err(|e| self.error(e, false))? else {
-            self.observe(key, None, now);
             return Ok(None);
         };
+        // The instant is taken once the answer is here, never before the write it shows.
+        let now = boot_time();
         let record = parse_record(key, &lease)?;
-        let observed = self.observe(key, Some(&record), now).expect("observed");
-        Ok(Some((lease, observed)))
+        let observed = self.observe(key, Some(&record), rv_of(&lease), now);
+        Ok(Some((lease, record, observed)))
     }
 
     fn error(&self, e: kube::Error, write: bool) -> Error {
@@ -457,21 +467,33 @@ fn now_micro() -> Timestamp {
     Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
 }
 
-/// The remaining time of an observed lease; zero when it has expired or is released.
+/// The remaining time of an observed lease; zero when it has expired, is released or gone.
 fn remaining(observed: &Observed, now: Duration) -> Duration {
-    if observed.record.holder.is_empty() {
-        return Duration::ZERO;
+    match &observed.record {
+        Some(record) if !record.holder.is_empty() => {
+            let duration = Duration::from_secs(record.duration_secs.max(0).unsigned_abs().into());
+            (observed.at + duration).saturating_sub(now)
+        }
+        _ => Duration::ZERO,
     }
-    let duration = Duration::from_secs(observed.record.duration_secs.max(0) as u64);
-    (observed.at + duration).saturating_sub(now)
 }
 
-fn lease_record(observed: &Observed, now: Duration) -> LeaseRecord {
-    LeaseRecord::new(
-        observed.record.holder.clone(),
-        FencingToken(observed.record.token),
-        remaining(observed, now),
-    )
+/// The holder's record, while the observed lease runs.
+fn lease_record(observed: &Observed, now: Duration) -> Option<LeaseRecord> {
+    let left = remaining(observed, now);
+    let record = observed.record.as_ref()?;
+    (!left.is_zero())
+        .then(|| LeaseRecord::new(record.holder.clone(), FencingToken(record.token), left))
+}
+
+/// An object's `resourceVersion` as a number; 0 when it has none or it is not a number.
+fn rv_of(lease: &K8sLease) -> u64 {
+    lease
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Write `spec` and Baton's annotations into `lease`, keeping everything else.
@@ -522,12 +544,9 @@ impl LeaseStore for KubernetesStore {
     async fn read(&self, key: &str) -> Result<Option<LeaseRecord>> {
         check_name(key)?;
         let api = self.inner.api().await?;
-        let now = boot_time();
         Ok(match self.inner.get(&api, key).await? {
-            Some((_, observed)) if remaining(&observed, now) > Duration::ZERO => {
-                Some(lease_record(&observed, now))
-            }
-            _ => None,
+            Some((_, _, observed)) => lease_record(&observed, boot_time()),
+            None => None,
         })
     }
 
@@ -590,19 +609,17 @@ impl KubernetesCandidacy {
         {
             return Ok(Ok(written.clone()));
         }
-        let now = boot_time();
         match self.inner.get(api, &self.key).await? {
-            Some((object, observed)) if Self::is_term(&observed.record, lease) => Ok(Ok(object)),
-            Some((_, observed)) => Ok(Err(
-                Some(lease_record(&observed, now)).filter(|r| !r.holder.is_empty())
-            )),
+            Some((object, record, _)) if Self::is_term(&record, lease) => Ok(Ok(object)),
+            Some((_, _, observed)) => Ok(Err(lease_record(&observed, boot_time()))),
             None => Ok(Err(None)),
         }
     }
 
     fn wrote(&mut self, lease: K8sLease) -> Result<()> {
         let record = parse_record(&self.key, &lease)?;
-        self.inner.observe(&self.key, Some(&record), boot_time());
+        self.inner
+            .observe(&self.key, Some(&record), rv_of(&lease), boot_time());
         self.written = Some(lease);
         Ok(())
     }
@@ -615,16 +632,17 @@ impl Candidacy for KubernetesCandidacy {
         let key = self.key.clone();
         let mut last = None;
         for _ in 0..MAX_RACES {
-            let now = boot_time();
             let (mut object, token, transitions) = match self.inner.get(&api, &key).await? {
-                Some((object, observed)) => {
-                    if remaining(&observed, now) > Duration::ZERO {
-                        return Ok(Acquire::Held(lease_record(&observed, now)));
+                Some((object, record, observed)) => {
+                    if let Some(held) = lease_record(&observed, boot_time()) {
+                        return Ok(Acquire::Held(held));
                     }
+                    // Free, or expired by this store's observation: take it over the object as
+                    // read (a stale read fails on its resourceVersion, and is read again).
                     let read = resource_version(&key, object.metadata.resource_version.as_ref())?;
-                    let token = read.max(observed.record.high_water) + 1;
+                    let token = read.max(record.high_water) + 1;
                     last = Some(observed);
-                    (object, token, observed_transitions(&last) + 1)
+                    (object, token, record.transitions.saturating_add(1))
                 }
                 None => {
                     // No Lease: create it. Its token's floor is the resourceVersion of a list,
@@ -679,6 +697,17 @@ impl Candidacy for KubernetesCandidacy {
                         FencingToken(token),
                     )));
                 }
+                // A create that finds no namespace: retrying cannot help.
+                Err(e) if creating && is_code(&e, 404) => {
+                    return Err(Error::Config(format!(
+                        "{}: cannot create the Lease {key:?}: {}; create the namespace, or choose another with ?namespace=",
+                        self.inner.location,
+                        match &e {
+                            kube::Error::Api(status) => status.message.clone(),
+                            other => other.to_string(),
+                        }
+                    )));
+                }
                 // Lost the race (409), or the Lease went meanwhile (404): look again.
                 Err(e) if is_code(&e, 409) || is_code(&e, 404) => {
                     debug!(key, "lost a race to write the Lease");
@@ -687,8 +716,8 @@ impl Candidacy for KubernetesCandidacy {
                 Err(e) => return Err(self.inner.error(e, true)),
             }
         }
-        // Lost every race: someone else is writing; report the holder last read.
-        let now = boot_time();
+        // Lost every race: someone else is writing; report the holder last read, as held
+        // for a whole lease from now (it just changed).
         let observed = last.ok_or_else(|| {
             Error::unavailable(
                 STORE,
@@ -696,7 +725,12 @@ impl Candidacy for KubernetesCandidacy {
                 "lost races",
             )
         })?;
-        Ok(Acquire::Held(lease_record(&observed, now)))
+        let holder = observed.record.map(|r| r.holder).unwrap_or_default();
+        Ok(Acquire::Held(LeaseRecord::new(
+            holder,
+            FencingToken(0),
+            ttl,
+        )))
     }
 
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
@@ -769,7 +803,8 @@ impl Candidacy for KubernetesCandidacy {
             {
                 Ok(written) => {
                     let record = parse_record(&self.key, &written)?;
-                    self.inner.observe(&self.key, Some(&record), boot_time());
+                    self.inner
+                        .observe(&self.key, Some(&record), rv_of(&written), boot_time());
                     self.written = None;
                     return Ok(());
                 }
@@ -794,22 +829,35 @@ impl Candidacy for KubernetesCandidacy {
     }
 }
 
-fn observed_transitions(observed: &Option<Observed>) -> i32 {
-    observed.as_ref().map_or(0, |o| o.record.transitions)
+/// The watch requests of a Lease: its name, with bookmarks, for [`WATCH_TIMEOUT_SECS`].
+fn watch_params(key: &str) -> WatchParams {
+    WatchParams::default()
+        .fields(&format!("metadata.name={key}"))
+        .timeout(WATCH_TIMEOUT_SECS)
 }
 
-/// Changes to the Lease at `key`, from a watch that a task of its own keeps open: from the
-/// `resourceVersion` of a list made before this returns (so no change after the call is
-/// missed), with bookmarks, renewed when the API server ends it, listed again after 410 Gone.
-/// The stream ends on any other error (the engine subscribes again).
+/// A watch's events.
+type WatchStream = futures_util::stream::BoxStream<'static, kube::Result<WatchEvent<K8sLease>>>;
+
+/// Changes to the Lease at `key`. Before this returns, the Lease is listed and the watch is
+/// open from the list's `resourceVersion`, so no change after the call is missed and a watch
+/// the API server refuses (no `watch` permission: a configuration error) is an error here,
+/// not a stream that ends at once. A task of its own then keeps the watch: renewed when the
+/// API server ends it, listed again after 410 Gone, with bookmarks. The stream ends on any
+/// other error (the engine subscribes again).
 async fn watch_changes(inner: Arc<Inner>, key: String) -> Result<Changes> {
     let api = inner.api().await?;
     let (record, rv) = list(&inner, &api, &key).await?;
+    let stream = api
+        .watch(&watch_params(&key), &rv)
+        .await
+        .map_err(|e| inner.error(e, false))?
+        .boxed();
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         tokio::select! {
             () = tx.closed() => {}
-            () = run_watch(&inner, &api, &key, record, rv, &tx) => {}
+            () = run_watch(&inner, &api, &key, record, rv, stream, &tx) => {}
         }
     });
     Ok(Box::pin(futures_util::stream::unfold(
@@ -824,13 +872,36 @@ async fn list(inner: &Inner, api: &Api<K8sLease>, key: &str) -> Result<(Option<R
         .list(&ListParams::default().fields(&format!("metadata.name={key}")))
         .await
         .map_err(|e| inner.error(e, false))?;
+    let now = boot_time();
     let record = match list.items.first() {
         Some(lease) => Some(parse_record(key, lease)?),
         None => None,
     };
-    inner.observe(key, record.as_ref(), boot_time());
     let rv = list.metadata.resource_version.unwrap_or_default();
+    let at = match list.items.first() {
+        Some(lease) => rv_of(lease),
+        None => rv.parse().unwrap_or(0),
+    };
+    inner.observe(key, record.as_ref(), at, now);
     Ok((record, rv))
+}
+
+/// What a watch event says to a follower, given the record this watch saw before it.
+fn classify(seen: Option<&Record>, record: &Record) -> Option<Change> {
+    if seen == Some(record) {
+        return None;
+    }
+    Some(if record.holder.is_empty() {
+        Change::Released
+    } else if seen.map(|s| s.holder.as_str()) != Some(record.holder.as_str()) {
+        Change::Acquired {
+            holder: record.holder.clone(),
+        }
+    } else {
+        Change::Renewed {
+            holder: record.holder.clone(),
+        }
+    })
 }
 
 async fn run_watch(
@@ -839,61 +910,48 @@ async fn run_watch(
     key: &str,
     record: Option<Record>,
     mut rv: String,
+    first: WatchStream,
     tx: &mpsc::Sender<Change>,
 ) {
-    let mut holder = record.as_ref().map(|r| r.holder.clone());
+    // The record as this watch last saw it: only its changes are told (other watches and the
+    // reads of the store update the shared observation on their own).
     let mut seen = record;
-    let params = WatchParams::default()
-        .fields(&format!("metadata.name={key}"))
-        .timeout(WATCH_TIMEOUT_SECS);
+    let mut stream = Some(first);
     loop {
-        let stream = match api.watch(&params, &rv).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                debug!(key, error = %e, "watch failed");
-                return;
-            }
+        let mut events = match stream.take() {
+            Some(events) => events,
+            None => match api.watch(&watch_params(key), &rv).await {
+                Ok(events) => events.boxed(),
+                Err(e) => {
+                    debug!(key, error = %e, "watch failed");
+                    return;
+                }
+            },
         };
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
+        while let Some(event) = events.next().await {
             let change = match event {
                 Ok(WatchEvent::Added(lease) | WatchEvent::Modified(lease)) => {
                     if let Some(v) = &lease.metadata.resource_version {
                         rv.clone_from(v);
                     }
                     let Ok(record) = parse_record(key, &lease) else {
-                        holder = None;
                         seen = None;
                         let _ = tx.send(Change::Other).await;
                         continue;
                     };
-                    inner.observe(key, Some(&record), boot_time());
-                    // Only changes of the record, as this watch last saw it (other watches and
-                    // reads of the store update the shared observation on their own).
-                    if seen.as_ref() == Some(&record) {
-                        continue;
+                    inner.observe(key, Some(&record), rv_of(&lease), boot_time());
+                    let change = classify(seen.as_ref(), &record);
+                    seen = Some(record);
+                    match change {
+                        Some(change) => change,
+                        None => continue,
                     }
-                    seen = Some(record.clone());
-                    let change = if record.holder.is_empty() {
-                        Change::Released
-                    } else if holder.as_deref() != Some(record.holder.as_str()) {
-                        Change::Acquired {
-                            holder: record.holder.clone(),
-                        }
-                    } else {
-                        Change::Renewed {
-                            holder: record.holder.clone(),
-                        }
-                    };
-                    holder = Some(record.holder);
-                    change
                 }
                 Ok(WatchEvent::Deleted(lease)) => {
                     if let Some(v) = &lease.metadata.resource_version {
                         rv.clone_from(v);
                     }
-                    inner.observe(key, None, boot_time());
-                    holder = None;
+                    inner.observe(key, None, rv_of(&lease), boot_time());
                     seen = None;
                     Change::Released
                 }
@@ -908,9 +966,10 @@ async fn run_watch(
                         return;
                     };
                     rv = fresh;
-                    holder = record.as_ref().map(|r| r.holder.clone());
                     seen = record;
-                    let _ = tx.send(Change::Other).await;
+                    if tx.send(Change::Other).await.is_err() {
+                        return;
+                    }
                     break;
                 }
                 Ok(WatchEvent::Error(status)) => {
@@ -1079,40 +1138,35 @@ mod tests {
     #[test]
     fn observations_start_when_the_record_changes() {
         let store = KubernetesStore::open("kubernetes+http://127.0.0.1:1").unwrap();
+        let inner = &store.inner;
         let t: Timestamp = "2026-12-06T15:00:00Z".parse().unwrap();
         let r1 = parse_record("k", &lease(spec("a", 10, t, t, 0), &[])).unwrap();
-        let first = store
-            .inner
-            .observe("k", Some(&r1), Duration::from_secs(100))
-            .unwrap();
-        assert_eq!(first.at, Duration::from_secs(100));
+        let first = inner.observe("k", Some(&r1), 5, secs(100));
+        assert_eq!(first.at, secs(100));
         // The same record seen later: the observation keeps its instant, and expires on time.
-        let again = store
-            .inner
-            .observe("k", Some(&r1), Duration::from_secs(105))
-            .unwrap();
-        assert_eq!(again.at, Duration::from_secs(100));
-        assert_eq!(
-            remaining(&again, Duration::from_secs(105)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(remaining(&again, Duration::from_secs(111)), Duration::ZERO);
+        let again = inner.observe("k", Some(&r1), 5, secs(105));
+        assert_eq!(again.at, secs(100));
+        assert_eq!(remaining(&again, secs(105)), secs(5));
+        assert_eq!(remaining(&again, secs(111)), Duration::ZERO);
+        assert!(lease_record(&again, secs(111)).is_none());
         // A renewal (a new renewTime) starts a new observation, whatever its renewTime says.
         let old: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
         let r2 = parse_record("k", &lease(spec("a", 10, t, old, 0), &[])).unwrap();
-        let renewed = store
-            .inner
-            .observe("k", Some(&r2), Duration::from_secs(109))
-            .unwrap();
-        assert_eq!(
-            remaining(&renewed, Duration::from_secs(111)),
-            Duration::from_secs(8)
-        );
-        assert!(
-            store
-                .inner
-                .observe("k", None, Duration::from_secs(120))
-                .is_none()
-        );
+        let renewed = inner.observe("k", Some(&r2), 8, secs(109));
+        assert_eq!(remaining(&renewed, secs(111)), secs(8));
+        // A read served before that renewal, answered after it: a stale answer changes nothing
+        // (were the observation to go back to r1, the next read of r2 would start it again, and
+        // a crash would cost two leases).
+        let stale = inner.observe("k", Some(&r1), 5, secs(110));
+        assert_eq!((stale.record.as_ref(), stale.at), (Some(&r2), secs(109)));
+        assert_eq!(inner.observe("k", Some(&r2), 8, secs(112)).at, secs(109));
+        // Deleted: nothing runs, and an older read does not bring the Lease back.
+        let gone = inner.observe("k", None, 9, secs(120));
+        assert_eq!(remaining(&gone, secs(120)), Duration::ZERO);
+        assert!(inner.observe("k", Some(&r2), 8, secs(121)).record.is_none());
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
     }
 }
