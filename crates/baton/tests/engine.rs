@@ -303,6 +303,30 @@ async fn after_a_suspend_the_engine_steps_down_with_deadline_reached() {
         .expect("scope must be lost");
 }
 
+/// A renewal that hangs across a suspend times out on the election's (suspend-aware) clock: the
+/// leader steps down, and its scope is cancelled, as soon as the machine resumes, not a renewal
+/// timeout later on tokio's clock, which did not count the suspend.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_hung_across_a_suspend_steps_down_on_resume() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let a = election(&store, "a", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    let scope = a.leadership().await.unwrap();
+    store.set(|f| f.renew = Mode::Hang);
+    // The first renewal (t = 5 s) is in flight and hangs; the machine sleeps for a minute.
+    run_for(secs(5) + MS).await;
+    assert_eq!(store.count("renew"), 1);
+    clock.jump(secs(60));
+    run_for(secs(1) + MS).await;
+    assert!(!scope.is_current(), "the scope ends on resume");
+    // (The candidate may lead again by now: the lease expired in the store during the
+    // suspend, and it campaigns again. That is a new term.)
+    let lost = lost_reasons(&drain(&mut events));
+    assert!(!lost.is_empty(), "LostLeadership on resume");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rule 2: the leader steps down at the earliest of Lost, renew + grace, and the deadline,
 // whatever is in flight.

@@ -48,12 +48,19 @@ async fn sleep_until(clock: &Clock, target: Duration) {
     }
 }
 
-/// Run a store call with a timeout; a timeout becomes [`Error::Timeout`] (an indeterminate
-/// outcome).
-async fn with_timeout<T>(limit: Duration, call: impl Future<Output = Result<T>>) -> Result<T> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(limit)),
+/// Run a store call with a timeout on `clock`; a timeout becomes [`Error::Timeout`] (an
+/// indeterminate outcome). On the election's clock, not tokio's: after a machine suspend, a
+/// renewal that hung across it times out as soon as the machine resumes (the boot clock
+/// counted the suspend), so the leader steps down then, not a renewal timeout later.
+async fn with_timeout<T>(
+    clock: &Clock,
+    limit: Duration,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        r = call => r,
+        () = sleep_on(clock, limit) => Err(Error::Timeout(limit)),
     }
 }
 
@@ -286,25 +293,28 @@ impl Engine {
                     return match action {
                         Action::Join => Answer::Joined(
                             with_timeout(
+                                &clock,
                                 timing.request_timeout,
                                 shared.store.join(&shared.key, &shared.candidate),
                             )
                             .await,
                         ),
                         Action::Read(key) => Answer::Input(Input::Read(
-                            with_timeout(timing.request_timeout, shared.store.read(&key)).await,
+                            with_timeout(&clock, timing.request_timeout, shared.store.read(&key))
+                                .await,
                         )),
                         _ => Answer::Input(Input::Left(Ok(()))),
                     };
                 };
                 match action {
                     Action::Subscribe => Answer::Subscribed(
-                        with_timeout(timing.request_timeout, candidacy.watch()).await,
+                        with_timeout(&clock, timing.request_timeout, candidacy.watch()).await,
                     ),
                     Action::TryAcquire => {
                         let complete = candidacy.watch_is_complete();
                         let sent = clock.now();
                         let outcome = with_timeout(
+                            &clock,
                             timing.request_timeout,
                             candidacy.try_acquire(timing.lease),
                         )
@@ -318,22 +328,25 @@ impl Engine {
                     Action::Renew { lease, timeout } => {
                         let sent = clock.now();
                         let outcome =
-                            with_timeout(timeout, candidacy.renew(&lease, timing.lease)).await;
+                            with_timeout(&clock, timeout, candidacy.renew(&lease, timing.lease))
+                                .await;
                         metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
                         .record(clock.now().saturating_sub(sent).as_secs_f64());
                         Answer::Input(Input::Renewed { sent, outcome })
                     }
                     Action::Release(lease) => Answer::Input(Input::Released(
-                        with_timeout(timing.request_timeout, candidacy.release(&lease)).await,
+                        with_timeout(&clock, timing.request_timeout, candidacy.release(&lease))
+                            .await,
                     )),
                     Action::Leave => Answer::Input(Input::Left(
-                        with_timeout(timing.request_timeout, candidacy.leave()).await,
+                        with_timeout(&clock, timing.request_timeout, candidacy.leave()).await,
                     )),
                     Action::Read(key) => Answer::Input(Input::Read(
-                        with_timeout(timing.request_timeout, shared.store.read(&key)).await,
+                        with_timeout(&clock, timing.request_timeout, shared.store.read(&key)).await,
                     )),
                     Action::Join => Answer::Joined(
                         with_timeout(
+                            &clock,
                             timing.request_timeout,
                             shared.store.join(&shared.key, &shared.candidate),
                         )
