@@ -438,9 +438,12 @@ const LONG_BEFORE_EXPIRY: Duration = Duration::from_secs(5);
 /// One leader and one `baton watch --json` on `store`; the leader stops gracefully, and the
 /// watcher reports the key free long before the lease could have expired.
 fn watch_reports_a_release_long_before_the_lease_expires(scratch: &Scratch, store: &str) {
+    // A key every store takes (a Kubernetes Lease name has no ':').
     let baton = |args: &[&str]| {
         let mut cmd = scratch.baton();
-        cmd.args(["--store", store]).args(OBSERVED).args(args);
+        cmd.args(["--store", store, "--key", "observed-leader"])
+            .args(OBSERVED)
+            .args(args);
         cmd
     };
     let mut leader = Running::spawn(baton(&["--id", "observed", "campaign", "--json"]));
@@ -500,6 +503,78 @@ fn watch_reports_a_release_at_once_on_etcd() {
     let scratch = Scratch::new("watch-release-etcd");
     let server = baton_testkit::etcd_server::EtcdServer::start();
     watch_reports_a_release_long_before_the_lease_expires(&scratch, &server.url());
+}
+
+#[test]
+fn watch_reports_a_release_at_once_on_kubernetes() {
+    let scratch = Scratch::new("watch-release-kubernetes");
+    let server = baton_testkit::fake_k8s::FakeK8sProcess::start();
+    let url = format!("kubernetes+http://127.0.0.1:{}", server.port());
+    watch_reports_a_release_long_before_the_lease_expires(&scratch, &url);
+}
+
+/// `--store kubernetes:` outside a cluster takes the kubeconfig's current context, as kubectl
+/// does (`KUBECONFIG`), and the demo runs through on it; `kubectl`'s view then shows the
+/// release the demo wrote.
+#[test]
+fn the_demo_runs_on_kubernetes_from_the_kubeconfig() {
+    let scratch = Scratch::new("demo-kubernetes");
+    let server = baton_testkit::fake_k8s::FakeK8sProcess::start();
+    let kubeconfig = scratch.path("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let mut cmd = scratch.baton();
+    cmd.env("KUBECONFIG", &kubeconfig).args([
+        "--store",
+        "kubernetes:",
+        "--key",
+        "demo-leader",
+        "--id",
+        "solo",
+        "--lease",
+        "2s",
+        "--renew",
+        "500ms",
+        "--grace",
+        "500ms",
+        "demo",
+        "--checks",
+        "1",
+        "--check-interval",
+        "10ms",
+        "--work-for",
+        "300ms",
+        "--batch",
+        "100ms",
+    ]);
+    let out = run(&mut cmd);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for expected in [
+        "*** LEADERSHIP ACQUIRED ***",
+        "Lease released",
+        "Demo complete.",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // A key that cannot be a Lease name is bad input, with the rule.
+    let mut cmd = scratch.baton();
+    cmd.env("KUBECONFIG", &kubeconfig).args([
+        "--store",
+        "kubernetes:",
+        "--key",
+        "baton:leader",
+        "status",
+    ]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Lease name"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The settings the demo prints in Demo 1, as `(key, lease, renew, grace)`: the quickest way to
