@@ -18,11 +18,15 @@
 //!   `psql` when the run ends. The server is shared, so it is never restarted.
 //! * **etcd**: an `etcd` of the run's own (single member, data directory of its own), which a
 //!   store restart SIGKILLs and starts again on the same data directory.
+//! * **Kubernetes**: a fake API server of the run's own (`baton-fake-k8s`, built next to the
+//!   harness; `BATON_FAKE_K8S` names another), with bookmarks every 200 ms and its Leases in a
+//!   state file, which a store restart SIGKILLs and starts again on the same port and state
+//!   file. The key is the Lease `chaos` in namespace `default`.
 //!
 //! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
 //! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
-//! connection, etcd's one HTTP/2 connection), so one candidate can be partitioned from the
-//! store while the others are not. Candidates die with the thread that
+//! connection, etcd's one HTTP/2 connection, the Kubernetes client's requests and its watch),
+//! so one candidate can be partitioned from the store while the others are not. Candidates die with the thread that
 //! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
 //!
 //! Random choices (which fault, how long, how each worker reacts to SIGTERM, the settle times)
@@ -37,7 +41,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use baton::store::LeaseStore;
+use baton::store::kubernetes::KubernetesStore;
 use baton_testkit::etcd_server::EtcdServer;
+use baton_testkit::fake_k8s::{FakeK8sOptions, FakeK8sProcess, fake_k8s_binary};
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
 use baton_testkit::servers::RedisServer;
 use rustix::process::{Pid, Signal};
@@ -50,8 +57,15 @@ use crate::register::Register;
 use crate::scenario::{RunSpec, Scenario, Store};
 use crate::worker::OnTerm;
 
-/// The election key every candidate campaigns for.
+/// The election key every candidate campaigns for (on Kubernetes, a Lease's name).
 const KEY: &str = "chaos";
+
+/// The namespace of the Kubernetes runs' Lease.
+const K8S_NAMESPACE: &str = "default";
+
+/// How often the fake Kubernetes API server sends a bookmark to each watch: far more often
+/// than a real one (about a minute), so the runs exercise bookmarks.
+const K8S_BOOKMARKS: Duration = Duration::from_millis(200);
 
 /// How recent a register write must be for its writer to count as the acting leader.
 const FRESH: Duration = Duration::from_millis(100);
@@ -145,12 +159,19 @@ impl Config {
 
     /// How long `store` keeps a lease that is no longer renewed: `--lease`, except on etcd,
     /// whose lease TTLs are whole seconds, at least etcd's minimum (2 s with the defaults the
-    /// run's own etcd keeps): the library's rule, [`baton::store::etcd::granted_ttl`]. With
-    /// `--lease 1500ms` that is 2 s. The engine's own deadline (and so `--kill-after`) still
-    /// comes from `--lease`.
+    /// run's own etcd keeps): the library's rule, [`baton::store::etcd::granted_ttl`]; and on
+    /// Kubernetes, whose `leaseDurationSeconds` are whole seconds, rounded up (the Kubernetes
+    /// store's [`granted_ttl`](LeaseStore::granted_ttl)). With `--lease 1500ms` both are 2 s.
+    /// The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
     pub fn effective_lease(&self, store: Store) -> Duration {
         match store {
             Store::Etcd => baton::store::etcd::granted_ttl(self.lease),
+            Store::Kubernetes => {
+                // Opening connects to nothing: the store only answers its rule here.
+                KubernetesStore::open("kubernetes+http://127.0.0.1:1")
+                    .expect("a valid Kubernetes store URL")
+                    .granted_ttl(self.lease)
+            }
             Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
         }
     }
@@ -158,6 +179,15 @@ impl Config {
     /// What the checker allows with these options on `store`. Liveness is the store's
     /// [effective lease](Self::effective_lease) + renew + 1 s: a follower cannot take over
     /// before the store frees the lease.
+    ///
+    /// On Kubernetes nothing frees the lease: each follower counts the lease from the instant
+    /// it *observed* the record's last change (D80). That instant is the last renewal's arrival
+    /// over the follower's watch: before the fault, or, when the store was slow, at most one
+    /// delayed one-way trip (0.6 s) after it, within the 1 s. A candidate started after the
+    /// leader's last renewal waits a whole lease from its first read, so the bound holds only
+    /// while some follower has watched since before the fault; every scenario keeps one (a
+    /// killed leader is restarted, a rolling restart stops one candidate at a time, and the
+    /// others keep watching).
     pub fn bounds(&self, store: Store) -> Bounds {
         Bounds {
             liveness: self.effective_lease(store) + self.renew + Duration::from_secs(1),
@@ -335,6 +365,7 @@ struct Run<'h> {
     register: Register,
     redis: Option<RedisServer>,
     etcd: Option<EtcdServer>,
+    fake_k8s: Option<FakeK8sProcess>,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
     postgres_table: Option<String>,
     sqlite: Option<PathBuf>,
@@ -360,7 +391,8 @@ impl<'h> Run<'h> {
         let register = Register::start(&dir.join("register.sock"))
             .map_err(|e| format!("cannot start the register: {e}"))?;
         let mut rng = fastrand::Rng::with_seed(spec.seed);
-        let (mut redis, mut etcd, mut postgres_table, mut sqlite) = (None, None, None, None);
+        let (mut redis, mut etcd, mut fake_k8s, mut postgres_table, mut sqlite) =
+            (None, None, None, None, None);
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -393,6 +425,21 @@ impl<'h> Run<'h> {
                 let server = EtcdServer::try_start()?;
                 let port = server.port();
                 etcd = Some(server);
+                Some(([127, 0, 0, 1], port).into())
+            }
+            Store::Kubernetes => {
+                // Where it is: BATON_FAKE_K8S, or next to this binary (scripts/chaos builds it
+                // there). Looked up first so that a missing binary is an error, not a panic.
+                std::panic::catch_unwind(fake_k8s_binary).map_err(|_| {
+                    "no baton-fake-k8s binary (see the message above); scripts/chaos builds it"
+                        .to_owned()
+                })?;
+                let server = FakeK8sProcess::try_start(FakeK8sOptions {
+                    bookmark_interval: K8S_BOOKMARKS,
+                    ..FakeK8sOptions::default()
+                })?;
+                let port = server.port();
+                fake_k8s = Some(server);
                 Some(([127, 0, 0, 1], port).into())
             }
         };
@@ -428,6 +475,7 @@ impl<'h> Run<'h> {
             register,
             redis,
             etcd,
+            fake_k8s,
             postgres_table,
             sqlite,
             slots,
@@ -461,6 +509,7 @@ impl<'h> Run<'h> {
                     .expect("a PostgreSQL run has a table")
             ),
             Store::Etcd => format!("etcd://{proxy}"),
+            Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
         }
     }
 
@@ -863,6 +912,32 @@ impl<'h> Run<'h> {
                 );
                 Ok(heal)
             }
+            Store::Kubernetes => {
+                // SIGKILL, then start again on the same port and state file: the Leases and
+                // the resourceVersion counter survive (as they do an API server's restart,
+                // etcd keeping them), the watch history does not.
+                let server = self.fake_k8s.as_mut().expect("a Kubernetes run has a fake");
+                server.kill();
+                let start = now();
+                self.note("killed baton-fake-k8s");
+                self.sleep(down)?;
+                let server = self.fake_k8s.as_mut().expect("a Kubernetes run has a fake");
+                server
+                    .try_restart()
+                    .map_err(|e| format!("cannot restart baton-fake-k8s: {e}"))?;
+                let heal = now();
+                self.episode(
+                    format!(
+                        "a store restart keeping its objects (baton-fake-k8s SIGKILLed, {} \
+                         down)",
+                        ms(heal - start)
+                    ),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
             Store::Postgres => {
                 // The machine's server is shared: it is not restarted. What the candidates
                 // see of a restart of a durable server is what they get: every connection
@@ -939,7 +1014,7 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
-            Store::Redis | Store::Postgres | Store::Etcd => {
+            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1082,6 +1157,7 @@ impl<'h> Run<'h> {
         }
         self.redis = None;
         self.etcd = None;
+        self.fake_k8s = None;
         if let Some(table) = self.postgres_table.take() {
             self.drop_postgres_table(&table);
         }
@@ -1209,5 +1285,45 @@ mod tests {
         assert_eq!(cfg.effective_lease(Store::Etcd), Duration::from_secs(3));
         cfg.lease = Duration::from_millis(500);
         assert_eq!(cfg.effective_lease(Store::Etcd), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn kubernetes_bounds_use_whole_lease_duration_seconds() {
+        let mut cfg = Config::new(PathBuf::new(), PathBuf::new());
+        // leaseDurationSeconds: 1.5 s rounds up to 2 s, and followers count it from the last
+        // change they observed; liveness is that + renew + 1 s.
+        assert_eq!(
+            cfg.effective_lease(Store::Kubernetes),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            cfg.bounds(Store::Kubernetes).liveness,
+            Duration::from_millis(3300)
+        );
+        // The engine's deadline, and so the stale-after-resume allowance, comes from --lease.
+        assert_eq!(
+            cfg.bounds(Store::Kubernetes).stale_after_resume,
+            cfg.bounds(Store::Redis).stale_after_resume
+        );
+        // Whole seconds, rounded up, with no etcd-like minimum beyond 1 s.
+        cfg.lease = Duration::from_millis(2500);
+        assert_eq!(
+            cfg.effective_lease(Store::Kubernetes),
+            Duration::from_secs(3)
+        );
+        cfg.lease = Duration::from_secs(3);
+        assert_eq!(
+            cfg.effective_lease(Store::Kubernetes),
+            Duration::from_secs(3)
+        );
+        cfg.lease = Duration::from_millis(500);
+        assert_eq!(
+            cfg.effective_lease(Store::Kubernetes),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            cfg.bounds(Store::Kubernetes).liveness,
+            Duration::from_millis(2300)
+        );
     }
 }

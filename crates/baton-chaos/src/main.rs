@@ -14,11 +14,12 @@ use clap::{Args, Parser, Subcommand};
 const ABOUT: &str = "\
 Runs N real `baton run` candidates against a real store (SQLite; or, each reached through a
 fault proxy per candidate, a redis-server of its own, the machine's PostgreSQL on
-127.0.0.1:5432 in a table of the run's own, or an etcd of its own), injects seeded faults, and
-checks from the leader-only workers' records that no two workers were ever alive at once, that
-fencing tokens strictly increase and stale writes are rejected, that no worker outlives its
-killed baton, and that a leader is back within lease + renew + 1s once a fault heals (on etcd
-the lease is the TTL etcd keeps: whole seconds, at least 2s).";
+127.0.0.1:5432 in a table of the run's own, an etcd of its own, or a fake Kubernetes API
+server of its own), injects seeded faults, and checks from the leader-only workers' records
+that no two workers were ever alive at once, that fencing tokens strictly increase and stale
+writes are rejected, that no worker outlives its killed baton, and that a leader is back
+within lease + renew + 1s once a fault heals (on etcd the lease is the TTL etcd keeps: whole
+seconds, at least 2s; on Kubernetes leaseDurationSeconds: whole seconds).";
 
 const AFTER: &str = "\
 Profiles:
@@ -28,6 +29,7 @@ Examples:
   scripts/chaos --quick
   scripts/chaos --store redis --scenario partition-leader --seed 42
   scripts/chaos --store postgres,etcd --runs 3
+  scripts/chaos --store kubernetes --runs 5 --jobs 2
   scripts/chaos --reproduce redis:partition-leader:42 --episodes 2 --keep-logs
 Exit codes: 0 no violation; 1 violations (each printed with the command that reproduces it);
 2 bad input or a run that could not be carried out.";
@@ -93,7 +95,7 @@ struct RunArgs {
           conflicts_with_all = ["store", "scenario", "seed", "runs", "quick", "long"])]
     reproduce: Option<RunSpec>,
 
-    /// Faults per run [default: 1 with --quick, so that it stays quick over four stores;
+    /// Faults per run [default: 1 with --quick, so that it stays quick over five stores;
     /// otherwise 2]
     #[arg(long)]
     episodes: Option<usize>,

@@ -17,11 +17,21 @@ pub enum Store {
     /// An `etcd` of the run's own (a single member with a data directory of its own), reached
     /// by every candidate through a fault proxy of its own.
     Etcd,
+    /// A fake Kubernetes API server of the run's own (`baton-fake-k8s`, keeping its Leases in
+    /// a state file), reached by every candidate through a fault proxy of its own; the key is
+    /// a Lease in namespace `default`.
+    Kubernetes,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 4] = [Store::Sqlite, Store::Redis, Store::Postgres, Store::Etcd];
+    pub const ALL: [Store; 5] = [
+        Store::Sqlite,
+        Store::Redis,
+        Store::Postgres,
+        Store::Etcd,
+        Store::Kubernetes,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -30,6 +40,7 @@ impl Store {
             Store::Redis => "redis",
             Store::Postgres => "postgres",
             Store::Etcd => "etcd",
+            Store::Kubernetes => "kubernetes",
         }
     }
 
@@ -61,9 +72,12 @@ pub enum Scenario {
     /// empty; half the time, the candidate that took the lease after the restart is then
     /// gracefully restarted. etcd is SIGKILLed and restarted with its data directory: etcd is
     /// durable, and a restart that loses its data is not a fault its revisions (the tokens)
-    /// are meant to survive. The machine's PostgreSQL is shared and is never restarted: every
-    /// candidate's proxy resets its connections and refuses new ones instead, which is what a
-    /// restart of a durable server looks like from the candidates (the data is kept).
+    /// are meant to survive. The fake Kubernetes API server is SIGKILLed and restarted on its
+    /// state file, keeping its Leases and its resourceVersion counter but not its watch history
+    /// (a watch from an older resourceVersion gets 410 Gone and lists again), as an API server
+    /// whose etcd survives does. The machine's PostgreSQL is shared and is never restarted:
+    /// every candidate's proxy resets its connections and refuses new ones instead, which is
+    /// what a restart of a durable server looks like from the candidates (the data is kept).
     StoreRestart,
     /// SIGSTOP the leader's `baton` and its worker for longer than the lease, then SIGCONT.
     PauseLeader,
@@ -108,7 +122,7 @@ impl Scenario {
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
     pub fn applies_to(self, store: Store) -> bool {
         match store {
-            Store::Redis | Store::Postgres | Store::Etcd => true,
+            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes => true,
             Store::Sqlite => matches!(
                 self,
                 Scenario::KillLeader
@@ -193,7 +207,7 @@ mod tests {
         };
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
-        for store in ["postgres", "etcd"] {
+        for store in ["postgres", "etcd", "kubernetes"] {
             for s in Scenario::ALL {
                 assert!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
