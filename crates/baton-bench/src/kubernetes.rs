@@ -145,13 +145,14 @@ pub async fn measure(baton: &Path, dir: &Path, p: Params) -> BoxResult<Run> {
         );
         let py_handoffs = py_rounds(&fake, &dir, "bench-k8s-py-handoff", p, false)?;
         eprintln!("kubernetes: baton processes, {} crashes", p.crashes);
-        let baton_crashes = procs::baton_rounds(
+        let baton_crashes = procs::baton_rounds_phased(
             &baton,
             &url,
             "bench-k8s-cli-crash",
             p.timing,
             p.crashes,
             true,
+            p.timing.renew,
         )?;
         eprintln!("kubernetes: python processes, {} crashes", p.crashes);
         let py_crashes = py_rounds(&fake, &dir, "bench-k8s-py-crash", p, true)?;
@@ -217,12 +218,6 @@ fn wait_first_get(fake: &FakeK8s, client: &str) -> BoxResult<()> {
     Ok(())
 }
 
-/// A pseudo-random duration in `[0, max)`, from the boot clock's nanoseconds.
-fn phase(max: Duration) -> Duration {
-    let nanos = max.as_nanos().max(1) as u64;
-    Duration::from_nanos(procs::boot_ns_now().wrapping_mul(0x9e37_79b9_7f4a_7c15) % nanos)
-}
-
 /// [`procs::baton_rounds`] for Python candidates: one leads; for each change a new one starts
 /// and, once it has read the Lease (it polls from then on), waits [`FOLLOWER_SETTLE`] plus a
 /// random part of its retry period (so that the signal falls anywhere in its polling cycle);
@@ -250,7 +245,7 @@ fn py_rounds(
         let id = format!("{lease}-{n}");
         let follower = py_candidate(fake, dir, lease, &id, p.timing)?;
         wait_first_get(fake, &id)?;
-        std::thread::sleep(FOLLOWER_SETTLE + phase(p.timing.renew));
+        std::thread::sleep(FOLLOWER_SETTLE + procs::phase(p.timing.renew));
         let pid = leader.pid().ok_or("the Python leader is gone")?;
         let boot0 = procs::boot_ns_now();
         let t0 = Instant::now();
@@ -544,8 +539,9 @@ impl Run {
         let pc = follower_samples(&self.py_crashes);
         let _ = writeln!(
             out,
-            "The same rounds with SIGKILL instead of SIGINT: the leader process dies without a \
-             release; timed from just before the SIGKILL to the follower's own stamp on \
+            "The same rounds with SIGKILL instead of SIGINT, each follower (Baton's too) left to \
+             settle a random part of the renew interval more, so that the kill falls anywhere in \
+             the leader's renew interval: the leader process dies without a release; timed from just before the SIGKILL to the follower's own stamp on \
              `became_leader`. Baton's lease: `--lease {}`, which the store grants as \
              `leaseDurationSeconds` {} (`granted_ttl`: whole seconds, rounded up); a Baton \
              follower takes the Lease once that long has passed since it last saw the record \

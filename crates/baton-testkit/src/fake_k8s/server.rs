@@ -75,6 +75,14 @@ pub(crate) fn run_counted(
         let server = server.clone();
         async move { handle(server, req).await }
     });
+    // Go's `net` package turns Nagle's algorithm off on every TCP connection
+    // (`net/tcpsock_posix.go`, `setNoDelay(fd, true)` in `newTCPConn`), so the API server
+    // writes each watch event at once; with Nagle on, an event written while the previous one
+    // is still unacknowledged waits for the client's delayed ACK (40 ms).
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     Ok(async move { axum::serve(listener, app).await })
 }
 
