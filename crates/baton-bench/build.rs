@@ -13,6 +13,7 @@ fn main() {
         ("tokio", "BENCH_TOKIO_VERSION"),
         ("sqlx", "BENCH_SQLX_VERSION"),
         ("tonic", "BENCH_TONIC_VERSION"),
+        ("kube-client", "BENCH_KUBE_VERSION"),
     ] {
         println!("cargo::rustc-env={var}={}", locked_version(&text, krate));
     }

@@ -1,7 +1,8 @@
 //! Graceful handoff across processes, per store: `baton campaign --json` processes pass
 //! leadership on by SIGINT ([`procs::baton_rounds`]), on SQLite (a temp file), Redis (the
 //! bench's redis-server), PostgreSQL and MySQL/MariaDB (the machine's servers, a table of the
-//! bench's own) and etcd (the bench's etcd), each timed from just before the SIGINT to the
+//! bench's own), etcd (the bench's etcd) and Kubernetes (the fake API server, in the bench's
+//! process), each timed from just before the SIGINT to the
 //! follower's own `CLOCK_BOOTTIME` stamp on its `became_leader` line. On etcd, `etcdctl elect`
 //! runs the same handoffs for the comparison the issue asks for, timed as it can be: on
 //! arrival of its output at the bench, against Baton's timed the same way.
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_testkit::etcd_server::EtcdServer;
+use baton_testkit::fake_k8s::{FakeK8s, FakeK8sOptions};
 
 use crate::BoxResult;
 use crate::dbs::Server;
@@ -28,7 +30,7 @@ pub struct Params {
 }
 
 /// The stores that run across processes, in the order of the report.
-pub const STORES: [&str; 5] = ["sqlite", "redis", "postgres", "mysql", "etcd"];
+pub const STORES: [&str; 6] = ["sqlite", "redis", "postgres", "mysql", "etcd", "kubernetes"];
 
 /// The key every store's processes campaign for.
 const KEY: &str = "bench-cli-handoff";
@@ -93,6 +95,7 @@ pub fn target(store: &str) -> Option<Duration> {
         "sqlite" => Some(Duration::from_millis(20)),
         "postgres" => Some(Duration::from_millis(5)),
         "mysql" => Some(Duration::from_millis(50)),
+        "kubernetes" => Some(crate::kubernetes::PROCESS_HANDOFF_TARGET),
         _ => None,
     }
 }
@@ -172,6 +175,19 @@ pub async fn measure(
                     ),
                     changes: changes?,
                     latencies: latencies?,
+                }
+            }
+            "kubernetes" => {
+                let fake = FakeK8s::serve(FakeK8sOptions::default());
+                StoreRun {
+                    store,
+                    url_shape: "kubernetes+http://127.0.0.1:<port>?namespace=bench",
+                    versions: format!(
+                        "kube {}; the fake API server `baton_testkit::fake_k8s` (a fake, in the bench's process; see the Kubernetes section)",
+                        env!("BENCH_KUBE_VERSION")
+                    ),
+                    changes: rounds(baton, crate::kubernetes::store_url(&fake), p).await?,
+                    latencies: None,
                 }
             }
             _ => {

@@ -23,6 +23,10 @@
 //! 7. **Against `etcdctl elect`**: graceful handoff and crash failover across processes, Baton's
 //!    CLI against etcd's own election client, on one etcd.
 //! 8. **Against a naive SET NX poll client** on Redis: handoff, crash failover, idle cost.
+//! 9. **Kubernetes** against the fake API server (`baton_testkit::fake_k8s`): graceful handoff
+//!    in one process and between `baton` processes, crash failover, an idle follower's
+//!    requests (counted per client by the fake), and the same for the Python `kubernetes`
+//!    client as the peer.
 //!
 //! PostgreSQL and MySQL/MariaDB are the machine's servers (127.0.0.1:5432 and :3306, database
 //! `test`), used through a lease table of the bench's own that it drops afterwards; etcd is a
@@ -38,6 +42,7 @@ mod cost;
 mod dbs;
 mod failover;
 mod handoff;
+mod kubernetes;
 mod observer;
 mod peers;
 mod procfs;
@@ -115,9 +120,10 @@ enum Figure {
     Etcd,
     VsEtcdctl,
     VsNaiveRedis,
+    Kubernetes,
 }
 
-const ALL: [Figure; 12] = [
+const ALL: [Figure; 13] = [
     Figure::Handoff,
     Figure::CliHandoff,
     Figure::Observer,
@@ -130,6 +136,7 @@ const ALL: [Figure; 12] = [
     Figure::Etcd,
     Figure::VsEtcdctl,
     Figure::VsNaiveRedis,
+    Figure::Kubernetes,
 ];
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +165,7 @@ struct Profile {
     server_stores: server_stores::Params,
     etcdctl: peers::EtcdctlParams,
     naive: peers::NaiveParams,
+    kubernetes: kubernetes::Params,
 }
 
 impl Profile {
@@ -252,6 +260,17 @@ impl Profile {
                     window: Duration::from_secs(20),
                 },
             },
+            kubernetes: kubernetes::Params {
+                warmup: 10,
+                rounds: 200,
+                handoff_timing: Timing::ms(2000, 500, 500),
+                process_rounds: 100,
+                crashes: 10,
+                // Python's retry period is at least 1 s: both renew every second.
+                timing: Timing::ms(3000, 1000, 1000),
+                settle: Duration::from_secs(5),
+                window: Duration::from_secs(30),
+            },
         }
     }
 
@@ -323,6 +342,17 @@ impl Profile {
                     window: Duration::from_millis(500),
                 },
             },
+            kubernetes: kubernetes::Params {
+                warmup: 1,
+                rounds: 5,
+                handoff_timing: Timing::ms(1000, 250, 250),
+                process_rounds: 2,
+                crashes: 1,
+                // Python's retry period is at least 1 s.
+                timing: Timing::ms(2000, 1000, 500),
+                settle: Duration::from_millis(200),
+                window: Duration::from_secs(1),
+            },
         }
     }
 
@@ -336,6 +366,7 @@ impl Profile {
             self.etcdctl.rounds = n.max(1);
             self.naive.rounds = n.max(1);
             self.naive.warmup = self.naive.warmup.min(n.div_ceil(10));
+            self.kubernetes.process_rounds = n.max(1);
         }
         if let Some(n) = args.crashes {
             let n = n.max(1);
@@ -343,10 +374,12 @@ impl Profile {
             self.etcdctl.baton_crashes = n;
             self.etcdctl.etcdctl_crashes = n.min(3);
             self.naive.crashes = n;
+            self.kubernetes.crashes = n;
         }
         if let Some(w) = args.cost_window {
             self.server_stores.cost.window = w;
             self.naive.cost.window = w;
+            self.kubernetes.window = w;
         }
     }
 }
@@ -688,6 +721,12 @@ async fn measure(
         let run = peers::naive_vs_baton(redis_url, &mut admin, profile.naive).await?;
         summary_rows.extend(run.summary_rows());
         emit("vs-naive-redis", run.report(ctx));
+    }
+
+    if figures.contains(&Figure::Kubernetes) {
+        let run = kubernetes::measure(servers.baton_checked()?, dir, profile.kubernetes).await?;
+        summary_rows.extend(run.summary_rows());
+        emit("kubernetes", run.report(ctx));
     }
 
     if figures == ALL {

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use baton_testkit::fake_k8s::{FakeK8s, FakeK8sOptions};
 use rustix::process::Signal;
 
 use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
@@ -81,11 +82,18 @@ pub async fn measure(
     for store in cli_handoff::STORES {
         eprintln!("observer: {store}, {} handoffs", p.rounds);
         let mut server = None;
+        let mut fake = None;
         let url = match store {
             "sqlite" => format!("sqlite:{}", dir.join("observer.db").display()),
             "redis" => {
                 admin.wait_past_restart_guard(p.timing.lease).await?;
                 servers.redis_url.to_owned()
+            }
+            "kubernetes" => {
+                let f = FakeK8s::serve(FakeK8sOptions::default());
+                let url = crate::kubernetes::store_url(&f);
+                fake = Some(f);
+                url
             }
             _ => {
                 let s = servers.server(store).await?;
@@ -99,6 +107,7 @@ pub async fn measure(
         if let Some(s) = server {
             s.cleanup().await;
         }
+        drop(fake);
         stores.push(StoreRun {
             store,
             rounds: rounds?,

@@ -204,6 +204,28 @@ pub fn baton_rounds(
     rounds: usize,
     crash: bool,
 ) -> BoxResult<Vec<Change>> {
+    baton_rounds_phased(baton, url, key, timing, rounds, crash, Duration::ZERO)
+}
+
+/// A pseudo-random duration in `[0, max)`, from the boot clock's nanoseconds.
+pub fn phase(max: Duration) -> Duration {
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(boot_ns_now().wrapping_mul(0x9e37_79b9_7f4a_7c15) % nanos)
+}
+
+/// [`baton_rounds`], each follower left to settle a random part of `phase_max` more, so that
+/// the signal falls anywhere in the leader's renew interval: a follower may report that it
+/// waits right after it saw a renewal, which would otherwise put every crash at the same
+/// point of the interval.
+pub fn baton_rounds_phased(
+    baton: &Path,
+    url: &str,
+    key: &str,
+    timing: Timing,
+    rounds: usize,
+    crash: bool,
+    phase_max: Duration,
+) -> BoxResult<Vec<Change>> {
     let mut leader_id = "b0".to_owned();
     let mut leader = baton_campaign(baton, url, key, &leader_id, timing)?;
     leader
@@ -216,7 +238,7 @@ pub fn baton_rounds(
         follower
             .wait_line(STEP, |l| is_event(l, "leader_changed", &leader_id))
             .ok_or_else(|| format!("{id} never saw {leader_id} lead"))?;
-        std::thread::sleep(FOLLOWER_SETTLE);
+        std::thread::sleep(FOLLOWER_SETTLE + phase(phase_max));
         let boot0 = boot_ns_now();
         let t0 = Instant::now();
         leader.signal(if crash { Signal::KILL } else { Signal::INT })?;

@@ -155,6 +155,10 @@ impl Context {
                 "etcd" => versions.push(
                     "etcd via Baton's generated client on tonic (spawned by the bench on a free loopback port; its version in the etcd section)".to_owned(),
                 ),
+                "kubernetes" => versions.push(format!(
+                    "Kubernetes via kube {} against a fake API server (`baton_testkit::fake_k8s`, in the bench's process; not a real one)",
+                    env!("BENCH_KUBE_VERSION")
+                )),
                 other => versions.push(other.to_owned()),
             }
         }
@@ -227,6 +231,7 @@ pub fn display_name(store: &str) -> &'static str {
         "postgres" => "PostgreSQL",
         "mysql" => "MySQL/MariaDB",
         "etcd" => "etcd",
+        "kubernetes" => "Kubernetes (fake API server)",
         _ => "?",
     }
 }

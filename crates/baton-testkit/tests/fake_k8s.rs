@@ -807,3 +807,26 @@ fn kubectl_gets_and_deletes_leases() {
     assert_eq!(c.get(&format!("{NS_PATH}/baton-lease")).code, 404);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The fake-only request counter: per client (the bearer token, a label when the fake checks
+/// none) and verb, read in process and at its debug path, which is not counted itself.
+#[test]
+fn counts_requests_per_client_and_verb_in_process_and_at_the_debug_path() {
+    let fake = FakeK8s::serve(FakeK8sOptions::default());
+    let a = Client::new(&fake.url(), Some("client-a"));
+    let b = Client::new(&fake.url(), None);
+    a.create("counted", "one");
+    a.get(&format!("{NS_PATH}/counted"));
+    a.get(&format!("{NS_PATH}/counted"));
+    b.get(NS_PATH);
+    b.get("/version");
+    let counts = fake.requests();
+    assert_eq!(counts.get("client-a", "create"), 1);
+    assert_eq!(counts.get("client-a", "get"), 2);
+    assert_eq!(counts.get("anonymous", "list"), 1);
+    assert_eq!(counts.get("anonymous", "nonresource"), 1);
+    let served = b.get(baton_testkit::fake_k8s::REQUESTS_PATH);
+    assert_eq!(served.code, 200, "{}", served.text);
+    let served = baton_testkit::fake_k8s::Requests::from_json(&served.body).unwrap();
+    assert_eq!(served, counts, "the debug path is not counted");
+}

@@ -20,6 +20,9 @@
 //!   longer covers, bookmarks, `timeoutSeconds`.
 //! * A bearer token (`--token`): a wrong one is 401, none is 403 for `system:anonymous`.
 //! * `--state FILE`: objects and the counter survive a restart; the watch history does not.
+//! * **Fake-only:** a count of requests per client and verb, served at
+//!   `/debug/baton-fake/requests` and read in process by [`FakeK8s::requests`] (`requests`),
+//!   for benchmarks. No real API server serves that path.
 //!
 //! Simplifications (see `docs/decisions.md`, D60–D64):
 //!
@@ -37,16 +40,21 @@
 mod lease;
 pub mod micro_time;
 mod process;
+pub mod requests;
 mod server;
 pub mod status;
 mod store;
 
 pub use process::{FakeK8sProcess, fake_k8s_binary};
+pub use requests::{REQUESTS_PATH, Requests};
 pub use server::run;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use requests::RequestCounter;
 
 /// How the fake serves.
 #[derive(Debug, Clone)]
@@ -79,6 +87,7 @@ impl Default for FakeK8sOptions {
 pub struct FakeK8s {
     addr: SocketAddr,
     token: Option<String>,
+    requests: Arc<RequestCounter>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -99,6 +108,8 @@ impl FakeK8s {
             .local_addr()
             .expect("the fake API server's address");
         let token = options.token.clone();
+        let requests = Arc::new(RequestCounter::default());
+        let counter = Arc::clone(&requests);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -112,9 +123,10 @@ impl FakeK8s {
                 runtime.block_on(async move {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    let serving = run(listener, options).unwrap_or_else(|e| {
-                        panic!("the fake API server cannot read its state file: {e}")
-                    });
+                    let serving =
+                        server::run_counted(listener, options, counter).unwrap_or_else(|e| {
+                            panic!("the fake API server cannot read its state file: {e}")
+                        });
                     let _ = ready_tx.send(());
                     tokio::select! {
                         result = serving => {
@@ -132,6 +144,7 @@ impl FakeK8s {
         FakeK8s {
             addr,
             token,
+            requests,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -145,6 +158,11 @@ impl FakeK8s {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The requests counted so far, per client and verb (fake-only: see `requests`).
+    pub fn requests(&self) -> Requests {
+        self.requests.snapshot()
     }
 
     /// Write a kubeconfig for this server (with its token, namespace `default`) to `path`.

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::FakeK8sOptions;
 use super::lease::{self, API_VERSION};
 use super::micro_time::{now_rfc3339, parse_rfc3339_secs};
+use super::requests::{REQUESTS_PATH, RequestCounter};
 use super::status::{self, ApiError, GROUP, OPTIMISTIC_LOCK};
 use super::store::{Event, EventType, Key, Store};
 
@@ -25,6 +26,7 @@ struct Server {
     events: broadcast::Sender<Arc<Event>>,
     options: FakeK8sOptions,
     addr: String,
+    requests: Arc<RequestCounter>,
 }
 
 impl Server {
@@ -49,6 +51,16 @@ pub fn run(
     listener: tokio::net::TcpListener,
     options: FakeK8sOptions,
 ) -> std::io::Result<impl Future<Output = std::io::Result<()>> + Send> {
+    run_counted(listener, options, Arc::default())
+}
+
+/// [`run`], counting requests in `requests` (which the server also serves at
+/// [`REQUESTS_PATH`]).
+pub(crate) fn run_counted(
+    listener: tokio::net::TcpListener,
+    options: FakeK8sOptions,
+    requests: Arc<RequestCounter>,
+) -> std::io::Result<impl Future<Output = std::io::Result<()>> + Send> {
     let store = Store::open(options.state_file.clone(), options.history)?;
     let addr = listener.local_addr()?.to_string();
     let (events, _) = broadcast::channel(4096);
@@ -57,10 +69,19 @@ pub fn run(
         events,
         options,
         addr,
+        requests,
     });
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let server = server.clone();
         async move { handle(server, req).await }
+    });
+    // Go's `net` package turns Nagle's algorithm off on every TCP connection
+    // (`net/tcpsock_posix.go`, `setNoDelay(fd, true)` in `newTCPConn`), so the API server
+    // writes each watch event at once; with Nagle on, an event written while the previous one
+    // is still unacknowledged waits for the client's delayed ACK (40 ms).
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     Ok(async move { axum::serve(listener, app).await })
 }
@@ -203,6 +224,9 @@ fn truthy(v: Option<&String>) -> bool {
 async fn handle(server: Arc<Server>, req: axum::extract::Request) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    if path == REQUESTS_PATH && parts.method == Method::GET {
+        return json_response(200, &server.requests.snapshot().to_json(), &[]);
+    }
     let params = query_params(parts.uri.query());
     // Unknown paths are authorized as non-resource paths first, as the filters run before
     // the mux answers `404 page not found`.
@@ -213,6 +237,10 @@ async fn handle(server: Arc<Server>, req: axum::extract::Request) -> Response<Bo
         }
         Target::NonResource(_) => false,
     };
+    server.requests.count(
+        client_label(&server, &parts.headers),
+        verb(&parts.method, &target, watch),
+    );
     if let Err(e) = authenticate(
         &server,
         &parts.method,
@@ -284,6 +312,45 @@ async fn handle(server: Arc<Server>, req: axum::extract::Request) -> Response<Bo
     match result {
         Ok((code, body, warnings)) => json_response(code, &body, &warnings),
         Err(e) => error_response(e),
+    }
+}
+
+/// Who sent a request, for the fake-only request counter (`requests`): the bearer token
+/// itself when the fake checks none, else whether it was the right one.
+fn client_label(server: &Server, headers: &HeaderMap) -> String {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return "anonymous".to_owned();
+    };
+    let bearer = auth
+        .to_str()
+        .unwrap_or("")
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    match (&server.options.token, bearer) {
+        (None, Some(token)) => token,
+        (Some(want), Some(token)) if *want == token => "authenticated".to_owned(),
+        _ => "unauthenticated".to_owned(),
+    }
+}
+
+/// The verb of a request as `requestinfo.go` names it, or `nonresource`.
+fn verb(method: &Method, target: &Target, watch: bool) -> &'static str {
+    let collection = match target {
+        Target::NonResource(_) => return "nonresource",
+        Target::Collection { .. } => true,
+        Target::Object { .. } => false,
+    };
+    match *method {
+        Method::GET if watch => "watch",
+        Method::GET if collection => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if collection => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "unknown",
     }
 }
 
