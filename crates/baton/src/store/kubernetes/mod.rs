@@ -616,6 +616,45 @@ impl KubernetesCandidacy {
         }
     }
 
+    /// Write `edit` of the Lease while it holds `lease`'s term: the written object, or the
+    /// current record (if any) when the term is gone. A conflict reads the Lease again and
+    /// retries; a write whose outcome is unknown forgets the cached object, so the next write
+    /// reads first. Renewals and releases both go through here.
+    async fn write_term(
+        &mut self,
+        lease: &Lease,
+        edit: impl Fn(&mut K8sLease) + Send + Sync,
+    ) -> Result<std::result::Result<K8sLease, Option<LeaseRecord>>> {
+        let api = self.inner.api().await?;
+        let mut fresh = false;
+        for _ in 0..MAX_RACES {
+            let mut object = match self.current(&api, lease, fresh).await? {
+                Ok(object) => object,
+                Err(record) => {
+                    self.written = None;
+                    return Ok(Err(record));
+                }
+            };
+            edit(&mut object);
+            match api
+                .replace(&self.key, &PostParams::default(), &object)
+                .await
+            {
+                Ok(written) => return Ok(Ok(written)),
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => fresh = true,
+                Err(e) => {
+                    self.written = None;
+                    return Err(self.inner.error(e, true));
+                }
+            }
+        }
+        Err(Error::unavailable(
+            STORE,
+            format!("{}: the Lease keeps changing", self.key),
+            "lost races",
+        ))
+    }
+
     fn wrote(&mut self, lease: K8sLease) -> Result<()> {
         let record = parse_record(&self.key, &lease)?;
         self.inner
@@ -734,92 +773,48 @@ impl Candidacy for KubernetesCandidacy {
     }
 
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
-        let api = self.inner.api().await?;
-        let mut fresh = false;
-        for _ in 0..MAX_RACES {
-            let mut object = match self.current(&api, lease, fresh).await? {
-                Ok(object) => object,
-                Err(record) => {
-                    self.written = None;
-                    return Ok(Renew::Lost(record));
+        let written = self
+            .write_term(lease, |object| {
+                if let Some(spec) = object.spec.as_mut() {
+                    spec.renew_time = Some(MicroTime(now_micro()));
+                    spec.lease_duration_seconds = Some(duration_secs(ttl));
                 }
-            };
-            let Some(mut spec) = object.spec.clone() else {
-                return Ok(Renew::Lost(None));
-            };
-            spec.renew_time = Some(MicroTime(now_micro()));
-            spec.lease_duration_seconds = Some(duration_secs(ttl));
-            object.spec = Some(spec);
-            match api
-                .replace(&self.key, &PostParams::default(), &object)
-                .await
-            {
-                Ok(written) => {
-                    self.wrote(written)?;
-                    return Ok(Renew::Renewed);
-                }
-                Err(e) if is_code(&e, 409) || is_code(&e, 404) => fresh = true,
-                Err(e) => {
-                    // The renewal may have been applied: read before the next one.
-                    self.written = None;
-                    return Err(self.inner.error(e, true));
-                }
+            })
+            .await?;
+        match written {
+            Ok(written) => {
+                self.wrote(written)?;
+                Ok(Renew::Renewed)
             }
+            Err(record) => Ok(Renew::Lost(record)),
         }
-        Err(Error::unavailable(
-            STORE,
-            format!("{}: the Lease keeps changing", self.key),
-            "lost races",
-        ))
     }
 
     async fn release(&mut self, lease: &Lease) -> Result<()> {
-        let api = self.inner.api().await?;
-        let mut fresh = false;
-        for _ in 0..MAX_RACES {
-            let mut object = match self.current(&api, lease, fresh).await? {
-                Ok(object) => object,
-                Err(_) => {
-                    self.written = None;
-                    return Ok(());
-                }
-            };
-            let transitions = object
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_transitions)
-                .unwrap_or(0);
-            let now = now_micro();
-            // client-go's ReleaseOnCancel: no holder, a 1 s lease, transitions kept.
-            set_term(
-                &mut object,
-                spec("", 1, now, now, transitions),
-                lease.token.0,
-                None,
-            );
-            match api
-                .replace(&self.key, &PostParams::default(), &object)
-                .await
-            {
-                Ok(written) => {
-                    let record = parse_record(&self.key, &written)?;
-                    self.inner
-                        .observe(&self.key, Some(&record), rv_of(&written), boot_time());
-                    self.written = None;
-                    return Ok(());
-                }
-                Err(e) if is_code(&e, 409) || is_code(&e, 404) => fresh = true,
-                Err(e) => {
-                    self.written = None;
-                    return Err(self.inner.error(e, true));
-                }
-            }
+        let written = self
+            .write_term(lease, |object| {
+                let transitions = object
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0);
+                let now = now_micro();
+                // client-go's ReleaseOnCancel: no holder, a 1 s lease, transitions kept.
+                set_term(
+                    object,
+                    spec("", 1, now, now, transitions),
+                    lease.token.0,
+                    None,
+                );
+            })
+            .await?;
+        if let Ok(written) = written {
+            let record = parse_record(&self.key, &written)?;
+            self.inner
+                .observe(&self.key, Some(&record), rv_of(&written), boot_time());
+            self.written = None;
         }
-        Err(Error::unavailable(
-            STORE,
-            format!("{}: the Lease keeps changing", self.key),
-            "lost races",
-        ))
+        Ok(())
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
