@@ -75,6 +75,15 @@ impl Clock {
         }
     }
 
+    /// Which clock this is, for sharing a driver among elections on the same clock: clones
+    /// of one test clock are the same clock; every boot clock is.
+    pub(crate) fn identity(&self) -> usize {
+        match &self.0 {
+            ClockKind::Boot => 0,
+            ClockKind::Tokio { jump_signal, .. } => Arc::as_ptr(jump_signal) as usize,
+        }
+    }
+
     /// Notified when this clock jumps ahead of the monotonic clock that tokio's timers follow:
     /// after a machine suspend (the boot clock), or a [`Clock::jump`] (the test clock).
     /// Sleepers race their timer against it and re-check the clock when it fires.

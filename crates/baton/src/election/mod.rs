@@ -1,16 +1,15 @@
 //! The application's handle on an election: [`LeaderElection`].
 
-mod engine;
+mod driver;
 mod events;
 mod state;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use events::{Event, Events, LossReason};
@@ -77,17 +76,19 @@ pub(crate) struct Shared {
     /// nanoseconds on `clock`.
     pub renewed: AtomicU64,
     pub state: watch::Sender<ElectionState>,
-    pub events: broadcast::Sender<Event>,
+    /// Made by the first [`LeaderElection::subscribe`]: until then events have no receiver,
+    /// and the channel's slots (allocated up front) would cost every election for nothing.
+    pub events: OnceLock<broadcast::Sender<Event>>,
     /// The current term's scope, while leading.
     pub scope: Mutex<Option<Term>>,
     pub control: Mutex<Control>,
-    /// The engine task of the current run, if any. `start` and `stop` hold this lock for their
+    /// The current run on the driver, if any. `start` and `stop` hold this lock for their
     /// whole work, so a `start` waits for a `stop` in progress to release the lease before a
-    /// new run begins. The task stays here until someone has seen it finish: a `stop()` whose
+    /// new run begins. The run stays here until someone has seen it finish: a `stop()` whose
     /// future was dropped midway (a timeout around it, a `select!`) leaves it for the next
-    /// `start` to wait for, never a second engine beside the first.
-    pub run: tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>,
-    /// Whether the current run's engine task is alive (read by `health`).
+    /// `start` to wait for, never a second run beside the first.
+    pub run: tokio::sync::Mutex<Option<driver::RunHandle>>,
+    /// Whether the current run is alive on its driver (read by `health`).
     pub running: std::sync::atomic::AtomicBool,
     /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
     /// checker must catch). Never set in production code.
@@ -100,23 +101,19 @@ pub(crate) struct Shared {
 pub(crate) struct Term {
     pub token: FencingToken,
     pub cancel: CancellationToken,
-    pub alive: tokio::sync::mpsc::Sender<()>,
+    pub alive: Arc<driver::TermAlive>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Control {
-    /// Cancels the current run: `stop()`, or the last handle dropped.
-    pub stop: Option<CancellationToken>,
+    /// Stops the current run: `stop()`, or the last handle dropped.
+    pub stop: Option<driver::Stopper>,
 }
 
-/// Wait for a run's engine task and return what it reports. A panic in the engine is the
-/// caller's panic; a task cancelled by a runtime shutting down reports nothing.
-async fn finish(task: &mut JoinHandle<Result<()>>) -> Result<()> {
-    match task.await {
-        Ok(outcome) => outcome,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Ok(()),
-    }
+/// Wait for a run to finish and return what it reports. A run whose driver went away (a
+/// runtime shutting down) reports nothing.
+async fn finish(run: &mut driver::RunHandle) -> Result<()> {
+    run.outcome().await
 }
 
 impl Shared {
@@ -276,7 +273,7 @@ impl LeaderElectionBuilder {
                 token: None,
                 last_error: None,
             }),
-            events: broadcast::Sender::new(EVENT_BUFFER),
+            events: OnceLock::new(),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
             run: tokio::sync::Mutex::new(None),
@@ -335,7 +332,7 @@ impl LeaderElection {
                 .unwrap_or_else(|e| e.into_inner())
                 .stop
                 .as_ref()
-                .is_some_and(CancellationToken::is_cancelled);
+                .is_some_and(driver::Stopper::is_cancelled);
             if !task.is_finished() && !stopping {
                 return Err(Error::AlreadyStarted);
             }
@@ -347,12 +344,6 @@ impl LeaderElection {
             *run = None;
         }
         let (first_tx, first_rx) = oneshot::channel();
-        let stop = CancellationToken::new();
-        self.shared
-            .control
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stop = Some(stop.clone());
         // A run after a stop starts from scratch, not from the last run's end.
         self.shared.state.send_if_modified(|s| {
             let restart = s.role == Role::Stopped;
@@ -363,8 +354,13 @@ impl LeaderElection {
             restart
         });
         self.shared.running.store(true, Ordering::Release);
-        let engine = engine::Engine::new(self.shared.clone(), stop, first_tx);
-        let task = run.insert(tokio::spawn(engine.run()));
+        let (stop, handle) = driver::start(self.shared.clone(), first_tx);
+        self.shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop = Some(stop);
+        let task = run.insert(handle);
         // The first outcome comes before the engine's first wait, within one store call's
         // timeout, so holding the lock meanwhile delays a concurrent `stop()` only that long.
         let first = first_rx.await.unwrap_or(Err(Error::Stopped));
@@ -493,7 +489,11 @@ impl LeaderElection {
     /// Subscribe to events from now on.
     pub fn subscribe(&self) -> Events {
         Events {
-            rx: self.shared.events.subscribe(),
+            rx: self
+                .shared
+                .events
+                .get_or_init(|| broadcast::Sender::new(EVENT_BUFFER))
+                .subscribe(),
             missed: 0,
         }
     }
@@ -575,7 +575,7 @@ pub struct Leadership {
     shared: Arc<Shared>,
     token: FencingToken,
     cancel: CancellationToken,
-    _alive: tokio::sync::mpsc::Sender<()>,
+    _alive: Arc<driver::TermAlive>,
 }
 
 impl Leadership {
@@ -620,7 +620,7 @@ impl Leadership {
             }
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = engine::sleep_on(&self.shared.clock, wait) => {}
+                () = driver::sleep_on(&self.shared.clock, wait) => {}
             }
         }
     }

@@ -44,7 +44,9 @@ impl Slot {
         Slot {
             lease: None,
             last_token: 0,
-            changes: broadcast::channel(64).0,
+            // Small: a watcher that falls behind gets one `Change::Other` and looks again, and
+            // tokio allocates every slot up front, for every key.
+            changes: broadcast::channel(8).0,
         }
     }
 

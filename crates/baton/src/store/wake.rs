@@ -59,7 +59,10 @@ pub(crate) struct Route {
 impl Default for Route {
     fn default() -> Self {
         Route {
-            tx: broadcast::channel(64).0,
+            // Small: tokio allocates every slot up front, for every key a store watches, and a
+            // watcher that falls behind loses nothing it needs (it gets `Change::Other` and
+            // looks again).
+            tx: broadcast::channel(8).0,
             releases: AtomicU64::new(0),
             claimed: AtomicU64::new(0),
         }
