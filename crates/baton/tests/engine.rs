@@ -51,6 +51,8 @@ enum Mode {
     Lost,
     /// Wait, then pass.
     Delay(Duration),
+    /// Panic inside the call.
+    Panic,
 }
 
 /// The memory store, with faults injected per operation. The test keeps a handle on the
@@ -130,6 +132,7 @@ async fn apply(mode: Mode) -> Result<()> {
             tokio::time::sleep(d).await;
             Ok(())
         }
+        Mode::Panic => panic!("injected panic in a store call"),
     }
 }
 
@@ -1423,4 +1426,92 @@ async fn an_idle_follower_waiting_for_a_complete_stream_is_healthy() {
         assert!(b.health().healthy, "{:?}", b.health());
     }
     assert!(a.is_leader() && a.health().healthy);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared driver (docs/decisions.md D76).
+
+#[tokio::test(start_paused = true)]
+async fn many_elections_run_on_one_task() {
+    let clock = Clock::tokio();
+    let store = Scripted::new(&clock);
+    let before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let elections: Vec<_> = (0..200)
+        .map(|i| {
+            LeaderElection::builder(store.clone(), format!("jobs:{i}"))
+                .instance_id(format!("c{i}"))
+                .clock(clock.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for e in &elections {
+        e.start().await.unwrap();
+    }
+    run_for(secs(30)).await;
+    assert!(elections.iter().all(LeaderElection::is_leader));
+    // Every election renewed on time, from one timer queue.
+    assert!(store.count("renew") >= 200 * 5, "{}", store.count("renew"));
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(tasks - before, 1, "one driver task for 200 elections");
+    for e in &elections {
+        e.stop().await.unwrap();
+    }
+    settle().await;
+    // The driver leaves once its last election is over.
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        before
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_call_that_panics_fails_that_call_and_spares_the_other_elections() {
+    let clock = Clock::tokio();
+    let (panicky, fine) = (Scripted::new(&clock), Scripted::new(&clock));
+    let a = election(&panicky, "a", &clock);
+    let b = election(&fine, "b", &clock);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(a.is_leader() && b.is_leader());
+    panicky.set(|f| {
+        f.renew = Mode::Panic;
+        f.acquire = Mode::Panic;
+    });
+    // a's renewals fail (each panic is an indeterminate error): it steps down at renew +
+    // grace, as with any failing store, and keeps campaigning.
+    run_for(secs(10) + MS).await;
+    assert!(!a.is_leader());
+    assert_eq!(
+        lost_reasons(&drain(&mut events)),
+        vec![LossReason::RenewalsFailed]
+    );
+    assert!(
+        a.state()
+            .borrow()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("panicked")),
+        "{:?}",
+        a.state().borrow()
+    );
+    // b, on the same driver, never noticed.
+    run_for(secs(30)).await;
+    assert!(b.is_leader());
+    assert!(fine.count("renew") >= 8);
+    assert!(!a.is_leader());
+    assert!(panicky.count("acquire") >= 2, "a campaigns on");
+    panicky.set(|f| {
+        f.renew = Mode::Pass;
+        f.acquire = Mode::Pass;
+    });
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }

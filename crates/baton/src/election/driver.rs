@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::future::{AbortHandle, Abortable, BoxFuture, poll_fn};
+use futures_util::future::{AbortHandle, Abortable, BoxFuture, FutureExt, poll_fn};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
@@ -733,58 +733,99 @@ fn store_call(
     let shared = slot.shared.clone();
     let candidacy = slot.candidacy.clone();
     let span = slot.span.clone();
+    // A store call that panics fails with an indeterminate error instead of taking the
+    // driver, and every election on it, down.
+    let before = shared.clock.now();
+    let failed: fn(Error, Duration) -> Answer = match &action {
+        Action::Join => |e, _| Answer::Joined(Err(e)),
+        Action::Subscribe => |e, _| Answer::Subscribed(Err(e)),
+        Action::TryAcquire => |e, sent| {
+            Answer::Input(Input::Acquired {
+                sent,
+                complete: false,
+                outcome: Err(e),
+            })
+        },
+        Action::Renew { .. } => |e, sent| {
+            Answer::Input(Input::Renewed {
+                sent,
+                outcome: Err(e),
+            })
+        },
+        Action::Release(_) => |e, _| Answer::Input(Input::Released(Err(e))),
+        Action::Read(_) => |e, _| Answer::Input(Input::Read(Err(e))),
+        _ => |e, _| Answer::Input(Input::Left(Err(e))),
+    };
+    let store = shared.store.info().name;
+    let call = std::panic::AssertUnwindSafe(async move {
+        let timing = shared.timing;
+        let clock = &shared.clock;
+        let limit = timing.request_timeout;
+        match (action, candidacy) {
+            (Action::Join, _) => Answer::Joined(
+                with_timeout(
+                    clock,
+                    limit,
+                    shared.store.join(&shared.key, &shared.candidate),
+                )
+                .await,
+            ),
+            (Action::Read(key), _) => Answer::Input(Input::Read(
+                with_timeout(clock, limit, shared.store.read(&key)).await,
+            )),
+            // Only `join` and `read` come before a candidacy, and `leave` may.
+            (_, None) => Answer::Input(Input::Left(Ok(()))),
+            (action, Some(candidacy)) => {
+                let mut candidacy = candidacy.lock_owned().await;
+                match action {
+                    Action::Subscribe => {
+                        Answer::Subscribed(with_timeout(clock, limit, candidacy.watch()).await)
+                    }
+                    Action::TryAcquire => {
+                        let complete = candidacy.watch_is_complete();
+                        let sent = clock.now();
+                        let outcome =
+                            with_timeout(clock, limit, candidacy.try_acquire(timing.lease)).await;
+                        Answer::Input(Input::Acquired {
+                            sent,
+                            complete,
+                            outcome,
+                        })
+                    }
+                    Action::Renew { lease, timeout } => {
+                        let sent = clock.now();
+                        let outcome =
+                            with_timeout(clock, timeout, candidacy.renew(&lease, timing.lease))
+                                .await;
+                        metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
+                                .record(clock.now().saturating_sub(sent).as_secs_f64());
+                        Answer::Input(Input::Renewed { sent, outcome })
+                    }
+                    Action::Release(lease) => Answer::Input(Input::Released(
+                        with_timeout(clock, limit, candidacy.release(&lease)).await,
+                    )),
+                    Action::Leave => Answer::Input(Input::Left(
+                        with_timeout(clock, limit, candidacy.leave()).await,
+                    )),
+                    other => unreachable!("not a store call: {other:?}"),
+                }
+            }
+        }
+    });
     Box::pin(
         async move {
-            let timing = shared.timing;
-            let clock = &shared.clock;
-            let limit = timing.request_timeout;
-            let answer = match (action, candidacy) {
-                (Action::Join, _) => Answer::Joined(
-                    with_timeout(clock, limit, shared.store.join(&shared.key, &shared.candidate))
-                        .await,
-                ),
-                (Action::Read(key), _) => Answer::Input(Input::Read(
-                    with_timeout(clock, limit, shared.store.read(&key)).await,
-                )),
-                // Only `join` and `read` come before a candidacy, and `leave` may.
-                (_, None) => Answer::Input(Input::Left(Ok(()))),
-                (action, Some(candidacy)) => {
-                    let mut candidacy = candidacy.lock_owned().await;
-                    match action {
-                        Action::Subscribe => Answer::Subscribed(
-                            with_timeout(clock, limit, candidacy.watch()).await,
-                        ),
-                        Action::TryAcquire => {
-                            let complete = candidacy.watch_is_complete();
-                            let sent = clock.now();
-                            let outcome =
-                                with_timeout(clock, limit, candidacy.try_acquire(timing.lease))
-                                    .await;
-                            Answer::Input(Input::Acquired {
-                                sent,
-                                complete,
-                                outcome,
-                            })
-                        }
-                        Action::Renew { lease, timeout } => {
-                            let sent = clock.now();
-                            let outcome =
-                                with_timeout(clock, timeout, candidacy.renew(&lease, timing.lease))
-                                    .await;
-                            metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
-                                .record(clock.now().saturating_sub(sent).as_secs_f64());
-                            Answer::Input(Input::Renewed { sent, outcome })
-                        }
-                        Action::Release(lease) => Answer::Input(Input::Released(
-                            with_timeout(clock, limit, candidacy.release(&lease)).await,
-                        )),
-                        Action::Leave => Answer::Input(Input::Left(
-                            with_timeout(clock, limit, candidacy.leave()).await,
-                        )),
-                        other => unreachable!("not a store call: {other:?}"),
-                    }
-                }
-            };
+            let answer = call.catch_unwind().await.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                tracing::error!(store, panic = %what, "a store call panicked");
+                failed(
+                    Error::indeterminate(store, "a store call panicked", what),
+                    before,
+                )
+            });
             (id, n, answer)
         }
         .instrument(span),
