@@ -1,0 +1,323 @@
+//! MySQL/MariaDB push: a named lock per term as the followers' wake-up signal
+//! (docs/decisions.md D110).
+//!
+//! The leader of a key holds the server's named lock [`lock_name`]`(key, token)` on a
+//! connection of its own ([`TermLock`]) for as long as its term lasts, and releases it right
+//! after the `UPDATE` that frees the row. A follower's store blocks in `GET_LOCK` on that name
+//! on a connection of its own ([`LockWait`]), one per watched key and store (not per
+//! candidate: the store's candidates share it, and [`store::wake`](crate::store::wake) wakes
+//! one of them), so the release wakes it at once, without polling.
+//!
+//! The lock is only a signal. The row stays the truth for holders, tokens and expiry: a
+//! follower that wakes reads the row, and acquires only by the same conditional `UPDATE` as
+//! ever. A lock can be released without the row being freed (the leader's lock connection
+//! dropped, or its term ended by the deadline); the follower then finds the row still leased
+//! and waits for its expiry as before. Where no one holds the lock of the row's term (a leader
+//! whose lock connection failed, a Baton without push, the moment between an acquire and its
+//! lock), the watch reads the row every poll interval, as it did before push.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// How long the leader's `GET_LOCK` waits. Only a follower's store holds the term's lock
+/// besides its leader, for the instant of one statement (`GET_LOCK` then `RELEASE_LOCK`), so
+/// this is a bound for the unexpected; on a timeout the term runs without push.
+const HOLD_WAIT_S: i64 = 5;
+
+/// How long a release waits for the server to drop the lock before it drops the connection
+/// instead (which drops the lock too, a little later).
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
+
+/// The longest a follower's store blocks in `GET_LOCK` before it reads the row anyway.
+const LONGEST_BLOCK: Duration = Duration::from_secs(30);
+
+/// How long a follower's store waits before it connects again after a failed connection.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// The name of the lock the leader of `key` holds during its term `token`:
+/// `baton.<16 hex digits>.<token>`, the digits a 64-bit FNV-1a hash of the database, the
+/// table and the key. Named locks are server-wide, and MySQL allows at most 64 characters; this
+/// is at most 43. A hash collision (another key, the same token) costs only a spurious wake-up.
+pub(crate) fn lock_name(database: &str, table: &str, key: &str, token: u64) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in [database, table, key].iter().enumerate() {
+        if i > 0 {
+            // 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") differ.
+            hash = (hash ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        }
+        for byte in part.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("baton.{hash:016x}.{token}")
+}
+
+async fn connect(options: &MySqlConnectOptions) -> Result<MySqlConnection, sqlx::Error> {
+    MySqlConnection::connect_with(options).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The leader's side.
+
+enum Command {
+    /// Hold this lock (dropping the one held before).
+    Hold(String),
+    /// Drop the lock held, and say when done.
+    Release(oneshot::Sender<()>),
+}
+
+/// The named lock of a candidacy's current term, held on a connection of its own by a task of
+/// its own, so that taking it never delays the acquire that made the term. Dropping this drops
+/// the connection, and with it the lock.
+#[derive(Debug)]
+pub(crate) struct TermLock {
+    commands: mpsc::UnboundedSender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TermLock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TermLock {
+    pub fn new(options: Arc<MySqlConnectOptions>) -> TermLock {
+        let (commands, rx) = mpsc::unbounded_channel();
+        TermLock {
+            commands,
+            task: tokio::spawn(hold_locks(options, rx)),
+        }
+    }
+
+    /// Take `name` for the term that just began (in the background).
+    pub fn hold(&self, name: String) {
+        let _ = self.commands.send(Command::Hold(name));
+    }
+
+    /// Drop the term's lock, which wakes the followers. `false` if the server did not confirm
+    /// it in time: then drop this `TermLock`, whose connection's end drops the lock.
+    pub async fn release(&self) -> bool {
+        let (done, confirmed) = oneshot::channel();
+        if self.commands.send(Command::Release(done)).is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(RELEASE_WAIT, confirmed).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+async fn hold_locks(options: Arc<MySqlConnectOptions>, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut conn: Option<MySqlConnection> = None;
+    let mut held: Option<String> = None;
+    let mut pending: Option<Command> = None;
+    loop {
+        let command = match pending.take() {
+            Some(command) => command,
+            None => match rx.recv().await {
+                Some(command) => command,
+                None => return,
+            },
+        };
+        if let Some(name) = held.take() {
+            free(&mut conn, &name).await;
+        }
+        let name = match command {
+            Command::Release(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Command::Hold(name) => name,
+        };
+        if conn.is_none() {
+            match connect(&options).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    debug!(lock = name, error = %e, "no connection for the term's lock; followers poll");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let taken = {
+            let get = sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, ?)")
+                .bind(&name)
+                .bind(HOLD_WAIT_S)
+                .fetch_one(c);
+            tokio::select! {
+                taken = get => Some(taken),
+                next = rx.recv() => {
+                    match next {
+                        Some(next) => pending = Some(next),
+                        None => return,
+                    }
+                    None
+                }
+            }
+        };
+        match taken {
+            // Interrupted by the next command: the connection is mid-statement; drop it, and
+            // with it whatever it holds or waits for.
+            None => conn = None,
+            Some(Ok(Some(1))) => held = Some(name),
+            Some(Ok(other)) => {
+                debug!(lock = name, result = ?other, "the term's lock was not granted; followers poll");
+            }
+            Some(Err(e)) => {
+                debug!(lock = name, error = %e, "taking the term's lock failed; followers poll");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Drop lock `name`; a connection that fails at it is dropped, which drops the lock too.
+async fn free(conn: &mut Option<MySqlConnection>, name: &str) {
+    if let Some(c) = conn.as_mut()
+        && let Err(e) = sqlx::query("DO RELEASE_LOCK(?)")
+            .bind(name)
+            .execute(c)
+            .await
+    {
+        debug!(lock = name, error = %e, "releasing the term's lock failed; dropping its connection");
+        *conn = None;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The followers' side.
+
+/// What ended a [`LockWait::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The lock was held and has been released (or its holder's connection ended).
+    Released,
+    /// The lock is still held after the time given.
+    TimedOut,
+    /// No one held the lock: no push for this term.
+    NotHeld,
+    /// No connection, or the statement failed.
+    Failed,
+}
+
+/// A connection of a store's own on which it blocks until a term's lock is released.
+pub(crate) struct LockWait {
+    options: Arc<MySqlConnectOptions>,
+    conn: Option<MySqlConnection>,
+    /// MariaDB takes fractions of a second as `GET_LOCK`'s timeout; MySQL is given whole ones.
+    mariadb: bool,
+    connect_after: Option<Instant>,
+}
+
+impl LockWait {
+    pub fn new(options: Arc<MySqlConnectOptions>) -> LockWait {
+        LockWait {
+            options,
+            conn: None,
+            mariadb: false,
+            connect_after: None,
+        }
+    }
+
+    /// Block until lock `name` is released, or for `longest` (at most [`LONGEST_BLOCK`]);
+    /// return at once if no one holds it. The lock is taken for the instant of the statement
+    /// only (`GET_LOCK` and `RELEASE_LOCK` in one `SELECT`, evaluated left to right).
+    pub async fn wait(&mut self, name: &str, longest: Duration) -> Woken {
+        if self.conn.is_none() {
+            if self.connect_after.is_some_and(|t| Instant::now() < t) {
+                return Woken::Failed;
+            }
+            match connect(&self.options).await {
+                Ok(mut c) => {
+                    let version: Result<String, _> =
+                        sqlx::query_scalar("SELECT CAST(VERSION() AS CHAR)")
+                            .fetch_one(&mut c)
+                            .await;
+                    self.mariadb = version.is_ok_and(|v| v.contains("MariaDB"));
+                    self.conn = Some(c);
+                    self.connect_after = None;
+                }
+                Err(e) => {
+                    debug!(error = %e, "no connection to wait for releases on; polling");
+                    self.connect_after = Some(Instant::now() + RECONNECT_AFTER);
+                    return Woken::Failed;
+                }
+            }
+        }
+        let Some(c) = self.conn.as_mut() else {
+            return Woken::Failed;
+        };
+        let longest = longest.min(LONGEST_BLOCK);
+        let query = sqlx::query("SELECT IS_FREE_LOCK(?), GET_LOCK(?, ?), RELEASE_LOCK(?)")
+            .bind(name)
+            .bind(name);
+        let query = if self.mariadb {
+            query.bind(longest.as_secs_f64())
+        } else {
+            // Whole seconds, rounded up: a wait never ends before `longest`.
+            query.bind(i64::try_from(longest.as_millis().div_ceil(1000)).unwrap_or(30))
+        };
+        let row = match query.bind(name).fetch_one(&mut *c).await {
+            Ok(row) => row,
+            Err(e) => {
+                debug!(lock = name, error = %e, "waiting for a release failed; polling");
+                self.conn = None;
+                return Woken::Failed;
+            }
+        };
+        let free: Option<i64> = row.try_get(0).unwrap_or(None);
+        let got: Option<i64> = row.try_get(1).unwrap_or(None);
+        let released: Option<i64> = row.try_get(2).unwrap_or(None);
+        if got == Some(1)
+            && released != Some(1)
+            && sqlx::query("DO RELEASE_LOCK(?)")
+                .bind(name)
+                .execute(&mut *c)
+                .await
+                .is_err()
+        {
+            self.conn = None;
+        }
+        match (free, got) {
+            (Some(1), _) => Woken::NotHeld,
+            (_, Some(1)) => Woken::Released,
+            (_, Some(0)) => Woken::TimedOut,
+            _ => Woken::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_names_fit_and_tell_keys_apart() {
+        let long = "k".repeat(255);
+        let name = lock_name("test", "baton_leases", &long, u64::MAX);
+        assert!(name.len() <= 64, "{name}");
+        assert_eq!(name, lock_name("test", "baton_leases", &long, u64::MAX));
+        assert_ne!(
+            lock_name("test", "t", "ab", 1),
+            lock_name("test", "ta", "b", 1)
+        );
+        assert_ne!(
+            lock_name("test", "t", "a", 1),
+            lock_name("test", "t", "a", 2)
+        );
+        assert_ne!(lock_name("a", "t", "k", 1), lock_name("b", "t", "k", 1));
+        // Stable across builds and processes: every Baton computes the same name.
+        assert_eq!(
+            lock_name("test", "baton_leases", "jobs", 7),
+            "baton.d4994b2b3482cd8f.7"
+        );
+    }
+}
