@@ -685,6 +685,53 @@ async fn mysql_a_release_reaches_an_observer_in_another_store_without_polling() 
     assert_eq!(heard, Some(baton::Change::Released));
 }
 
+/// A store's leaders hold their term locks on one connection of the store's, not one each: a
+/// process leading 10,000 elections must not open 10,000 connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_stores_leaders_share_one_term_lock_connection() {
+    let s = Scratch::new(Db::Mysql);
+    let store = MysqlStore::open(&s.url()).unwrap();
+    let shared: Arc<dyn LeaseStore> = Arc::new(store.clone());
+    let elections: Vec<LeaderElection> = (0..20)
+        .map(|i| {
+            election(
+                Arc::clone(&shared),
+                &format!("k{i}"),
+                "a",
+                Duration::from_secs(20),
+            )
+        })
+        .collect();
+    for r in futures_util::future::join_all(elections.iter().map(|e| e.start())).await {
+        r.unwrap();
+    }
+    let admin = s.my().await;
+    let mut holders = std::collections::BTreeSet::new();
+    for e in &elections {
+        let name = store.term_lock_name(e.key(), e.fencing_token().expect("leads"));
+        let start = Instant::now();
+        let holder = loop {
+            if let Some(id) = lock_holder(&admin, &name).await {
+                break id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{name} not held within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        holders.insert(holder);
+    }
+    assert_eq!(
+        holders.len(),
+        1,
+        "term locks held on connections {holders:?}"
+    );
+    for e in &elections {
+        e.stop().await.unwrap();
+    }
+}
+
 /// The term lock is only a signal: when the leader's lock connection dies (here, killed), the
 /// followers wake, find the row still leased, and do not take it while the leader renews;
 /// they poll again, so the leader's release still hands over promptly.

@@ -44,10 +44,11 @@
 //!
 //! MySQL has no `NOTIFY`. Instead the leader holds the server's named lock of its term,
 //! `GET_LOCK('baton.<hash of database, table and key>.<token>')` ([`MysqlStore::term_lock_name`]),
-//! on a connection of its own from just after its acquire until just after its release. A
-//! watching store blocks in `GET_LOCK` on the same name on a connection of its own (one per
-//! watched key and store, shared by the store's candidates and observers), so a release wakes
-//! it at once; it then reads the row, and a candidate acquires by the usual conditional
+//! from just after its acquire until just after its release, on the one connection its store
+//! keeps for its leaders' locks. A watching store blocks in `GET_LOCK` on the same name on a
+//! connection of its own (one per watched key and store, shared by the store's candidates and
+//! observers, for at most 16 keys per store; the others are polled), so a release wakes it at
+//! once; it then reads the row, and a candidate acquires by the usual conditional
 //! `UPDATE`. A graceful handoff costs about four round trips: the release, the lock's release,
 //! the read and the acquire. An idle follower sends no statements while it waits, except one
 //! read when the lease it waits on was due to expire (the leader renewed it meanwhile).
@@ -64,8 +65,8 @@
 //! # Connections
 //!
 //! An sqlx pool of at most four connections per store, opened lazily, plus, outside the pool,
-//! one connection per watched key (to wait on term locks) and one per candidacy that has led
-//! (to hold them). A connection found dead
+//! one connection for the store's leaders' term locks and one per watched key (at most 16) to
+//! wait on them. A connection found dead
 //! (`KILL`, a restart, a proxy) is replaced, and reads, renewals and releases are retried at
 //! once on a fresh connection, so a killed connection costs no leadership.
 //!
@@ -81,7 +82,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,7 +91,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
 use tracing::debug;
 
-use super::mysql_lock::{LockWait, TermLock, Woken, lock_name};
+use super::mysql_lock::{LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name};
 use super::{Effect, Feed, SqlUrl, left, lock, map_error, retrying, ttl_us};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
@@ -239,6 +240,10 @@ struct Inner {
     database: Arc<str>,
     /// Reads of a key by this store's pollers, for tests and the benchmarks.
     poller_reads: Arc<AtomicU64>,
+    /// The term locks of this store's leaders, on one connection (started by the first term).
+    term_locks: OnceLock<TermLocks>,
+    /// Connections to wait on term locks: one per watched key, at most `MAX_WAITING_KEYS`.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for MysqlStore {
@@ -320,6 +325,8 @@ impl MysqlStore {
             inner: Arc::new(Inner {
                 database,
                 poller_reads: Arc::default(),
+                term_locks: OnceLock::new(),
+                waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_KEYS)),
                 pool,
                 poll: url.poll.unwrap_or(DEFAULT_POLL),
                 sql: Sql::for_table(&url.table),
@@ -626,28 +633,45 @@ struct MysqlCandidacy {
     store: MysqlStore,
     key: String,
     candidate: String,
-    /// The named lock of this candidacy's term, while it leads (the followers' wake-up
-    /// signal), on a connection kept from its first term on.
-    term_lock: Option<TermLock>,
+    /// The named lock of this candidacy's term while it leads (the followers' wake-up
+    /// signal), held by the store's [`TermLocks`].
+    term_lock: Option<String>,
 }
 
 impl MysqlCandidacy {
     /// Hold the term lock of a term that just began.
     fn hold_term_lock(&mut self, token: FencingToken) {
+        let inner = &self.store.inner;
         let name = self.store.term_lock_name(&self.key, token);
-        let options = self.store.inner.pool.connect_options();
-        self.term_lock
-            .get_or_insert_with(|| TermLock::new(options))
-            .hold(name);
+        let locks = inner
+            .term_locks
+            .get_or_init(|| TermLocks::new(inner.pool.connect_options()));
+        // A term that ended without a release or a lost renewal (its deadline passed) still
+        // holds its lock: drop it first.
+        if let Some(old) = self.term_lock.replace(name.clone()) {
+            locks.release_soon(old);
+        }
+        locks.hold(name);
     }
 
-    /// Drop the term lock, waking the followers; a lock the server did not confirm dropping
-    /// goes with its connection.
+    /// Drop the term lock, waking the followers (the server's answer awaited).
     async fn drop_term_lock(&mut self) {
-        if let Some(term_lock) = &self.term_lock
-            && !term_lock.release().await
+        if let (Some(name), Some(locks)) =
+            (self.term_lock.take(), self.store.inner.term_locks.get())
         {
-            self.term_lock = None;
+            locks.release(name).await;
+        }
+    }
+}
+
+impl Drop for MysqlCandidacy {
+    /// A candidacy dropped while it leads (its election dropped without a release) gives up
+    /// its term lock, so the followers wake (and find the lease still held).
+    fn drop(&mut self) {
+        if let (Some(name), Some(locks)) =
+            (self.term_lock.take(), self.store.inner.term_locks.get())
+        {
+            locks.release_soon(name);
         }
     }
 }
@@ -841,6 +865,7 @@ impl MysqlStore {
         let database = Arc::clone(&inner.database);
         let table = inner.url.table.clone();
         let reads = Arc::clone(&inner.poller_reads);
+        let permits = Arc::clone(&inner.waiting);
         let task = tokio::spawn(async move {
             let doing = format!("watching key {owned_key:?}");
             let first = match weak.upgrade() {
@@ -855,7 +880,7 @@ impl MysqlStore {
             // last published.
             let mut seen = first.clone().map(Seen::of);
             let mut last = first.flatten();
-            let mut waiting = LockWait::new(options);
+            let mut waiting = LockWait::new(options, permits);
             loop {
                 // Until the row's term lock is released (push), or the lease is due to
                 // expire; without a lock to wait for, one poll interval (D110).

@@ -1,9 +1,9 @@
 //! MySQL/MariaDB push: a named lock per term as the followers' wake-up signal
 //! (docs/decisions.md D110).
 //!
-//! The leader of a key holds the server's named lock [`lock_name`]`(key, token)` on a
-//! connection of its own ([`TermLock`]) for as long as its term lasts, and releases it right
-//! after the `UPDATE` that frees the row. A follower's store blocks in `GET_LOCK` on that name
+//! The leader of a key holds the server's named lock [`lock_name`]`(key, token)` for as long as
+//! its term lasts, on the one connection its store keeps for its leaders' locks
+//! ([`TermLocks`]), and releases it right after the `UPDATE` that frees the row. A follower's store blocks in `GET_LOCK` on that name
 //! on a connection of its own ([`LockWait`]), one per watched key and store (not per
 //! candidate: the store's candidates share it, and [`store::wake`](crate::store::wake) wakes
 //! one of them), so the release wakes it at once, without polling.
@@ -21,21 +21,21 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-/// How long the leader's `GET_LOCK` waits. Only a follower's store holds the term's lock
-/// besides its leader, for the instant of one statement (`GET_LOCK` then `RELEASE_LOCK`), so
-/// this is a bound for the unexpected; on a timeout the term runs without push.
-const HOLD_WAIT_S: i64 = 5;
-
-/// How long a release waits for the server to drop the lock before it drops the connection
-/// instead (which drops the lock too, a little later).
+/// How long a release waits for the server to drop the lock (it goes on without waiting
+/// longer: followers then wake when it is dropped, or at the lease's end).
 const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 /// The longest a follower's store blocks in `GET_LOCK` before it reads the row anyway.
 const LONGEST_BLOCK: Duration = Duration::from_secs(30);
+
+/// How many keys a store waits on at once, each on a connection of its own; the store's other
+/// watched keys are polled (the fallback), so a process watching thousands of keys does not
+/// open thousands of connections.
+pub(crate) const MAX_WAITING_KEYS: usize = 16;
 
 /// How long a follower's store waits before it connects again after a failed connection.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -65,130 +65,115 @@ async fn connect(options: &MySqlConnectOptions) -> Result<MySqlConnection, sqlx:
 // ---------------------------------------------------------------------------------------------
 // The leader's side.
 
+/// How many times the holder tries a lock that is busy (a watching store holds it for the
+/// instant of one statement), and how long it waits between tries.
+const HOLD_TRIES: u32 = 50;
+const HOLD_RETRY: Duration = Duration::from_millis(2);
+
 enum Command {
-    /// Hold this lock (dropping the one held before).
+    /// Take this lock for a term that just began.
     Hold(String),
-    /// Drop the lock held, and say when done.
-    Release(oneshot::Sender<()>),
+    /// Drop this lock, and say when done.
+    Release(String, oneshot::Sender<()>),
 }
 
-/// The named lock of a candidacy's current term, held on a connection of its own by a task of
-/// its own, so that taking it never delays the acquire that made the term. Dropping this drops
-/// the connection, and with it the lock.
+/// The term locks of a store's leaders, all held on one connection of the store's own by one
+/// task (named locks are per session, and a session may hold many), so that taking one never
+/// delays the acquire that began the term, and a store with 10,000 leaders opens one
+/// connection for them, not 10,000. Dropping this drops the connection, and with it the locks.
 #[derive(Debug)]
-pub(crate) struct TermLock {
+pub(crate) struct TermLocks {
     commands: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for TermLock {
+impl Drop for TermLocks {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl TermLock {
-    pub fn new(options: Arc<MySqlConnectOptions>) -> TermLock {
+impl TermLocks {
+    pub fn new(options: Arc<MySqlConnectOptions>) -> TermLocks {
         let (commands, rx) = mpsc::unbounded_channel();
-        TermLock {
+        TermLocks {
             commands,
             task: tokio::spawn(hold_locks(options, rx)),
         }
     }
 
-    /// Take `name` for the term that just began (in the background).
+    /// Take lock `name` for the term that just began (in the background).
     pub fn hold(&self, name: String) {
         let _ = self.commands.send(Command::Hold(name));
     }
 
-    /// Drop the term's lock, which wakes the followers. `false` if the server did not confirm
-    /// it in time: then drop this `TermLock`, whose connection's end drops the lock.
-    pub async fn release(&self) -> bool {
+    /// Drop lock `name` (in the background).
+    pub fn release_soon(&self, name: String) {
+        let (done, _) = oneshot::channel();
+        let _ = self.commands.send(Command::Release(name, done));
+    }
+
+    /// Drop lock `name`, which wakes the followers; waits for the server's answer, at most
+    /// [`RELEASE_WAIT`].
+    pub async fn release(&self, name: String) {
         let (done, confirmed) = oneshot::channel();
-        if self.commands.send(Command::Release(done)).is_err() {
-            return false;
+        if self.commands.send(Command::Release(name, done)).is_ok() {
+            let _ = tokio::time::timeout(RELEASE_WAIT, confirmed).await;
         }
-        matches!(
-            tokio::time::timeout(RELEASE_WAIT, confirmed).await,
-            Ok(Ok(()))
-        )
     }
 }
 
 async fn hold_locks(options: Arc<MySqlConnectOptions>, mut rx: mpsc::UnboundedReceiver<Command>) {
     let mut conn: Option<MySqlConnection> = None;
-    let mut held: Option<String> = None;
-    let mut pending: Option<Command> = None;
-    loop {
-        let command = match pending.take() {
-            Some(command) => command,
-            None => match rx.recv().await {
-                Some(command) => command,
-                None => return,
-            },
-        };
-        if let Some(name) = held.take() {
-            free(&mut conn, &name).await;
-        }
-        let name = match command {
-            Command::Release(done) => {
+    while let Some(command) = rx.recv().await {
+        match command {
+            Command::Release(name, done) => {
+                if let Some(c) = conn.as_mut()
+                    && let Err(e) = sqlx::query("DO RELEASE_LOCK(?)")
+                        .bind(&name)
+                        .execute(c)
+                        .await
+                {
+                    // The connection's end drops every lock it held.
+                    debug!(lock = name, error = %e, "releasing a term lock failed; dropping the connection");
+                    conn = None;
+                }
                 let _ = done.send(());
-                continue;
             }
-            Command::Hold(name) => name,
-        };
-        if conn.is_none() {
-            match connect(&options).await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    debug!(lock = name, error = %e, "no connection for the term's lock; followers poll");
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let taken = {
-            let get = sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, ?)")
-                .bind(&name)
-                .bind(HOLD_WAIT_S)
-                .fetch_one(c);
-            tokio::select! {
-                taken = get => Some(taken),
-                next = rx.recv() => {
-                    match next {
-                        Some(next) => pending = Some(next),
-                        None => return,
+            Command::Hold(name) => {
+                if conn.is_none() {
+                    match connect(&options).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            debug!(lock = name, error = %e, "no connection for term locks; followers poll");
+                            continue;
+                        }
                     }
-                    None
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, 0)")
+                        .bind(&name)
+                        .fetch_one(&mut *c)
+                        .await
+                    {
+                        Ok(Some(1)) => break,
+                        Ok(_) if tries < HOLD_TRIES => tokio::time::sleep(HOLD_RETRY).await,
+                        Ok(other) => {
+                            debug!(lock = name, result = ?other, "a term lock stayed busy; followers poll");
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(lock = name, error = %e, "taking a term lock failed; followers poll");
+                            conn = None;
+                            break;
+                        }
+                    }
                 }
             }
-        };
-        match taken {
-            // Interrupted by the next command: the connection is mid-statement; drop it, and
-            // with it whatever it holds or waits for.
-            None => conn = None,
-            Some(Ok(Some(1))) => held = Some(name),
-            Some(Ok(other)) => {
-                debug!(lock = name, result = ?other, "the term's lock was not granted; followers poll");
-            }
-            Some(Err(e)) => {
-                debug!(lock = name, error = %e, "taking the term's lock failed; followers poll");
-                conn = None;
-            }
         }
-    }
-}
-
-/// Drop lock `name`; a connection that fails at it is dropped, which drops the lock too.
-async fn free(conn: &mut Option<MySqlConnection>, name: &str) {
-    if let Some(c) = conn.as_mut()
-        && let Err(e) = sqlx::query("DO RELEASE_LOCK(?)")
-            .bind(name)
-            .execute(c)
-            .await
-    {
-        debug!(lock = name, error = %e, "releasing the term's lock failed; dropping its connection");
-        *conn = None;
     }
 }
 
@@ -208,9 +193,12 @@ pub(crate) enum Woken {
     Failed,
 }
 
-/// A connection of a store's own on which it blocks until a term's lock is released.
+/// A connection of a store's own on which it blocks until a term's lock is released: one per
+/// watched key, at most [`MAX_WAITING_KEYS`] per store (`permits`).
 pub(crate) struct LockWait {
     options: Arc<MySqlConnectOptions>,
+    permits: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
     conn: Option<MySqlConnection>,
     /// MariaDB takes fractions of a second as `GET_LOCK`'s timeout; MySQL is given whole ones.
     mariadb: bool,
@@ -218,9 +206,11 @@ pub(crate) struct LockWait {
 }
 
 impl LockWait {
-    pub fn new(options: Arc<MySqlConnectOptions>) -> LockWait {
+    pub fn new(options: Arc<MySqlConnectOptions>, permits: Arc<Semaphore>) -> LockWait {
         LockWait {
             options,
+            permits,
+            permit: None,
             conn: None,
             mariadb: false,
             connect_after: None,
@@ -231,6 +221,13 @@ impl LockWait {
     /// return at once if no one holds it. The lock is taken for the instant of the statement
     /// only (`GET_LOCK` and `RELEASE_LOCK` in one `SELECT`, evaluated left to right).
     pub async fn wait(&mut self, name: &str, longest: Duration) -> Woken {
+        if self.permit.is_none() {
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => self.permit = Some(permit),
+                // The store waits on as many keys as it may: this one is polled.
+                Err(_) => return Woken::Failed,
+            }
+        }
         if self.conn.is_none() {
             if self.connect_after.is_some_and(|t| Instant::now() < t) {
                 return Woken::Failed;
