@@ -372,6 +372,14 @@ impl MysqlStore {
         lock_name(&self.inner.database, &self.inner.url.table, key, token.0)
     }
 
+    /// The holder of this store's leaders' term locks, started (and connecting) on first use.
+    fn term_locks(&self) -> &TermLocks {
+        let inner = &self.inner;
+        inner
+            .term_locks
+            .get_or_init(|| TermLocks::new(inner.pool.connect_options()))
+    }
+
     /// The pool, for callers that want to run their own statements on the same server.
     pub fn pool(&self) -> &MySqlPool {
         &self.inner.pool
@@ -593,6 +601,8 @@ impl LeaseStore for MysqlStore {
     async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
         check_len("key", key)?;
         check_len("candidate id", candidate)?;
+        // The connection for term locks opens now, not in the term that needs it.
+        self.term_locks();
         Ok(Box::new(MysqlCandidacy {
             store: self.clone(),
             key: key.to_owned(),
@@ -640,18 +650,18 @@ struct MysqlCandidacy {
 
 impl MysqlCandidacy {
     /// Hold the term lock of a term that just began.
-    fn hold_term_lock(&mut self, token: FencingToken) {
-        let inner = &self.store.inner;
+    /// Hold the lock of a term that just began; waits for the server's answer (at most
+    /// `HOLD_WAIT`), so that once the term is known the lock is held and a follower that reads
+    /// the row finds something to wait on.
+    async fn hold_term_lock(&mut self, token: FencingToken) {
         let name = self.store.term_lock_name(&self.key, token);
-        let locks = inner
-            .term_locks
-            .get_or_init(|| TermLocks::new(inner.pool.connect_options()));
+        let locks = self.store.term_locks();
         // A term that ended without a release or a lost renewal (its deadline passed) still
         // holds its lock: drop it first.
         if let Some(old) = self.term_lock.replace(name.clone()) {
             locks.release_soon(old);
         }
-        locks.hold(name);
+        locks.hold(name).await;
     }
 
     /// Drop the term lock, waking the followers (the server's answer awaited).
@@ -700,7 +710,7 @@ impl Candidacy for MysqlCandidacy {
                     },
                 );
                 let token = FencingToken(done.last_insert_id());
-                self.hold_term_lock(token);
+                self.hold_term_lock(token).await;
                 return Ok(Acquire::Acquired(Lease::new(
                     &self.key,
                     &self.candidate,
@@ -868,6 +878,9 @@ impl MysqlStore {
         let permits = Arc::clone(&inner.waiting);
         let task = tokio::spawn(async move {
             let doing = format!("watching key {owned_key:?}");
+            let mut waiting = LockWait::new(options, permits);
+            // Connected before the first read, so the first wait does not have to.
+            waiting.connect().await;
             let first = match weak.upgrade() {
                 Some(inner) => {
                     reads.fetch_add(1, Ordering::AcqRel);
@@ -880,21 +893,59 @@ impl MysqlStore {
             // last published.
             let mut seen = first.clone().map(Seen::of);
             let mut last = first.flatten();
-            let mut waiting = LockWait::new(options, permits);
+            // The last term found without its lock, and how far the looking went: 1, read at
+            // once; 2, looked for again over one poll interval.
+            let mut rechecked: Option<(u64, u8)> = None;
             loop {
                 // Until the row's term lock is released (push), or the lease is due to
                 // expire; without a lock to wait for, one poll interval (D110).
-                let woken = match last.as_ref().and_then(|s| Some((s.token, s.live()?.ttl))) {
-                    Some((token, ttl)) => {
-                        let name = lock_name(&database, &table, &owned_key, token);
-                        // A little past the expiry, so that the read finds it expired.
-                        let until_expiry = (ttl + Duration::from_millis(2)).max(poll);
-                        waiting.wait(&name, until_expiry).await
+                // How long to pause before the next read, and whether a release woke us.
+                let mut pause = poll;
+                let mut woke = false;
+                if let Some((token, ttl)) =
+                    last.as_ref().and_then(|s| Some((s.token, s.live()?.ttl)))
+                {
+                    let name = lock_name(&database, &table, &owned_key, token);
+                    // A little past the expiry, so that the read finds it expired.
+                    let until_expiry = (ttl + Duration::from_millis(2)).max(poll);
+                    let stage = match rechecked {
+                        Some((t, stage)) if t == token => stage,
+                        _ => 0,
+                    };
+                    let mut woken = waiting.wait(&name, until_expiry).await;
+                    if woken == Woken::NotHeld && stage == 0 {
+                        // The term may have ended before this store looked: read at once.
+                        rechecked = Some((token, 1));
+                        pause = Duration::ZERO;
+                    } else {
+                        if woken == Woken::NotHeld && stage == 1 {
+                            // Still held, its lock not yet: a term just begun takes its lock
+                            // a moment after its acquire. Look again after 1, 2, 4, 8 ms, once
+                            // per term, so a leader without push costs little more than the
+                            // poll.
+                            rechecked = Some((token, 2));
+                            let mut step = Duration::from_millis(1);
+                            let mut paused = Duration::ZERO;
+                            while woken == Woken::NotHeld && paused + step < poll {
+                                tokio::time::sleep(step).await;
+                                paused += step;
+                                step *= 2;
+                                woken = waiting.wait(&name, until_expiry).await;
+                            }
+                            pause = poll.saturating_sub(paused);
+                        }
+                        match woken {
+                            Woken::Released => {
+                                woke = true;
+                                pause = Duration::ZERO;
+                            }
+                            Woken::TimedOut => pause = Duration::ZERO,
+                            Woken::NotHeld | Woken::Failed => {}
+                        }
                     }
-                    None => Woken::NotHeld,
-                };
-                if matches!(woken, Woken::NotHeld | Woken::Failed) {
-                    tokio::time::sleep(poll).await;
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 reads.fetch_add(1, Ordering::AcqRel);
@@ -923,7 +974,7 @@ impl MysqlStore {
                     };
                     inner.feed.publish(Some(&owned_key), change);
                     seen = Some(now);
-                } else if woken == Woken::Released {
+                } else if woke {
                     // Woken, but the row did not change (the leader's lock connection ended,
                     // or its term ended by the deadline): no push for this term; poll.
                     tokio::time::sleep(poll).await;

@@ -25,6 +25,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+/// How long an acquire that began a term waits for its lock to be held; the lock is one round
+/// trip on a connection opened when the candidacy joined, so this bounds only the unexpected.
+const HOLD_WAIT: Duration = Duration::from_millis(100);
+
 /// How long a release waits for the server to drop the lock (it goes on without waiting
 /// longer: followers then wake when it is dropped, or at the lease's end).
 const RELEASE_WAIT: Duration = Duration::from_millis(500);
@@ -71,8 +75,8 @@ const HOLD_TRIES: u32 = 50;
 const HOLD_RETRY: Duration = Duration::from_millis(2);
 
 enum Command {
-    /// Take this lock for a term that just began.
-    Hold(String),
+    /// Take this lock for a term that just began, and say when done.
+    Hold(String, oneshot::Sender<()>),
     /// Drop this lock, and say when done.
     Release(String, oneshot::Sender<()>),
 }
@@ -102,9 +106,13 @@ impl TermLocks {
         }
     }
 
-    /// Take lock `name` for the term that just began (in the background).
-    pub fn hold(&self, name: String) {
-        let _ = self.commands.send(Command::Hold(name));
+    /// Take lock `name` for the term that just began; waits for the server's answer, at most
+    /// [`HOLD_WAIT`] (the lock is then taken in the background).
+    pub async fn hold(&self, name: String) {
+        let (done, taken) = oneshot::channel();
+        if self.commands.send(Command::Hold(name, done)).is_ok() {
+            let _ = tokio::time::timeout(HOLD_WAIT, taken).await;
+        }
     }
 
     /// Drop lock `name` (in the background).
@@ -124,7 +132,14 @@ impl TermLocks {
 }
 
 async fn hold_locks(options: Arc<MySqlConnectOptions>, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let mut conn: Option<MySqlConnection> = None;
+    // Connected at once, so the first term does not wait for it.
+    let mut conn: Option<MySqlConnection> = match connect(&options).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            debug!(error = %e, "no connection for term locks yet; followers poll");
+            None
+        }
+    };
     while let Some(command) = rx.recv().await {
         match command {
             Command::Release(name, done) => {
@@ -140,7 +155,7 @@ async fn hold_locks(options: Arc<MySqlConnectOptions>, mut rx: mpsc::UnboundedRe
                 }
                 let _ = done.send(());
             }
-            Command::Hold(name) => {
+            Command::Hold(name, done) => {
                 if conn.is_none() {
                     match connect(&options).await {
                         Ok(c) => conn = Some(c),
@@ -172,6 +187,7 @@ async fn hold_locks(options: Arc<MySqlConnectOptions>, mut rx: mpsc::UnboundedRe
                         }
                     }
                 }
+                let _ = done.send(());
             }
         }
     }
@@ -220,34 +236,44 @@ impl LockWait {
     /// Block until lock `name` is released, or for `longest` (at most [`LONGEST_BLOCK`]);
     /// return at once if no one holds it. The lock is taken for the instant of the statement
     /// only (`GET_LOCK` and `RELEASE_LOCK` in one `SELECT`, evaluated left to right).
-    pub async fn wait(&mut self, name: &str, longest: Duration) -> Woken {
+    /// Take a permit and connect, unless done already (or tried less than
+    /// [`RECONNECT_AFTER`] ago); whether there is a connection to wait on.
+    pub async fn connect(&mut self) -> bool {
         if self.permit.is_none() {
             match Arc::clone(&self.permits).try_acquire_owned() {
                 Ok(permit) => self.permit = Some(permit),
                 // The store waits on as many keys as it may: this one is polled.
-                Err(_) => return Woken::Failed,
+                Err(_) => return false,
             }
         }
-        if self.conn.is_none() {
-            if self.connect_after.is_some_and(|t| Instant::now() < t) {
-                return Woken::Failed;
+        if self.conn.is_some() {
+            return true;
+        }
+        if self.connect_after.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        match connect(&self.options).await {
+            Ok(mut c) => {
+                let version: Result<String, _> =
+                    sqlx::query_scalar("SELECT CAST(VERSION() AS CHAR)")
+                        .fetch_one(&mut c)
+                        .await;
+                self.mariadb = version.is_ok_and(|v| v.contains("MariaDB"));
+                self.conn = Some(c);
+                self.connect_after = None;
+                true
             }
-            match connect(&self.options).await {
-                Ok(mut c) => {
-                    let version: Result<String, _> =
-                        sqlx::query_scalar("SELECT CAST(VERSION() AS CHAR)")
-                            .fetch_one(&mut c)
-                            .await;
-                    self.mariadb = version.is_ok_and(|v| v.contains("MariaDB"));
-                    self.conn = Some(c);
-                    self.connect_after = None;
-                }
-                Err(e) => {
-                    debug!(error = %e, "no connection to wait for releases on; polling");
-                    self.connect_after = Some(Instant::now() + RECONNECT_AFTER);
-                    return Woken::Failed;
-                }
+            Err(e) => {
+                debug!(error = %e, "no connection to wait for releases on; polling");
+                self.connect_after = Some(Instant::now() + RECONNECT_AFTER);
+                false
             }
+        }
+    }
+
+    pub async fn wait(&mut self, name: &str, longest: Duration) -> Woken {
+        if !self.connect().await {
+            return Woken::Failed;
         }
         let Some(c) = self.conn.as_mut() else {
             return Woken::Failed;
