@@ -94,7 +94,7 @@ pub fn target(store: &str) -> Option<Duration> {
     match store {
         "sqlite" => Some(Duration::from_millis(20)),
         "postgres" => Some(Duration::from_millis(5)),
-        "mysql" => Some(Duration::from_millis(50)),
+        "mysql" => Some(Duration::from_millis(5)),
         "kubernetes" => Some(crate::kubernetes::PROCESS_HANDOFF_TARGET),
         _ => None,
     }
@@ -399,15 +399,12 @@ impl Run {
                     if s.store == "mysql" {
                         let _ = write!(
                             out,
-                            " A MySQL follower learns of a release only by polling (one \
-                             primary-key `SELECT` every 25 ms by default, `?poll=`; \
-                             docs/decisions.md D26), so its store part is up to one poll \
-                             interval plus an acquire. Here the shortest store part was {}: \
-                             every release waited about a whole interval. The bench signals \
-                             as soon as the follower's `leader_changed` arrives, which comes \
-                             right after the follower's first read of the key, so the release \
-                             lands early in a poll interval; a release at a moment unrelated \
-                             to the polling would wait half an interval on average.",
+                            " A MySQL follower is woken by the leader's release of its term's \
+                             named lock (`GET_LOCK`, docs/decisions.md D110), on which its \
+                             store blocks; the store part is the release, the lock's release, \
+                             the follower's read of the row and its acquire (the shortest \
+                             here: {}). Without a held term lock the follower would poll (25 \
+                             ms).",
                             ms(s.store_part().min())
                         );
                     }

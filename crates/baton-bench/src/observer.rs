@@ -253,8 +253,9 @@ impl Run {
         out.push('\n');
         let _ = writeln!(
             out,
-            "- MySQL/MariaDB has no push: the watcher's store and each candidate's store poll \
-             the key on their own (every 25 ms), so either may hear first.\n"
+            "- MySQL/MariaDB: the watcher's store and each candidate's store block on the \
+             leader's term lock (`GET_LOCK`, docs/decisions.md D110) on connections of their \
+             own, and the server wakes them one after the other, so either may hear first.\n"
         );
         let stores: Vec<&str> = self.stores.iter().map(|s| s.store).collect();
         let mut versions = vec![format!("`baton` CLI processes ({} build)", ctx.profile)];

@@ -71,7 +71,7 @@ pub fn failover_target(store: &str, lease: Duration) -> (Duration, String) {
 pub fn handoff_target(store: &str) -> Option<Duration> {
     match store {
         "postgres" => Some(Duration::from_millis(5)),
-        "mysql" => Some(Duration::from_millis(50)),
+        "mysql" => Some(Duration::from_millis(5)),
         _ => None,
     }
 }
@@ -254,7 +254,7 @@ impl Run {
             if self.store == "mysql" {
                 let _ = write!(
                     measured,
-                    "; idle followers poll at {:.1} statements/s each",
+                    "; idle followers send {:.1} statements/s each",
                     self.cost.per_follower()
                 );
             }
@@ -372,12 +372,11 @@ impl Run {
                         percent_or_dash(self.handoff_others)
                     ),
                     _ => format!(
-                        "a MySQL follower learns of a release only by polling (one primary-key \
-                         `SELECT` every 25 ms by default), so a handoff takes up to one poll \
-                         interval plus an acquire; {} of {} handoffs took longer than {} \
-                         (median of those: {}), with other processes using {} of the \
-                         machine. Fix: a shorter `?poll=` (more statements per follower), or \
-                         measure on a quiet machine",
+                        "a MySQL follower is woken by the leader's release of its term lock \
+                         (`GET_LOCK`, D110), then reads the row and acquires: about four round \
+                         trips; {} of {} handoffs took longer than {} (median of those: {}), \
+                         with other processes using {} of the machine. Fix: measure on a quiet \
+                         machine",
                         slow.len(),
                         s.len(),
                         target_ms(t),
@@ -534,9 +533,12 @@ impl Run {
                 cost.per_follower()
             ),
             "mysql" => format!(
-                "Expected: the leader one `UPDATE` per renewal; each follower one `SELECT` per \
-                 poll interval (25 ms by default: 40/s), as MySQL has no push. Measured: {:.1} \
-                 statements/s per follower.",
+                "Expected: the leader one `UPDATE` per renewal. Each follower's store blocks \
+                 on the leader's term lock (`GET_LOCK`, D110) and reads the key only when the \
+                 lease it last read is due to expire (the leader renewed it meanwhile): a \
+                 `GET_LOCK` and a `SELECT` about once per lease minus renew interval, well \
+                 under 1/s here (it polled 40/s before push). Measured: {:.3} statements/s \
+                 per follower.",
                 cost.per_follower()
             ),
             _ => {

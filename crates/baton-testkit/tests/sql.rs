@@ -392,7 +392,7 @@ async fn postgres_notify_wakes_the_follower() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn mysql_polled_watch_wakes_the_follower() {
+async fn mysql_term_lock_wakes_the_follower() {
     graceful_handoff_is_prompt(Db::Mysql).await;
 }
 
@@ -590,6 +590,186 @@ async fn mysql_candidates_that_start_together_share_one_poller() {
         "{} pollers left after every watcher went away",
         store.pollers()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// MySQL push: the leader's term lock (D110).
+
+/// The connection id that holds `name`, if any.
+async fn lock_holder(pool: &sqlx::MySqlPool, name: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT CAST(IS_USED_LOCK(?) AS SIGNED)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .expect("IS_USED_LOCK")
+}
+
+/// Start a leader of `key` on its own store and wait until it holds its term's lock.
+async fn mysql_leader_holding_its_term_lock(
+    s: &Scratch,
+    key: &str,
+    lease: Duration,
+) -> (LeaderElection, String) {
+    let store = MysqlStore::open(&s.url()).unwrap();
+    let leader = election(Arc::new(store.clone()), key, "a", lease);
+    leader.start().await.unwrap();
+    assert!(leader.is_leader());
+    let token = leader.fencing_token().expect("the leader has a token");
+    let name = store.term_lock_name(key, token);
+    let admin = s.my().await;
+    let start = Instant::now();
+    while lock_holder(&admin, &name).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the leader did not take its term lock {name} within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (leader, name)
+}
+
+/// A follower in another store (another process) is woken by the leader's release of its
+/// term lock, not by polling: its store polls every 10 s, the lease is 30 s, and it leads
+/// within 2 s of the stop. While it waits, its store does not read the key at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_release_wakes_a_follower_in_another_store_without_polling() {
+    let s = Scratch::new(Db::Mysql);
+    let lease = Duration::from_secs(30);
+    let (a, _) = mysql_leader_holding_its_term_lock(&s, "k", lease).await;
+    let follower_store = MysqlStore::open(&s.url_with("&poll=10s")).unwrap();
+    let b = election(Arc::new(follower_store.clone()), "k", "b", lease);
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
+    );
+    assert!(!b.is_leader());
+    // Idle: blocked on the term lock, no reads.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reads = follower_store.poller_reads();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        follower_store.poller_reads(),
+        reads,
+        "a follower waiting on the term lock read the key"
+    );
+    let stopped = Instant::now();
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || b.is_leader()).await,
+        "the follower did not lead within 2 s of the release (poll 10 s, lease 30 s)"
+    );
+    println!("handoff by the term lock: {:?}", stopped.elapsed());
+    b.stop().await.unwrap();
+}
+
+/// An observer (`baton watch`) on another store hears of the release as promptly.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_release_reaches_an_observer_in_another_store_without_polling() {
+    use futures_util::StreamExt;
+    let s = Scratch::new(Db::Mysql);
+    let (a, _) = mysql_leader_holding_its_term_lock(&s, "k", Duration::from_secs(30)).await;
+    let observer_store = s.store_at(&s.url_with("&poll=10s"));
+    let mut changes = observer_store
+        .watch("k")
+        .await
+        .unwrap()
+        .expect("mysql watches");
+    // The observer's store has read the key and waits on the term lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), changes.next())
+        .await
+        .expect("no change within 2 s of the release (poll 10 s)");
+    assert_eq!(heard, Some(baton::Change::Released));
+}
+
+/// A store's leaders hold their term locks on one connection of the store's, not one each: a
+/// process leading 10,000 elections must not open 10,000 connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_stores_leaders_share_one_term_lock_connection() {
+    let s = Scratch::new(Db::Mysql);
+    let store = MysqlStore::open(&s.url()).unwrap();
+    let shared: Arc<dyn LeaseStore> = Arc::new(store.clone());
+    let elections: Vec<LeaderElection> = (0..20)
+        .map(|i| {
+            election(
+                Arc::clone(&shared),
+                &format!("k{i}"),
+                "a",
+                Duration::from_secs(20),
+            )
+        })
+        .collect();
+    for r in futures_util::future::join_all(elections.iter().map(|e| e.start())).await {
+        r.unwrap();
+    }
+    let admin = s.my().await;
+    let mut holders = std::collections::BTreeSet::new();
+    for e in &elections {
+        let name = store.term_lock_name(e.key(), e.fencing_token().expect("leads"));
+        let start = Instant::now();
+        let holder = loop {
+            if let Some(id) = lock_holder(&admin, &name).await {
+                break id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{name} not held within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        holders.insert(holder);
+    }
+    assert_eq!(
+        holders.len(),
+        1,
+        "term locks held on connections {holders:?}"
+    );
+    for e in &elections {
+        e.stop().await.unwrap();
+    }
+}
+
+/// The term lock is only a signal: when the leader's lock connection dies (here, killed), the
+/// followers wake, find the row still leased, and do not take it while the leader renews;
+/// they poll again, so the leader's release still hands over promptly.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_killed_term_lock_connection_frees_no_lease() {
+    let s = Scratch::new(Db::Mysql);
+    let lease = Duration::from_secs(2);
+    let (a, name) = mysql_leader_holding_its_term_lock(&s, "k", lease).await;
+    let b = election(s.store(), "k", "b", lease);
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = s.my().await;
+    let holder = lock_holder(&admin, &name).await.expect("the lock is held");
+    sqlx::query(sqlx::AssertSqlSafe(format!("KILL {holder}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    // Two leases: the leader renews all along, and the follower never leads.
+    let watched = Instant::now();
+    while watched.elapsed() < 2 * lease {
+        assert!(a.is_leader(), "the leader lost its lease");
+        assert!(
+            !b.is_leader(),
+            "two leaders after the term lock's connection died"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(1), || b.is_leader()).await,
+        "the follower did not lead within 1 s of the release (lease 2 s)"
+    );
+    b.stop().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 //! | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+...`) | `RedisStore`: one server, TLS, a Redis Cluster, Sentinel's master | feature `redis` |
 //! | `etcd://`, `etcds://` | `EtcdStore`: an etcd cluster, speaking `concurrency.Election` (`etcdctl elect`) | feature `etcd` |
 //! | `postgres://`, `postgresql://` | `PostgresStore`: a lease table, `LISTEN`/`NOTIFY` push | feature `postgres` |
-//! | `mysql://`, `mariadb://` | `MysqlStore`: a lease table, a polled watch | feature `mysql` |
+//! | `mysql://`, `mariadb://` | `MysqlStore`: a lease table, push through a named lock per term | feature `mysql` |
 //! | `kubernetes:`, `kubernetes+http://` | `KubernetesStore`: Lease objects, compatible with client-go's `LeaseLock` | feature `kubernetes` |
 //! | `consul://` | planned | not yet |
 //!

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `table=NAME` | `baton_leases` | the lease table: lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 characters |
 //! | `create=false` | `true` | never create the table; a missing table is then a configuration error naming the SQL file |
-//! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key (`10ms`, `100ms`, `1s`) |
+//! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key while no leader holds its term lock (push handoff's fallback; `10ms`, `100ms`, `1s`) |
 //!
 //! # TLS
 //!
@@ -54,6 +54,8 @@ use crate::{Error, Result};
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_lock;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 

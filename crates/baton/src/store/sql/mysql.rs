@@ -1,5 +1,5 @@
 //! MySQL and MariaDB: one conditional `UPDATE` per acquisition, expiry by the server's
-//! `UTC_TIMESTAMP(6)`, and a polled watch for followers.
+//! `UTC_TIMESTAMP(6)`, and push handoff through a named lock (`GET_LOCK`) per term.
 //!
 //! # Layout
 //!
@@ -40,22 +40,33 @@
 //! Times are computed and compared with the server's `UTC_TIMESTAMP(6)` (not `NOW(6)`, which
 //! follows each session's `time_zone`); Baton sends only durations.
 //!
-//! # Followers: a polled watch
+//! # Followers: woken by the leader's named lock
 //!
-//! MySQL has no `NOTIFY`. [`watch`](Candidacy::watch) is backed by a poller per watched key and
-//! store: one primary-key `SELECT` every `poll` interval (default 25 ms, `?poll=DUR`), which
-//! yields a change when the holder or token changes or the lease is freed. That costs **40
-//! queries per second per watching follower process** at the default, each a single-row
-//! primary-key lookup; the leader does not poll (it renews once per renew interval). A
-//! graceful handoff therefore takes at most one poll interval plus an acquire round trip.
-//! Changes made through the same store object are delivered at once. Of a store's candidates,
-//! one answers a release; the others wait for the winner (docs/decisions.md D41). (The alternative,
-//! blocking followers on `GET_LOCK` of a lock the leader holds, costs no polling but pins one
-//! connection per follower and per leader; it is not implemented.)
+//! MySQL has no `NOTIFY`. Instead the leader holds the server's named lock of its term,
+//! `GET_LOCK('baton.<hash of database, table and key>.<token>')` ([`MysqlStore::term_lock_name`]),
+//! from just after its acquire until just after its release, on the one connection its store
+//! keeps for its leaders' locks. A watching store blocks in `GET_LOCK` on the same name on a
+//! connection of its own (one per watched key and store, shared by the store's candidates and
+//! observers, for at most 16 keys per store; the others are polled), so a release wakes it at
+//! once; it then reads the row, and a candidate acquires by the usual conditional
+//! `UPDATE`. A graceful handoff costs about four round trips: the release, the lock's release,
+//! the read and the acquire. An idle follower sends no statements while it waits, except one
+//! read when the lease it waits on was due to expire (the leader renewed it meanwhile).
+//!
+//! The lock is only a wake-up signal, never what safety rests on: a dropped connection releases
+//! it, so a follower that wakes reads the row and finds it still leased (it then waits for the
+//! lease as before), and fencing tokens and expiry come from the row alone. Where no one holds
+//! the term's lock (a leader whose lock connection failed, a Baton version without push, the
+//! moment between an acquire and its lock), the watch reads the key every `poll` interval
+//! (default 25 ms, `?poll=DUR`), as all watches did before push. Changes made through the same
+//! store object are delivered at once. Of a store's candidates, one answers a release; the
+//! others wait for the winner (docs/decisions.md D41, D110).
 //!
 //! # Connections
 //!
-//! An sqlx pool of at most four connections per store, opened lazily. A connection found dead
+//! An sqlx pool of at most four connections per store, opened lazily, plus, outside the pool,
+//! one connection for the store's leaders' term locks and one per watched key (at most 16) to
+//! wait on them. A connection found dead
 //! (`KILL`, a restart, a proxy) is replaced, and reads, renewals and releases are retried at
 //! once on a fresh connection, so a killed connection costs no leadership.
 //!
@@ -70,8 +81,8 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -80,6 +91,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
 use tracing::debug;
 
+use super::mysql_lock::{LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name};
 use super::{Effect, Feed, SqlUrl, left, lock, map_error, retrying, ttl_us};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
@@ -92,7 +104,8 @@ const STORE: &str = "mysql";
 /// Where DBAs find the table definition.
 const SQL_FILE: &str = "crates/baton/sql/mysql.sql in Baton's sources";
 
-/// How often a follower's watch reads the key, unless the URL says `poll=`.
+/// How often a follower's watch reads the key while no leader holds its term lock, unless the
+/// URL says `poll=`.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(25);
 
 /// The longest key and candidate id the table holds, in characters.
@@ -221,8 +234,16 @@ struct Inner {
     ready: OnceCell<()>,
     feed: Arc<Feed>,
     pollers: Mutex<HashMap<String, std::sync::Weak<Poller>>>,
-    /// Pollers running (each reads its key every `poll`).
+    /// Pollers running (one per watched key).
     polling: Arc<AtomicUsize>,
+    /// The database, part of every term lock's name (named locks are server-wide).
+    database: Arc<str>,
+    /// Reads of a key by this store's pollers, for tests and the benchmarks.
+    poller_reads: Arc<AtomicU64>,
+    /// The term locks of this store's leaders, on one connection (started by the first term).
+    term_locks: OnceLock<TermLocks>,
+    /// Connections to wait on term locks: one per watched key, at most `MAX_WAITING_KEYS`.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for MysqlStore {
@@ -274,8 +295,9 @@ impl MysqlStore {
     /// A store on the application's own pool, in the lease table `table`
     /// ([`DEFAULT_TABLE`](super::DEFAULT_TABLE) is the usual name), which Baton creates when
     /// it is missing. The store shares the pool's connections with the application rather
-    /// than opening a second pool; watching followers poll every 25 ms (open the store from a
-    /// URL with `poll=` for another interval).
+    /// than opening a second pool (the term locks of push handoff use connections of their own,
+    /// made with the pool's options); where no term lock is held, watching followers poll every
+    /// 25 ms (open the store from a URL with `poll=` for another interval).
     ///
     /// Give the pool room for the election: a renewal waits for a free connection like any
     /// other query, and a pool starved for longer than the grace period makes the leader step
@@ -298,8 +320,13 @@ impl MysqlStore {
     }
 
     fn with_pool(pool: MySqlPool, url: SqlUrl) -> Self {
+        let database: Arc<str> = Arc::from(pool.connect_options().get_database().unwrap_or(""));
         MysqlStore {
             inner: Arc::new(Inner {
+                database,
+                poller_reads: Arc::default(),
+                term_locks: OnceLock::new(),
+                waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_KEYS)),
                 pool,
                 poll: url.poll.unwrap_or(DEFAULT_POLL),
                 sql: Sql::for_table(&url.table),
@@ -317,16 +344,40 @@ impl MysqlStore {
         &self.inner.url.table
     }
 
-    /// How often a watching follower reads its key.
+    /// How often a watching follower reads its key when no leader holds its term's lock (the
+    /// fallback of push handoff).
     pub fn poll_interval(&self) -> Duration {
         self.inner.poll
     }
 
-    /// How many keys this store polls now: one poller per watched key, however many of the
-    /// store's candidates and observers watch it, each reading its key once per
-    /// [`poll_interval`](Self::poll_interval).
+    /// How many keys this store watches now: one poller per watched key, however many of the
+    /// store's candidates and observers watch it. A poller waits on the term lock of the
+    /// lease it last read, and reads its key once per [`poll_interval`](Self::poll_interval)
+    /// only while no one holds that lock.
     pub fn pollers(&self) -> usize {
         self.inner.polling.load(Ordering::Acquire)
+    }
+
+    /// How many times this store's pollers have read a key since the store was opened. With
+    /// push (the leader holds its term's lock) a waiting follower reads its key when the lease
+    /// is released, changes hands or is due to expire, not every poll interval.
+    pub fn poller_reads(&self) -> u64 {
+        self.inner.poller_reads.load(Ordering::Acquire)
+    }
+
+    /// The name of the server's named lock that the leader of `key` holds during its term
+    /// `token`, and whose release wakes the followers (`SELECT IS_USED_LOCK(name)` shows the
+    /// connection that holds it). The name hashes the database, the table and the key.
+    pub fn term_lock_name(&self, key: &str, token: FencingToken) -> String {
+        lock_name(&self.inner.database, &self.inner.url.table, key, token.0)
+    }
+
+    /// The holder of this store's leaders' term locks, started (and connecting) on first use.
+    fn term_locks(&self) -> &TermLocks {
+        let inner = &self.inner;
+        inner
+            .term_locks
+            .get_or_init(|| TermLocks::new(inner.pool.connect_options()))
     }
 
     /// The pool, for callers that want to run their own statements on the same server.
@@ -550,10 +601,13 @@ impl LeaseStore for MysqlStore {
     async fn join(&self, key: &str, candidate: &str) -> Result<Box<dyn Candidacy>> {
         check_len("key", key)?;
         check_len("candidate id", candidate)?;
+        // The connection for term locks opens now, not in the term that needs it.
+        self.term_locks();
         Ok(Box::new(MysqlCandidacy {
             store: self.clone(),
             key: key.to_owned(),
             candidate: candidate.to_owned(),
+            term_lock: None,
         }))
     }
 
@@ -589,6 +643,47 @@ struct MysqlCandidacy {
     store: MysqlStore,
     key: String,
     candidate: String,
+    /// The named lock of this candidacy's term while it leads (the followers' wake-up
+    /// signal), held by the store's [`TermLocks`].
+    term_lock: Option<String>,
+}
+
+impl MysqlCandidacy {
+    /// Hold the term lock of a term that just began.
+    /// Hold the lock of a term that just began; waits for the server's answer (at most
+    /// `HOLD_WAIT`), so that once the term is known the lock is held and a follower that reads
+    /// the row finds something to wait on.
+    async fn hold_term_lock(&mut self, token: FencingToken) {
+        let name = self.store.term_lock_name(&self.key, token);
+        let locks = self.store.term_locks();
+        // A term that ended without a release or a lost renewal (its deadline passed) still
+        // holds its lock: drop it first.
+        if let Some(old) = self.term_lock.replace(name.clone()) {
+            locks.release_soon(old);
+        }
+        locks.hold(name).await;
+    }
+
+    /// Drop the term lock, waking the followers (the server's answer awaited).
+    async fn drop_term_lock(&mut self) {
+        if let (Some(name), Some(locks)) =
+            (self.term_lock.take(), self.store.inner.term_locks.get())
+        {
+            locks.release(name).await;
+        }
+    }
+}
+
+impl Drop for MysqlCandidacy {
+    /// A candidacy dropped while it leads (its election dropped without a release) gives up
+    /// its term lock, so the followers wake (and find the lease still held).
+    fn drop(&mut self) {
+        if let (Some(name), Some(locks)) =
+            (self.term_lock.take(), self.store.inner.term_locks.get())
+        {
+            locks.release_soon(name);
+        }
+    }
 }
 
 #[async_trait]
@@ -614,10 +709,12 @@ impl Candidacy for MysqlCandidacy {
                         holder: self.candidate.clone(),
                     },
                 );
+                let token = FencingToken(done.last_insert_id());
+                self.hold_term_lock(token).await;
                 return Ok(Acquire::Acquired(Lease::new(
                     &self.key,
                     &self.candidate,
-                    FencingToken(done.last_insert_id()),
+                    token,
                 )));
             }
             match inner.select(&self.key, &doing).await? {
@@ -664,6 +761,7 @@ impl Candidacy for MysqlCandidacy {
             }
         }
         let current = inner.select(&lease.key, &doing).await?;
+        self.drop_term_lock().await;
         Ok(Renew::Lost(current.and_then(|s| s.live())))
     }
 
@@ -686,6 +784,8 @@ impl Candidacy for MysqlCandidacy {
         if done.rows_affected() == 1 {
             inner.feed.publish(Some(&lease.key), Change::Released);
         }
+        // After the row is free: the followers this wakes find it free.
+        self.drop_term_lock().await;
         Ok(())
     }
 
@@ -695,7 +795,7 @@ impl Candidacy for MysqlCandidacy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The polled watch.
+// The watch: blocked on the term lock, polling where no one holds it.
 
 /// The poller of one key; stops when the last subscription to it is dropped.
 struct Poller {
@@ -771,28 +871,96 @@ impl MysqlStore {
         let weak = Arc::downgrade(inner);
         let owned_key = key.to_owned();
         let poll = inner.poll;
+        let options = inner.pool.connect_options();
+        let database = Arc::clone(&inner.database);
+        let table = inner.url.table.clone();
+        let reads = Arc::clone(&inner.poller_reads);
+        let permits = Arc::clone(&inner.waiting);
         let task = tokio::spawn(async move {
             let doing = format!("watching key {owned_key:?}");
-            let mut last = match weak.upgrade() {
-                Some(inner) => inner.select(&owned_key, &doing).await.ok().map(Seen::of),
+            let mut waiting = LockWait::new(options, permits);
+            // Connected before the first read, so the first wait does not have to.
+            waiting.connect().await;
+            let first = match weak.upgrade() {
+                Some(inner) => {
+                    reads.fetch_add(1, Ordering::AcqRel);
+                    inner.select(&owned_key, &doing).await.ok()
+                }
                 None => return,
             };
             let _ = baseline_taken.send(true);
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            // What the last read found (`None`: nothing, or the read failed), and what was
+            // last published.
+            let mut seen = first.clone().map(Seen::of);
+            let mut last = first.flatten();
+            // The last term found without its lock, and how far the looking went: 1, read at
+            // once; 2, looked for again over one poll interval.
+            let mut rechecked: Option<(u64, u8)> = None;
             loop {
-                tick.tick().await;
+                // Until the row's term lock is released (push), or the lease is due to
+                // expire; without a lock to wait for, one poll interval (D110).
+                // How long to pause before the next read, and whether a release woke us.
+                let mut pause = poll;
+                let mut woke = false;
+                if let Some((token, ttl)) =
+                    last.as_ref().and_then(|s| Some((s.token, s.live()?.ttl)))
+                {
+                    let name = lock_name(&database, &table, &owned_key, token);
+                    // A little past the expiry, so that the read finds it expired.
+                    let until_expiry = (ttl + Duration::from_millis(2)).max(poll);
+                    let stage = match rechecked {
+                        Some((t, stage)) if t == token => stage,
+                        _ => 0,
+                    };
+                    let mut woken = waiting.wait(&name, until_expiry).await;
+                    if woken == Woken::NotHeld && stage == 0 {
+                        // The term may have ended before this store looked: read at once.
+                        rechecked = Some((token, 1));
+                        pause = Duration::ZERO;
+                    } else {
+                        if woken == Woken::NotHeld && stage == 1 {
+                            // Still held, its lock not yet: a term just begun takes its lock
+                            // a moment after its acquire. Look again after 1, 2, 4, 8 ms, once
+                            // per term, so a leader without push costs little more than the
+                            // poll.
+                            rechecked = Some((token, 2));
+                            let mut step = Duration::from_millis(1);
+                            let mut paused = Duration::ZERO;
+                            while woken == Woken::NotHeld && paused + step < poll {
+                                tokio::time::sleep(step).await;
+                                paused += step;
+                                step *= 2;
+                                woken = waiting.wait(&name, until_expiry).await;
+                            }
+                            pause = poll.saturating_sub(paused);
+                        }
+                        match woken {
+                            Woken::Released => {
+                                woke = true;
+                                pause = Duration::ZERO;
+                            }
+                            Woken::TimedOut => pause = Duration::ZERO,
+                            Woken::NotHeld | Woken::Failed => {}
+                        }
+                    }
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
                 let Some(inner) = weak.upgrade() else { return };
-                let seen = match inner.select(&owned_key, "polling").await {
-                    Ok(s) => Seen::of(s),
+                reads.fetch_add(1, Ordering::AcqRel);
+                let stored = match inner.select(&owned_key, "polling").await {
+                    Ok(s) => s,
                     Err(e) => {
                         debug!(key = owned_key, error = %e, "poll failed");
+                        last = None;
                         continue;
                     }
                 };
-                if last.as_ref() != Some(&seen) {
-                    let change = match (&last, &seen) {
+                let now = Seen::of(stored.clone());
+                last = stored;
+                if seen.as_ref() != Some(&now) {
+                    let change = match (&seen, &now) {
                         (_, Seen::Held { holder, .. }) => Change::Acquired {
                             holder: holder.clone(),
                         },
@@ -805,7 +973,11 @@ impl MysqlStore {
                         _ => Change::Other,
                     };
                     inner.feed.publish(Some(&owned_key), change);
-                    last = Some(seen);
+                    seen = Some(now);
+                } else if woke {
+                    // Woken, but the row did not change (the leader's lock connection ended,
+                    // or its term ended by the deadline): no push for this term; poll.
+                    tokio::time::sleep(poll).await;
                 }
             }
         });
