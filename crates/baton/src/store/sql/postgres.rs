@@ -228,9 +228,10 @@ fn q(sql: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 /// Describe: one more round trip, and the server parses and analyses the statement). The
 /// pool calls this on every connection it opens, and the store once on the idle connections
 /// when it finds the table ready, so that cost is paid when a connection is set up, not by the
-/// acquire that follows a release: the handoff. Nothing runs when a connection is handed out,
-/// so renewals pay nothing for it. A failure here is only logged: the statement then runs,
-/// and fails, where the caller sees it.
+/// acquire that follows a release: the handoff. When a connection is handed out, it runs again
+/// and finds the statements in sqlx's cache (no round trip), or prepares a connection that
+/// missed both. A failure here is only logged: the statement then runs, and fails, where the
+/// caller sees it.
 async fn prepare_election(conn: &mut PgConnection, sql: &Sql, ready: &AtomicBool) {
     if !ready.load(Ordering::Acquire) {
         return;
@@ -320,6 +321,20 @@ impl PostgresStore {
                     prepare_election(conn, &sql, &ready).await;
                     Ok(())
                 })
+            })
+            // A connection that was on its way back to the pool (sqlx returns them from a task
+            // of their own) when the table became ready missed both the above and `ready()`'s
+            // round of the idle ones: prepare it as it is handed out. On a prepared connection
+            // this finds the four statements in sqlx's cache and sends nothing.
+            .before_acquire({
+                let (sql, ready) = (Arc::clone(&sql), Arc::clone(&table_ready));
+                move |conn, _| {
+                    let (sql, ready) = (Arc::clone(&sql), Arc::clone(&ready));
+                    Box::pin(async move {
+                        prepare_election(conn, &sql, &ready).await;
+                        Ok(true)
+                    })
+                }
             })
             .connect_lazy_with(options);
         Ok(PostgresStore::with_pool(pool, url, sql, table_ready))
