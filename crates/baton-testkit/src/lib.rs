@@ -80,6 +80,7 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod fake_consul;
 pub mod fake_k8s;
 pub mod faulty;
 pub mod mariadb_server;
