@@ -4,29 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use baton_testkit::fake_consul::client::{self, Reply};
 use baton_testkit::fake_consul::{FakeConsul, FakeConsulOptions, FakeConsulProcess};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A reply: status, `X-Consul-Index`, body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    index: Option<u64>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on a connection of its own.
 async fn call(
     addr: &str,
     method: &str,
@@ -34,57 +15,9 @@ async fn call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    let status = head[9..12].parse().unwrap();
-    let index = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("x-consul-index: ")
-            .map(|v| v.trim().parse().unwrap())
-    });
-    Reply {
-        status,
-        index,
-        body,
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16)
-                .unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 4 + size..];
-    }
+    client::call(addr, method, path, headers, body)
+        .await
+        .unwrap()
 }
 
 fn addr(fake: &FakeConsul) -> String {
@@ -92,11 +25,7 @@ fn addr(fake: &FakeConsul) -> String {
 }
 
 fn value_of(entry: &Value) -> String {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(entry["Value"].as_str().unwrap_or_default())
-        .unwrap();
-    String::from_utf8(bytes).unwrap()
+    String::from_utf8(client::value_of(entry)).unwrap()
 }
 
 async fn create_session(addr: &str, body: Value) -> String {

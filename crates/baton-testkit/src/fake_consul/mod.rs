@@ -27,6 +27,7 @@
 //!   `session-destroy`, `session-read`, `other`), served at `/debug/baton-fake/requests` and
 //!   read in process by [`FakeConsul::requests`], for benchmarks.
 
+pub mod client;
 mod process;
 mod server;
 pub mod state;
