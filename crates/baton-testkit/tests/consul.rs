@@ -2,8 +2,9 @@
 //! can be installed here): the conformance suite, `consul lock`'s key layout and flags, tokens
 //! across the key's deletion, locks of other clients (never taken over, lock-delay honoured),
 //! takeover of a crashed Baton leader within one lease, the ACL token (a clear error, never
-//! shown), push handoff, an idle follower's requests, a partition, and a restart of the agent
-//! that keeps its data.
+//! shown), push handoff, an idle follower's requests, a partition, a restart of the agent
+//! that keeps its data, and a Python client that follows the Go API's `Lock` step by step as a
+//! foreign candidate next to Baton's.
 //!
 //! Timing bounds are generous on purpose: they check behaviour (push, not polling; never two
 //! leaders), not speed.
@@ -19,6 +20,8 @@ use baton_testkit::fake_consul::client::{self, Reply};
 use baton_testkit::fake_consul::{FakeConsul, FakeConsulOptions, FakeConsulProcess};
 use baton_testkit::faulty::{FaultyStore, Op};
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
+use baton_testkit::py_consul::ConsulLockConfig;
+use baton_testkit::py_elector::{EventKind, PyElector};
 use serde_json::{Value, json};
 
 /// One in-process fake for the whole binary's conformance cases.
@@ -522,4 +525,162 @@ async fn a_restart_of_the_agent_keeps_the_lock_and_tokens_keep_rising() {
     );
     assert!(follower.fencing_token().unwrap() > token);
     follower.stop().await.unwrap();
+}
+
+/// Leadership intervals on the boot clock, from events: `(candidate, start, end)`.
+type Intervals = Vec<(String, Duration, Duration)>;
+
+/// Records a Baton election's terms until the returned handle is asked for them.
+fn record_terms(election: &LeaderElection) -> tokio::task::JoinHandle<Intervals> {
+    let mut events = election.subscribe();
+    tokio::spawn(async move {
+        let mut terms = Vec::new();
+        let mut start = None;
+        while let Some(event) = events.recv().await {
+            match event {
+                baton::Event::BecameLeader { candidate, .. } => {
+                    start = Some((candidate, baton::boot_time()));
+                }
+                baton::Event::LostLeadership { .. } => {
+                    if let Some((candidate, began)) = start.take() {
+                        terms.push((candidate, began, baton::boot_time()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((candidate, began)) = start {
+            terms.push((candidate, began, baton::boot_time()));
+        }
+        terms
+    })
+}
+
+/// Drains a foreign candidate's events into terms; a term still open ends at `end`.
+fn foreign_terms(
+    py: &PyElector,
+    end: Duration,
+    terms: &mut Intervals,
+    open: &mut Option<Duration>,
+) {
+    while let Some(event) = py.next_event(Duration::ZERO) {
+        match event.kind {
+            EventKind::BecameLeader => *open = Some(event.boot_time),
+            EventKind::LostLeadership => {
+                if let Some(start) = open.take() {
+                    terms.push((event.candidate, start, event.boot_time));
+                }
+            }
+        }
+    }
+    if let Some(start) = open.take() {
+        terms.push((py.identity().to_owned(), start, end));
+    }
+}
+
+/// A Python client that follows the Go API's `Lock` step by step (`consul_lock.py`) and
+/// Baton's candidates on one lock: each side sees the other's lock as held, hand-offs go both
+/// ways (a release each way; a crash of the Python leader, which only Consul's 2 x TTL and its
+/// lock-delay end), and no two terms ever overlap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_lock_client_and_batons_candidates_never_lead_at_once() {
+    let fake = shared_fake();
+    let key = unique("go-lock");
+    let lease = Duration::from_secs(4);
+    let config = |id: &str| ConsulLockConfig::new(&fake.addr().to_string(), &key, id);
+    let mut all: Intervals = Vec::new();
+
+    // 1. The Go-style client leads; Baton's candidates see it and wait.
+    let mut py1 = config("py-1").spawn();
+    let event = py1
+        .wait_for(EventKind::BecameLeader, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("py-1 never led: {}", py1.stderr()));
+    let mut py1_open = Some(event.boot_time);
+    let url = fake.store_url();
+    let a = election(&url, &key, "baton-a", lease);
+    let b = election(&url, &key, "baton-b", lease);
+    let (a_terms, b_terms) = (record_terms(&a), record_terms(&b));
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || a.current_leader_id().as_deref()
+            == Some("py-1"))
+        .await
+    );
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    assert!(
+        !a.is_leader() && !b.is_leader(),
+        "Baton took a lock the Go client holds"
+    );
+
+    // 2. It stops (Unlock: release, destroy); a Baton candidate takes over through its query.
+    let stopped = Instant::now();
+    py1.terminate();
+    assert!(
+        wait_until(Duration::from_secs(3), || a.is_leader() || b.is_leader()).await,
+        "Baton takes over after the Go client's release: {}",
+        py1.stderr()
+    );
+    println!("Go lock -> Baton handoff: {:?}", stopped.elapsed());
+    foreign_terms(&py1, baton::boot_time(), &mut all, &mut py1_open);
+
+    // 3. A new Go-style client sees Baton's lock as held and blocks.
+    let mut py2 = config("py-2").spawn();
+    tokio::time::sleep(lease + Duration::from_secs(2)).await;
+    assert!(
+        py2.next_event(Duration::ZERO).is_none(),
+        "the Go client took a lock Baton holds"
+    );
+
+    // 4. Baton's candidates stop (releasing); the Go client's blocking query wakes it.
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let released = Instant::now();
+    let event = py2
+        .wait_for(EventKind::BecameLeader, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("py-2 never led: {}", py2.stderr()));
+    let mut py2_open = Some(event.boot_time);
+    println!("Baton -> Go lock handoff: {:?}", released.elapsed());
+
+    // 5. A Baton candidate waits; the Go client crashes. Its session lives until Consul's
+    //    reaper ends it (2 x 10 s after its last renewal), then its 1 s lock-delay; only then
+    //    does Baton take the lock: never while the Go client may still believe it holds it.
+    let c = election(&url, &key, "baton-c", lease);
+    let c_terms = record_terms(&c);
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!c.is_leader());
+    py2.kill();
+    let crashed = baton::boot_time();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || c.is_leader()).await,
+        "Baton takes over from a crashed Go client once Consul ends its session"
+    );
+    let took = killed.elapsed();
+    println!("Go lock crash -> Baton failover: {took:?}");
+    assert!(
+        took >= Duration::from_secs(10),
+        "not before Consul ended the session: {took:?}"
+    );
+    foreign_terms(&py2, crashed, &mut all, &mut py2_open);
+    c.stop().await.unwrap();
+    drop((a, b, c));
+    for terms in [a_terms, b_terms, c_terms] {
+        all.extend(terms.await.unwrap());
+    }
+
+    all.sort_by_key(|t| t.1);
+    assert!(all.len() >= 4, "{all:?}");
+    assert!(
+        all.iter().any(|t| t.0.starts_with("py-")) && all.iter().any(|t| t.0.starts_with("baton-"))
+    );
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "two leaders at once: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
 }
