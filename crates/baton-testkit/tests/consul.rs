@@ -684,3 +684,87 @@ async fn a_go_lock_client_and_batons_candidates_never_lead_at_once() {
         );
     }
 }
+
+/// A TLS front for the shared fake: terminates TLS with `files` and passes the bytes on.
+async fn tls_front(files: &baton_testkit::servers::TlsFiles) -> std::net::SocketAddr {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = shared_fake().addr();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consuls_urls_verify_the_agent_with_the_given_ca() {
+    let dir = baton_testkit::servers::scratch_dir("baton-consul-tls");
+    let ca = baton_testkit::tls::TestCa::new("baton consul test CA");
+    let files = ca.server_files(&dir, &["127.0.0.1"]);
+    let front = tls_front(&files).await;
+    let key = unique("tls");
+    let url = format!("consuls://{front}?ca={}&token=hunter2", files.ca.display());
+    let store = ConsulStore::open(&url).unwrap();
+    let mut c = store.join(&key, "a").await.unwrap();
+    let lease = acquired(c.try_acquire(Duration::from_secs(2)).await.unwrap());
+    assert_eq!(store.read(&key).await.unwrap().unwrap().holder, "a");
+    c.release(&lease).await.unwrap();
+    // Without the CA, the system's trust store does not know the agent's certificate.
+    let untrusted = ConsulStore::open(&format!("consuls://{front}?token=hunter2")).unwrap();
+    match untrusted.read(&key).await {
+        Err(Error::Config(msg)) => {
+            assert!(msg.contains("?ca=PATH"), "{msg}");
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // Files that cannot be read are configuration errors at once, naming the file.
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (url, words) in [
+        (
+            format!("consuls://{front}?ca={}", garbage.display()),
+            "holds no certificate",
+        ),
+        (
+            format!(
+                "consuls://{front}?ca={}&cert=/nonexistent/c.pem&key=/nonexistent/k.pem",
+                files.ca.display()
+            ),
+            "/nonexistent/c.pem",
+        ),
+    ] {
+        match ConsulStore::open(&url) {
+            Err(Error::Config(msg)) => assert!(msg.contains(words), "{msg}"),
+            other => panic!("{url}: expected a configuration error, got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

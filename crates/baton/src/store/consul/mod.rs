@@ -676,7 +676,12 @@ impl ConsulCandidacy {
             }
         }
         self.held = None;
-        self.destroy_session().await
+        // The session holds no lock now; if it cannot be destroyed, Consul ends it within
+        // 2 x TTL (the Go API's renewer ignores this error too).
+        if let Err(e) = self.destroy_session().await {
+            debug!(key = %self.key, error = %e, "could not destroy the session after a release");
+        }
+        Ok(())
     }
 }
 
