@@ -1,7 +1,7 @@
 //! A foreign candidate for the Consul store: `crates/baton-testkit/python/consul_lock.py`, a
 //! client that follows the Go API's `Lock` (`api/lock.go`) step by step with Python's standard
 //! library only (so it needs no install: any `python3` of 3.11 or later). It prints the same
-//! events as the Kubernetes candidate, read with [`PyElector`](crate::py_elector::PyElector).
+//! events as the Kubernetes candidate, read with [`PyElector`].
 //!
 //! ```no_run
 //! use std::time::Duration;
