@@ -24,8 +24,9 @@
 //! TTL = the lease rounded **up** to whole seconds and at least Consul's minimum of 10 s,
 //! `LockDelay` 0, `Behavior` `release`. Consul invalidates a session only `2 × TTL` after its
 //! last renewal (`session_ttl.go`), so a session never ends before the Baton leader's deadline:
-//! every acquire and every renewal first renews the session (`PUT /v1/session/renew/ID`), and
-//! the deadline counts from before that request. Clients that only follow Consul's own rules
+//! every acquire and every renewal first makes sure the session lasts a lease from now
+//! (renewing it with `PUT /v1/session/renew/ID` when an earlier renewal no longer covers that,
+//! D103), and the deadline counts from before the request. Clients that only follow Consul's own rules
 //! (`consul lock`) take over once Consul has invalidated the session, within `2 × TTL` of the
 //! leader's last renewal: always after the Baton leader stepped down.
 //!
@@ -44,11 +45,12 @@
 //! `LockIndex` restarts when the key is deleted, so the token is minted from Consul's raft
 //! index instead: `max(ModifyIndex read (X-Consul-Index for a missing key), token in the
 //! record) + 1`, written in the record by the transaction that locks the key, which also checks
-//! that the key is still at the index read (`check-index`, or `check-not-exists`). The lock's
+//! that the key is still at the index read (`check-index`; a missing key is first created as a
+//! free lock, D103). The lock's
 //! own `ModifyIndex` is above the index read, so each token is at most its own write's index,
 //! and every later acquisition reads an index at least that high: tokens strictly increase
-//! across releases, session expiries, other clients' terms and deletion of the key (a missing
-//! key's index is the KV table's, tombstones included).
+//! across releases, session expiries, other clients' terms and deletion of the key (a key
+//! created again gets an index above its deletion's).
 //!
 //! # Push
 //!
@@ -116,7 +118,7 @@ const BLOCKING_WAIT: Duration = Duration::from_secs(60);
 /// engine gives each call less when its deadline is nearer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lost races in a row after which `try_acquire` reports the holder it last read.
-const MAX_RACES: usize = 3;
+const MAX_RACES: usize = 4;
 /// How long a candidate waits before trying a key under a lock-delay again (the Go API's
 /// `DefaultLockRetryTime`, 5 s, or the lease if shorter).
 const LOCK_DELAY_RETRY: Duration = Duration::from_secs(5);
@@ -402,6 +404,14 @@ impl Inner {
         entry.clone()
     }
 
+    /// The observation of `kv_key`, when it shows a free lock.
+    fn seen_free(&self, kv_key: &str) -> Option<Observed> {
+        let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = observed.get(kv_key)?;
+        let pair = seen.pair.as_ref()?;
+        matches!(parse_lock(kv_key, pair), Ok(Lock::Free { .. })).then(|| seen.clone())
+    }
+
     /// The record of a lock, as seen at `observed`, with the time it has left; `None` when it
     /// is free or a Baton lease has run out. Another client's lock reports the TTL of its
     /// session, doubled (when Consul would invalidate it at the latest).
@@ -460,6 +470,16 @@ fn parse_go_seconds(s: &str) -> Option<Duration> {
     (total > 0).then(|| Duration::from_secs(total))
 }
 
+/// Whether a session of `ttl` renewed at `renewed_at` still lasts a `lease` sent at `now`:
+/// Consul keeps it until at least `renewed_at + 2 × ttl`; a tenth of the slack is kept for the
+/// drift of Consul's timer.
+fn session_outlasts(renewed_at: Duration, now: Duration, ttl: Duration, lease: Duration) -> bool {
+    let covered = (ttl * SESSION_TTL_MULTIPLIER)
+        .saturating_sub(lease)
+        .mul_f64(0.9);
+    now.saturating_sub(renewed_at) <= covered
+}
+
 /// The time a Baton lease has left, judged from when its index was first seen.
 fn remaining(observed: &Observed, record: &Record, now: Duration) -> Duration {
     (observed.at + record.lease()).saturating_sub(now)
@@ -474,6 +494,7 @@ impl LeaseStore for ConsulStore {
             kv_key: lock_key(key),
             candidate: candidate.to_owned(),
             session: None,
+            renewed_at: Duration::ZERO,
             held: None,
         }))
     }
@@ -503,6 +524,9 @@ struct ConsulCandidacy {
     candidate: String,
     /// The candidate's session and its TTL, once created.
     session: Option<(String, Duration)>,
+    /// Boot-clock instant before the last successful renewal (or creation) of the session was
+    /// sent: Consul keeps the session at least `2 × TTL` from then.
+    renewed_at: Duration,
     /// The record of the term this candidacy holds.
     held: Option<Record>,
 }
@@ -529,10 +553,22 @@ impl ConsulCandidacy {
     /// Renew this candidate's session, or create one for `lease` if it has none or Consul
     /// invalidated it. Sent before the lock is written: the session then lasts at least
     /// `2 × TTL ≥ lease` from before the write.
+    ///
+    /// A session renewed recently enough is not renewed again: one renewed (or created) at
+    /// `t` lasts until at least `t + 2 × TTL`, and a lease acquired or renewed now must not
+    /// outlive it, so a renewal is needed only once `now − t > 2 × TTL − lease` (less a tenth,
+    /// for the drift of Consul's timer). With TTL ≥ lease that is at least one lease, so a
+    /// leader renews its session about once a lease rather than at every renewal, and a
+    /// follower that created its session recently acquires without renewing it (D103).
     async fn fresh_session(&mut self, lease: Duration) -> Result<String> {
         let ttl = session_ttl(lease)?;
         if let Some((id, had)) = self.session.clone() {
+            if had == ttl && self.session_is_fresh(ttl, lease) {
+                return Ok(id);
+            }
+            let sent = boot_time();
             if had == ttl && self.renew_session(&id).await? {
+                self.renewed_at = sent;
                 return Ok(id);
             }
             if had != ttl {
@@ -546,6 +582,7 @@ impl ConsulCandidacy {
             "LockDelay": "0s",
             "Behavior": "release",
         });
+        let sent = boot_time();
         let reply = self
             .inner
             .agent
@@ -565,7 +602,13 @@ impl ConsulCandidacy {
             .and_then(|v| v["ID"].as_str().map(str::to_owned))
             .ok_or_else(|| unexpected(&reply, "creating a session", Kind::Write))?;
         self.session = Some((id.clone(), ttl));
+        self.renewed_at = sent;
         Ok(id)
+    }
+
+    /// Whether the session, renewed at `renewed_at`, outlasts a lease sent from now.
+    fn session_is_fresh(&self, ttl: Duration, lease: Duration) -> bool {
+        session_outlasts(self.renewed_at, boot_time(), ttl, lease)
     }
 
     /// Whether the session is still there (renewed).
@@ -651,6 +694,30 @@ impl ConsulCandidacy {
         self.inner.lease_record(&self.kv_key, &observed).await
     }
 
+    /// Create the free lock at a missing key: `PUT ?cas=0` with the lock's flags and no value.
+    /// `false` (someone created the key first) is fine: the caller reads it again.
+    async fn create_free(&self) -> Result<()> {
+        let path = format!(
+            "/v1/kv/{}?cas=0&flags={LOCK_FLAGS}",
+            escape_path(&self.kv_key)
+        );
+        let reply = self
+            .inner
+            .agent
+            .call(
+                Method::PUT,
+                &path,
+                Some(Vec::new()),
+                Kind::Write,
+                Some(REQUEST_TIMEOUT),
+            )
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(unexpected(&reply, "creating the lock's key", Kind::Write));
+        }
+        Ok(())
+    }
+
     /// Release the lock this candidacy's session holds (with `value`, which Consul writes with
     /// the release), then destroy the session.
     async fn unlock(&mut self, value: Vec<u8>) -> Result<()> {
@@ -690,12 +757,26 @@ impl Candidacy for ConsulCandidacy {
     async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
         let lease_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut last = None;
-        for _ in 0..MAX_RACES {
-            let (pair, observed) = self.inner.get(&self.kv_key, None).await?;
-            let lock = match &pair {
-                Some(p) => parse_lock(&self.kv_key, p)?,
-                None => Lock::Free { high_water: 0 },
+        for attempt in 0..MAX_RACES {
+            // A free lock this store already saw (a follower's blocking query just reported the
+            // release) is locked without reading it again: the transaction checks its index.
+            let seen = (attempt == 0)
+                .then(|| self.inner.seen_free(&self.kv_key))
+                .flatten();
+            let (pair, observed) = match seen {
+                Some(seen) => (seen.pair.clone(), seen),
+                None => self.inner.get(&self.kv_key, None).await?,
             };
+            let Some(present) = &pair else {
+                // A missing key's index cannot be checked in a transaction (a key created and
+                // deleted since the read would pass `check-not-exists`, and a token minted from
+                // the read could repeat one minted in between). So the free lock is created
+                // first (`cas=0`, the lock's flags, no session: what `consul lock` sees as
+                // free), and locked at its own index on the next pass.
+                self.create_free().await?;
+                continue;
+            };
+            let lock = parse_lock(&self.kv_key, present)?;
             let own = self.session.as_ref().map(|(id, _)| id.as_str());
             // The check that the key is as read, and the holder to remove first, if any.
             let (check, remove, high_water) = match lock {
@@ -732,11 +813,7 @@ impl Candidacy for ConsulCandidacy {
                     )));
                 }
                 Lock::Free { high_water } => (
-                    if pair.is_some() {
-                        json!({"KV": {"Verb": "check-index", "Key": self.kv_key, "Index": observed.index}})
-                    } else {
-                        json!({"KV": {"Verb": "check-not-exists", "Key": self.kv_key}})
-                    },
+                    json!({"KV": {"Verb": "check-index", "Key": self.kv_key, "Index": observed.index}}),
                     None,
                     high_water,
                 ),
@@ -793,6 +870,11 @@ impl Candidacy for ConsulCandidacy {
                     )));
                 }
                 TxnOutcome::RolledBack(what) => {
+                    if what.contains("invalid session") {
+                        // Consul ended this candidate's session (its TTL, or a destroy): a new
+                        // one on the next pass.
+                        self.session = None;
+                    }
                     debug!(key = %self.key, %what, "lost a race for the lock");
                     last = Some(what);
                 }
@@ -821,10 +903,16 @@ impl Candidacy for ConsulCandidacy {
         if record.token != lease.token.0 || lease.holder != self.candidate {
             return Ok(Renew::Lost(self.current().await?));
         }
-        if !self.renew_session(&session).await? {
-            self.session = None;
-            self.held = None;
-            return Ok(Renew::Lost(self.current().await?));
+        let lease_ttl = Duration::from_millis(record.lease_ms);
+        let ttl = session_ttl(lease_ttl)?;
+        if !self.session_is_fresh(ttl, lease_ttl) {
+            let sent = boot_time();
+            if !self.renew_session(&session).await? {
+                self.session = None;
+                self.held = None;
+                return Ok(Renew::Lost(self.current().await?));
+            }
+            self.renewed_at = sent;
         }
         let next = Record {
             renewal: record.renewal + 1,
@@ -988,6 +1076,30 @@ mod tests {
                 session_ttl(lease).unwrap() * SESSION_TTL_MULTIPLIER >= lease,
                 "{ms}"
             );
+        }
+    }
+
+    #[test]
+    fn a_session_is_renewed_before_it_could_end_within_a_lease() {
+        let ms = Duration::from_millis;
+        // A 15 s lease, a 15 s session: kept 30 s; no renewal needed for 13.5 s.
+        let (ttl, lease) = (session_ttl(secs(15)).unwrap(), secs(15));
+        assert!(session_outlasts(secs(100), secs(100), ttl, lease));
+        assert!(session_outlasts(secs(100), ms(113_500), ttl, lease));
+        assert!(!session_outlasts(secs(100), ms(113_501), ttl, lease));
+        // A 1 s lease, Consul's 10 s minimum: kept 20 s, renewed every 17.1 s at most.
+        let (ttl, lease) = (session_ttl(secs(1)).unwrap(), secs(1));
+        assert!(session_outlasts(secs(0), ms(17_100), ttl, lease));
+        assert!(!session_outlasts(secs(0), ms(17_101), ttl, lease));
+        // Whatever the lease, what is left of the session after the wait covers a lease.
+        for lease_ms in [1, 500, 9_999, 10_001, 15_000, 100_000, 172_800_000] {
+            let lease = ms(lease_ms);
+            let ttl = session_ttl(lease).unwrap();
+            let limit = (ttl * SESSION_TTL_MULTIPLIER)
+                .saturating_sub(lease)
+                .mul_f64(0.9);
+            assert!(session_outlasts(secs(5), secs(5) + limit, ttl, lease));
+            assert!(limit + lease <= ttl * SESSION_TTL_MULTIPLIER, "{lease_ms}");
         }
     }
 
