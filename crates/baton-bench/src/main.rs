@@ -27,6 +27,8 @@
 //!    in one process and between `baton` processes, crash failover, an idle follower's
 //!    requests (counted per client by the fake), and the same for the Python `kubernetes`
 //!    client as the peer.
+//! 10. **Consul** against the fake agent (`baton_testkit::fake_consul`): graceful handoff in
+//!     one process and between `baton` processes, crash failover, an idle follower's requests.
 //!
 //! PostgreSQL and MySQL/MariaDB are the machine's servers (127.0.0.1:5432 and :3306, database
 //! `test`), used through a lease table of the bench's own that it drops afterwards; etcd is a
@@ -37,6 +39,7 @@
 //! `--smoke` runs every figure briefly, to check that the benchmark works, and writes nothing.
 
 mod cli_handoff;
+mod consul;
 mod contention;
 mod cost;
 mod dbs;
@@ -121,9 +124,10 @@ enum Figure {
     VsEtcdctl,
     VsNaiveRedis,
     Kubernetes,
+    Consul,
 }
 
-const ALL: [Figure; 13] = [
+const ALL: [Figure; 14] = [
     Figure::Handoff,
     Figure::CliHandoff,
     Figure::Observer,
@@ -137,6 +141,7 @@ const ALL: [Figure; 13] = [
     Figure::VsEtcdctl,
     Figure::VsNaiveRedis,
     Figure::Kubernetes,
+    Figure::Consul,
 ];
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +171,7 @@ struct Profile {
     etcdctl: peers::EtcdctlParams,
     naive: peers::NaiveParams,
     kubernetes: kubernetes::Params,
+    consul: consul::Params,
 }
 
 impl Profile {
@@ -274,6 +280,16 @@ impl Profile {
                 settle: Duration::from_secs(5),
                 window: Duration::from_secs(30),
             },
+            consul: consul::Params {
+                warmup: 10,
+                rounds: 200,
+                handoff_timing: Timing::ms(2000, 500, 500),
+                process_rounds: 100,
+                crashes: 10,
+                timing: Timing::ms(3000, 1000, 1000),
+                settle: Duration::from_secs(5),
+                window: Duration::from_secs(30),
+            },
         }
     }
 
@@ -356,6 +372,16 @@ impl Profile {
                 settle: Duration::from_millis(200),
                 window: Duration::from_secs(1),
             },
+            consul: consul::Params {
+                warmup: 1,
+                rounds: 5,
+                handoff_timing: Timing::ms(1000, 250, 250),
+                process_rounds: 2,
+                crashes: 1,
+                timing: Timing::ms(1000, 250, 250),
+                settle: Duration::from_millis(200),
+                window: Duration::from_secs(1),
+            },
         }
     }
 
@@ -370,6 +396,7 @@ impl Profile {
             self.naive.rounds = n.max(1);
             self.naive.warmup = self.naive.warmup.min(n.div_ceil(10));
             self.kubernetes.process_rounds = n.max(1);
+            self.consul.process_rounds = n.max(1);
         }
         if let Some(n) = args.crashes {
             let n = n.max(1);
@@ -378,11 +405,13 @@ impl Profile {
             self.etcdctl.etcdctl_crashes = n.min(3);
             self.naive.crashes = n;
             self.kubernetes.crashes = n;
+            self.consul.crashes = n;
         }
         if let Some(w) = args.cost_window {
             self.server_stores.cost.window = w;
             self.naive.cost.window = w;
             self.kubernetes.window = w;
+            self.consul.window = w;
         }
     }
 }
@@ -730,6 +759,12 @@ async fn measure(
         let run = kubernetes::measure(servers.baton_checked()?, dir, profile.kubernetes).await?;
         summary_rows.extend(run.summary_rows());
         emit("kubernetes", run.report(ctx));
+    }
+
+    if figures.contains(&Figure::Consul) {
+        let run = consul::measure(servers.baton_checked()?, profile.consul).await?;
+        summary_rows.extend(run.summary_rows());
+        emit("consul", run.report(ctx));
     }
 
     if figures == ALL {

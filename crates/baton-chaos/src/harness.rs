@@ -22,10 +22,15 @@
 //!   harness; `BATON_FAKE_K8S` names another), with bookmarks every 200 ms and its Leases in a
 //!   state file, which a store restart SIGKILLs and starts again on the same port and state
 //!   file. The key is the Lease `chaos` in namespace `default`.
+//! * **Consul**: a fake agent of the run's own (`baton-fake-consul`, built next to the harness;
+//!   `BATON_FAKE_CONSUL` names another), with its KV pairs and sessions in a state file, which
+//!   a store restart SIGKILLs and starts again on the same port and state file. The key is the
+//!   pair `chaos/.lock`.
 //!
 //! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
 //! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
-//! connection, etcd's one HTTP/2 connection, the Kubernetes client's requests and its watch),
+//! connection, etcd's one HTTP/2 connection, the Kubernetes client's requests and its watch,
+//! the Consul client's requests and its blocking queries),
 //! so one candidate can be partitioned from the store while the others are not. Candidates die with the thread that
 //! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
 //!
@@ -42,8 +47,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton::store::LeaseStore;
+use baton::store::consul::ConsulStore;
 use baton::store::kubernetes::KubernetesStore;
 use baton_testkit::etcd_server::EtcdServer;
+use baton_testkit::fake_consul::{FakeConsulOptions, FakeConsulProcess, fake_consul_binary};
 use baton_testkit::fake_k8s::{FakeK8sOptions, FakeK8sProcess, fake_k8s_binary};
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
 use baton_testkit::servers::RedisServer;
@@ -172,6 +179,9 @@ impl Config {
                     .expect("a valid Kubernetes store URL")
                     .granted_ttl(self.lease)
             }
+            Store::Consul => ConsulStore::open("consul://127.0.0.1:1")
+                .expect("a valid Consul store URL")
+                .granted_ttl(self.lease),
             Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
         }
     }
@@ -187,7 +197,8 @@ impl Config {
     /// leader's last renewal waits a whole lease from its first read, so the bound holds only
     /// while some follower has watched since before the fault; every scenario keeps one (a
     /// killed leader is restarted, a rolling restart stops one candidate at a time, and the
-    /// others keep watching).
+    /// others keep watching). Consul is the same for a Baton leader's lock: followers time its
+    /// record from when their blocking query saw it change (D95).
     pub fn bounds(&self, store: Store) -> Bounds {
         Bounds {
             liveness: self.effective_lease(store) + self.renew + Duration::from_secs(1),
@@ -366,6 +377,7 @@ struct Run<'h> {
     redis: Option<RedisServer>,
     etcd: Option<EtcdServer>,
     fake_k8s: Option<FakeK8sProcess>,
+    fake_consul: Option<FakeConsulProcess>,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
     postgres_table: Option<String>,
     sqlite: Option<PathBuf>,
@@ -391,8 +403,8 @@ impl<'h> Run<'h> {
         let register = Register::start(&dir.join("register.sock"))
             .map_err(|e| format!("cannot start the register: {e}"))?;
         let mut rng = fastrand::Rng::with_seed(spec.seed);
-        let (mut redis, mut etcd, mut fake_k8s, mut postgres_table, mut sqlite) =
-            (None, None, None, None, None);
+        let (mut redis, mut etcd, mut fake_k8s, mut fake_consul, mut postgres_table, mut sqlite) =
+            (None, None, None, None, None, None);
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -442,6 +454,16 @@ impl<'h> Run<'h> {
                 fake_k8s = Some(server);
                 Some(([127, 0, 0, 1], port).into())
             }
+            Store::Consul => {
+                std::panic::catch_unwind(fake_consul_binary).map_err(|_| {
+                    "no baton-fake-consul binary (see the message above); scripts/chaos builds it"
+                        .to_owned()
+                })?;
+                let server = FakeConsulProcess::try_start(FakeConsulOptions::default())?;
+                let port = server.port();
+                fake_consul = Some(server);
+                Some(([127, 0, 0, 1], port).into())
+            }
         };
         let mut slots = Vec::new();
         for index in 0..cfg.candidates {
@@ -476,6 +498,7 @@ impl<'h> Run<'h> {
             redis,
             etcd,
             fake_k8s,
+            fake_consul,
             postgres_table,
             sqlite,
             slots,
@@ -510,6 +533,7 @@ impl<'h> Run<'h> {
             ),
             Store::Etcd => format!("etcd://{proxy}"),
             Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
+            Store::Consul => format!("consul://{proxy}"),
         }
     }
 
@@ -938,6 +962,31 @@ impl<'h> Run<'h> {
                 );
                 Ok(heal)
             }
+            Store::Consul => {
+                // SIGKILL, then start again on the same port and state file: the KV pairs, the
+                // sessions and the index survive (as a Consul server's raft log does); session
+                // timers start again at 2 x TTL, lock-delays are gone.
+                let server = self.fake_consul.as_mut().expect("a Consul run has a fake");
+                server.kill();
+                let start = now();
+                self.note("killed baton-fake-consul");
+                self.sleep(down)?;
+                let server = self.fake_consul.as_mut().expect("a Consul run has a fake");
+                server
+                    .try_restart()
+                    .map_err(|e| format!("cannot restart baton-fake-consul: {e}"))?;
+                let heal = now();
+                self.episode(
+                    format!(
+                        "a store restart keeping its data (baton-fake-consul SIGKILLed, {} down)",
+                        ms(heal - start)
+                    ),
+                    None,
+                    start,
+                    heal,
+                );
+                Ok(heal)
+            }
             Store::Postgres => {
                 // The machine's server is shared: it is not restarted. What the candidates
                 // see of a restart of a durable server is what they get: every connection
@@ -1014,7 +1063,7 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes => {
+            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1158,6 +1207,7 @@ impl<'h> Run<'h> {
         self.redis = None;
         self.etcd = None;
         self.fake_k8s = None;
+        self.fake_consul = None;
         if let Some(table) = self.postgres_table.take() {
             self.drop_postgres_table(&table);
         }

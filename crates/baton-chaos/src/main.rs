@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand};
 const ABOUT: &str = "\
 Runs N real `baton run` candidates against a real store (SQLite; or, each reached through a
 fault proxy per candidate, a redis-server of its own, the machine's PostgreSQL on
-127.0.0.1:5432 in a table of the run's own, an etcd of its own, or a fake Kubernetes API
-server of its own), injects seeded faults, and checks from the leader-only workers' records
+127.0.0.1:5432 in a table of the run's own, an etcd of its own, a fake Kubernetes API
+server of its own, or a fake Consul agent of its own), injects seeded faults, and checks from the leader-only workers' records
 that no two workers were ever alive at once, that fencing tokens strictly increase and stale
 writes are rejected, that no worker outlives its killed baton, and that a leader is back
 within lease + renew + 1s once a fault heals (on etcd the lease is the TTL etcd keeps: whole
@@ -30,6 +30,7 @@ Examples:
   scripts/chaos --store redis --scenario partition-leader --seed 42
   scripts/chaos --store postgres,etcd --runs 3
   scripts/chaos --store kubernetes --runs 5 --jobs 2
+  scripts/chaos --store consul --runs 5 --jobs 2
   scripts/chaos --reproduce redis:partition-leader:42 --episodes 2 --keep-logs
 Exit codes: 0 no violation; 1 violations (each printed with the command that reproduces it);
 2 bad input or a run that could not be carried out.";

@@ -21,16 +21,21 @@ pub enum Store {
     /// a state file), reached by every candidate through a fault proxy of its own; the key is
     /// a Lease in namespace `default`.
     Kubernetes,
+    /// A fake Consul agent of the run's own (`baton-fake-consul`, keeping its KV pairs and
+    /// sessions in a state file), reached by every candidate through a fault proxy of its own;
+    /// the key is the pair `chaos/.lock`.
+    Consul,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 5] = [
+    pub const ALL: [Store; 6] = [
         Store::Sqlite,
         Store::Redis,
         Store::Postgres,
         Store::Etcd,
         Store::Kubernetes,
+        Store::Consul,
     ];
 
     /// The name used on the command line.
@@ -41,6 +46,7 @@ impl Store {
             Store::Postgres => "postgres",
             Store::Etcd => "etcd",
             Store::Kubernetes => "kubernetes",
+            Store::Consul => "consul",
         }
     }
 
@@ -75,7 +81,9 @@ pub enum Scenario {
     /// are meant to survive. The fake Kubernetes API server is SIGKILLed and restarted on its
     /// state file, keeping its Leases and its resourceVersion counter but not its watch history
     /// (a watch from an older resourceVersion gets 410 Gone and lists again), as an API server
-    /// whose etcd survives does. The machine's PostgreSQL is shared and is never restarted:
+    /// whose etcd survives does. The fake Consul agent is SIGKILLed and restarted on its state
+    /// file, keeping its KV pairs, sessions (their TTL timers started afresh) and index, as a
+    /// Consul server restart keeps its raft log. The machine's PostgreSQL is shared and is never restarted:
     /// every candidate's proxy resets its connections and refuses new ones instead, which is
     /// what a restart of a durable server looks like from the candidates (the data is kept).
     StoreRestart,
@@ -122,7 +130,9 @@ impl Scenario {
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
     pub fn applies_to(self, store: Store) -> bool {
         match store {
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes => true,
+            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
+                true
+            }
             Store::Sqlite => matches!(
                 self,
                 Scenario::KillLeader
@@ -207,7 +217,7 @@ mod tests {
         };
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
-        for store in ["postgres", "etcd", "kubernetes"] {
+        for store in ["postgres", "etcd", "kubernetes", "consul"] {
             for s in Scenario::ALL {
                 assert!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),

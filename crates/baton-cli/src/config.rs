@@ -45,6 +45,37 @@ impl Settings {
     }
 }
 
+/// A `consul://` or `consuls://` URL without `token=` takes the token in `CONSUL_HTTP_TOKEN`,
+/// as Consul's own tools do; the library never reads the environment (DESIGN.md §1), so the
+/// command puts it in the URL, which every message shows redacted.
+fn with_consul_token(store: String, env_token: Option<String>) -> String {
+    let Some(token) = env_token.filter(|t| !t.is_empty()) else {
+        return store;
+    };
+    let lower = store.trim().to_ascii_lowercase();
+    if !(lower.starts_with("consul://") || lower.starts_with("consuls://")) {
+        return store;
+    }
+    let has_token = store
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("token=")));
+    if has_token {
+        return store;
+    }
+    let escaped: String = token
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let separator = if store.contains('?') { '&' } else { '?' };
+    format!("{}{separator}token={escaped}", store.trim())
+}
+
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone)]
 enum Origin {
@@ -120,6 +151,7 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
             default_store_url()?
         }
     };
+    let store = with_consul_token(store, std::env::var("CONSUL_HTTP_TOKEN").ok());
     let key = match cli("key", "BATON_KEY", &args.key).or_else(|| from_file(&file.key, "key")) {
         Some((key, origin)) if key.trim().is_empty() => {
             return Err(Failure::new(format!(
@@ -428,6 +460,32 @@ fn redis_url_from_connection_string(s: &str) -> Result<String, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consul_urls_take_consul_http_token_unless_they_name_one() {
+        let t = |url: &str, env: Option<&str>| {
+            with_consul_token(url.to_owned(), env.map(str::to_owned))
+        };
+        assert_eq!(
+            t("consul://h:8500", Some("s3/cr t")),
+            "consul://h:8500?token=s3%2Fcr%20t"
+        );
+        assert_eq!(
+            t("consuls://h?dc=dc2", Some("x")),
+            "consuls://h?dc=dc2&token=x"
+        );
+        assert_eq!(
+            t("consul://h?token=mine", Some("x")),
+            "consul://h?token=mine"
+        );
+        assert_eq!(t("consul://h", None), "consul://h");
+        assert_eq!(t("consul://h", Some("")), "consul://h");
+        assert_eq!(t("redis://h", Some("x")), "redis://h");
+        assert_eq!(
+            redact(&t("consul://h", Some("hunter2"))),
+            "consul://h?token=****"
+        );
+    }
 
     #[test]
     fn stackexchange_connection_strings_become_urls() {

@@ -80,10 +80,12 @@
 
 pub mod conformance;
 pub mod etcd_server;
+pub mod fake_consul;
 pub mod fake_k8s;
 pub mod faulty;
 pub mod mariadb_server;
 pub mod proxy;
+pub mod py_consul;
 pub mod py_elector;
 pub mod servers;
 pub mod tls;

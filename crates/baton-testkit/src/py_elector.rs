@@ -289,11 +289,30 @@ impl PyElector {
     ///
     /// When the virtualenv is missing ([`venv_python`]) or the process cannot start.
     pub fn spawn(config: &PyElectorConfig) -> PyElector {
-        let python = venv_python();
-        let mut cmd = Command::new(&python);
+        Self::spawn_script(
+            &venv_python(),
+            &script_path(),
+            &config.args(),
+            &config.identity,
+        )
+    }
+
+    /// Start `script` with `python` and `args`: any candidate that prints this module's events
+    /// (`consul_lock.py` too), as `identity`.
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot start.
+    pub fn spawn_script(
+        python: &Path,
+        script: &Path,
+        args: &[String],
+        identity: &str,
+    ) -> PyElector {
+        let mut cmd = Command::new(python);
         cmd.arg("-u")
-            .arg(script_path())
-            .args(config.args())
+            .arg(script)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -334,7 +353,7 @@ impl PyElector {
             }
         });
         PyElector {
-            identity: config.identity.clone(),
+            identity: identity.to_owned(),
             child: Some(child),
             events,
             stderr,

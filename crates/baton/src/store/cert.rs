@@ -45,7 +45,7 @@ impl CertFault {
 }
 
 /// An error's message followed by those of its sources that it does not already include.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 pub(crate) fn chain_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

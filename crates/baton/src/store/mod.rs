@@ -16,7 +16,7 @@
 //! | memory, SQLite, SQL, Redis | nothing (a key and an id) | CAS on the single record | counter bumped in the same atomic step | no-op |
 //! | etcd (`concurrency.Election`) | a lease (session) kept alive by the candidacy | put `<prefix>/<lease id>` if absent, then lead iff it has the lowest create revision | the leader key's create revision | revoke the lease (deletes the own key with it) |
 //! | ZooKeeper (Curator `LeaderLatch`) | an ephemeral sequential znode | lead iff own znode is the lowest | the znode's sequence / czxid | delete the znode |
-//! | Consul (`consul lock`) | a session with a TTL and the candidate's checks | `PUT ?acquire=<session>` | the KV pair's `LockIndex` | destroy the session |
+//! | Consul (`consul lock`) | a session (TTL: the lease, at least 10 s), created at the first acquire | a transaction: check the index read, lock with the session | the raft index read, plus one | destroy the session |
 //! | Kubernetes Lease | the time the record was last observed to change (client-go's `observedTime`) | PUT with `resourceVersion` when the observed record is stale | `leaseTransitions` | no-op |
 //!
 //! A follower in a queue-shaped store (etcd, ZooKeeper) keeps its queue entry between
@@ -57,9 +57,12 @@ use crate::Result;
     feature = "redis",
     feature = "postgres",
     feature = "mysql",
-    feature = "etcd"
+    feature = "etcd",
+    feature = "consul"
 ))]
 mod cert;
+#[cfg(feature = "consul")]
+pub mod consul;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "kubernetes")]
