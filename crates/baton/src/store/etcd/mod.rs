@@ -111,26 +111,30 @@ mod client;
 #[allow(clippy::all, dead_code, missing_docs, rustdoc::all)]
 mod pb;
 mod queue;
+mod session;
 mod url;
+
+/// How long the first renewal of a batch waits for others (see the module docs).
+pub use self::session::WINDOW as RENEW_BATCH_WINDOW;
 
 /// The gRPC channel type [`EtcdStore::from_channel`] takes: tonic's, re-exported so that an
 /// application builds it with the tonic version Baton links.
 pub use tonic::transport::{Channel, Endpoint};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use self::client::{Client, Credentials, TlsFiles};
 use self::pb::etcdserverpb::{TxnRequest, response_op};
 use self::pb::mvccpb::{KeyValue, event::EventType};
 use self::queue::{QueueView, Step, check_entry};
+use self::session::{Session, Sessions};
 use self::url::parse_url;
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
@@ -140,12 +144,6 @@ use crate::{Error, FencingToken, Result, connect::redact};
 
 /// The store's name in errors and [`StoreInfo`].
 const STORE: &str = "etcd";
-
-/// How long one background keepalive may take before it counts as failed.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The shortest interval between background keepalives.
-const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// etcd's minimum lease TTL with its default election timeout (1 s): 1.5 × the election
 /// timeout, rounded up. etcd raises a shorter TTL to this when it grants the lease.
@@ -192,6 +190,8 @@ struct Inner {
     /// The URL with any password replaced.
     location: String,
     client: OnceCell<Client>,
+    /// The session leases its candidacies share, and their renewals' batcher.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -260,6 +260,7 @@ impl EtcdStore {
                 credentials,
                 location,
                 client: OnceCell::new(),
+                sessions: Sessions::default(),
             }),
         })
     }
@@ -280,6 +281,7 @@ impl EtcdStore {
                 credentials: None,
                 location: "etcd (the application's channel)".to_owned(),
                 client: OnceCell::new_with(Some(Client::on_channel(channel))),
+                sessions: Sessions::default(),
             }),
         }
     }
@@ -532,22 +534,6 @@ fn receiver_changes(rx: mpsc::Receiver<Change>) -> Changes {
     }))
 }
 
-/// A candidate's session: its lease, kept alive in the background while it follows.
-struct Session {
-    id: i64,
-    /// Cancelled when etcd answers that the lease is gone.
-    lost: CancellationToken,
-    /// While set, the background keepalive pauses: the engine's renewals keep the lease alive.
-    leading: Arc<AtomicBool>,
-    keepalive: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.keepalive.abort();
-    }
-}
-
 /// The candidate's own queue entry.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -566,12 +552,13 @@ struct Position {
     lost: Option<CancellationToken>,
 }
 
-/// One candidate in one etcd election: a session (lease) and a queue entry.
+/// One candidate in one etcd election: a membership of one of the store's shared sessions,
+/// and a queue entry on its lease.
 struct EtcdCandidacy {
     store: EtcdStore,
     key: String,
     candidate: String,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     entry: Option<Entry>,
     position: watch::Sender<Position>,
 }
@@ -592,54 +579,60 @@ impl std::fmt::Debug for EtcdCandidacy {
 
 impl Drop for EtcdCandidacy {
     fn drop(&mut self) {
-        // Best effort: a candidacy dropped without `leave` gives its lease back, so its entry
-        // does not hold up the queue for a TTL.
-        if let Some(session) = self.session.take()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        // Best effort: a candidacy dropped without `leave` takes its entry out of the queue
+        // (or, the session's last member, revokes the lease, which deletes it), so that it
+        // does not hold up the election for a TTL.
+        let session = self.session.take();
+        let entry = self.entry.take();
+        let Some(last) = self.part(session.as_ref()) else {
+            if let (Some(entry), Ok(handle)) = (entry, tokio::runtime::Handle::try_current()) {
+                let store = self.store.clone();
+                handle.spawn(async move { store.delete_entry(&entry.key, entry.rev).await });
+            }
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let id = session.as_ref().map_or(0, |s| s.id);
+        handle.spawn(async move {
+            match (last, entry) {
+                (true, _) => {
+                    let _ = store.revoke(id).await;
+                }
+                (false, Some(entry)) => {
+                    let _ = store.delete_entry(&entry.key, entry.rev).await;
+                }
+                (false, None) => {}
+            }
+        });
+    }
+}
+
+impl EtcdCandidacy {
+    /// End the membership of `session` (no longer leading there): `Some(true)` when this was
+    /// its last member, so the lease is to be revoked; `None` without a session.
+    fn part(&self, session: Option<&Arc<Session>>) -> Option<bool> {
+        let session = session?;
+        session.unlead(&self.key);
+        Some(session.part(&self.key) && !session.lost.is_cancelled())
+    }
+
+    /// Forget the session and the entry (after a loss); the last member of a session that
+    /// still lives revokes it in the background.
+    fn reset(&mut self) {
+        let session = self.session.take();
+        self.entry = None;
+        if self.part(session.as_ref()) == Some(true)
+            && let (Some(session), Ok(handle)) = (session, tokio::runtime::Handle::try_current())
         {
             let store = self.store.clone();
             handle.spawn(async move {
                 let _ = store.revoke(session.id).await;
             });
         }
-    }
-}
-
-impl EtcdCandidacy {
-    /// Forget the session and the entry (after a loss or a release).
-    fn reset(&mut self) {
-        self.session = None;
-        self.entry = None;
         self.position.send_replace(Position::default());
-    }
-
-    /// Grant a lease and start its background keepalive.
-    async fn start_session(&mut self, ttl: Duration) -> Result<()> {
-        let ttl_secs = lease_ttl_secs(ttl);
-        let client = self.store.client().await?;
-        let resp = client
-            .lease_grant(ttl_secs)
-            .await
-            .map_err(|e| self.store.error(e, "granting a lease", true))?;
-        let id = resp.id;
-        let granted = Duration::from_secs(resp.ttl.max(1) as u64);
-        let lost = CancellationToken::new();
-        let leading = Arc::new(AtomicBool::new(false));
-        let keepalive = tokio::spawn(keep_alive_loop(
-            self.store.clone(),
-            id,
-            granted,
-            lost.clone(),
-            leading.clone(),
-        ));
-        debug!(key = %self.key, lease = %format!("{id:x}"), ttl = ttl_secs, "etcd session started");
-        self.session = Some(Session {
-            id,
-            lost,
-            leading,
-            keepalive,
-        });
-        Ok(())
     }
 
     /// Create the queue entry for the current session (or find the one an earlier attempt
@@ -724,34 +717,6 @@ struct Positions {
     revision: i64,
 }
 
-/// Keep lease `id` alive every third of its TTL while the candidacy follows; cancel `lost`
-/// when etcd says the lease is gone.
-async fn keep_alive_loop(
-    store: EtcdStore,
-    id: i64,
-    ttl: Duration,
-    lost: CancellationToken,
-    leading: Arc<AtomicBool>,
-) {
-    let interval = (ttl / 3).max(MIN_KEEPALIVE_INTERVAL);
-    loop {
-        tokio::time::sleep(interval).await;
-        if leading.load(Ordering::Acquire) {
-            continue;
-        }
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, store.keep_alive(id)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
-                warn!(lease = %format!("{id:x}"), "the etcd lease of a waiting candidate is gone; campaigning again");
-                lost.cancel();
-                return;
-            }
-            Ok(Err(e)) => debug!(error = %e, "keepalive failed; retrying"),
-            Err(_) => debug!("keepalive timed out; retrying"),
-        }
-    }
-}
-
 #[async_trait]
 impl Candidacy for EtcdCandidacy {
     async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
@@ -760,26 +725,34 @@ impl Candidacy for EtcdCandidacy {
             if self.session.as_ref().is_some_and(|s| s.lost.is_cancelled()) {
                 self.reset();
             }
-            if self.session.is_none() {
-                self.start_session(ttl).await?;
-            }
-            let (id, leading) = {
-                let session = self.session.as_ref().expect("a session was just started");
-                (session.id, session.leading.clone())
+            let session = match &self.session {
+                Some(session) => session.clone(),
+                None => {
+                    let session = self
+                        .store
+                        .inner
+                        .sessions
+                        .join(&self.store, &self.key, ttl)
+                        .await?;
+                    self.session = Some(session.clone());
+                    session
+                }
             };
+            let id = session.id;
             if let Some(entry) = self.entry.clone()
                 && entry.handed_out
             {
                 // The previous term with this entry is over (a failed release, a lost renew):
                 // queue anew, so the next term gets a greater token.
+                session.unlead(&self.key);
                 self.store.delete_entry(&entry.key, entry.rev).await?;
                 self.entry = None;
-                leading.store(false, Ordering::Release);
             }
             let entry = match self.entry.clone() {
                 Some(entry) => entry,
                 None => {
                     let Some(entry) = self.create_entry(id).await? else {
+                        session.lost.cancel();
                         self.reset();
                         continue;
                     };
@@ -789,12 +762,15 @@ impl Candidacy for EtcdCandidacy {
             };
             // The keepalive is sent after the engine's send time, so a lease it extends lives
             // at least a TTL past that time.
+            let sent = tokio::time::Instant::now();
             let (alive, positions) =
                 tokio::join!(self.store.keep_alive(id), self.positions(&entry));
             if !alive? {
+                session.lost.cancel();
                 self.reset();
                 continue;
             }
+            session.kept_alive(sent);
             let positions = positions?;
             let Some(own) = positions.own else {
                 // Deleted by someone else, or expired with the lease: queue anew.
@@ -807,7 +783,7 @@ impl Candidacy for EtcdCandidacy {
                 check_entry(&self.key, predecessor)?;
             }
             if head.key == entry.key.as_bytes() {
-                leading.store(true, Ordering::Release);
+                session.lead(&self.key, &entry.key, entry.rev, sent);
                 if let Some(e) = self.entry.as_mut() {
                     e.handed_out = true;
                 }
@@ -826,7 +802,6 @@ impl Candidacy for EtcdCandidacy {
                 self.entry = None;
                 self.position.send_replace(Position::default());
             } else {
-                let lost = self.session.as_ref().map(|s| s.lost.clone());
                 self.position.send_replace(Position {
                     queue: Some(Arc::new(QueueView::new(
                         &self.key,
@@ -834,7 +809,7 @@ impl Candidacy for EtcdCandidacy {
                         &positions.ahead,
                         positions.revision,
                     ))),
-                    lost,
+                    lost: Some(session.lost.clone()),
                 });
             }
             let record = match self.store.record_of(&self.key, &head).await? {
@@ -868,29 +843,21 @@ impl Candidacy for EtcdCandidacy {
                     && entry.rev as u64 == lease.token.get()
                     && !session.lost.is_cancelled() =>
             {
-                Some((session.id, entry.clone()))
+                Some((session.clone(), entry.clone()))
             }
             _ => None,
         };
-        let Some((id, entry)) = ours else {
+        let Some((session, entry)) = ours else {
             return Ok(Renew::Lost(self.store.read_record(&self.key).await?));
         };
-        let client = self.store.client().await?;
-        let (alive, own) = tokio::join!(
-            self.store.keep_alive(id),
-            client.range(client::get(&entry.key))
-        );
-        let alive = alive?;
-        let own = own.map_err(|e| self.store.error(e, "reading the queue entry", false))?;
-        let own_alive = own
-            .kvs
-            .first()
-            .is_some_and(|kv| kv.create_revision == entry.rev);
-        if alive && own_alive {
+        let renewed = self
+            .store
+            .inner
+            .sessions
+            .renew(&self.store, session, &self.key, &entry.key, entry.rev)
+            .await?;
+        if renewed {
             return Ok(Renew::Renewed);
-        }
-        if !alive && let Some(session) = &self.session {
-            session.lost.cancel();
         }
         Ok(Renew::Lost(self.store.read_record(&self.key).await?))
     }
@@ -907,13 +874,26 @@ impl Candidacy for EtcdCandidacy {
     }
 
     async fn leave(&mut self) -> Result<()> {
-        match (&self.session, &self.entry) {
-            // Revoking the lease deletes the entry attached to it in the same write, so the
-            // successor's watch sees the deletion one round trip after the call starts, and
-            // the session ends with it. The entry is always on the session's lease.
-            (Some(session), _) => self.store.revoke(session.id).await?,
-            (None, Some(entry)) => self.store.delete_entry(&entry.key, entry.rev).await?,
-            (None, None) => {}
+        if let Some(session) = self.session.clone() {
+            session.unlead(&self.key);
+            if session.part_if_sole(&self.key) {
+                // The session's last member: revoking the lease deletes the entry (the only
+                // key left on it) and ends the session in one write. Revoked or not, the
+                // candidacy is done with the session; a lease that survived a failed revoke
+                // expires within its TTL, its keepalive gone with the session.
+                self.session = None;
+                let result = if session.lost.is_cancelled() {
+                    Ok(())
+                } else {
+                    self.store.revoke(session.id).await
+                };
+                self.reset();
+                return result;
+            }
+        }
+        // Other members live on: only the own entry goes, guarded on its create revision.
+        if let Some(entry) = &self.entry {
+            self.store.delete_entry(&entry.key, entry.rev).await?;
         }
         self.reset();
         Ok(())
