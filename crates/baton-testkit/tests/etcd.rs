@@ -516,8 +516,9 @@ async fn a_crashed_leaders_expiry_wakes_the_follower_through_its_watch() {
     let (b, b_calls) = counted_election(&server.url(), &name, "b", lease);
     b.start().await.unwrap();
     assert_eq!(b.current_leader_id().as_deref(), Some("crashed"));
-    // A killed process neither releases nor revokes: forget the candidacy (dropping it would
-    // revoke its lease).
+    // A leader that neither renews nor releases: forget the candidacy (dropping it would take
+    // its entry out). Its session's only member leads, so nothing but renewals keeps the lease
+    // alive; a killed process is the test with a child process below.
     std::mem::forget(crashed);
     // etcd revokes the lease within its TTL plus its 500 ms expiry sweep, deleting the entry.
     assert!(wait_until(Duration::from_secs(6), || b.is_leader()).await);
@@ -999,7 +1000,8 @@ async fn candidacies_of_one_election_in_one_store_get_distinct_sessions_and_excl
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_that_stops_renewing_loses_its_entry_on_time_though_its_session_lives() {
     let server = EtcdServer::start();
-    let lease = Duration::from_secs(2);
+    // 3 s, not 2: the follower's session must outlive a stall of the machine.
+    let lease = Duration::from_secs(3);
     let (x, y) = (unique("x"), unique("y"));
     // Store S: a follower of x keeps S's session alive in the background, and a candidacy
     // of y leads and then never renews (its engine hangs, say).
@@ -1148,5 +1150,81 @@ async fn a_killed_process_frees_every_election_of_its_session_within_the_ttl() {
     assert!(took <= bound, "{took:?} after the kill, over {bound:?}");
     for follower in &followers {
         follower.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_member_of_a_lost_session_learns_it_and_they_rejoin_one_new_session() {
+    let server = EtcdServer::start();
+    let lease = Duration::from_secs(3);
+    let (s, t) = (
+        EtcdStore::open(&server.url()).unwrap(),
+        EtcdStore::open(&server.url()).unwrap(),
+    );
+    let (x, y, z) = (unique("x"), unique("y"), unique("z"));
+    // Store T leads x and y; store S follows both and leads z: S's three candidacies share
+    // one session.
+    let t_elections = [
+        election_on(t.clone(), &x, "t", lease),
+        election_on(t.clone(), &y, "t", lease),
+    ];
+    for e in &t_elections {
+        e.start().await.unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || t_elections
+            .iter()
+            .all(LeaderElection::is_leader))
+        .await
+    );
+    let followers = [
+        election_on(s.clone(), &x, "s", lease),
+        election_on(s.clone(), &y, "s", lease),
+    ];
+    let leader = election_on(s.clone(), &z, "s", lease);
+    let mut events = leader.subscribe();
+    for e in followers.iter().chain([&leader]) {
+        e.start().await.unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(5), || leader.is_leader()).await);
+    let token = leader.fencing_token().unwrap();
+    let on_lease = |name: &str, index: usize| {
+        entries(&server, name)
+            .get(index)
+            .and_then(|e| e.strip_prefix(&format!("{name}/")).map(str::to_owned))
+    };
+    let old = on_lease(&z, 0).unwrap();
+    assert_eq!(on_lease(&x, 1).as_deref(), Some(old.as_str()));
+    assert_eq!(on_lease(&y, 1).as_deref(), Some(old.as_str()));
+    assert_eq!(leases(&server).len(), 2);
+
+    // Someone revokes S's session: every entry on it goes at once.
+    server.ctl(&["lease", "revoke", &old]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (a, b, c) = (on_lease(&x, 1), on_lease(&y, 1), on_lease(&z, 0));
+            a.is_some() && a != Some(old.clone()) && a == b && b == c && leader.is_leader()
+        })
+        .await,
+        "S's three candidacies queue again on one new session: {:?} {:?} {:?}",
+        entries(&server, &x),
+        entries(&server, &y),
+        entries(&server, &z)
+    );
+    let ids = leases(&server);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&old));
+    assert!(leader.fencing_token().unwrap() > token);
+    let mut lost = false;
+    while let Some(event) = events.try_recv() {
+        lost |= matches!(event, Event::LostLeadership { .. });
+    }
+    assert!(lost, "the leader on the lost session stepped down");
+    for f in &followers {
+        assert!(!f.is_leader());
+        assert_eq!(f.current_leader_id().as_deref(), Some("t"));
+    }
+    for e in followers.iter().chain([&leader]).chain(&t_elections) {
+        e.stop().await.unwrap();
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! | key | value | lease | order |
 //! |---|---|---|---|
-//! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease | its create revision |
+//! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease, shared with the store's candidacies of other elections | its create revision |
 //!
 //! The entry with the lowest create revision leads; its create revision is the fencing token.
 //! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
@@ -17,21 +17,24 @@
 //!
 //! # Protocol
 //!
-//! * **Campaign** ([`Candidacy::try_acquire`]): grant a lease with the election's TTL, start its
-//!   keepalive, then create `K/<lease id>` in a transaction on `CreateRevision == 0` (an
-//!   existing entry of this lease is reused: the reply of an earlier attempt was lost). Then,
+//! * **Campaign** ([`Candidacy::try_acquire`]): join the store's session for the election's TTL
+//!   (see [Sessions](#sessions)), then create `K/<lease id>` in a transaction on
+//!   `CreateRevision == 0` (an existing entry of this lease is reused: the reply of an earlier
+//!   attempt was lost). Then,
 //!   in one read-only transaction, read the own entry, the head of the queue and the
 //!   predecessor (the entry with the greatest create revision below the own), while a keepalive
 //!   runs alongside: the candidate leads iff its entry is the head *and* the keepalive, sent
 //!   after the engine's send time, succeeded, so the lease lives at least a TTL past that time.
 //!   A follower keeps its entry between calls; later calls only look at its position again.
-//! * **Renew** ([`Candidacy::renew`]) is a keepalive, plus a read that the entry still exists
-//!   with the leader's create revision. It is `Lost` when etcd answers that the lease is gone
-//!   (TTL 0) or the entry is gone.
-//! * **Release**: revoke the lease, which deletes the own entry (the only key on that lease)
-//!   in the same write: one round trip, where `concurrency.Election`'s `Resign` and
-//!   `Session.Close` take two (a delete guarded on the create revision, then the revoke). Only
-//!   the candidate's own entry can go. The next entry's watcher wakes at once.
+//! * **Renew** ([`Candidacy::renew`]) is a keepalive of the session sent after the engine's send
+//!   time, plus a check that the entry still exists with the leader's create revision, both
+//!   batched with the other renewals of the store that fall due together: one keepalive per
+//!   session and one `Txn` per batch ([`RENEW_BATCH_WINDOW`]). It is `Lost` when etcd answers
+//!   that the lease is gone (TTL 0), the entry is gone, or the session's watchdog took it.
+//! * **Release**: delete the own entry, guarded on its create revision (`Election.Resign`'s
+//!   request); the session's last member instead revokes the lease, which deletes its entry in
+//!   the same write and ends the session. One round trip either way; only the candidate's own
+//!   entry can go. The next entry's watcher wakes at once.
 //! * **Followers** ([`Candidacy::watch`]) read every entry ahead of their own (with the own entry,
 //!   in the read-only transaction above) and then watch the election's prefix from the revision
 //!   of that read, so no event between the read and the watch is missed. They keep that view of
@@ -49,15 +52,29 @@
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
 //!
-//! # Keepalive and lease loss
+//! # Sessions
 //!
-//! A follower's lease is kept alive by the candidacy itself, every third of the TTL (as Go's
-//! `concurrency.Session` does), from the moment the lease is granted, before the entry is
-//! created. While the candidacy leads, that background keepalive pauses and the lease lives on
-//! the engine's renewals alone, so a leader that stops renewing loses its lease in the store on
-//! time. When etcd answers that a follower's lease is gone, the follower's change stream says
-//! so at once and its next attempt starts a new session: a waiter never keeps waiting on a
-//! dead session (etcd#19597).
+//! The candidacies of one store share one session lease per TTL, as the `Election`s of one
+//! Go `concurrency.Session` do (`docs/decisions.md`, D120–D123). Two candidacies of the same
+//! election never share one (their entries would be the same key): the second gets a session
+//! of its own, or one it shares with other elections.
+//!
+//! * **Keepalive.** While a member follows, the session is kept alive every third of its TTL
+//!   after its last keepalive that succeeded (an attempt's and a renewal batch's count), from
+//!   the moment it is granted. A session whose members all lead lives on their renewals alone.
+//!   Idle followers cost one keepalive per TTL/3 per store, however many there are.
+//! * **A leader that stops renewing** loses its entry when its own lease would have expired:
+//!   the session remembers, per leader, the send instant of the keepalive that proved its last
+//!   renewal plus the TTL, and when that passes without a newer renewal it deletes the entry
+//!   (guarded on its create revision). The engine's deadline for that renewal fell earlier. So
+//!   the other members' keepalives never keep a hung leader in office; a Go `Session` would
+//!   (its keepalive runs whatever its elections do). A process that stops as a whole sends no
+//!   keepalive, and etcd frees the lease and every entry on it within the TTL.
+//! * **Loss.** When etcd answers that the lease is gone (etcd was unreachable for a TTL, or
+//!   someone revoked it), every member learns it at once: followers' change streams say so,
+//!   leaders' renewals are `Lost`, and each next attempt joins or grants a new session. A
+//!   waiter never keeps waiting on a dead session (etcd#19597).
+//! * **End.** The last member to release, leave or be dropped revokes the lease.
 //!
 //! # TTLs are whole seconds
 //!
@@ -68,7 +85,8 @@
 //! takes the rounded TTL (at least etcd's minimum) plus up to half a second. The remaining TTL
 //! etcd reports is whole seconds too (the lease expires in under TTL + 1 s); [`LeaseRecord::ttl`]
 //! is that plus half a second, at most the granted TTL. A candidacy keeps the TTL its session
-//! was granted with until the session ends (the engine always asks for the same TTL).
+//! was granted with until it leaves the session (the engine always asks for the same TTL);
+//! sessions are shared between candidacies that ask for the same TTL in whole seconds.
 //!
 //! A lease etcd keeps alive is extended from when etcd processes the keepalive, which is after
 //! the engine's send time, and etcd's lease clock is etcd's: client clocks decide nothing.
@@ -104,7 +122,8 @@
 //! channel over every endpoint, TLS, token authentication) on code generated from etcd's
 //! `.proto` files and committed (`pb/`), so building it needs no protobuf compiler. The code
 //! is regenerated by `scripts/regen-etcd-proto`; `docs/decisions.md` (D42, D43) says why and
-//! how. The queue view followers keep is in `queue.rs`, the URL parser in `url.rs`.
+//! how. The queue view followers keep is in `queue.rs`, the shared sessions and the renewal
+//! batcher in `session.rs`, the URL parser in `url.rs`.
 
 mod client;
 #[rustfmt::skip]
