@@ -548,3 +548,114 @@ fn status_error(store: &EtcdStore, e: Option<Status>, doing: &str, write: bool) 
         write,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session with lease `id` and a 15 s TTL, without a keepalive task, in `sessions`.
+    fn session(sessions: &Sessions, id: i64, members: &[&str]) -> Arc<Session> {
+        let session = Arc::new(Session {
+            id,
+            ttl_secs: 15,
+            granted: Duration::from_secs(15),
+            lost: CancellationToken::new(),
+            state: Mutex::new(State {
+                members: members.iter().map(|m| ((*m).to_owned(), None)).collect(),
+                closed: false,
+                next_keepalive: Instant::now() + Duration::from_secs(5),
+                doomed: Vec::new(),
+            }),
+            task: Mutex::new(None),
+        });
+        lock(&sessions.live).push(Arc::downgrade(&session));
+        session
+    }
+
+    #[test]
+    fn a_candidacy_joins_a_session_without_its_election_and_with_its_ttl() {
+        let sessions = Sessions::default();
+        let first = session(&sessions, 1, &["a"]);
+        // Another election shares the session; a second candidacy of "a" cannot.
+        assert_eq!(sessions.find("b", 15).map(|s| s.id), Some(1));
+        assert!(sessions.find("a", 15).is_none());
+        assert!(sessions.find("c", 10).is_none(), "another TTL");
+        let second = session(&sessions, 2, &["a"]);
+        assert!(
+            sessions.find("a", 15).is_none(),
+            "both sessions have a candidacy of a"
+        );
+        assert_eq!(sessions.find("c", 15).map(|s| s.id), Some(1));
+        // A lost session is never joined again.
+        first.lost.cancel();
+        assert_eq!(sessions.find("d", 15).map(|s| s.id), Some(2));
+        drop(second);
+        assert!(
+            sessions.find("e", 15).is_none(),
+            "dropped sessions are gone"
+        );
+    }
+
+    #[test]
+    fn the_last_member_to_part_closes_the_session() {
+        let sessions = Sessions::default();
+        let s = session(&sessions, 1, &["a", "b"]);
+        assert!(!s.part_if_sole("a"), "b is still a member");
+        assert!(!s.part("a"));
+        assert!(s.part("b"), "the last member revokes");
+        assert!(
+            sessions.find("c", 15).is_none(),
+            "nobody joins a closed session"
+        );
+        assert!(!s.part("b"), "closed once");
+        let t = session(&sessions, 2, &["a"]);
+        assert!(t.part_if_sole("a"));
+        assert!(sessions.find("a", 15).is_none());
+    }
+
+    #[test]
+    fn the_watchdog_takes_a_leader_whose_cover_ran_out_and_its_late_renewal_is_lost() {
+        let sessions = Sessions::default();
+        let s = session(&sessions, 1, &["a", "b"]);
+        let t0 = Instant::now();
+        s.lead("a", "a/1", 7, t0);
+        s.lead("b", "b/1", 8, t0);
+        // b renews; a does not.
+        assert!(s.renewed("b", 8, t0 + Duration::from_secs(5)));
+        let (doomed, next) = s.expire(t0 + Duration::from_secs(14));
+        assert!(doomed.is_empty());
+        assert!(
+            next < t0 + Duration::from_secs(15),
+            "the background keepalive comes first"
+        );
+        let (doomed, next) = s.expire(t0 + Duration::from_secs(15));
+        assert_eq!(doomed, [("a/1".to_owned(), 7)]);
+        assert!(next <= t0 + Duration::from_secs(15) + DELETE_RETRY);
+        // a's renewal, sent in time but judged after the watchdog took the entry, is lost.
+        assert!(!s.renewed("a", 7, t0 + Duration::from_secs(10)));
+        // Until the delete succeeds it is retried; b is covered until 20 s.
+        s.deleted(&doomed);
+        let (doomed, next) = s.expire(t0 + Duration::from_secs(16));
+        assert!(doomed.is_empty());
+        assert!(next <= t0 + Duration::from_secs(20));
+        let (doomed, _) = s.expire(t0 + Duration::from_secs(20));
+        assert_eq!(doomed, [("b/1".to_owned(), 8)]);
+    }
+
+    #[test]
+    fn a_session_whose_members_all_lead_lives_on_their_renewals() {
+        let sessions = Sessions::default();
+        let s = session(&sessions, 1, &["a", "b"]);
+        let later = Instant::now() + Duration::from_secs(6);
+        assert!(s.keepalive_due(later), "a and b follow");
+        s.lead("a", "a/1", 7, Instant::now());
+        assert!(s.keepalive_due(later), "b follows");
+        s.lead("b", "b/1", 8, Instant::now());
+        assert!(!s.keepalive_due(later), "both lead");
+        s.unlead("b");
+        assert!(
+            s.keepalive_due(later + Duration::from_secs(5)),
+            "b follows again"
+        );
+    }
+}
