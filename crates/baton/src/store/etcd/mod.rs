@@ -762,9 +762,11 @@ impl Candidacy for EtcdCandidacy {
                 && entry.handed_out
             {
                 // The previous term with this entry is over (a failed release, a lost renew):
-                // queue anew, so the next term gets a greater token.
-                session.unlead(&self.key);
+                // queue anew, so the next term gets a greater token. It stays the session's
+                // leading entry until it is deleted, so that while the delete fails the
+                // watchdog still takes it when its last renewal's cover runs out.
                 self.store.delete_entry(&entry.key, entry.rev).await?;
+                session.unlead(&self.key);
                 self.entry = None;
             }
             let entry = match self.entry.clone() {
@@ -893,24 +895,26 @@ impl Candidacy for EtcdCandidacy {
     }
 
     async fn leave(&mut self) -> Result<()> {
-        if let Some(session) = self.session.clone() {
-            session.unlead(&self.key);
-            if session.part_if_sole(&self.key) {
-                // The session's last member: revoking the lease deletes the entry (the only
-                // key left on it) and ends the session in one write. Revoked or not, the
-                // candidacy is done with the session; a lease that survived a failed revoke
-                // expires within its TTL, its keepalive gone with the session.
-                self.session = None;
-                let result = if session.lost.is_cancelled() {
-                    Ok(())
-                } else {
-                    self.store.revoke(session.id).await
-                };
-                self.reset();
-                return result;
-            }
+        if let Some(session) = self.session.clone()
+            && session.part_if_sole(&self.key)
+        {
+            // The session's last member: revoking the lease deletes the entry (the only key
+            // left on it) and ends the session in one write. Revoked or not, the candidacy is
+            // done with the session; a lease that survived a failed revoke expires within its
+            // TTL, its keepalive gone with the session.
+            self.session = None;
+            let result = if session.lost.is_cancelled() {
+                Ok(())
+            } else {
+                self.store.revoke(session.id).await
+            };
+            self.reset();
+            return result;
         }
-        // Other members live on: only the own entry goes, guarded on its create revision.
+        // Other members live on: only the own entry goes, guarded on its create revision. If
+        // that fails, a leader's entry stays in the session's watchdog, which deletes it when
+        // its last renewal's cover runs out (when its own lease would have expired), though
+        // the other members keep the lease alive.
         if let Some(entry) = &self.entry {
             self.store.delete_entry(&entry.key, entry.rev).await?;
         }
