@@ -818,13 +818,14 @@ async fn an_expired_token_is_renewed_and_the_call_retried() {
 // Shared sessions: the elections of one store share one session lease (per TTL), as Go's
 // `concurrency.Session` is shared by its `Election`s, and renew in batches.
 
-/// The ids (hex) of the leases on `server`.
+/// The ids of the leases on `server`, in hex as entry names spell them (`etcdctl lease list`
+/// pads them to 16 digits).
 fn leases(server: &EtcdServer) -> Vec<String> {
     server
         .ctl(&["lease", "list"])
         .lines()
         .skip(1)
-        .map(str::to_owned)
+        .map(|id| format!("{:x}", u64::from_str_radix(id.trim(), 16).unwrap()))
         .collect()
 }
 
