@@ -120,18 +120,18 @@ pub const STORE_KINDS: &[StoreKind] = &[
         open: open_kubernetes,
     },
     StoreKind {
-        name: "memory",
-        schemes: &["memory"],
-        form: "memory:",
-        status: Status::Built,
-        open: open_memory,
-    },
-    StoreKind {
         name: "consul",
         schemes: &["consul", "consuls"],
         form: "consul://HOST[:PORT]",
         status: feature(cfg!(feature = "consul"), "consul"),
         open: open_consul,
+    },
+    StoreKind {
+        name: "memory",
+        schemes: &["memory"],
+        form: "memory:",
+        status: Status::Built,
+        open: open_memory,
     },
 ];
 
