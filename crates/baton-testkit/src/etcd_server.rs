@@ -102,7 +102,7 @@ impl EtcdServer {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
+        crate::servers::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             format!(
                 "cannot start etcd ({e}): install it with `apt-get install etcd-server etcd-client`, \
@@ -354,25 +354,6 @@ pub fn shared_etcd() -> &'static EtcdServer {
         });
         rx.recv().expect("start the shared etcd")
     })
-}
-
-/// Make the child die with this process, so no server outlives a crashed test run.
-fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(std::io::Error::from)
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
 }
 
 /// gRPC messages received per method (`grpc_server_msg_received_total`, summed over services

@@ -88,7 +88,7 @@ impl FakeK8sProcess {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        die_with_parent(&mut cmd);
+        crate::servers::die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start baton-fake-k8s: {e}"))?;
@@ -193,23 +193,4 @@ impl Drop for FakeK8sProcess {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Make the child die with this process, so no fake outlives a crashed test run.
-fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(std::io::Error::from)
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
 }
