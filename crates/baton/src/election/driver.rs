@@ -756,7 +756,8 @@ fn store_call(
         Action::Read(_) => |e, _| Answer::Input(Input::Read(Err(e))),
         _ => |e, _| Answer::Input(Input::Left(Err(e))),
     };
-    let store = shared.store.info().name;
+    // Named only on a panic: `info()` builds a string, and this is the renewal path.
+    let store = Arc::clone(&shared.store);
     let call = std::panic::AssertUnwindSafe(async move {
         let timing = shared.timing;
         let clock = &shared.clock;
@@ -820,6 +821,7 @@ fn store_call(
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".to_owned());
+                let store = store.info().name;
                 tracing::error!(store, panic = %what, "a store call panicked");
                 failed(
                     Error::indeterminate(store, "a store call panicked", what),
