@@ -8,7 +8,8 @@ store. It prints one JSON line per transition on stdout, flushed:
 
 `t` is CLOCK_BOOTTIME in seconds (Baton's `boot_ns`). `reason` is `lost` (the monitor saw the
 lock go: `monitorLock` closing `leaderCh`), `error` (a request failed where `Lock` returns an
-error) or `stopped` (SIGTERM or SIGINT while leading, after `Unlock`).
+error) or `stopped` (SIGTERM or SIGINT while leading, printed before `Unlock` sends the release: the
+application stops acting as leader first).
 
 The steps, in `Lock(stopCh)`'s order:
 1. `createSession`: PUT /v1/session/create with `Name` (`DefaultLockSessionName`, "Consul API
@@ -281,10 +282,11 @@ def main():
         state["done"] = True
         lock = state["held"]
         if lock is not None:
-            try:
-                lock.unlock()
-            finally:
-                emit("lost_leadership", args.id, reason="stopped")
+            # The application stops acting as leader before it calls Unlock, so the term
+            # ends here: once the release is sent, another candidate may hold the lock
+            # before this process could print a line after it.
+            emit("lost_leadership", args.id, reason="stopped")
+            lock.unlock()
     sys.exit(state["code"])
 
 
