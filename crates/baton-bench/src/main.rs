@@ -310,7 +310,7 @@ impl Profile {
                 timing: Timing::ms(2000, 500, 500),
             },
             failover_rounds: 1,
-            failover_timing: Timing::ms(300, 100, 100),
+            failover_timing: Timing::ms(1000, 250, 250),
             cost: cost::Params {
                 timing: short,
                 followers: 10,
