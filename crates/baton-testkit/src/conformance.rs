@@ -186,6 +186,7 @@ cases!(
     contention_returns_holder,
     renew_by_owner_extends,
     renew_by_stale_lease_is_lost,
+    renewals_at_once_each_get_their_own_answer,
     release_only_by_owner,
     expiry_frees_key,
     tokens_strictly_increase,
@@ -448,6 +449,124 @@ pub async fn renew_by_stale_lease_is_lost<F: StoreFactory + ?Sized>(factory: &F)
         bobs.token,
         "Lost must carry the new holder's record",
     );
+    ok(bob.release(&bobs).await, "release by the owner");
+}
+
+/// How many leases [`renewals_at_once_each_get_their_own_answer`] renews at once.
+const AT_ONCE: usize = 40;
+
+/// **Renewals at once each get their own answer.** Many leases of one store renewed at the
+/// same moment, as a process with many elections does (stores may write them together, D126):
+/// each gets the answer it would get alone. A lease another candidate has since taken is
+/// `Lost` with that holder's record, a lease with a made-up token is `Lost` with the holder's
+/// record, and every other one is renewed, by its own TTL (two TTLs in one round), without
+/// changing its holder or token.
+pub async fn renewals_at_once_each_get_their_own_answer<F: StoreFactory + ?Sized>(factory: &F) {
+    let store = open(factory).await;
+    let short = LEASE / 2;
+    let mut keys = Vec::new();
+    let mut alices = Vec::new();
+    let mut leases = Vec::new();
+    for i in 0..AT_ONCE {
+        let key = unique_key(&format!("renewals-at-once-{i}"));
+        let mut alice = join(&*store, &key, "alice").await;
+        let ttl = if i % 4 == 3 { short } else { LEASE };
+        let lease = acquired(
+            ok(alice.try_acquire(ttl).await, "try_acquire on a free key"),
+            "a free key must be acquired",
+        );
+        keys.push(key);
+        alices.push(alice);
+        leases.push((lease, ttl));
+    }
+    // Key 0 changes hands; key 1 is renewed by a twin with a made-up token.
+    ok(
+        alices[0].release(&leases[0].0).await,
+        "release by the owner",
+    );
+    let mut bob = join(&*store, &keys[0], "bob").await;
+    let bobs = acquired(
+        ok(bob.try_acquire(LEASE).await, "try_acquire after release"),
+        "a released key must be free for another candidate",
+    );
+    let forged = Lease::new(
+        keys[1].clone(),
+        "alice",
+        FencingToken(leases[1].0.token.get() + 1),
+    );
+    let twin = join(&*store, &keys[1], "alice").await;
+    let mut owner_1 = std::mem::replace(&mut alices[1], twin);
+    let real_1 = std::mem::replace(&mut leases[1].0, forged);
+
+    for round in 1..=2 {
+        let skip = if round == 1 { 0 } else { 2 };
+        let answers = futures_util::future::join_all(
+            alices
+                .iter_mut()
+                .zip(&leases)
+                .skip(skip)
+                .map(|(alice, (lease, ttl))| alice.renew(lease, *ttl)),
+        )
+        .await;
+        for (i, answer) in (skip..).zip(answers) {
+            let answer = ok(
+                answer,
+                &format!("renew {i} of {AT_ONCE} at once (round {round})"),
+            );
+            match i {
+                0 => assert_record(
+                    lost(
+                        answer,
+                        "renew of a lease another candidate has since acquired",
+                    )
+                    .as_ref(),
+                    "bob",
+                    bobs.token,
+                    "renewed among others, Lost must carry the new holder's record",
+                ),
+                1 => assert_record(
+                    lost(answer, "renew with the holder's id and a made-up token").as_ref(),
+                    "alice",
+                    real_1.token,
+                    "renewed among others, Lost must carry the current record",
+                ),
+                _ => assert_eq!(
+                    answer,
+                    Renew::Renewed,
+                    "renew {i} by its owner, among {AT_ONCE} at once (round {round}), must succeed"
+                ),
+            }
+        }
+    }
+    // Each lease runs for its own TTL from the renewal: the short ones no longer than theirs,
+    // the others longer than the short TTL.
+    for (i, (lease, ttl)) in leases.iter().enumerate().skip(2) {
+        let record = expect_holder(
+            &*store,
+            &keys[i],
+            "alice",
+            lease.token,
+            "renewing among others must not change the holder or the token",
+        )
+        .await;
+        if *ttl == short {
+            assert!(
+                record.ttl <= short,
+                "lease {i} renewed with {short:?} among others must run for at most that: read() showed {:?}",
+                record.ttl
+            );
+        } else {
+            assert!(
+                record.ttl > short,
+                "lease {i} renewed with {LEASE:?} among others must run for longer than {short:?}: read() showed {:?}",
+                record.ttl
+            );
+        }
+    }
+    for (alice, (lease, _)) in alices.iter_mut().zip(&leases).skip(2) {
+        ok(alice.release(lease).await, "release by the owner");
+    }
+    ok(owner_1.release(&real_1).await, "release by the owner");
     ok(bob.release(&bobs).await, "release by the owner");
 }
 

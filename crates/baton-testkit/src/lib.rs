@@ -120,6 +120,7 @@ macro_rules! conformance_tests {
             contention_returns_holder,
             renew_by_owner_extends,
             renew_by_stale_lease_is_lost,
+            renewals_at_once_each_get_their_own_answer,
             release_only_by_owner,
             expiry_frees_key,
             tokens_strictly_increase,

@@ -53,6 +53,8 @@ use futures_util::Stream;
 
 use crate::Result;
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod batch;
 #[cfg(any(
     feature = "redis",
     feature = "postgres",

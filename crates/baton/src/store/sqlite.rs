@@ -36,7 +36,9 @@
 //! # Writes
 //!
 //! Every write is one `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock before it
-//! reads, so the read and the write that depends on it are one atomic step. Commits are durable
+//! reads, so the read and the write that depends on it are one atomic step. The renewals of a
+//! store's elections that fall due within a short window (at most 20 ms) share one such
+//! transaction, and so one commit (D126). Commits are durable
 //! (`synchronous = FULL`): a token handed to a resource is never minted again, not even after a
 //! power cut. The journal is in WAL mode, so readers never wait for writers. A call waits for
 //! another connection's write lock for at most five seconds (acquire and renew: at most their
@@ -74,6 +76,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use tokio::sync::broadcast;
 use tracing::debug;
 
+use super::batch::{self, Batcher};
 use super::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
 };
@@ -198,6 +201,8 @@ struct Inner {
     call: Arc<Call>,
     /// Change notices for this file, shared by all stores of this process that opened it.
     feed: Arc<Feed>,
+    /// Renewals gathered into one transaction per window (D126).
+    renewals: Arc<Batcher<(Lease, Duration), Renew>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -241,6 +246,7 @@ impl SqliteStore {
                 conn: Mutex::new(conn),
                 call,
                 feed: Feed::for_file(file),
+                renewals: Arc::default(),
             }),
         })
     }
@@ -393,11 +399,24 @@ impl Candidacy for SqliteCandidacy {
     }
 
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
-        let lease = lease.clone();
+        let store = self.store.clone();
         self.store
-            .run(true, ttl.min(BUSY_TIMEOUT), move |inner, conn| {
-                inner.renew(conn, &lease, ttl)
-            })
+            .inner
+            .renewals
+            .submit(
+                (lease.clone(), ttl),
+                batch::window(ttl),
+                STORE,
+                move |batch| async move {
+                    let limit = batch.iter().map(|(_, ttl)| *ttl).min();
+                    let limit = limit.unwrap_or(BUSY_TIMEOUT).min(BUSY_TIMEOUT);
+                    store
+                        .run(true, limit, move |inner, conn| {
+                            inner.renew_many(conn, &batch)
+                        })
+                        .await
+                },
+            )
             .await
     }
 
@@ -503,18 +522,41 @@ impl Inner {
         }
     }
 
-    fn renew(&self, conn: &mut Connection, lease: &Lease, ttl: Duration) -> Result<Renew> {
+    /// Renew every lease of `batch` (with its TTL) in one transaction, so that many elections'
+    /// renewals cost one commit (D126). A lease that no longer holds its key is answered with
+    /// the current record, the others are renewed; a failed commit fails them all.
+    fn renew_many(
+        &self,
+        conn: &mut Connection,
+        batch: &[(Lease, Duration)],
+    ) -> Result<Vec<Result<Renew>>> {
         let doing = "renewing a lease in";
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.error(doing, e))?;
         let now = now_ms();
+        let results: Vec<Result<Renew>> = batch
+            .iter()
+            .map(|(lease, ttl)| self.renew(&tx, lease, *ttl, now))
+            .collect();
+        if results.iter().any(|r| matches!(r, Ok(Renew::Renewed))) {
+            tx.commit().map_err(|e| self.commit_error(doing, e))?;
+        }
+        Ok(results)
+    }
+
+    /// Renew `lease` by `ttl` within the transaction `tx`, at `now`.
+    fn renew(&self, tx: &Connection, lease: &Lease, ttl: Duration, now: i64) -> Result<Renew> {
+        let doing = "renewing a lease in";
+        let lost = || -> Result<Renew> {
+            let current = self.select(tx, &lease.key, doing)?;
+            Ok(Renew::Lost(
+                current.and_then(|s| s.live(now, &self.boot_id)),
+            ))
+        };
         let Some(token) = sql_token(lease.token) else {
             // No row can hold a token SQLite cannot store: this lease holds nothing.
-            let current = self.select(&tx, &lease.key, doing)?;
-            return Ok(Renew::Lost(
-                current.and_then(|s| s.live(now, &self.boot_id)),
-            ));
+            return lost();
         };
         let expires = now.saturating_add(ttl_ms(ttl));
         let changed = tx
@@ -531,12 +573,8 @@ impl Inner {
             })
             .map_err(|e| self.error(doing, e))?;
         if changed == 0 {
-            let current = self.select(&tx, &lease.key, doing)?;
-            return Ok(Renew::Lost(
-                current.and_then(|s| s.live(now, &self.boot_id)),
-            ));
+            return lost();
         }
-        tx.commit().map_err(|e| self.commit_error(doing, e))?;
         Ok(Renew::Renewed)
     }
 

@@ -36,7 +36,9 @@
 //! The acquisition is `ACQUIRE`: one `UPDATE` that takes the row only if it is free or
 //! expired, bumps `token` and hands the new value back through `LAST_INSERT_ID(expr)`, all in
 //! one atomic statement. A key without a row first gets a free one (`ENSURE_ROW`, which
-//! changes nothing if the row exists). Renew and release match `holder` **and** `token`.
+//! changes nothing if the row exists). Renew and release match `holder` **and** `token`. The
+//! renewals of a store's elections that fall due within a short window (at most 20 ms) go as
+//! one `UPDATE` of up to 128 rows, each still matched on its own holder and token (D126).
 //! Times are computed and compared with the server's `UTC_TIMESTAMP(6)` (not `NOW(6)`, which
 //! follows each session's `time_zone`); Baton sends only durations.
 //!
@@ -93,6 +95,7 @@ use tracing::debug;
 
 use super::mysql_lock::{LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name};
 use super::{Effect, Feed, SqlUrl, left, lock, map_error, retrying, ttl_us};
+use crate::store::batch::{self, Batcher};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
 };
@@ -175,6 +178,24 @@ UPDATE {t}
 SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6)
 WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6)";
 
+/// The most leases one [`renew_many_sql`] statement renews; larger batches are split.
+const MAX_RENEW_BATCH: usize = 128;
+
+/// [`RENEW`] for `n` leases at once (D126): binds the TTL in µs, then `n` keys, then `n`
+/// triples of key, holder and token. The key list lets the server find the rows through the
+/// primary key (and lock them in its order); each row is still matched on its own holder and
+/// token. Only sizes that are powers of two are built, so that a connection caches at most a
+/// handful of them; a batch is padded to the next size by repeating its last lease.
+fn renew_many_sql(table: &str, n: usize) -> String {
+    let keys = vec!["?"; n].join(", ");
+    let leases = vec!["(`key` = ? AND holder = ? AND token = ?)"; n].join(" OR ");
+    format!(
+        "UPDATE {table}
+SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6)
+WHERE `key` IN ({keys}) AND expires_at > UTC_TIMESTAMP(6) AND ({leases})"
+    )
+}
+
 /// Free the key if holder and token hold it; the row and its token stay.
 const RELEASE: &str = "
 UPDATE {t} SET holder = NULL, expires_at = NULL
@@ -187,6 +208,8 @@ struct Sql {
     ensure: Arc<str>,
     acquire: Arc<str>,
     renew: Arc<str>,
+    /// [`renew_many_sql`] for 2, 4, 8, ... [`MAX_RENEW_BATCH`] leases.
+    renew_many: Vec<Arc<str>>,
     release: Arc<str>,
 }
 
@@ -199,6 +222,10 @@ impl Sql {
             ensure: fill(ENSURE_ROW),
             acquire: fill(ACQUIRE),
             renew: fill(RENEW),
+            renew_many: std::iter::successors(Some(2), |n| Some(n * 2))
+                .take_while(|&n| n <= MAX_RENEW_BATCH)
+                .map(|n| Arc::from(renew_many_sql(table, n)))
+                .collect(),
             release: fill(RELEASE),
         }
     }
@@ -244,6 +271,17 @@ struct Inner {
     term_locks: OnceLock<TermLocks>,
     /// Connections to wait on term locks: one per watched key, at most `MAX_WAITING_KEYS`.
     waiting: Arc<tokio::sync::Semaphore>,
+    /// Renewals gathered into one statement per window (D126).
+    renewals: Arc<Batcher<Renewal, bool>>,
+}
+
+/// One lease to renew.
+#[derive(Debug)]
+struct Renewal {
+    key: String,
+    holder: String,
+    token: i64,
+    ttl_us: i64,
 }
 
 impl std::fmt::Debug for MysqlStore {
@@ -335,6 +373,7 @@ impl MysqlStore {
                 feed: Arc::new(Feed::default()),
                 pollers: Mutex::new(HashMap::new()),
                 polling: Arc::default(),
+                renewals: Arc::default(),
             }),
         }
     }
@@ -405,6 +444,92 @@ fn error_number(e: &sqlx::Error) -> Option<u16> {
 }
 
 impl Inner {
+    /// Renew `batch`: one statement per [`MAX_RENEW_BATCH`] leases of one TTL. When such a
+    /// statement renews fewer rows than it has leases, it cannot say which, so each of its
+    /// leases is renewed again on its own (repeating a renewal is harmless): whether each
+    /// lease was renewed.
+    async fn renew_many(&self, batch: Vec<Renewal>) -> Vec<Result<bool>> {
+        let mut results: Vec<Option<Result<bool>>> = batch.iter().map(|_| None).collect();
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| {
+            (batch[a].ttl_us, &batch[a].key).cmp(&(batch[b].ttl_us, &batch[b].key))
+        });
+        for group in order.chunk_by(|&a, &b| batch[a].ttl_us == batch[b].ttl_us) {
+            for chunk in group.chunks(MAX_RENEW_BATCH) {
+                let all = if chunk.len() > 1 {
+                    self.renew_chunk(&batch, chunk).await
+                } else {
+                    Ok(false)
+                };
+                for &i in chunk {
+                    results[i] = Some(match &all {
+                        Ok(true) => Ok(true),
+                        Ok(false) => self.renew_one(&batch[i]).await,
+                        Err(e) => Err(batch::copy_of(e)),
+                    });
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Ok(false)))
+            .collect()
+    }
+
+    /// Renew the leases `chunk` (indices into `batch`, one TTL) in one statement: whether it
+    /// renewed all of them.
+    async fn renew_chunk(&self, batch: &[Renewal], chunk: &[usize]) -> Result<bool> {
+        let size = chunk.len().next_power_of_two();
+        let sql = &self.sql.renew_many[size.trailing_zeros() as usize - 1];
+        let padded = || {
+            chunk
+                .iter()
+                .chain(std::iter::repeat_n(
+                    &chunk[chunk.len() - 1],
+                    size - chunk.len(),
+                ))
+                .map(|&i| &batch[i])
+        };
+        let done = retrying(Effect::None, || {
+            let mut query = sqlx::query(q(sql)).bind(batch[chunk[0]].ttl_us);
+            for r in padded() {
+                query = query.bind(&r.key);
+            }
+            for r in padded() {
+                query = query.bind(&r.key).bind(&r.holder).bind(r.token);
+            }
+            query.execute(&self.pool)
+        })
+        .await
+        .map_err(|e| {
+            let doing = format!(
+                "renewing {} leases (keys {:?}, ...)",
+                chunk.len(),
+                batch[chunk[0]].key
+            );
+            self.error(&doing, Effect::None, e)
+        })?;
+        Ok(done.rows_affected() == chunk.len() as u64)
+    }
+
+    /// [`RENEW`] for one lease: whether it was renewed.
+    async fn renew_one(&self, r: &Renewal) -> Result<bool> {
+        let done = retrying(Effect::None, || {
+            sqlx::query(q(&self.sql.renew))
+                .bind(r.ttl_us)
+                .bind(&r.key)
+                .bind(&r.holder)
+                .bind(r.token)
+                .execute(&self.pool)
+        })
+        .await
+        .map_err(|e| {
+            let doing = format!("renewing the lease at key {:?}", r.key);
+            self.error(&doing, Effect::None, e)
+        })?;
+        Ok(done.rows_affected() == 1)
+    }
+
     fn error(&self, doing: &str, effect: Effect, e: sqlx::Error) -> Error {
         map_error(STORE, &self.url.redacted, doing, effect, e)
     }
@@ -746,17 +871,23 @@ impl Candidacy for MysqlCandidacy {
         inner.ready().await?;
         let doing = format!("renewing the lease at key {:?}", lease.key);
         if let Ok(token) = i64::try_from(lease.token.0) {
-            let done = retrying(Effect::None, || {
-                sqlx::query(q(&inner.sql.renew))
-                    .bind(ttl_us(ttl))
-                    .bind(&lease.key)
-                    .bind(&lease.holder)
-                    .bind(token)
-                    .execute(&inner.pool)
-            })
-            .await
-            .map_err(|e| inner.error(&doing, Effect::None, e))?;
-            if done.rows_affected() == 1 {
+            let renewal = Renewal {
+                key: lease.key.clone(),
+                holder: lease.holder.clone(),
+                token,
+                ttl_us: ttl_us(ttl),
+            };
+            let batch_inner = Arc::clone(&self.store.inner);
+            let renewed = inner
+                .renewals
+                .submit(
+                    renewal,
+                    batch::window(ttl),
+                    STORE,
+                    move |batch| async move { Ok(batch_inner.renew_many(batch).await) },
+                )
+                .await?;
+            if renewed {
                 return Ok(Renew::Renewed);
             }
         }

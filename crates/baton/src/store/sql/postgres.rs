@@ -35,7 +35,10 @@
 //!
 //! Every write is one statement, atomic on its own (`ACQUIRE`, `RENEW`, `RELEASE`). The
 //! acquire takes the row only if it is free or expired, bumps `token` in the same statement and
-//! returns it. Renew and release match on `holder` **and** `token`. Expiry is computed and
+//! returns it. Renew and release match on `holder` **and** `token`. The renewals of a store's
+//! elections that fall due within a short window (at most 20 ms) go as one `RENEW` statement
+//! over arrays (`unnest`), each lease still matched on its own holder and token (D126).
+//! Expiry is computed and
 //! compared with the server's `clock_timestamp()`; Baton sends only durations, never
 //! timestamps, so client clocks never decide who leads.
 //!
@@ -84,6 +87,7 @@ use tokio::sync::{Mutex, OnceCell, oneshot};
 use tracing::debug;
 
 use super::{Effect, Feed, Notice, SqlUrl, left, map_error, retrying, ttl_us};
+use crate::store::batch::{self, Batcher};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
 };
@@ -165,19 +169,24 @@ SELECT won.token FROM won
 CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(won.key) + octet_length(won.holder) < 7000
     THEN 'a ' || length(won.holder) || ' ' || won.holder || won.key ELSE '' END) AS n";
 
-/// Extend the lease at key `$1` by `$4` µs from now if holder `$2` with token `$3` holds it and
-/// it has not expired, and notify channel `$5` (`n <holder length> <holder><key>`), so idle
-/// followers wait out the fresh lease without asking. Returns a row if renewed. No notice for
-/// keys too long for a payload: the followers of those ask at the lease's end instead.
+/// Extend many leases at once (D126): the lease at each key of `$1` by that entry's TTL in `$4`
+/// (µs) from now, if the holder in `$2` with the token in `$3` holds it and it has not expired
+/// (arrays of one length, sorted by key, so that two batches lock rows they share in one
+/// order). Notifies channel `$5` for each (`n <holder length> <holder><key>`), so idle
+/// followers wait out the fresh lease without asking; no notice for keys too long for a
+/// payload: the followers of those ask at the lease's end instead. Returns the key and token
+/// of each lease it renewed.
 const RENEW: &str = "
 WITH renewed AS (
-    UPDATE {t}
-    SET expires_at = clock_timestamp() + $4::bigint * interval '1 microsecond',
+    UPDATE {t} AS l
+    SET expires_at = clock_timestamp() + i.ttl_us * interval '1 microsecond',
         renewed_at = clock_timestamp()
-    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()
-    RETURNING key, holder
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS i(key, holder, token, ttl_us)
+    WHERE l.key = i.key AND l.holder = i.holder AND l.token = i.token
+      AND l.expires_at > clock_timestamp()
+    RETURNING l.key, l.holder, l.token
 )
-SELECT 1 FROM renewed
+SELECT renewed.key, renewed.token FROM renewed
 LEFT JOIN LATERAL (
     SELECT pg_notify($5, 'n ' || length(renewed.holder) || ' ' || renewed.holder || renewed.key)
     WHERE octet_length(renewed.key) + octet_length(renewed.holder) < 7000
@@ -274,6 +283,17 @@ struct Inner {
     feed: Arc<Feed>,
     /// The listener task, once a watch started it.
     listener: Mutex<Option<ListenerTask>>,
+    /// Renewals gathered into one statement per window (D126).
+    renewals: Arc<Batcher<Renewal, bool>>,
+}
+
+/// One lease to renew, for [`RENEW`].
+#[derive(Debug)]
+struct Renewal {
+    key: String,
+    holder: String,
+    token: i64,
+    ttl_us: i64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -384,6 +404,7 @@ impl PostgresStore {
                 ready: OnceCell::new(),
                 feed: Arc::default(),
                 listener: Mutex::new(None),
+                renewals: Arc::default(),
             }),
         }
     }
@@ -402,6 +423,42 @@ impl PostgresStore {
 impl Inner {
     fn error(&self, doing: &str, effect: Effect, e: sqlx::Error) -> Error {
         map_error(STORE, &self.url.redacted, doing, effect, e)
+    }
+
+    /// Renew `batch` in one statement ([`RENEW`]): whether each lease was renewed.
+    async fn renew_many(&self, batch: Vec<Renewal>) -> Result<Vec<Result<bool>>> {
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| batch[a].key.cmp(&batch[b].key));
+        let keys: Vec<&str> = order.iter().map(|&i| batch[i].key.as_str()).collect();
+        let holders: Vec<&str> = order.iter().map(|&i| batch[i].holder.as_str()).collect();
+        let tokens: Vec<i64> = order.iter().map(|&i| batch[i].token).collect();
+        let ttls: Vec<i64> = order.iter().map(|&i| batch[i].ttl_us).collect();
+        let doing = if batch.len() == 1 {
+            format!("renewing the lease at key {:?}", batch[0].key)
+        } else {
+            format!(
+                "renewing {} leases (keys {:?}, ...)",
+                batch.len(),
+                batch[0].key
+            )
+        };
+        let rows: Vec<(String, i64)> = retrying(Effect::None, || {
+            sqlx::query_as(q(&self.sql.renew))
+                .bind(&keys)
+                .bind(&holders)
+                .bind(&tokens)
+                .bind(&ttls)
+                .bind(&self.url.table)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(&doing, Effect::None, e))?;
+        let renewed: std::collections::HashSet<(&str, i64)> =
+            rows.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        Ok(batch
+            .iter()
+            .map(|r| Ok(renewed.contains(&(r.key.as_str(), r.token))))
+            .collect())
     }
 
     /// Make sure the table exists and is Baton's, once per store.
@@ -672,18 +729,23 @@ impl Candidacy for PostgresCandidacy {
         inner.ready().await?;
         let doing = format!("renewing the lease at key {:?}", lease.key);
         if let Ok(token) = i64::try_from(lease.token.0) {
-            let done = retrying(Effect::None, || {
-                sqlx::query(q(&inner.sql.renew))
-                    .bind(&lease.key)
-                    .bind(&lease.holder)
-                    .bind(token)
-                    .bind(ttl_us(ttl))
-                    .bind(&inner.url.table)
-                    .fetch_all(&inner.pool)
-            })
-            .await
-            .map_err(|e| inner.error(&doing, Effect::None, e))?;
-            if done.len() == 1 {
+            let renewal = Renewal {
+                key: lease.key.clone(),
+                holder: lease.holder.clone(),
+                token,
+                ttl_us: ttl_us(ttl),
+            };
+            let batch_inner = Arc::clone(&self.store.inner);
+            let renewed = inner
+                .renewals
+                .submit(
+                    renewal,
+                    batch::window(ttl),
+                    STORE,
+                    move |batch| async move { batch_inner.renew_many(batch).await },
+                )
+                .await?;
+            if renewed {
                 return Ok(Renew::Renewed);
             }
         }
