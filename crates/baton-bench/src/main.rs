@@ -101,6 +101,11 @@ struct Args {
     /// [default: 20s]
     #[arg(long, value_parser = humantime::parse_duration)]
     cost_window: Option<Duration>,
+    /// Only these stores (comma-separated: memory, sqlite, redis, postgres, mysql, etcd) in the
+    /// scale figure; prints, and writes nothing, as a partial scale table would replace the
+    /// whole one [default: all]
+    #[arg(long, value_delimiter = ',', conflicts_with = "write")]
+    scale_stores: Vec<String>,
     /// The `baton` binary for the cli-handoff and vs-etcdctl figures [default: `baton` beside
     /// this executable]
     #[arg(long)]
@@ -440,6 +445,11 @@ fn run(args: &Args) -> BoxResult<()> {
         Profile::full()
     };
     profile.adjust(args);
+    if !args.scale_stores.is_empty() {
+        profile
+            .scale_runs
+            .retain(|(store, _)| args.scale_stores.iter().any(|s| s == store));
+    }
     // Started from the main thread, which outlives the run: the server dies with the thread
     // that spawned it.
     let redis = RedisServer::start();
