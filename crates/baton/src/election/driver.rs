@@ -798,8 +798,12 @@ fn store_call(
                         let outcome =
                             with_timeout(clock, timeout, candidacy.renew(&lease, timing.lease))
                                 .await;
-                        metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
-                                .record(clock.now().saturating_sub(sent).as_secs_f64());
+                        shared
+                            .renew_duration
+                            .get_or_init(|| {
+                                metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
+                            })
+                            .record(clock.now().saturating_sub(sent).as_secs_f64());
                         Answer::Input(Input::Renewed { sent, outcome })
                     }
                     Action::Release(lease) => Answer::Input(Input::Released(

@@ -79,6 +79,10 @@ pub(crate) struct Shared {
     /// Made by the first [`LeaderElection::subscribe`]: until then events have no receiver,
     /// and the channel's slots (allocated up front) would cost every election for nothing.
     pub events: OnceLock<broadcast::Sender<Event>>,
+    /// The handle of `baton_renew_duration_seconds` for this key, registered with the metrics
+    /// recorder at the first renewal and kept, so that a renewal records without building the
+    /// metric's name and labels again (that allocates on every renewal otherwise).
+    pub renew_duration: OnceLock<metrics::Histogram>,
     /// The current term's scope, while leading.
     pub scope: Mutex<Option<Term>>,
     pub control: Mutex<Control>,
@@ -274,6 +278,7 @@ impl LeaderElectionBuilder {
                 last_error: None,
             }),
             events: OnceLock::new(),
+            renew_duration: OnceLock::new(),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
             run: tokio::sync::Mutex::new(None),

@@ -869,7 +869,6 @@ impl Candidacy for MysqlCandidacy {
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
         let inner = &self.store.inner;
         inner.ready().await?;
-        let doing = format!("renewing the lease at key {:?}", lease.key);
         if let Ok(token) = i64::try_from(lease.token.0) {
             let renewal = Renewal {
                 key: lease.key.clone(),
@@ -891,6 +890,8 @@ impl Candidacy for MysqlCandidacy {
                 return Ok(Renew::Renewed);
             }
         }
+        // Lost (rare): only now is the description for errors worth building.
+        let doing = format!("renewing the lease at key {:?}", lease.key);
         let current = inner.select(&lease.key, &doing).await?;
         self.drop_term_lock().await;
         Ok(Renew::Lost(current.and_then(|s| s.live())))

@@ -727,7 +727,6 @@ impl Candidacy for PostgresCandidacy {
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
         let inner = &self.store.inner;
         inner.ready().await?;
-        let doing = format!("renewing the lease at key {:?}", lease.key);
         if let Ok(token) = i64::try_from(lease.token.0) {
             let renewal = Renewal {
                 key: lease.key.clone(),
@@ -749,6 +748,8 @@ impl Candidacy for PostgresCandidacy {
                 return Ok(Renew::Renewed);
             }
         }
+        // Lost (rare): only now is the description for errors worth building.
+        let doing = format!("renewing the lease at key {:?}", lease.key);
         let current = inner.select(&lease.key, &doing).await?;
         Ok(Renew::Lost(current.and_then(|s| s.live())))
     }
