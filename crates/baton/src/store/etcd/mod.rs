@@ -908,6 +908,12 @@ impl Candidacy for EtcdCandidacy {
             } else {
                 self.store.revoke(session.id).await
             };
+            debug!(
+                election = %self.key,
+                lease = %format!("{:x}", session.id),
+                ok = result.is_ok(),
+                "left the election: revoked the session lease"
+            );
             self.reset();
             return result;
         }
@@ -973,15 +979,18 @@ async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mps
                         message = stream.message() => match message {
                             // Compacted past the revision, or refused: look again.
                             Ok(Some(resp)) if resp.canceled => break Some(Change::Other),
-                            Ok(Some(resp)) => match view.apply(&resp.events) {
-                                Step::Quiet => {}
-                                Step::Leader(holder) => {
-                                    if tx.send(Change::Acquired { holder }).await.is_err() {
-                                        return;
+                            Ok(Some(resp)) => {
+                                log_events(&view.key, &resp);
+                                match view.apply(&resp.events) {
+                                    Step::Quiet => {}
+                                    Step::Leader(holder) => {
+                                        if tx.send(Change::Acquired { holder }).await.is_err() {
+                                            return;
+                                        }
                                     }
+                                    Step::Wake(change) => break Some(change),
                                 }
-                                Step::Wake(change) => break Some(change),
-                            },
+                            }
                             _ => return,
                         },
                     }
@@ -1007,6 +1016,21 @@ async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mps
             () = tx.closed() => return,
             changed = position.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+/// Trace what a follower's watch saw: each entry put or deleted, at which revision.
+fn log_events(key: &str, resp: &pb::etcdserverpb::WatchResponse) {
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    for event in &resp.events {
+        let entry = event.kv.as_ref().map(|kv| String::from_utf8_lossy(&kv.key));
+        debug!(
+            election = %key,
+            kind = ?event.r#type(),
+            entry = %entry.unwrap_or_default(),
+            revision,
+            "a follower's watch saw a queue change"
+        );
     }
 }
 
