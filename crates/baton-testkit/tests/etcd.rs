@@ -1,6 +1,6 @@
 //! The etcd store against real `etcd` processes: the conformance suite, interop with
 //! `etcdctl elect` (etcd's own `concurrency.Election`) both ways, an etcd restart that keeps
-//! its data, a frozen etcd (keepalive loss), push handoff between Baton candidates, and
+//! its data (and one during which the leader steps down), a frozen etcd (keepalive loss), push handoff between Baton candidates, and
 //! elections over TLS and with etcd's authentication (including a token that expires).
 //!
 //! Timing bounds are generous on purpose: they check behaviour (push, not polling; stepping
@@ -564,6 +564,56 @@ async fn restart_keeps_tokens_monotonic_and_leadership_is_regained() {
         "a term after the restart gets a greater token: {next} after {after}"
     );
     other.stop().await.unwrap();
+}
+
+/// D127: the leader steps down while etcd is down, so its release (the revoke of its session)
+/// fails. When etcd restarts it gives every lease a whole TTL and an election timeout again,
+/// so an entry left to its lease would hold the follower up that long after etcd is back
+/// (3.1-3.4 s here with a 2 s lease); the candidacy deletes it at its next attempt instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_release_failed_while_etcd_was_down_is_replaced_once_etcd_is_back() {
+    let mut server = EtcdServer::start();
+    let name = unique("down");
+    let lease = Duration::from_secs(2);
+    let a = election(&server.url(), &name, "a", lease);
+    let mut events = a.subscribe();
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    let token = a.fencing_token().unwrap();
+    let b = election(&server.url(), &name, "b", lease);
+    b.start().await.unwrap();
+    assert_eq!(b.current_leader_id().as_deref(), Some("a"));
+
+    server.kill();
+    assert!(
+        wait_until(lease, || !a.is_leader()).await,
+        "a steps down within its lease"
+    );
+    // The release that follows the step-down finds etcd down (connection refused at once).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lost = false;
+    while let Some(event) = events.try_recv() {
+        lost |= matches!(event, Event::LostLeadership { .. });
+    }
+    assert!(lost, "a reported the end of its term");
+
+    server.restart();
+    let back = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || b.is_leader()).await,
+        "b takes over"
+    );
+    let took = back.elapsed();
+    println!("b leads {took:?} after etcd is back");
+    assert!(
+        took <= Duration::from_secs(1),
+        "b took over {took:?} after etcd was back: a's spent entry waited for its lease"
+    );
+    assert!(b.fencing_token().unwrap() > token);
+    assert!(!a.is_leader());
+    b.stop().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    a.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -74,7 +74,12 @@
 //!   someone revoked it), every member learns it at once: followers' change streams say so,
 //!   leaders' renewals are `Lost`, and each next attempt joins or grants a new session. A
 //!   waiter never keeps waiting on a dead session (etcd#19597).
-//! * **End.** The last member to release, leave or be dropped revokes the lease.
+//! * **End.** The last member to release, leave or be dropped revokes the lease. If a
+//!   release's revoke fails (etcd is down), the candidacy stays the session's member with its
+//!   entry, as when any other member's delete fails: its next attempt deletes the spent entry
+//!   as soon as etcd answers, or the watchdog does when the last renewal's cover has run out.
+//!   Left to its lease, the entry would outlive an etcd restart by a whole TTL and an election
+//!   timeout, as etcd gives every lease that much again when it starts (D127).
 //!
 //! # TTLs are whole seconds
 //!
@@ -896,13 +901,10 @@ impl Candidacy for EtcdCandidacy {
 
     async fn leave(&mut self) -> Result<()> {
         if let Some(session) = self.session.clone()
-            && session.part_if_sole(&self.key)
+            && session.close_if_sole(&self.key)
         {
             // The session's last member: revoking the lease deletes the entry (the only key
-            // left on it) and ends the session in one write. Revoked or not, the candidacy is
-            // done with the session; a lease that survived a failed revoke expires within its
-            // TTL, its keepalive gone with the session.
-            self.session = None;
+            // left on it) and ends the session in one write.
             let result = if session.lost.is_cancelled() {
                 Ok(())
             } else {
@@ -914,8 +916,18 @@ impl Candidacy for EtcdCandidacy {
                 ok = result.is_ok(),
                 "left the election: revoked the session lease"
             );
+            if let Err(e) = result {
+                // Still the session's member, with its entry, as after a failed delete below:
+                // the next attempt deletes a spent entry as soon as etcd answers. A forgotten
+                // entry would live as long as the lease, which etcd, when it restarts, extends
+                // by a TTL and an election timeout from the restart (docs/decisions.md D127).
+                session.reopen();
+                return Err(e);
+            }
+            session.revoked();
+            self.session = None;
             self.reset();
-            return result;
+            return Ok(());
         }
         // Other members live on: only the own entry goes, guarded on its create revision. If
         // that fails, a leader's entry stays in the session's watchdog, which deletes it when

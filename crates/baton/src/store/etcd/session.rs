@@ -230,16 +230,32 @@ impl Session {
         false
     }
 
-    /// End the membership of election `key`'s candidacy if it is the only member, closing the
-    /// session (`true`: the caller revokes the lease); otherwise change nothing.
-    pub fn part_if_sole(&self, key: &str) -> bool {
+    /// Close the session if election `key`'s candidacy is its only member (`true`: the caller
+    /// revokes the lease), so that nobody joins while the revoke is under way; otherwise
+    /// change nothing. The candidacy stays a member, with its entry and its leading mark, until
+    /// the revoke succeeds ([`revoked`](Self::revoked)) or fails ([`reopen`](Self::reopen)).
+    pub fn close_if_sole(&self, key: &str) -> bool {
         let mut state = lock(&self.state);
         if state.closed || state.members.len() != 1 || !state.members.contains_key(key) {
             return false;
         }
-        state.members.clear();
         state.closed = true;
         true
+    }
+
+    /// The revoke after [`close_if_sole`](Self::close_if_sole) succeeded: the lease and every
+    /// entry on it are gone.
+    pub fn revoked(&self) {
+        lock(&self.state).members.clear();
+    }
+
+    /// The revoke after [`close_if_sole`](Self::close_if_sole) failed: the session takes
+    /// members again, and its member keeps its entry and, if it led, its leading mark, so that
+    /// its next attempt (or the watchdog, when the last renewal's cover runs out) deletes a
+    /// spent entry as soon as etcd answers. Forgetting it instead would leave the entry to its
+    /// lease, which an etcd restart extends by a whole TTL (and more) from the restart.
+    pub fn reopen(&self) {
+        lock(&self.state).closed = false;
     }
 
     /// Election `key`'s candidacy leads with `entry` (create revision `rev`), proven by a
@@ -600,7 +616,7 @@ mod tests {
     fn the_last_member_to_part_closes_the_session() {
         let sessions = Sessions::default();
         let s = session(&sessions, 1, &["a", "b"]);
-        assert!(!s.part_if_sole("a"), "b is still a member");
+        assert!(!s.close_if_sole("a"), "b is still a member");
         assert!(!s.part("a"));
         assert!(s.part("b"), "the last member revokes");
         assert!(
@@ -609,8 +625,36 @@ mod tests {
         );
         assert!(!s.part("b"), "closed once");
         let t = session(&sessions, 2, &["a"]);
-        assert!(t.part_if_sole("a"));
+        assert!(t.close_if_sole("a"));
+        assert!(sessions.find("b", 15).is_none(), "closed while it revokes");
+        t.revoked();
         assert!(sessions.find("a", 15).is_none());
+    }
+
+    #[test]
+    fn a_failed_revoke_keeps_the_member_with_its_leading_entry() {
+        // The sole member leads, steps down while etcd is down and cannot revoke: it stays
+        // the session's member with its entry, which the watchdog still takes when the last
+        // renewal's cover runs out (and the candidacy's next attempt deletes at once).
+        let sessions = Sessions::default();
+        let s = session(&sessions, 1, &["a"]);
+        let t0 = Instant::now();
+        s.lead("a", "a/1", 7, t0);
+        assert!(s.close_if_sole("a"));
+        s.reopen();
+        assert!(
+            !s.keepalive_due(t0 + Duration::from_secs(6)),
+            "it still leads: no background keepalive"
+        );
+        let (doomed, _) = s.expire(t0 + Duration::from_secs(15));
+        assert_eq!(doomed, [("a/1".to_owned(), 7)]);
+        assert_eq!(
+            sessions.find("b", 15).map(|s| s.id),
+            Some(1),
+            "open to other elections again"
+        );
+        assert!(!s.part("a"), "b is still a member");
+        assert!(s.part("b"), "the last member revokes");
     }
 
     #[test]
