@@ -306,8 +306,8 @@ pub fn report(runs: &[ScaleRun], params: Params, ctx: &Context) -> String {
         out,
         "E elections on E distinct keys in one child process, on one store instance (Redis: one \
          `RedisStore`, one multiplexed connection; PostgreSQL and MySQL/MariaDB: one pool of at \
-         most 4 connections, on a table of the bench's own; etcd: one client, and a session \
-         lease per election, as etcd's recipe has), {}; all lead. After {} of steady state, over \
+         most 4 connections, on a table of the bench's own; etcd: one client, whose elections \
+         share one session lease and renew in batches, docs/decisions.md D120-D122), {}; all lead. After {} of steady state, over \
          a {} window: the child's CPU time (`/proc/self/stat` utime + stime, in clock ticks) as \
          % of one core, and the context switches of all its threads per second (how often \
          threads sleep and wake); at the end, its `VmRSS` (and peak `VmHWM`). *Per election* is \
@@ -411,16 +411,8 @@ fn verdicts(out: &mut String, runs: &[ScaleRun], r: &ScaleRun, params: Params) {
                   driver, and the memory store's map (docs/decisions.md D76)."
                 .to_owned(),
         };
-        let fix = match r.store {
-            "etcd" => {
-                " Fix (library): one session lease per client for all its elections, as \
-                       etcd's `concurrency.Session` is meant to be shared."
-            }
-            _ => {
-                " Fix (library): smaller per-election state (the strings each election keeps \
-                  twice, the state channel's eight notifiers)."
-            }
-        };
+        let fix = " Fix (library): smaller per-election state (the strings each election keeps \
+                   twice, the state channel's eight notifiers).";
         let _ = writeln!(out, "  - Why the memory:{engine}{fix}");
     }
     if !cpu_ok {
@@ -466,11 +458,11 @@ fn verdicts(out: &mut String, runs: &[ScaleRun], r: &ScaleRun, params: Params) {
                 r.switches_per_s / renewals
             ),
             _ => format!(
-                "Each election keeps its own session lease alive: {renewals:.0} keepalives per \
-                 second on the client's lease streams, about {per_renewal:.0} µs of CPU and \
-                 {:.2} context switches each in this process. Fix (library): one session lease \
-                 per client for all its elections, kept alive once per renew interval, as \
-                 etcd's `concurrency.Session` is meant to be shared.",
+                "The elections share one session lease and their {renewals:.0} renewals per \
+                 second go out batched (docs/decisions.md D120-D122: one keepalive and one `Txn` \
+                 per 50 ms window), and the driver steps each election once per renewal (D76): \
+                 about {per_renewal:.0} µs of CPU and {:.2} context switches per renewal in \
+                 this process.",
                 r.switches_per_s / renewals
             ),
         };

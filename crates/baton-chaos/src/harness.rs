@@ -128,6 +128,9 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// Keep every run's directory, not only those of failed runs.
     pub keep_logs: bool,
+    /// The candidates' `RUST_LOG` (for example `info,baton=debug`), instead of `-v` (info):
+    /// what their logs in the run directory show.
+    pub candidate_log: Option<String>,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             unsafe_ignore_deadline: false,
             work_dir: std::env::temp_dir().join(format!("baton-chaos-{}", std::process::id())),
             keep_logs: false,
+            candidate_log: None,
         }
     }
 
@@ -231,6 +235,9 @@ impl Config {
         }
         if self.unsafe_ignore_deadline {
             cmd += " --unsafe-ignore-deadline-for-testing";
+        }
+        if let Some(filter) = &self.candidate_log {
+            cmd += &format!(" --candidate-log '{filter}'");
         }
         cmd + " --keep-logs"
     }
@@ -553,8 +560,11 @@ impl<'h> Run<'h> {
         cmd.args(["--store", &url, "--key", KEY, "--id", &id])
             .args(["--lease", &millis(self.cfg.lease)])
             .args(["--renew", &millis(self.cfg.renew)])
-            .args(["--grace", &millis(self.cfg.grace)])
-            .arg("-v");
+            .args(["--grace", &millis(self.cfg.grace)]);
+        // baton reads RUST_LOG only without -v; the environment is cleared below first.
+        if self.cfg.candidate_log.is_none() {
+            cmd.arg("-v");
+        }
         if self.cfg.unsafe_ignore_deadline {
             cmd.arg("--unsafe-ignore-deadline-for-testing");
         }
@@ -571,6 +581,9 @@ impl<'h> Run<'h> {
             .stderr(stderr);
         for var in BATON_ENV {
             cmd.env_remove(var);
+        }
+        if let Some(filter) = &self.cfg.candidate_log {
+            cmd.env("RUST_LOG", filter);
         }
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {

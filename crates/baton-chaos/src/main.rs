@@ -32,6 +32,7 @@ Examples:
   scripts/chaos --store kubernetes --runs 5 --jobs 2
   scripts/chaos --store consul --runs 5 --jobs 2
   scripts/chaos --reproduce redis:partition-leader:42 --episodes 2 --keep-logs
+  scripts/chaos --store etcd --scenario store-restart --keep-logs --candidate-log info,baton=debug
 Exit codes: 0 no violation; 1 violations (each printed with the command that reproduces it);
 2 bad input or a run that could not be carried out.";
 
@@ -142,6 +143,11 @@ struct RunArgs {
     #[arg(long)]
     keep_logs: bool,
 
+    /// The candidates' RUST_LOG, e.g. `info,baton=debug` (the store's and the engine's debug
+    /// lines in each run's baton-*.log) [default: info, baton's -v]
+    #[arg(long, value_name = "FILTER")]
+    candidate_log: Option<String>,
+
     /// Where run directories go [default: a directory under the system temp dir]
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -200,6 +206,7 @@ fn chaos(args: RunArgs) -> Result<ExitCode, String> {
     config.fault_duration = args.fault_duration;
     config.unsafe_ignore_deadline = args.unsafe_ignore_deadline_for_testing;
     config.keep_logs = args.keep_logs;
+    config.candidate_log = args.candidate_log;
     if let Some(dir) = args.work_dir {
         config.work_dir = dir;
     }

@@ -9,7 +9,7 @@
 //!
 //! | key | value | lease | order |
 //! |---|---|---|---|
-//! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease | its create revision |
+//! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease, shared with the store's candidacies of other elections | its create revision |
 //!
 //! The entry with the lowest create revision leads; its create revision is the fencing token.
 //! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
@@ -17,21 +17,24 @@
 //!
 //! # Protocol
 //!
-//! * **Campaign** ([`Candidacy::try_acquire`]): grant a lease with the election's TTL, start its
-//!   keepalive, then create `K/<lease id>` in a transaction on `CreateRevision == 0` (an
-//!   existing entry of this lease is reused: the reply of an earlier attempt was lost). Then,
+//! * **Campaign** ([`Candidacy::try_acquire`]): join the store's session for the election's TTL
+//!   (see [Sessions](#sessions)), then create `K/<lease id>` in a transaction on
+//!   `CreateRevision == 0` (an existing entry of this lease is reused: the reply of an earlier
+//!   attempt was lost). Then,
 //!   in one read-only transaction, read the own entry, the head of the queue and the
 //!   predecessor (the entry with the greatest create revision below the own), while a keepalive
 //!   runs alongside: the candidate leads iff its entry is the head *and* the keepalive, sent
 //!   after the engine's send time, succeeded, so the lease lives at least a TTL past that time.
 //!   A follower keeps its entry between calls; later calls only look at its position again.
-//! * **Renew** ([`Candidacy::renew`]) is a keepalive, plus a read that the entry still exists
-//!   with the leader's create revision. It is `Lost` when etcd answers that the lease is gone
-//!   (TTL 0) or the entry is gone.
-//! * **Release**: revoke the lease, which deletes the own entry (the only key on that lease)
-//!   in the same write: one round trip, where `concurrency.Election`'s `Resign` and
-//!   `Session.Close` take two (a delete guarded on the create revision, then the revoke). Only
-//!   the candidate's own entry can go. The next entry's watcher wakes at once.
+//! * **Renew** ([`Candidacy::renew`]) is a keepalive of the session sent after the engine's send
+//!   time, plus a check that the entry still exists with the leader's create revision, both
+//!   batched with the other renewals of the store that fall due together: one keepalive per
+//!   session and one `Txn` per batch ([`RENEW_BATCH_WINDOW`]). It is `Lost` when etcd answers
+//!   that the lease is gone (TTL 0), the entry is gone, or the session's watchdog took it.
+//! * **Release**: delete the own entry, guarded on its create revision (`Election.Resign`'s
+//!   request); the session's last member instead revokes the lease, which deletes its entry in
+//!   the same write and ends the session. One round trip either way; only the candidate's own
+//!   entry can go. The next entry's watcher wakes at once.
 //! * **Followers** ([`Candidacy::watch`]) read every entry ahead of their own (with the own entry,
 //!   in the read-only transaction above) and then watch the election's prefix from the revision
 //!   of that read, so no event between the read and the watch is missed. They keep that view of
@@ -49,15 +52,34 @@
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
 //!
-//! # Keepalive and lease loss
+//! # Sessions
 //!
-//! A follower's lease is kept alive by the candidacy itself, every third of the TTL (as Go's
-//! `concurrency.Session` does), from the moment the lease is granted, before the entry is
-//! created. While the candidacy leads, that background keepalive pauses and the lease lives on
-//! the engine's renewals alone, so a leader that stops renewing loses its lease in the store on
-//! time. When etcd answers that a follower's lease is gone, the follower's change stream says
-//! so at once and its next attempt starts a new session: a waiter never keeps waiting on a
-//! dead session (etcd#19597).
+//! The candidacies of one store share one session lease per TTL, as the `Election`s of one
+//! Go `concurrency.Session` do (`docs/decisions.md`, D120–D123). Two candidacies of the same
+//! election never share one (their entries would be the same key): the second gets a session
+//! of its own, or one it shares with other elections.
+//!
+//! * **Keepalive.** While a member follows, the session is kept alive every third of its TTL
+//!   after its last keepalive that succeeded (an attempt's and a renewal batch's count), from
+//!   the moment it is granted. A session whose members all lead lives on their renewals alone.
+//!   Idle followers cost one keepalive per TTL/3 per store, however many there are.
+//! * **A leader that stops renewing** loses its entry when its own lease would have expired:
+//!   the session remembers, per leader, the send instant of the keepalive that proved its last
+//!   renewal plus the TTL, and when that passes without a newer renewal it deletes the entry
+//!   (guarded on its create revision). The engine's deadline for that renewal fell earlier. So
+//!   the other members' keepalives never keep a hung leader in office; a Go `Session` would
+//!   (its keepalive runs whatever its elections do). A process that stops as a whole sends no
+//!   keepalive, and etcd frees the lease and every entry on it within the TTL.
+//! * **Loss.** When etcd answers that the lease is gone (etcd was unreachable for a TTL, or
+//!   someone revoked it), every member learns it at once: followers' change streams say so,
+//!   leaders' renewals are `Lost`, and each next attempt joins or grants a new session. A
+//!   waiter never keeps waiting on a dead session (etcd#19597).
+//! * **End.** The last member to release, leave or be dropped revokes the lease. If a
+//!   release's revoke fails (etcd is down), the candidacy stays the session's member with its
+//!   entry, as when any other member's delete fails: its next attempt deletes the spent entry
+//!   as soon as etcd answers, or the watchdog does when the last renewal's cover has run out.
+//!   Left to its lease, the entry would outlive an etcd restart by a whole TTL and an election
+//!   timeout, as etcd gives every lease that much again when it starts (D127).
 //!
 //! # TTLs are whole seconds
 //!
@@ -68,7 +90,8 @@
 //! takes the rounded TTL (at least etcd's minimum) plus up to half a second. The remaining TTL
 //! etcd reports is whole seconds too (the lease expires in under TTL + 1 s); [`LeaseRecord::ttl`]
 //! is that plus half a second, at most the granted TTL. A candidacy keeps the TTL its session
-//! was granted with until the session ends (the engine always asks for the same TTL).
+//! was granted with until it leaves the session (the engine always asks for the same TTL);
+//! sessions are shared between candidacies that ask for the same TTL in whole seconds.
 //!
 //! A lease etcd keeps alive is extended from when etcd processes the keepalive, which is after
 //! the engine's send time, and etcd's lease clock is etcd's: client clocks decide nothing.
@@ -104,33 +127,38 @@
 //! channel over every endpoint, TLS, token authentication) on code generated from etcd's
 //! `.proto` files and committed (`pb/`), so building it needs no protobuf compiler. The code
 //! is regenerated by `scripts/regen-etcd-proto`; `docs/decisions.md` (D42, D43) says why and
-//! how. The queue view followers keep is in `queue.rs`, the URL parser in `url.rs`.
+//! how. The queue view followers keep is in `queue.rs`, the shared sessions and the renewal
+//! batcher in `session.rs`, the URL parser in `url.rs`.
 
 mod client;
 #[rustfmt::skip]
 #[allow(clippy::all, dead_code, missing_docs, rustdoc::all)]
 mod pb;
 mod queue;
+mod session;
 mod url;
+
+/// How long the first renewal of a batch waits for others (see the module docs).
+pub use self::session::WINDOW as RENEW_BATCH_WINDOW;
 
 /// The gRPC channel type [`EtcdStore::from_channel`] takes: tonic's, re-exported so that an
 /// application builds it with the tonic version Baton links.
 pub use tonic::transport::{Channel, Endpoint};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use self::client::{Client, Credentials, TlsFiles};
 use self::pb::etcdserverpb::{TxnRequest, response_op};
 use self::pb::mvccpb::{KeyValue, event::EventType};
 use self::queue::{QueueView, Step, check_entry};
+use self::session::{Session, Sessions};
 use self::url::parse_url;
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
@@ -140,12 +168,6 @@ use crate::{Error, FencingToken, Result, connect::redact};
 
 /// The store's name in errors and [`StoreInfo`].
 const STORE: &str = "etcd";
-
-/// How long one background keepalive may take before it counts as failed.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The shortest interval between background keepalives.
-const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// etcd's minimum lease TTL with its default election timeout (1 s): 1.5 × the election
 /// timeout, rounded up. etcd raises a shorter TTL to this when it grants the lease.
@@ -192,6 +214,8 @@ struct Inner {
     /// The URL with any password replaced.
     location: String,
     client: OnceCell<Client>,
+    /// The session leases its candidacies share, and their renewals' batcher.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -260,6 +284,7 @@ impl EtcdStore {
                 credentials,
                 location,
                 client: OnceCell::new(),
+                sessions: Sessions::default(),
             }),
         })
     }
@@ -280,6 +305,7 @@ impl EtcdStore {
                 credentials: None,
                 location: "etcd (the application's channel)".to_owned(),
                 client: OnceCell::new_with(Some(Client::on_channel(channel))),
+                sessions: Sessions::default(),
             }),
         }
     }
@@ -532,22 +558,6 @@ fn receiver_changes(rx: mpsc::Receiver<Change>) -> Changes {
     }))
 }
 
-/// A candidate's session: its lease, kept alive in the background while it follows.
-struct Session {
-    id: i64,
-    /// Cancelled when etcd answers that the lease is gone.
-    lost: CancellationToken,
-    /// While set, the background keepalive pauses: the engine's renewals keep the lease alive.
-    leading: Arc<AtomicBool>,
-    keepalive: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.keepalive.abort();
-    }
-}
-
 /// The candidate's own queue entry.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -566,12 +576,13 @@ struct Position {
     lost: Option<CancellationToken>,
 }
 
-/// One candidate in one etcd election: a session (lease) and a queue entry.
+/// One candidate in one etcd election: a membership of one of the store's shared sessions,
+/// and a queue entry on its lease.
 struct EtcdCandidacy {
     store: EtcdStore,
     key: String,
     candidate: String,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     entry: Option<Entry>,
     position: watch::Sender<Position>,
 }
@@ -592,54 +603,60 @@ impl std::fmt::Debug for EtcdCandidacy {
 
 impl Drop for EtcdCandidacy {
     fn drop(&mut self) {
-        // Best effort: a candidacy dropped without `leave` gives its lease back, so its entry
-        // does not hold up the queue for a TTL.
-        if let Some(session) = self.session.take()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        // Best effort: a candidacy dropped without `leave` takes its entry out of the queue
+        // (or, the session's last member, revokes the lease, which deletes it), so that it
+        // does not hold up the election for a TTL.
+        let session = self.session.take();
+        let entry = self.entry.take();
+        let Some(last) = self.part(session.as_ref()) else {
+            if let (Some(entry), Ok(handle)) = (entry, tokio::runtime::Handle::try_current()) {
+                let store = self.store.clone();
+                handle.spawn(async move { store.delete_entry(&entry.key, entry.rev).await });
+            }
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let id = session.as_ref().map_or(0, |s| s.id);
+        handle.spawn(async move {
+            match (last, entry) {
+                (true, _) => {
+                    let _ = store.revoke(id).await;
+                }
+                (false, Some(entry)) => {
+                    let _ = store.delete_entry(&entry.key, entry.rev).await;
+                }
+                (false, None) => {}
+            }
+        });
+    }
+}
+
+impl EtcdCandidacy {
+    /// End the membership of `session` (no longer leading there): `Some(true)` when this was
+    /// its last member, so the lease is to be revoked; `None` without a session.
+    fn part(&self, session: Option<&Arc<Session>>) -> Option<bool> {
+        let session = session?;
+        session.unlead(&self.key);
+        Some(session.part(&self.key) && !session.lost.is_cancelled())
+    }
+
+    /// Forget the session and the entry (after a loss); the last member of a session that
+    /// still lives revokes it in the background.
+    fn reset(&mut self) {
+        let session = self.session.take();
+        self.entry = None;
+        if self.part(session.as_ref()) == Some(true)
+            && let (Some(session), Ok(handle)) = (session, tokio::runtime::Handle::try_current())
         {
             let store = self.store.clone();
             handle.spawn(async move {
                 let _ = store.revoke(session.id).await;
             });
         }
-    }
-}
-
-impl EtcdCandidacy {
-    /// Forget the session and the entry (after a loss or a release).
-    fn reset(&mut self) {
-        self.session = None;
-        self.entry = None;
         self.position.send_replace(Position::default());
-    }
-
-    /// Grant a lease and start its background keepalive.
-    async fn start_session(&mut self, ttl: Duration) -> Result<()> {
-        let ttl_secs = lease_ttl_secs(ttl);
-        let client = self.store.client().await?;
-        let resp = client
-            .lease_grant(ttl_secs)
-            .await
-            .map_err(|e| self.store.error(e, "granting a lease", true))?;
-        let id = resp.id;
-        let granted = Duration::from_secs(resp.ttl.max(1) as u64);
-        let lost = CancellationToken::new();
-        let leading = Arc::new(AtomicBool::new(false));
-        let keepalive = tokio::spawn(keep_alive_loop(
-            self.store.clone(),
-            id,
-            granted,
-            lost.clone(),
-            leading.clone(),
-        ));
-        debug!(key = %self.key, lease = %format!("{id:x}"), ttl = ttl_secs, "etcd session started");
-        self.session = Some(Session {
-            id,
-            lost,
-            leading,
-            keepalive,
-        });
-        Ok(())
     }
 
     /// Create the queue entry for the current session (or find the one an earlier attempt
@@ -724,34 +741,6 @@ struct Positions {
     revision: i64,
 }
 
-/// Keep lease `id` alive every third of its TTL while the candidacy follows; cancel `lost`
-/// when etcd says the lease is gone.
-async fn keep_alive_loop(
-    store: EtcdStore,
-    id: i64,
-    ttl: Duration,
-    lost: CancellationToken,
-    leading: Arc<AtomicBool>,
-) {
-    let interval = (ttl / 3).max(MIN_KEEPALIVE_INTERVAL);
-    loop {
-        tokio::time::sleep(interval).await;
-        if leading.load(Ordering::Acquire) {
-            continue;
-        }
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, store.keep_alive(id)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
-                warn!(lease = %format!("{id:x}"), "the etcd lease of a waiting candidate is gone; campaigning again");
-                lost.cancel();
-                return;
-            }
-            Ok(Err(e)) => debug!(error = %e, "keepalive failed; retrying"),
-            Err(_) => debug!("keepalive timed out; retrying"),
-        }
-    }
-}
-
 #[async_trait]
 impl Candidacy for EtcdCandidacy {
     async fn try_acquire(&mut self, ttl: Duration) -> Result<Acquire> {
@@ -760,26 +749,36 @@ impl Candidacy for EtcdCandidacy {
             if self.session.as_ref().is_some_and(|s| s.lost.is_cancelled()) {
                 self.reset();
             }
-            if self.session.is_none() {
-                self.start_session(ttl).await?;
-            }
-            let (id, leading) = {
-                let session = self.session.as_ref().expect("a session was just started");
-                (session.id, session.leading.clone())
+            let session = match &self.session {
+                Some(session) => session.clone(),
+                None => {
+                    let session = self
+                        .store
+                        .inner
+                        .sessions
+                        .join(&self.store, &self.key, ttl)
+                        .await?;
+                    self.session = Some(session.clone());
+                    session
+                }
             };
+            let id = session.id;
             if let Some(entry) = self.entry.clone()
                 && entry.handed_out
             {
                 // The previous term with this entry is over (a failed release, a lost renew):
-                // queue anew, so the next term gets a greater token.
+                // queue anew, so the next term gets a greater token. It stays the session's
+                // leading entry until it is deleted, so that while the delete fails the
+                // watchdog still takes it when its last renewal's cover runs out.
                 self.store.delete_entry(&entry.key, entry.rev).await?;
+                session.unlead(&self.key);
                 self.entry = None;
-                leading.store(false, Ordering::Release);
             }
             let entry = match self.entry.clone() {
                 Some(entry) => entry,
                 None => {
                     let Some(entry) = self.create_entry(id).await? else {
+                        session.lost.cancel();
                         self.reset();
                         continue;
                     };
@@ -789,12 +788,15 @@ impl Candidacy for EtcdCandidacy {
             };
             // The keepalive is sent after the engine's send time, so a lease it extends lives
             // at least a TTL past that time.
+            let sent = tokio::time::Instant::now();
             let (alive, positions) =
                 tokio::join!(self.store.keep_alive(id), self.positions(&entry));
             if !alive? {
+                session.lost.cancel();
                 self.reset();
                 continue;
             }
+            session.kept_alive(sent);
             let positions = positions?;
             let Some(own) = positions.own else {
                 // Deleted by someone else, or expired with the lease: queue anew.
@@ -807,7 +809,7 @@ impl Candidacy for EtcdCandidacy {
                 check_entry(&self.key, predecessor)?;
             }
             if head.key == entry.key.as_bytes() {
-                leading.store(true, Ordering::Release);
+                session.lead(&self.key, &entry.key, entry.rev, sent);
                 if let Some(e) = self.entry.as_mut() {
                     e.handed_out = true;
                 }
@@ -826,7 +828,6 @@ impl Candidacy for EtcdCandidacy {
                 self.entry = None;
                 self.position.send_replace(Position::default());
             } else {
-                let lost = self.session.as_ref().map(|s| s.lost.clone());
                 self.position.send_replace(Position {
                     queue: Some(Arc::new(QueueView::new(
                         &self.key,
@@ -834,7 +835,7 @@ impl Candidacy for EtcdCandidacy {
                         &positions.ahead,
                         positions.revision,
                     ))),
-                    lost,
+                    lost: Some(session.lost.clone()),
                 });
             }
             let record = match self.store.record_of(&self.key, &head).await? {
@@ -868,29 +869,21 @@ impl Candidacy for EtcdCandidacy {
                     && entry.rev as u64 == lease.token.get()
                     && !session.lost.is_cancelled() =>
             {
-                Some((session.id, entry.clone()))
+                Some((session.clone(), entry.clone()))
             }
             _ => None,
         };
-        let Some((id, entry)) = ours else {
+        let Some((session, entry)) = ours else {
             return Ok(Renew::Lost(self.store.read_record(&self.key).await?));
         };
-        let client = self.store.client().await?;
-        let (alive, own) = tokio::join!(
-            self.store.keep_alive(id),
-            client.range(client::get(&entry.key))
-        );
-        let alive = alive?;
-        let own = own.map_err(|e| self.store.error(e, "reading the queue entry", false))?;
-        let own_alive = own
-            .kvs
-            .first()
-            .is_some_and(|kv| kv.create_revision == entry.rev);
-        if alive && own_alive {
+        let renewed = self
+            .store
+            .inner
+            .sessions
+            .renew(&self.store, session, &self.key, &entry.key, entry.rev)
+            .await?;
+        if renewed {
             return Ok(Renew::Renewed);
-        }
-        if !alive && let Some(session) = &self.session {
-            session.lost.cancel();
         }
         Ok(Renew::Lost(self.store.read_record(&self.key).await?))
     }
@@ -907,13 +900,41 @@ impl Candidacy for EtcdCandidacy {
     }
 
     async fn leave(&mut self) -> Result<()> {
-        match (&self.session, &self.entry) {
-            // Revoking the lease deletes the entry attached to it in the same write, so the
-            // successor's watch sees the deletion one round trip after the call starts, and
-            // the session ends with it. The entry is always on the session's lease.
-            (Some(session), _) => self.store.revoke(session.id).await?,
-            (None, Some(entry)) => self.store.delete_entry(&entry.key, entry.rev).await?,
-            (None, None) => {}
+        if let Some(session) = self.session.clone()
+            && session.close_if_sole(&self.key)
+        {
+            // The session's last member: revoking the lease deletes the entry (the only key
+            // left on it) and ends the session in one write.
+            let result = if session.lost.is_cancelled() {
+                Ok(())
+            } else {
+                self.store.revoke(session.id).await
+            };
+            debug!(
+                election = %self.key,
+                lease = %format!("{:x}", session.id),
+                ok = result.is_ok(),
+                "left the election: revoked the session lease"
+            );
+            if let Err(e) = result {
+                // Still the session's member, with its entry, as after a failed delete below:
+                // the next attempt deletes a spent entry as soon as etcd answers. A forgotten
+                // entry would live as long as the lease, which etcd, when it restarts, extends
+                // by a TTL and an election timeout from the restart (docs/decisions.md D127).
+                session.reopen();
+                return Err(e);
+            }
+            session.revoked();
+            self.session = None;
+            self.reset();
+            return Ok(());
+        }
+        // Other members live on: only the own entry goes, guarded on its create revision. If
+        // that fails, a leader's entry stays in the session's watchdog, which deletes it when
+        // its last renewal's cover runs out (when its own lease would have expired), though
+        // the other members keep the lease alive.
+        if let Some(entry) = &self.entry {
+            self.store.delete_entry(&entry.key, entry.rev).await?;
         }
         self.reset();
         Ok(())
@@ -970,15 +991,18 @@ async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mps
                         message = stream.message() => match message {
                             // Compacted past the revision, or refused: look again.
                             Ok(Some(resp)) if resp.canceled => break Some(Change::Other),
-                            Ok(Some(resp)) => match view.apply(&resp.events) {
-                                Step::Quiet => {}
-                                Step::Leader(holder) => {
-                                    if tx.send(Change::Acquired { holder }).await.is_err() {
-                                        return;
+                            Ok(Some(resp)) => {
+                                log_events(&view.key, &resp);
+                                match view.apply(&resp.events) {
+                                    Step::Quiet => {}
+                                    Step::Leader(holder) => {
+                                        if tx.send(Change::Acquired { holder }).await.is_err() {
+                                            return;
+                                        }
                                     }
+                                    Step::Wake(change) => break Some(change),
                                 }
-                                Step::Wake(change) => break Some(change),
-                            },
+                            }
                             _ => return,
                         },
                     }
@@ -1004,6 +1028,21 @@ async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mps
             () = tx.closed() => return,
             changed = position.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+/// Trace what a follower's watch saw: each entry put or deleted, at which revision.
+fn log_events(key: &str, resp: &pb::etcdserverpb::WatchResponse) {
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    for event in &resp.events {
+        let entry = event.kv.as_ref().map(|kv| String::from_utf8_lossy(&kv.key));
+        debug!(
+            election = %key,
+            kind = ?event.r#type(),
+            entry = %entry.unwrap_or_default(),
+            revision,
+            "a follower's watch saw a queue change"
+        );
     }
 }
 
