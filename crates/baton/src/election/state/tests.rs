@@ -1365,3 +1365,52 @@ fn random_sequences_reach_every_step_down() {
         assert!(seen.contains(&reason), "no {reason} in {seen:?}");
     }
 }
+
+/// A store that is down ends its change streams at once. A follower backing off after a failed
+/// attempt waits its backoff out instead of going round (subscribe, try) every time the stream
+/// ends; with no error pending, the end of a stream is looked into at once.
+#[test]
+fn a_stream_that_ends_while_the_store_fails_does_not_cut_the_backoff_short() {
+    let mut e = acquiring(true);
+    let a = e.step(
+        Input::Acquired {
+            sent: ms(0),
+            complete: false,
+            outcome: Err(unavailable()),
+        },
+        ms(1),
+    );
+    let backoff = timer_of(&a)
+        .flatten()
+        .expect("a failed attempt waits with a timer");
+    assert!(backoff > ms(1), "{backoff:?}");
+    let a = e.step(Input::Changed(None), ms(2));
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Subscribe | Action::TryAcquire)),
+        "the end of the stream must not cut the backoff short: {a:?}"
+    );
+    // The backoff's timer still goes, and then the follower subscribes again and tries.
+    assert_ne!(timer_of(&a), Some(None), "{a:?}");
+    let a = e.step(Input::Timer, backoff);
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
+    let a = e.step(Input::Subscribed(Ok(true)), backoff);
+    assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
+
+    // Healthy again: a stream that ends is looked into at once.
+    let a = e.step(
+        Input::Acquired {
+            sent: backoff,
+            complete: false,
+            outcome: Ok(Acquire::Held(LeaseRecord::new(
+                "other",
+                FencingToken(3),
+                secs(10),
+            ))),
+        },
+        backoff,
+    );
+    assert!(timer_of(&a).flatten().is_some(), "{a:?}");
+    let a = e.step(Input::Changed(None), backoff + ms(1));
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
+}
