@@ -712,18 +712,8 @@ impl Election {
                 self.cycle(out);
             }
             None => {
-                self.unsubscribe(out);
-                if self.view.last_error.is_some() {
-                    // The store failed the last call and the stream went with it (a store that
-                    // is down ends its streams at once): wait out the backoff, then subscribe
-                    // again and try. Going round at once would retry every few milliseconds
-                    // for as long as the store is down.
-                    debug!(
-                        "change subscription ended while the store fails; subscribing again after the backoff"
-                    );
-                    return;
-                }
                 debug!("change subscription ended; will subscribe again");
+                self.unsubscribe(out);
                 self.cycle(out);
             }
         }
