@@ -107,6 +107,58 @@ impl Error {
         }
     }
 
+    /// The same error again, for another caller of one failed store call (each renewal of a
+    /// failed batch): same kind, store and message, with the backend's error folded into the
+    /// message, since a source cannot be cloned.
+    #[cfg_attr(
+        not(any(
+            feature = "redis",
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "mysql"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn again(&self) -> Error {
+        fn with_source(message: &str, source: &Option<BoxError>) -> String {
+            match source {
+                Some(source) => format!("{message}: {source}"),
+                None => message.to_owned(),
+            }
+        }
+        match self {
+            Error::Unavailable {
+                store,
+                message,
+                source,
+            } => Error::Unavailable {
+                store,
+                message: with_source(message, source),
+                source: None,
+            },
+            Error::Indeterminate {
+                store,
+                message,
+                source,
+            } => Error::Indeterminate {
+                store,
+                message: with_source(message, source),
+                source: None,
+            },
+            Error::Config(message) => Error::Config(message.clone()),
+            Error::ForeignData { key, found } => Error::ForeignData {
+                key: key.clone(),
+                found: found.clone(),
+            },
+            Error::Timeout(d) => Error::Timeout(*d),
+            other => Error::Indeterminate {
+                store: "baton",
+                message: other.to_string(),
+                source: None,
+            },
+        }
+    }
+
     /// True when retrying later can succeed (the store was unreachable, slow or ambiguous).
     pub fn is_transient(&self) -> bool {
         matches!(

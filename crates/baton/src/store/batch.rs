@@ -139,55 +139,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             Err(e) => {
                 let mut answers = answers.into_iter();
                 for answer in answers.by_ref().take(n - 1) {
-                    let _ = answer.send(Err(copy_of(&e)));
+                    let _ = answer.send(Err(e.again()));
                 }
                 if let Some(last) = answers.next() {
                     let _ = last.send(Err(e));
                 }
             }
         }
-    }
-}
-
-/// The same error for another item of a failed batch: same kind, store and message, with the
-/// backend's error folded into the message (a source cannot be cloned).
-pub(crate) fn copy_of(e: &Error) -> Error {
-    fn with_source(message: &str, source: &Option<crate::error::BoxError>) -> String {
-        match source {
-            Some(source) => format!("{message}: {source}"),
-            None => message.to_owned(),
-        }
-    }
-    match e {
-        Error::Unavailable {
-            store,
-            message,
-            source,
-        } => Error::Unavailable {
-            store,
-            message: with_source(message, source),
-            source: None,
-        },
-        Error::Indeterminate {
-            store,
-            message,
-            source,
-        } => Error::Indeterminate {
-            store,
-            message: with_source(message, source),
-            source: None,
-        },
-        Error::Config(message) => Error::Config(message.clone()),
-        Error::ForeignData { key, found } => Error::ForeignData {
-            key: key.clone(),
-            found: found.clone(),
-        },
-        Error::Timeout(d) => Error::Timeout(*d),
-        other => Error::Indeterminate {
-            store: "batch",
-            message: other.to_string(),
-            source: None,
-        },
     }
 }
 

@@ -132,7 +132,7 @@ async fn collect(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 }
                 Err(e) => {
                     for p in batch {
-                        let _ = p.reply.send(Err(again(&e)));
+                        let _ = p.reply.send(Err(e.again()));
                     }
                 }
             }
@@ -149,31 +149,4 @@ async fn send(script: &Script, inner: &Inner, batch: &[Pending]) -> Result<Vec<V
         }
     }
     inner.conn.invoke(&call, "script").await
-}
-
-/// The same error again, for each renewal of a failed batch.
-fn again(e: &Error) -> Error {
-    match e {
-        Error::Unavailable { store, message, .. } => Error::Unavailable {
-            store,
-            message: message.clone(),
-            source: None,
-        },
-        Error::Indeterminate { store, message, .. } => Error::Indeterminate {
-            store,
-            message: message.clone(),
-            source: None,
-        },
-        Error::Config(message) => Error::Config(message.clone()),
-        Error::ForeignData { key, found } => Error::ForeignData {
-            key: key.clone(),
-            found: found.clone(),
-        },
-        Error::Timeout(d) => Error::Timeout(*d),
-        other => Error::Indeterminate {
-            store: "redis",
-            message: other.to_string(),
-            source: None,
-        },
-    }
 }

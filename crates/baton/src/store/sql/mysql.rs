@@ -465,7 +465,7 @@ impl Inner {
                     results[i] = Some(match &all {
                         Ok(true) => Ok(true),
                         Ok(false) => self.renew_one(&batch[i]).await,
-                        Err(e) => Err(batch::copy_of(e)),
+                        Err(e) => Err(e.again()),
                     });
                 }
             }
