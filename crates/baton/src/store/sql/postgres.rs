@@ -433,15 +433,6 @@ impl Inner {
         let holders: Vec<&str> = order.iter().map(|&i| batch[i].holder.as_str()).collect();
         let tokens: Vec<i64> = order.iter().map(|&i| batch[i].token).collect();
         let ttls: Vec<i64> = order.iter().map(|&i| batch[i].ttl_us).collect();
-        let doing = if batch.len() == 1 {
-            format!("renewing the lease at key {:?}", batch[0].key)
-        } else {
-            format!(
-                "renewing {} leases (keys {:?}, ...)",
-                batch.len(),
-                batch[0].key
-            )
-        };
         let rows: Vec<(String, i64)> = retrying(Effect::None, || {
             sqlx::query_as(q(&self.sql.renew))
                 .bind(&keys)
@@ -452,7 +443,18 @@ impl Inner {
                 .fetch_all(&self.pool)
         })
         .await
-        .map_err(|e| self.error(&doing, Effect::None, e))?;
+        .map_err(|e| {
+            let doing = if batch.len() == 1 {
+                format!("renewing the lease at key {:?}", batch[0].key)
+            } else {
+                format!(
+                    "renewing {} leases (keys {:?}, ...)",
+                    batch.len(),
+                    batch[0].key
+                )
+            };
+            self.error(&doing, Effect::None, e)
+        })?;
         let renewed: std::collections::HashSet<(&str, i64)> =
             rows.iter().map(|(k, t)| (k.as_str(), *t)).collect();
         Ok(batch
