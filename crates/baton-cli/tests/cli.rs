@@ -1284,11 +1284,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    baton_testkit::servers::free_port()
 }
 
 #[test]

@@ -56,18 +56,27 @@ impl EtcdServer {
     }
 
     fn launch(tls: Option<TlsFiles>) -> Result<EtcdServer, String> {
-        let mut server = EtcdServer {
-            client_port: free_port(),
-            peer_port: free_port(),
-            metrics_port: free_port(),
-            dir: scratch_dir("baton-etcd"),
-            tls,
-            ctl_user: None,
-            auth_token_ttl: None,
-            child: None,
-        };
-        server.spawn()?;
-        Ok(server)
+        // A port taken between `free_port` and etcd's bind (another test's server) is retried
+        // on fresh ports, with a fresh data directory; any other failure is reported.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = EtcdServer {
+                client_port: free_port(),
+                peer_port: free_port(),
+                metrics_port: free_port(),
+                dir: scratch_dir("baton-etcd"),
+                tls: tls.clone(),
+                ctl_user: None,
+                auth_token_ttl: None,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < 3 && e.contains("address already in use") => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `http` or `https`, as the server's client URLs are written.

@@ -13,13 +13,43 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound, then released, so the next bind is very likely to get
-/// it).
+/// A free TCP port on 127.0.0.1 for a server a test is about to start, chosen at random
+/// *below* the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+///
+/// The port is bound, then released, so the server's own bind is very likely to get it. A port
+/// from the ephemeral range (what binding port 0 returns) is not: any outgoing connection on
+/// the machine may take it as its source port in between (CI once saw etcd fail with "bind:
+/// address already in use" on such a port), and a server restarted on the same port would race
+/// every connection made meanwhile. Ports below the range are only ever taken by explicit
+/// binds. A process never gets the same port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port on 127.0.0.1")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let low = ephemeral_low().clamp(12_000, 65_535);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1_000 {
+        let port = fastrand::u16(10_000..low);
+        if given.contains(&port) {
+            continue;
+        }
+        // Loopback, then (once that is released) the wildcard: a server may listen on either.
+        let loopback = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if loopback && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between 10000 and {low} after 1000 tries")
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A unique scratch directory under the system temp dir, removed by its owner.
