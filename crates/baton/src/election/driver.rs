@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{Instrument, Span, info, info_span};
 
-use super::state::{Action, Config, Election, Input};
+use super::state::{Action, Election, Input};
 use super::{Shared, Term};
 use crate::store::{Candidacy, Changes};
 use crate::{Clock, Error, Result};
@@ -452,14 +452,10 @@ impl Driver {
             done,
             finished,
         } = run;
-        let span = info_span!("election", key = %shared.key, candidate = %shared.candidate);
-        let config = Config {
-            key: shared.key.clone(),
-            candidate: shared.candidate.clone(),
-            timing: shared.timing,
-            unsafe_ignore_deadline: shared.unsafe_ignore_deadline,
-        };
-        let view = shared.state.borrow().clone();
+        let span =
+            info_span!("election", key = %shared.config.key, candidate = %shared.config.candidate);
+        let config = shared.config.clone();
+        let view = shared.state.get().clone();
         let (state, actions) =
             Election::start(config, view, fastrand::Rng::new(), shared.clock.now());
         publish_times(&shared, &state);
@@ -644,7 +640,7 @@ fn carry_out(
     clock: &Clock,
 ) -> Option<Result<()>> {
     let shared = &slot.shared;
-    let key = shared.key.clone();
+    let key = shared.config.key.clone();
     match action {
         // Only ever asked for together with stop, which `Driver::stop` handles; store calls
         // go through `store_call`.
@@ -701,7 +697,7 @@ fn carry_out(
             metrics::counter!("baton_transitions_total", "key" => key, "reason" => reason.as_str())
                 .increment(1);
         }
-        Action::Publish(view) => shared.state.send_modify(|s| *s = view),
+        Action::Publish(view) => shared.state.publish(view),
         Action::Emit(event) => {
             // No subscriber is fine; a full buffer drops the oldest for laggards, never
             // blocks.
@@ -759,7 +755,7 @@ fn store_call(
     // Named only on a panic: `info()` builds a string, and this is the renewal path.
     let store = Arc::clone(&shared.store);
     let call = std::panic::AssertUnwindSafe(async move {
-        let timing = shared.timing;
+        let timing = shared.config.timing;
         let clock = &shared.clock;
         let limit = timing.request_timeout;
         match (action, candidacy) {
@@ -767,7 +763,9 @@ fn store_call(
                 with_timeout(
                     clock,
                     limit,
-                    shared.store.join(&shared.key, &shared.candidate),
+                    shared
+                        .store
+                        .join(&shared.config.key, &shared.config.candidate),
                 )
                 .await,
             ),
@@ -801,7 +799,7 @@ fn store_call(
                         shared
                             .renew_duration
                             .get_or_init(|| {
-                                metrics::histogram!("baton_renew_duration_seconds", "key" => shared.key.clone())
+                                metrics::histogram!("baton_renew_duration_seconds", "key" => shared.config.key.clone())
                             })
                             .record(clock.now().saturating_sub(sent).as_secs_f64());
                         Answer::Input(Input::Renewed { sent, outcome })

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 pub use events::{Event, Events, LossReason};
 pub(crate) use state::shutdown_budget;
 
-use crate::options::Timing;
 use crate::{Clock, ElectionOptions, Error, FencingToken, LeaseStore, Result};
 
 /// This candidate's role. Roles may be added in minor releases: match with a `_` arm.
@@ -55,10 +54,10 @@ pub(crate) const EVENT_BUFFER: usize = 16;
 /// State shared by the handle, the engine task and leadership scopes.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub key: String,
-    pub candidate: String,
+    /// The key, the candidate id, the timing: shared with the state machine
+    /// ([`state::Election`]), so an election keeps them once.
+    pub config: Arc<state::Config>,
     pub options: ElectionOptions,
-    pub timing: Timing,
     pub clock: Clock,
     pub store: Arc<dyn LeaseStore>,
     /// Local leadership deadline on `clock`, in nanoseconds; 0 when not leading. This and the
@@ -75,7 +74,8 @@ pub(crate) struct Shared {
     /// Send time of the last successful acquire or renewal of the current term, in
     /// nanoseconds on `clock`.
     pub renewed: AtomicU64,
-    pub state: watch::Sender<ElectionState>,
+    /// The current [`ElectionState`], and its watch channel once someone asked for it.
+    pub state: StateCell,
     /// Made by the first [`LeaderElection::subscribe`]: until then events have no receiver,
     /// and the channel's slots (allocated up front) would cost every election for nothing.
     pub events: OnceLock<broadcast::Sender<Event>>,
@@ -94,9 +94,6 @@ pub(crate) struct Shared {
     pub run: tokio::sync::Mutex<Option<driver::RunHandle>>,
     /// Whether the current run is alive on its driver (read by `health`).
     pub running: std::sync::atomic::AtomicBool,
-    /// Test-only: ignore the deadline and the grace period (the "unsafe variant" the chaos
-    /// checker must catch). Never set in production code.
-    pub unsafe_ignore_deadline: bool,
 }
 
 /// What every [`Leadership`] of one term shares: its token, its cancellation, and a sender
@@ -120,6 +117,62 @@ async fn finish(run: &mut driver::RunHandle) -> Result<()> {
     run.outcome().await
 }
 
+/// An election's current [`ElectionState`], and the watch channel that publishes it, made by
+/// the first [`LeaderElection::state`] or [`LeaderElection::leadership`]: until then the
+/// channel (its value and eight notifiers, about 400 bytes) would cost every election for
+/// nothing.
+#[derive(Debug, Default)]
+pub(crate) struct StateCell {
+    current: Mutex<ElectionState>,
+    channel: OnceLock<watch::Sender<ElectionState>>,
+}
+
+impl Default for ElectionState {
+    fn default() -> Self {
+        ElectionState {
+            role: Role::Idle,
+            leader: None,
+            token: None,
+            last_error: None,
+        }
+    }
+}
+
+impl StateCell {
+    /// The current state.
+    pub fn get(&self) -> std::sync::MutexGuard<'_, ElectionState> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the state with `f`; if `f` says it changed, publish it.
+    pub fn modify(&self, f: impl FnOnce(&mut ElectionState) -> bool) {
+        let mut current = self.get();
+        // Under the lock, so the channel sees every state in order.
+        if f(&mut current)
+            && let Some(channel) = self.channel.get()
+        {
+            channel.send_replace(current.clone());
+        }
+    }
+
+    /// Publish `state` (subscribers are told even if it did not change).
+    pub fn publish(&self, state: ElectionState) {
+        self.modify(|s| {
+            *s = state;
+            true
+        });
+    }
+
+    /// A receiver of every state from now on.
+    pub fn subscribe(&self) -> watch::Receiver<ElectionState> {
+        let current = self.get();
+        // Under the lock, so no state published meanwhile is missed.
+        self.channel
+            .get_or_init(|| watch::Sender::new(current.clone()))
+            .subscribe()
+    }
+}
+
 impl Shared {
     /// Whether this candidate leads now: the deadline the state machine published has not
     /// passed ([`state::leads`]).
@@ -127,7 +180,7 @@ impl Shared {
         state::leads(
             self.deadline(),
             self.clock.now(),
-            self.unsafe_ignore_deadline,
+            self.config.unsafe_ignore_deadline,
         )
     }
 
@@ -261,9 +314,12 @@ impl LeaderElectionBuilder {
         self.options.validate()?;
         let candidate = self.options.effective_instance_id();
         let shared = Arc::new(Shared {
-            key: self.key,
-            candidate,
-            timing: self.options.timing(),
+            config: Arc::new(state::Config {
+                key: self.key,
+                candidate,
+                timing: self.options.timing(),
+                unsafe_ignore_deadline: self.unsafe_ignore_deadline,
+            }),
             options: self.options,
             clock: self.clock,
             store: self.store,
@@ -271,19 +327,13 @@ impl LeaderElectionBuilder {
             progress: AtomicU64::new(0),
             progress_due: AtomicU64::new(0),
             renewed: AtomicU64::new(0),
-            state: watch::Sender::new(ElectionState {
-                role: Role::Idle,
-                leader: None,
-                token: None,
-                last_error: None,
-            }),
+            state: StateCell::default(),
             events: OnceLock::new(),
             renew_duration: OnceLock::new(),
             scope: Mutex::new(None),
             control: Mutex::new(Control::default()),
             run: tokio::sync::Mutex::new(None),
             running: std::sync::atomic::AtomicBool::new(false),
-            unsafe_ignore_deadline: self.unsafe_ignore_deadline,
         });
         Ok(LeaderElection {
             _guard: Arc::new(DropGuard(shared.clone())),
@@ -350,7 +400,7 @@ impl LeaderElection {
         }
         let (first_tx, first_rx) = oneshot::channel();
         // A run after a stop starts from scratch, not from the last run's end.
-        self.shared.state.send_if_modified(|s| {
+        self.shared.state.modify(|s| {
             let restart = s.role == Role::Stopped;
             if restart {
                 s.role = Role::Idle;
@@ -418,12 +468,12 @@ impl LeaderElection {
 
     /// This candidate's id.
     pub fn candidate_id(&self) -> &str {
-        &self.shared.candidate
+        &self.shared.config.candidate
     }
 
     /// The election key.
     pub fn key(&self) -> &str {
-        &self.shared.key
+        &self.shared.config.key
     }
 
     /// The options in effect.
@@ -441,9 +491,9 @@ impl LeaderElection {
     /// The leader as this candidate last learned it from the store (itself, while it leads).
     pub fn current_leader_id(&self) -> Option<String> {
         if self.is_leader() {
-            return Some(self.shared.candidate.clone());
+            return Some(self.shared.config.candidate.clone());
         }
-        self.shared.state.borrow().leader.clone()
+        self.shared.state.get().leader.clone()
     }
 
     /// The fencing token of the current term, while this candidate leads.
@@ -451,7 +501,7 @@ impl LeaderElection {
         if !self.is_leader() {
             return None;
         }
-        self.shared.state.borrow().token
+        self.shared.state.get().token
     }
 
     /// Time left before this candidate must stop acting as leader, while it leads.
@@ -471,7 +521,7 @@ impl LeaderElection {
         let shared = &self.shared;
         let at = |nanos: &AtomicU64| Duration::from_nanos(nanos.load(Ordering::Acquire));
         let (role, last_error) = {
-            let s = shared.state.borrow();
+            let s = shared.state.get();
             (s.role, s.last_error.clone())
         };
         let control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
@@ -486,9 +536,9 @@ impl LeaderElection {
             renewed: at(&shared.renewed),
             progress: at(&shared.progress),
             progress_due: at(&shared.progress_due),
-            unsafe_mode: shared.unsafe_ignore_deadline,
+            unsafe_mode: shared.config.unsafe_ignore_deadline,
         };
-        state::health(&view, shared.clock.now(), &shared.timing)
+        state::health(&view, shared.clock.now(), &shared.config.timing)
     }
 
     /// Subscribe to events from now on.
@@ -591,12 +641,12 @@ impl Leadership {
 
     /// The election key.
     pub fn key(&self) -> &str {
-        &self.shared.key
+        &self.shared.config.key
     }
 
     /// This candidate's id.
     pub fn candidate_id(&self) -> &str {
-        &self.shared.candidate
+        &self.shared.config.candidate
     }
 
     /// Whether this term is still current: not cancelled and before the deadline.
@@ -616,7 +666,7 @@ impl Leadership {
             let now = self.shared.clock.now();
             let wait = deadline.saturating_sub(now);
             if !state::leads(Some(deadline), now, false) {
-                if self.shared.unsafe_ignore_deadline {
+                if self.shared.config.unsafe_ignore_deadline {
                     // The test-only unsafe variant ignores deadlines: only cancellation ends it.
                     self.cancel.cancelled().await;
                     return;

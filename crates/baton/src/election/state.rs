@@ -31,6 +31,7 @@
 //! 5. **Events** are actions; the driver puts them into channels, so a slow subscriber never
 //!    delays a renewal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -293,7 +294,9 @@ struct Hold {
 /// One election's state: its [`Phase`] and what all phases share.
 #[derive(Debug)]
 pub(crate) struct Election {
-    config: Config,
+    /// Shared with the election's handle ([`Shared`](super::Shared)), which needs the same
+    /// facts: one copy per election, not two.
+    config: Arc<Config>,
     rng: fastrand::Rng,
     phase: Phase,
     /// The next backoff step.
@@ -301,7 +304,8 @@ pub(crate) struct Election {
     first_reported: bool,
     stop_requested: bool,
     /// A release (with its lease) or a leave that failed while stopping on purpose.
-    stop_error: Option<(Option<Lease>, Error)>,
+    /// Boxed: rare, and a lease and an error would make every election's state larger.
+    stop_error: Option<Box<(Option<Lease>, Error)>>,
     /// Whether a change stream is open.
     subscribed: bool,
     /// What is published on the state channel.
@@ -330,11 +334,12 @@ impl Election {
     /// A new run of an election at `now`, publishing from `view` (the state the last run left).
     /// The first action joins the election.
     pub fn start(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         view: ElectionState,
         rng: fastrand::Rng,
         now: Duration,
     ) -> (Election, Vec<Action>) {
+        let config = config.into();
         let backoff = config.timing.backoff_min;
         let state = Election {
             config,
@@ -497,7 +502,7 @@ impl Election {
                 if let Err(e) = outcome {
                     debug!(error = %e, "leaving the election failed; the store cleans up on expiry");
                     if self.stop_requested && self.stop_error.is_none() {
-                        self.stop_error = Some((None, e));
+                        self.stop_error = Some(Box::new((None, e)));
                     }
                 }
                 self.check_outcome(out);
@@ -861,7 +866,7 @@ impl Election {
             Err(e) => {
                 warn!(error = %e, "releasing the lease failed; it will expire in the store");
                 if reason == Some(LossReason::Stopped) {
-                    self.stop_error = Some((Some(lease), e));
+                    self.stop_error = Some(Box::new((Some(lease), e)));
                 }
             }
         }
@@ -882,7 +887,7 @@ impl Election {
     /// (a timed-out release may have been applied all the same, so the store is asked), or a
     /// failed leave.
     fn check_outcome(&mut self, out: &mut Vec<Action>) {
-        match self.stop_error.take() {
+        match self.stop_error.take().map(|b| *b) {
             None => self.finish(Ok(()), out),
             Some((Some(lease), source)) => {
                 out.push(Action::Read(lease.key.clone()));

@@ -29,7 +29,10 @@ pub struct MemoryStore {
 struct Slot {
     lease: Option<Held>,
     last_token: u64,
-    changes: broadcast::Sender<Change>,
+    /// Made by the first watcher and dropped at the first change nobody watches any more:
+    /// tokio allocates every slot of a channel up front (about 600 bytes here), which would
+    /// cost every key, watched or not.
+    changes: Option<broadcast::Sender<Change>>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,9 +47,25 @@ impl Slot {
         Slot {
             lease: None,
             last_token: 0,
-            // Small: a watcher that falls behind gets one `Change::Other` and looks again, and
-            // tokio allocates every slot up front, for every key.
-            changes: broadcast::channel(8).0,
+            changes: None,
+        }
+    }
+
+    /// A receiver of this key's changes from now on.
+    fn watch(&mut self) -> broadcast::Receiver<Change> {
+        // Small: a watcher that falls behind gets one `Change::Other` and looks again.
+        self.changes
+            .get_or_insert_with(|| broadcast::channel(8).0)
+            .subscribe()
+    }
+
+    /// Tell the watchers of `change` (built only if someone watches); drop the channel once
+    /// nobody watches.
+    fn notify(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(tx) = &self.changes
+            && tx.send(change()).is_err()
+        {
+            self.changes = None;
         }
     }
 
@@ -84,7 +103,7 @@ impl MemoryStore {
     }
 
     fn subscribe(&self, key: &str) -> Changes {
-        broadcast_changes(self.with_slot(key, |s| s.changes.subscribe()))
+        broadcast_changes(self.with_slot(key, Slot::watch))
     }
 }
 
@@ -139,7 +158,7 @@ impl Candidacy for MemoryCandidacy {
                 token: slot.last_token,
                 expires: now + ttl,
             });
-            let _ = slot.changes.send(Change::Acquired {
+            slot.notify(|| Change::Acquired {
                 holder: self.candidate.clone(),
             });
             Acquire::Acquired(Lease {
@@ -158,7 +177,7 @@ impl Candidacy for MemoryCandidacy {
                 if let Some(h) = slot.lease.as_mut() {
                     h.expires = now + ttl;
                 }
-                let _ = slot.changes.send(Change::Renewed {
+                slot.notify(|| Change::Renewed {
                     holder: lease.holder.clone(),
                 });
                 Renew::Renewed
@@ -173,7 +192,7 @@ impl Candidacy for MemoryCandidacy {
         self.store.with_slot(&lease.key, |slot| {
             if slot.owns(lease, now) {
                 slot.lease = None;
-                let _ = slot.changes.send(Change::Released);
+                slot.notify(|| Change::Released);
             }
         });
         Ok(())
