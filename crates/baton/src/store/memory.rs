@@ -29,7 +29,7 @@ pub struct MemoryStore {
 struct Slot {
     lease: Option<Held>,
     last_token: u64,
-    /// Made by the first watcher and dropped at the first change nobody watches any more:
+    /// Made by the first watcher and dropped with the last one ([`Unwatch`]):
     /// tokio allocates every slot of a channel up front (about 600 bytes here), which would
     /// cost every key, watched or not.
     changes: Option<broadcast::Sender<Change>>,
@@ -59,13 +59,10 @@ impl Slot {
             .subscribe()
     }
 
-    /// Tell the watchers of `change` (built only if someone watches); drop the channel once
-    /// nobody watches.
+    /// Tell the watchers of `change` (built only if someone watches).
     fn notify(&mut self, change: impl FnOnce() -> Change) {
-        if let Some(tx) = &self.changes
-            && tx.send(change()).is_err()
-        {
-            self.changes = None;
+        if let Some(tx) = &self.changes {
+            let _ = tx.send(change());
         }
     }
 
@@ -103,7 +100,51 @@ impl MemoryStore {
     }
 
     fn subscribe(&self, key: &str) -> Changes {
-        broadcast_changes(self.with_slot(key, Slot::watch))
+        Box::pin(Watched {
+            changes: broadcast_changes(self.with_slot(key, Slot::watch)),
+            _unwatch: Unwatch {
+                store: self.clone(),
+                key: key.to_owned(),
+            },
+        })
+    }
+}
+
+/// A watcher's stream of one key's changes.
+struct Watched {
+    changes: Changes,
+    /// After `changes`, so it is dropped after the receiver in it.
+    _unwatch: Unwatch,
+}
+
+impl futures_util::Stream for Watched {
+    type Item = Change;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Change>> {
+        self.changes.as_mut().poll_next(cx)
+    }
+}
+
+/// Drops a key's change channel when its last receiver is gone.
+struct Unwatch {
+    store: MemoryStore,
+    key: String,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        let mut slots = self.store.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(&self.key)
+            && slot
+                .changes
+                .as_ref()
+                .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            slot.changes = None;
+        }
     }
 }
 
@@ -200,5 +241,46 @@ impl Candidacy for MemoryCandidacy {
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
         Ok(Some(self.store.subscribe(&self.key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn has_channel(store: &MemoryStore, key: &str) -> bool {
+        let slots = store.slots.lock().unwrap();
+        slots.get(key).is_some_and(|s| s.changes.is_some())
+    }
+
+    #[tokio::test]
+    async fn a_keys_change_channel_lives_only_while_someone_watches() {
+        let store = MemoryStore::new();
+        let mut a = store.join("k", "a").await.unwrap();
+        let mut b = store.join("k", "b").await.unwrap();
+        assert!(!has_channel(&store, "k"));
+        let mut watching = b.watch().await.unwrap().unwrap();
+        let observer = store.watch("k").await.unwrap().unwrap();
+        assert!(has_channel(&store, "k"));
+        let Acquire::Acquired(lease) = a.try_acquire(Duration::from_secs(10)).await.unwrap() else {
+            panic!("a free key is acquired");
+        };
+        assert_eq!(
+            watching.next().await,
+            Some(Change::Acquired { holder: "a".into() })
+        );
+        drop(watching);
+        assert!(has_channel(&store, "k"), "the observer still watches");
+        drop(observer);
+        assert!(!has_channel(&store, "k"));
+        // Changes nobody watches cost nothing; a new watcher hears what follows.
+        assert!(matches!(
+            a.renew(&lease, Duration::from_secs(10)).await.unwrap(),
+            Renew::Renewed
+        ));
+        let mut again = b.watch().await.unwrap().unwrap();
+        a.release(&lease).await.unwrap();
+        assert_eq!(again.next().await, Some(Change::Released));
     }
 }

@@ -22,8 +22,8 @@
 //!
 //! [`LeaseStore::watch`]: crate::LeaseStore::watch
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -47,29 +47,28 @@ pub(crate) struct Push {
 }
 
 /// The watchers of one key (or channel) on one store instance.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Route {
-    tx: broadcast::Sender<Push>,
+    /// The watchers' channel, made by the first subscription and dropped with the last: tokio
+    /// allocates every slot of a channel up front (about 650 bytes here), which would cost
+    /// every key a store has watched, for as long as the store lives, where most keys' watchers
+    /// are gone (a candidate stops watching once it leads).
+    tx: Mutex<Option<broadcast::Sender<Push>>>,
     /// Releases seen on this route.
     releases: AtomicU64,
     /// The highest release a candidate has claimed.
     claimed: AtomicU64,
 }
 
-impl Default for Route {
-    fn default() -> Self {
-        Route {
-            // Small: tokio allocates every slot up front, for every key a store watches, and a
-            // watcher that falls behind loses nothing it needs (it gets `Change::Other` and
-            // looks again).
-            tx: broadcast::channel(8).0,
-            releases: AtomicU64::new(0),
-            claimed: AtomicU64::new(0),
-        }
-    }
-}
+/// Slots of a route's channel. Small: a watcher that falls behind loses nothing it needs (it
+/// gets `Change::Other` and looks again).
+const CAPACITY: usize = 8;
 
 impl Route {
+    fn tx(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<Push>>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Pass a change to every watcher, numbering releases.
     pub fn send(&self, change: Change) {
         let release = if change == Change::Released {
@@ -77,7 +76,9 @@ impl Route {
         } else {
             0
         };
-        let _ = self.tx.send(Push { change, release });
+        if let Some(tx) = self.tx().as_ref() {
+            let _ = tx.send(Push { change, release });
+        }
     }
 
     /// Every change as it comes, for observers.
@@ -89,15 +90,19 @@ impl Route {
     /// Whether anyone still listens.
     #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub fn is_watched(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.tx().is_some()
     }
 
-    /// A subscription taken now, to become a stream later ([`Subscription::candidate`], [`Subscription::observer`]): nothing sent in
-    /// between is lost.
+    /// A subscription taken now, to become a stream later ([`Subscription::candidate`],
+    /// [`Subscription::observer`]): nothing sent in between is lost.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let rx = self
+            .tx()
+            .get_or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .subscribe();
         Subscription {
-            rx: self.tx.subscribe(),
-            route: Arc::clone(self),
+            rx,
+            _unwatch: Unwatch(Arc::clone(self)),
         }
     }
 
@@ -109,16 +114,32 @@ impl Route {
     }
 }
 
+/// Drops its route's channel when the last receiver is gone. Declared after the receiver in
+/// every struct and tuple that holds both, so the receiver is dropped first.
+#[derive(Debug)]
+struct Unwatch(Arc<Route>);
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        let mut tx = self.0.tx();
+        if tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            *tx = None;
+        }
+    }
+}
+
 /// A subscription to a [`Route`], taken before it becomes a stream.
 #[derive(Debug)]
 pub(crate) struct Subscription {
     rx: broadcast::Receiver<Push>,
-    route: Arc<Route>,
+    /// After `rx`: dropped after it.
+    _unwatch: Unwatch,
 }
 
 impl Subscription {
     /// Every change as it comes, for observers; `keep` lives as long as the stream.
     pub fn observer<K: Send + 'static>(self, keep: K) -> Changes {
+        let keep = (self._unwatch, keep);
         Box::pin(futures_util::stream::unfold(
             (self.rx, keep),
             |(mut rx, keep)| async move {
@@ -134,10 +155,12 @@ impl Subscription {
     /// Changes for a candidate, a release it did not claim held back; `keep` lives as long as
     /// the stream.
     pub fn candidate<K: Send + 'static>(self, keep: K) -> Changes {
-        let state = (self.rx, self.route, keep);
+        // The route is kept by `Unwatch`, after the receiver.
+        let state = (self.rx, self._unwatch, keep);
         Box::pin(futures_util::stream::unfold(
             state,
-            |(mut rx, route, keep)| async move {
+            |(mut rx, unwatch, keep)| async move {
+                let route = &unwatch.0;
                 let mut held_back: Option<tokio::time::Instant> = None;
                 loop {
                     let next = match held_back {
@@ -145,7 +168,7 @@ impl Subscription {
                         Some(until) => tokio::select! {
                             next = rx.recv() => next,
                             () = tokio::time::sleep_until(until) => {
-                                return Some((Change::Released, (rx, route, keep)));
+                                return Some((Change::Released, (rx, unwatch, keep)));
                             }
                         },
                     };
@@ -155,15 +178,15 @@ impl Subscription {
                             release,
                         }) => {
                             if route.claimed.fetch_max(release, Ordering::AcqRel) < release {
-                                return Some((Change::Released, (rx, route, keep)));
+                                return Some((Change::Released, (rx, unwatch, keep)));
                             }
                             held_back.get_or_insert_with(|| {
                                 tokio::time::Instant::now() + WAKE_OTHERS_AFTER
                             });
                         }
-                        Ok(push) => return Some((push.change, (rx, route, keep))),
+                        Ok(push) => return Some((push.change, (rx, unwatch, keep))),
                         Err(RecvError::Lagged(_)) => {
-                            return Some((Change::Other, (rx, route, keep)));
+                            return Some((Change::Other, (rx, unwatch, keep)));
                         }
                         Err(RecvError::Closed) => return None,
                     }
@@ -241,5 +264,26 @@ mod tests {
             assert_eq!(s.next().await, Some(Change::Other));
             assert_eq!(s.next().await, Some(Change::Renewed { holder: "x".into() }));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_channel_lives_only_while_someone_watches() {
+        let route = Arc::new(Route::default());
+        assert!(!route.is_watched());
+        route.send(Change::Other); // nobody hears it, nothing is kept
+        let a = route.candidate();
+        let b = route.observer();
+        assert!(route.is_watched());
+        drop(a);
+        assert!(route.is_watched());
+        drop(b);
+        assert!(!route.is_watched());
+        // A subscription taken and never made a stream lets go too.
+        drop(route.subscribe());
+        assert!(!route.is_watched());
+        // A new watcher gets a new channel and hears what follows, releases still numbered.
+        let mut c = route.candidate();
+        route.send(Change::Released);
+        assert_eq!(c.next().await, Some(Change::Released));
     }
 }
