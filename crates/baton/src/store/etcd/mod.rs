@@ -492,14 +492,13 @@ impl LeaseStore for EtcdStore {
         if key.is_empty() {
             return Err(Error::Config("the etcd election name is empty".into()));
         }
-        let (position, _) = watch::channel(Position::default());
         Ok(Box::new(EtcdCandidacy {
             store: self.clone(),
             key: key.to_owned(),
             candidate: candidate.to_owned(),
             session: None,
             entry: None,
-            position,
+            position: None,
         }))
     }
 
@@ -584,7 +583,10 @@ struct EtcdCandidacy {
     candidate: String,
     session: Option<Arc<Session>>,
     entry: Option<Entry>,
-    position: watch::Sender<Position>,
+    /// What this candidacy's change streams follow, made by the first
+    /// [`watch`](Candidacy::watch) and dropped once no stream follows it (a leader's): a watch
+    /// channel costs about 360 bytes, for every election of the process otherwise.
+    position: Option<watch::Sender<Position>>,
 }
 
 impl std::fmt::Debug for EtcdCandidacy {
@@ -656,7 +658,26 @@ impl EtcdCandidacy {
                 let _ = store.revoke(session.id).await;
             });
         }
-        self.position.send_replace(Position::default());
+        self.set_position(Position::default());
+    }
+
+    /// Tell the change streams of this candidacy where it stands now; drop the channel once
+    /// none follows it.
+    fn set_position(&mut self, position: Position) {
+        if let Some(tx) = &self.position {
+            if tx.receiver_count() == 0 {
+                self.position = None;
+            } else {
+                tx.send_replace(position);
+            }
+        }
+    }
+
+    /// Whether a change stream follows this candidacy.
+    fn followed(&self) -> bool {
+        self.position
+            .as_ref()
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Create the queue entry for the current session (or find the one an earlier attempt
@@ -813,22 +834,22 @@ impl Candidacy for EtcdCandidacy {
                 if let Some(e) = self.entry.as_mut() {
                     e.handed_out = true;
                 }
-                self.position.send_replace(Position::default());
+                self.set_position(Position::default());
                 return Ok(Acquire::Acquired(Lease::new(
                     self.key.clone(),
                     self.candidate.clone(),
                     FencingToken(entry.rev as u64),
                 )));
             }
-            if self.position.receiver_count() == 0 {
+            if !self.followed() {
                 // Nobody waits on this candidacy's changes (a one-shot attempt, or a caller
                 // that polls): leave the queue again, as etcd's `Mutex.TryLock` does, so that
                 // an entry nobody watches never reaches the head and holds up the election.
                 self.store.delete_entry(&entry.key, entry.rev).await?;
                 self.entry = None;
-                self.position.send_replace(Position::default());
+                self.set_position(Position::default());
             } else {
-                self.position.send_replace(Position {
+                self.set_position(Position {
                     queue: Some(Arc::new(QueueView::new(
                         &self.key,
                         &entry.key,
@@ -943,7 +964,11 @@ impl Candidacy for EtcdCandidacy {
     async fn watch(&mut self) -> Result<Option<Changes>> {
         let client = self.store.client().await?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(follow(client, self.position.subscribe(), tx));
+        let position = self
+            .position
+            .get_or_insert_with(|| watch::channel(Position::default()).0)
+            .subscribe();
+        tokio::spawn(follow(client, position, tx));
         Ok(Some(receiver_changes(rx)))
     }
 
