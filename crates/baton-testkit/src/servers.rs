@@ -23,25 +23,36 @@ use std::time::{Duration, Instant};
 /// every connection made meanwhile. Ports below the range are only ever taken by explicit
 /// binds. A process never gets the same port twice.
 pub fn free_port() -> u16 {
+    free_port_with_offset(None)
+}
+
+/// A free port `p` (as [`free_port`]) such that `p + offset` is free too and also below the
+/// ephemeral range: a Redis Cluster node listens on `p` and on its cluster bus, `p + 10000`.
+fn free_port_with_offset(offset: Option<u16>) -> u16 {
     use std::collections::HashSet;
     use std::sync::Mutex;
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let low = ephemeral_low().clamp(12_000, 65_535);
+    let high = low - offset.unwrap_or(0).min(low - 11_000);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..1_000 {
-        let port = fastrand::u16(10_000..low);
-        if given.contains(&port) {
-            continue;
-        }
+    let free = |port: u16| {
         // Loopback, then (once that is released) the wildcard: a server may listen on either.
         let loopback = TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if loopback && TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            given.insert(port);
+        loopback && TcpListener::bind(("0.0.0.0", port)).is_ok()
+    };
+    for _ in 0..1_000 {
+        let port = fastrand::u16(10_000..high);
+        let ports = [Some(port), offset.map(|o| port + o)];
+        if ports.iter().flatten().any(|p| given.contains(p)) {
+            continue;
+        }
+        if ports.iter().flatten().all(|&p| free(p)) {
+            given.extend(ports.iter().flatten());
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 between 10000 and {low} after 1000 tries")
+    panic!("no free port on 127.0.0.1 between 10000 and {high} after 1000 tries")
 }
 
 /// The first port of the kernel's ephemeral range (32768 when it cannot be read).
@@ -352,7 +363,8 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                let port = free_port();
+                // The node's cluster bus listens on port + 10000.
+                let port = free_port_with_offset(Some(10_000));
                 let conf = format!("nodes-{port}.conf");
                 RedisServer::launch(
                     port,
