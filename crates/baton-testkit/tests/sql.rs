@@ -518,6 +518,13 @@ async fn a_release_wakes_one_candidate_per_store(db: Db) {
             .all(|f| f.current_leader_id().as_deref() == Some("c0")))
         .await
     );
+    // Each follower tries before subscribing and once subscribed (D128): wait for both (the
+    // leader's one attempt and two per follower), so the count below is the handoff's alone.
+    assert!(
+        wait_until(Duration::from_secs(10), || calls.calls(Op::Acquire)
+            > 2 * followers.len() as u64)
+        .await
+    );
     let before = calls.calls(Op::Acquire);
     leader.stop().await.unwrap();
     let settled = || {

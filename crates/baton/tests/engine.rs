@@ -505,8 +505,9 @@ async fn follower_takes_over_when_the_crashed_leaders_ttl_runs_out() {
     assert!(!b.is_leader());
     assert_eq!(
         store.count("acquire"),
-        1,
-        "no polling while the holder's TTL runs"
+        2,
+        "tried before subscribing and once subscribed (D128), then no polling while the \
+         holder's TTL runs"
     );
     // Jitter is at most 1 % of the lease + 1 ms.
     run_for(Duration::from_millis(153)).await;
@@ -582,10 +583,12 @@ async fn without_a_complete_watch_a_follower_looks_again_every_lease() {
     let b = election(&store, "b", &clock);
     a.start().await.unwrap();
     b.start().await.unwrap();
-    assert_eq!(store.count_by("acquire", "b"), 1);
+    settle().await;
+    // Before subscribing, and once subscribed (D128).
+    assert_eq!(store.count_by("acquire", "b"), 2);
     run_for(secs(15) * 10).await;
     assert!(a.is_leader() && !b.is_leader());
-    let looks = store.count_by("acquire", "b") - 1;
+    let looks = store.count_by("acquire", "b") - 2;
     assert!(
         looks >= 10,
         "one look at least every 15 s lease: {looks} in 150 s"
@@ -606,20 +609,22 @@ async fn with_a_complete_watch_a_follower_looks_again_only_every_20_leases() {
     let b = election(&store, "b", &clock);
     a.start().await.unwrap();
     b.start().await.unwrap();
-    assert_eq!(store.count_by("acquire", "b"), 1);
+    settle().await;
+    // Before subscribing, and once subscribed (D128).
+    assert_eq!(store.count_by("acquire", "b"), 2);
     run_for(secs(15) * 20 - secs(1)).await;
     assert!(a.is_leader() && !b.is_leader());
     assert_eq!(
         store.count_by("acquire", "b"),
-        1,
+        2,
         "no look at the end of each lease"
     );
     assert_eq!(b.current_leader_id().as_deref(), Some("a"));
     // The safety look: 20 leases after the first, plus a jitter of at most 151 ms.
     run_for(secs(2)).await;
-    assert_eq!(store.count_by("acquire", "b"), 2);
-    run_for(secs(15) * 20).await;
     assert_eq!(store.count_by("acquire", "b"), 3);
+    run_for(secs(15) * 20).await;
+    assert_eq!(store.count_by("acquire", "b"), 4);
     assert!(a.is_leader() && !b.is_leader());
 }
 
@@ -641,7 +646,11 @@ async fn with_a_complete_watch_a_release_wakes_followers_at_once() {
     c.start().await.unwrap();
     run_for(secs(60)).await;
     let followers = || store.count_by("acquire", "b") + store.count_by("acquire", "c");
-    assert_eq!(followers(), 2, "one try each, at start");
+    assert_eq!(
+        followers(),
+        4,
+        "two tries each, at start: before subscribing and once subscribed (D128)"
+    );
     let t = clock.now();
     a.stop().await.unwrap();
     settle().await;

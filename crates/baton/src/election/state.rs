@@ -308,6 +308,13 @@ pub(crate) struct Election {
     stop_error: Option<Box<(Option<Lease>, Error)>>,
     /// Whether a change stream is open.
     subscribed: bool,
+    /// The run's first attempt has not gone out yet. It goes out before subscribing: a
+    /// candidate that gets the lease never needs a change stream, and at start that is most
+    /// of a process's elections when each has a key of its own (docs/decisions.md D128).
+    probe: bool,
+    /// The attempt out is that first one: if the key is held, subscribe and try again
+    /// (a release between the two is then seen), rather than wait.
+    probing: bool,
     /// What is published on the state channel.
     view: ElectionState,
     /// Send time of the last successful acquire or renewal of the current term.
@@ -350,6 +357,8 @@ impl Election {
             stop_requested: false,
             stop_error: None,
             subscribed: false,
+            probe: true,
+            probing: false,
             view,
             renewed: Duration::ZERO,
             progress: now,
@@ -612,6 +621,11 @@ impl Election {
             return self.leave(out);
         }
         if !self.subscribed {
+            if self.probe {
+                self.probe = false;
+                self.probing = true;
+                return self.attempt(out);
+            }
             // Subscribe before trying, so a release between the try and the wait is seen.
             self.phase = Phase::Subscribing;
             out.push(Action::Subscribe);
@@ -638,6 +652,7 @@ impl Election {
         // candidate's own session), so the follower waits for it rather than for the lease
         // it read, and looks again only after the long safety interval.
         let complete = self.subscribed && complete;
+        let probing = std::mem::take(&mut self.probing);
         match outcome {
             Ok(Acquire::Acquired(lease)) => {
                 self.backoff = timing.backoff_min;
@@ -658,6 +673,10 @@ impl Election {
                 self.clear_error(out);
                 self.set_leader(Some(record.holder.clone()), out);
                 self.report_first(Ok(()), out);
+                if probing {
+                    // Tried before subscribing: subscribe, then try again.
+                    return self.cycle(out);
+                }
                 let wait = if complete {
                     timing.complete_watch_recheck + self.jitter()
                 } else {

@@ -68,6 +68,8 @@ fn started() -> Election {
 /// An election that joined, subscribed (`subscribed`) and is trying to acquire at 0.
 fn acquiring(subscribed: bool) -> Election {
     let mut e = started();
+    // Past the run's first attempt, which goes out before subscribing (its own tests below).
+    e.probe = false;
     let a = e.step(Input::Joined(Ok(())), ms(0));
     assert!(a.iter().any(|a| matches!(a, Action::Subscribe)));
     let a = e.step(Input::Subscribed(Ok(subscribed)), ms(0));
@@ -138,6 +140,7 @@ fn finish(actions: &[Action]) -> Option<&Result<()>> {
 #[test]
 fn a_stop_while_subscribing_leaves_without_acquiring() {
     let mut e = started();
+    e.probe = false;
     let a = e.step(Input::Joined(Ok(())), ms(0));
     assert!(a.iter().any(|a| matches!(a, Action::Subscribe)));
     e.step(Input::Stop, ms(1));
@@ -146,6 +149,83 @@ fn a_stop_while_subscribing_leaves_without_acquiring() {
         !a.iter().any(|a| matches!(a, Action::TryAcquire)),
         "a stopped candidate must not take a lease: {a:?}"
     );
+    assert!(a.iter().any(|a| matches!(a, Action::Leave)), "{a:?}");
+}
+
+fn held_by(holder: &str) -> Input {
+    Input::Acquired {
+        sent: ms(0),
+        complete: false,
+        outcome: Ok(Acquire::Held(LeaseRecord {
+            holder: holder.into(),
+            token: FencingToken(7),
+            ttl: secs(10),
+        })),
+    }
+}
+
+/// D128: the run's first attempt goes out before subscribing; a candidate that gets the lease
+/// never subscribes.
+#[test]
+fn the_first_attempt_goes_out_before_subscribing_and_a_winner_never_subscribes() {
+    let mut e = started();
+    let a = e.step(Input::Joined(Ok(())), ms(0));
+    assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
+    let a = e.step(
+        Input::Acquired {
+            sent: ms(0),
+            complete: false,
+            outcome: Ok(Acquire::Acquired(lease(1))),
+        },
+        ms(1),
+    );
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Subscribe | Action::Unsubscribe)),
+        "{a:?}"
+    );
+    assert_eq!(began(&a), Some(FencingToken(1)));
+}
+
+/// D128: a first attempt that finds the key held subscribes and tries again at once (a
+/// release between the two attempts is then seen), and only then waits; later cycles
+/// subscribe first, as before.
+#[test]
+fn a_first_attempt_that_finds_the_key_held_subscribes_and_tries_again() {
+    let mut e = started();
+    e.step(Input::Joined(Ok(())), ms(0));
+    let a = e.step(held_by("other"), ms(1));
+    assert!(matches!(a.last(), Some(Action::Subscribe)), "{a:?}");
+    assert!(
+        a.iter().any(|a| matches!(a, Action::ReportFirst(Ok(())))),
+        "start() learns of the first attempt: {a:?}"
+    );
+    let a = e.step(Input::Subscribed(Ok(true)), ms(2));
+    assert!(matches!(a.last(), Some(Action::TryAcquire)), "{a:?}");
+    // Held again: now it waits (a timer), subscribed.
+    let a = e.step(held_by("other"), ms(3));
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::TryAcquire | Action::Subscribe)),
+        "{a:?}"
+    );
+    assert!(matches!(timer_of(&a), Some(Some(_))), "{a:?}");
+    // The stream ends: the next cycle subscribes before trying, as every later one does.
+    let a = e.step(Input::Changed(None), ms(4));
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
+    assert!(!a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
+}
+
+/// D128: a stop that arrives during the first attempt leaves once it is answered, without
+/// subscribing.
+#[test]
+fn a_stop_during_the_first_attempt_leaves_without_subscribing() {
+    let mut e = started();
+    e.step(Input::Joined(Ok(())), ms(0));
+    e.step(Input::Stop, ms(1));
+    let a = e.step(held_by("other"), ms(2));
+    assert!(!a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
     assert!(a.iter().any(|a| matches!(a, Action::Leave)), "{a:?}");
 }
 
