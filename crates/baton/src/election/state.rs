@@ -711,7 +711,7 @@ impl Election {
     }
 
     fn on_changed(&mut self, change: Option<Change>, now: Duration, out: &mut Vec<Action>) {
-        let Phase::Waiting { complete, .. } = self.phase else {
+        let Phase::Waiting { complete, until } = self.phase else {
             return;
         };
         self.progress = now;
@@ -738,6 +738,21 @@ impl Election {
             None => {
                 debug!("change subscription ended; will subscribe again");
                 self.unsubscribe(out);
+                if self.view.last_error.is_some() {
+                    // The store is failing, and a stream that ends at once (its server is
+                    // down) must not turn the backoff into a busy loop of subscribe and
+                    // attempt: look again after at most the shortest backoff step, which
+                    // keeps noticing a store that is back as quick as the stream would.
+                    let until = until.min(now + self.config.timing.backoff_min);
+                    if until > now {
+                        self.progress_due = until;
+                        self.phase = Phase::Waiting {
+                            until,
+                            complete: false,
+                        };
+                        return;
+                    }
+                }
                 self.cycle(out);
             }
         }

@@ -681,6 +681,54 @@ fn a_follower_told_of_a_new_holder_waits_without_asking_and_wakes_on_a_release()
     assert!(a.iter().any(|a| matches!(a, Action::Subscribe)));
 }
 
+/// A change stream that ends while the store is failing (its server is down, so every new
+/// stream ends at once) waits the shortest backoff step before subscribing again, never a busy
+/// loop of subscribe and attempt; a stream that ends while the store answers is subscribed
+/// again at once (above).
+#[test]
+fn a_stream_that_ends_while_the_store_fails_waits_the_shortest_backoff_step() {
+    let t = timing();
+    let mut e = acquiring(true);
+    // Grow the backoff well past its first step.
+    let mut now = secs(0);
+    for _ in 0..6 {
+        e.step(
+            Input::Acquired {
+                sent: now,
+                complete: false,
+                outcome: Err(unavailable()),
+            },
+            now,
+        );
+        let Phase::Waiting { until, .. } = e.phase else {
+            panic!("a follower waits after a failed attempt: {:?}", e.phase);
+        };
+        now = until;
+        let a = e.step(Input::Timer, now);
+        assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
+    }
+    e.step(
+        Input::Acquired {
+            sent: now,
+            complete: false,
+            outcome: Err(unavailable()),
+        },
+        now,
+    );
+    let Phase::Waiting { until: backoff, .. } = e.phase else {
+        panic!("waiting");
+    };
+    assert!(backoff - now > t.backoff_min, "the backoff grew");
+    // The stream ends 1 ms later: no store call now, a look after the shortest step.
+    let a = e.step(Input::Changed(None), now + ms(1));
+    assert!(!a.iter().any(Action::is_store_call), "{a:?}");
+    assert!(a.iter().any(|a| matches!(a, Action::Unsubscribe)), "{a:?}");
+    assert_eq!(timer_of(&a), Some(Some(now + ms(1) + t.backoff_min)));
+    // Then it subscribes again and tries.
+    let a = e.step(Input::Timer, now + ms(1) + t.backoff_min);
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
+}
+
 /// Backoff on store errors: equal jitter over a step that doubles up to its cap, and back to
 /// the minimum after an answer.
 #[test]
