@@ -192,7 +192,12 @@ pub(crate) enum Action {
     /// `Candidacy::try_acquire(lease)`.
     TryAcquire,
     /// `Candidacy::renew`, with this timeout.
-    Renew { lease: Lease, timeout: Duration },
+    /// `Candidacy::renew`, with this timeout. The lease is shared with the state machine's
+    /// hold: a renewal every few seconds per election should not copy its key and holder.
+    Renew {
+        lease: Arc<Lease>,
+        timeout: Duration,
+    },
     /// Drop the store call in flight without waiting for its answer.
     Abandon,
     /// `Candidacy::release`.
@@ -278,7 +283,7 @@ enum Phase {
 /// A lease this candidate holds.
 #[derive(Debug)]
 struct Hold {
-    lease: Lease,
+    lease: Arc<Lease>,
     /// When it may start acting as leader (`t_send + lease.act_after`).
     act_at: Duration,
     /// Whether it acts as leader (the term has begun).
@@ -771,7 +776,7 @@ impl Election {
             last_ok: sent,
             next_renew: sent + timing.renew,
             renewing: false,
-            lease,
+            lease: Arc::new(lease),
         });
         self.hold_top(now, out);
     }
@@ -831,7 +836,7 @@ impl Election {
             }
             Ok(Renew::Lost(record)) => {
                 let leading = h.leading;
-                let lease = h.lease.clone();
+                let lease = Arc::clone(&h.lease);
                 if leading {
                     self.step_down(&lease, LossReason::LeaseLost, record.as_ref(), out);
                 }
@@ -863,15 +868,16 @@ impl Election {
             // anyway.
             self.phase = Phase::AwaitingScopes {
                 until: h.last_ok + self.config.timing.lease,
-                lease: h.lease,
+                lease: Arc::unwrap_or_clone(h.lease),
                 reason,
             };
         } else {
+            let lease = Arc::unwrap_or_clone(h.lease);
             self.phase = Phase::Releasing {
-                lease: h.lease.clone(),
+                lease: lease.clone(),
                 reason: Some(reason),
             };
-            out.push(Action::Release(h.lease));
+            out.push(Action::Release(lease));
         }
     }
 
