@@ -330,12 +330,17 @@ async fn a_third_follower_learns_the_new_leader_from_its_watch_without_asking() 
     // would name the old leader for seconds.
     let lease = Duration::from_secs(10);
     let a = election(&server.url(), &name, "a", lease);
-    let b = election(&server.url(), &name, "b", lease);
+    let (b, b_calls) = counted_election(&server.url(), &name, "b", lease);
     let (c, c_calls) = counted_election(&server.url(), &name, "c", lease);
     a.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    // A follower's start is two attempts: one before subscribing, which leaves the queue
+    // again, and one that queues for good (D128). Let b queue before c starts, and c finish
+    // both before its requests are counted.
     b.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || b_calls.calls(Op::Acquire) >= 2).await);
     c.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || c_calls.calls(Op::Acquire) >= 2).await);
     assert_eq!(b.current_leader_id().as_deref(), Some("a"));
     assert_eq!(c.current_leader_id().as_deref(), Some("a"));
     let mut events = c.subscribe();
