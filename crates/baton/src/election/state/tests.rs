@@ -152,6 +152,24 @@ fn a_stop_while_subscribing_leaves_without_acquiring() {
     assert!(a.iter().any(|a| matches!(a, Action::Leave)), "{a:?}");
 }
 
+/// The answer to an acquire sent at `sent`: `lease(1)` won.
+fn won(sent: Duration) -> Input {
+    Input::Acquired {
+        sent,
+        complete: false,
+        outcome: Ok(Acquire::Acquired(lease(1))),
+    }
+}
+
+/// The answer to an acquire sent at `sent`: the store failed.
+fn failed(sent: Duration) -> Input {
+    Input::Acquired {
+        sent,
+        complete: false,
+        outcome: Err(unavailable()),
+    }
+}
+
 fn held_by(holder: &str) -> Input {
     Input::Acquired {
         sent: ms(0),
@@ -172,14 +190,7 @@ fn the_first_attempt_goes_out_before_subscribing_and_a_winner_never_subscribes()
     let a = e.step(Input::Joined(Ok(())), ms(0));
     assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
     assert!(!a.iter().any(|a| matches!(a, Action::Subscribe)), "{a:?}");
-    let a = e.step(
-        Input::Acquired {
-            sent: ms(0),
-            complete: false,
-            outcome: Ok(Acquire::Acquired(lease(1))),
-        },
-        ms(1),
-    );
+    let a = e.step(won(ms(0)), ms(1));
     assert!(
         !a.iter()
             .any(|a| matches!(a, Action::Subscribe | Action::Unsubscribe)),
@@ -488,14 +499,7 @@ fn the_unsafe_variant_ignores_the_deadline_and_the_grace_period() {
     let (mut e, _) = Election::start(config(true), idle(), fastrand::Rng::with_seed(1), ms(0));
     e.step(Input::Joined(Ok(())), ms(0));
     e.step(Input::Subscribed(Ok(false)), ms(0));
-    e.step(
-        Input::Acquired {
-            sent: ms(0),
-            complete: false,
-            outcome: Ok(Acquire::Acquired(lease(1))),
-        },
-        ms(0),
-    );
+    e.step(won(ms(0)), ms(0));
     let a = e.step(Input::Timer, secs(5));
     assert_eq!(renew_timeout(&a), Some(timing().request_timeout));
     let a = e.step(
@@ -692,14 +696,7 @@ fn a_stream_that_ends_while_the_store_fails_waits_the_shortest_backoff_step() {
     // Grow the backoff well past its first step.
     let mut now = secs(0);
     for _ in 0..6 {
-        e.step(
-            Input::Acquired {
-                sent: now,
-                complete: false,
-                outcome: Err(unavailable()),
-            },
-            now,
-        );
+        e.step(failed(now), now);
         let Phase::Waiting { until, .. } = e.phase else {
             panic!("a follower waits after a failed attempt: {:?}", e.phase);
         };
@@ -707,14 +704,7 @@ fn a_stream_that_ends_while_the_store_fails_waits_the_shortest_backoff_step() {
         let a = e.step(Input::Timer, now);
         assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)), "{a:?}");
     }
-    e.step(
-        Input::Acquired {
-            sent: now,
-            complete: false,
-            outcome: Err(unavailable()),
-        },
-        now,
-    );
+    e.step(failed(now), now);
     let Phase::Waiting { until: backoff, .. } = e.phase else {
         panic!("waiting");
     };
@@ -738,14 +728,7 @@ fn store_errors_back_off_doubling_to_the_cap() {
     let mut step = t.backoff_min;
     let mut now = secs(0);
     for round in 0..12 {
-        let a = e.step(
-            Input::Acquired {
-                sent: now,
-                complete: false,
-                outcome: Err(unavailable()),
-            },
-            now,
-        );
+        let a = e.step(failed(now), now);
         if round == 0 {
             assert!(a.iter().any(|a| matches!(a, Action::ReportFirst(Ok(())))));
         }
@@ -924,14 +907,7 @@ fn a_stop_during_an_acquire_waits_for_it_then_steps_down_and_releases() {
     let mut e = acquiring(false);
     let a = e.step(Input::Stop, ms(1));
     assert!(a.is_empty(), "{a:?}");
-    let a = e.step(
-        Input::Acquired {
-            sent: ms(0),
-            complete: false,
-            outcome: Ok(Acquire::Acquired(lease(1))),
-        },
-        ms(2),
-    );
+    let a = e.step(won(ms(0)), ms(2));
     assert_eq!(began(&a), Some(FencingToken(1)));
     assert_eq!(end_reason(&a), Some(LossReason::Stopped));
     assert_eq!(e.deadline(), None);
