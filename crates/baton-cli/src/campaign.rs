@@ -3,6 +3,7 @@
 
 use std::io;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use baton::{ElectionState, Event};
 use tokio::sync::watch;
@@ -19,7 +20,7 @@ pub async fn run(
 ) -> Result<ExitCode, Failure> {
     let store = session::open_store(&settings)?;
     session::read_key(store.as_ref(), &settings).await?;
-    let election = session::build_election(store, &settings)?;
+    let election = session::build_election(Arc::clone(&store), &settings)?;
 
     let candidate = election.candidate_id().to_owned();
     let key = election.key().to_owned();
@@ -48,7 +49,7 @@ pub async fn run(
         signal = shutdown.recv() => tracing::info!(signal, "leaving the election"),
         () = closed.cancelled() => tracing::info!("stdout closed; leaving the election"),
     }
-    if !session::leave(&election, shutdown).await {
+    if !session::leave(&election, store.as_ref(), shutdown).await {
         return Ok(ExitCode::from(130));
     }
     pump.flush().await;

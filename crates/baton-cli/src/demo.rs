@@ -6,6 +6,7 @@
 //! over the moment the first one stops. Ctrl-C at any point jumps to the graceful shutdown.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ pub async fn run(
 ) -> Result<ExitCode, Failure> {
     let store = session::open_store(&settings)?;
     session::read_key(store.as_ref(), &settings).await?;
-    let election = session::build_election(store, &settings)?;
+    let election = session::build_election(Arc::clone(&store), &settings)?;
     let me = election.candidate_id().to_owned();
 
     say(format!(
@@ -71,7 +72,7 @@ pub async fn run(
     section("Graceful Shutdown");
     let was_leader = election.is_leader();
     say("Stopping leader election...\n");
-    if !session::leave(&election, shutdown).await {
+    if !session::leave(&election, store.as_ref(), shutdown).await {
         say("Interrupted again: exiting without waiting; the lease will expire in the store.\n");
         return Ok(ExitCode::from(130));
     }

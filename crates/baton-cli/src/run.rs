@@ -20,9 +20,10 @@
 
 use std::io::Read;
 use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use baton::{ElectionOptions, LeaderElection, Leadership, fmt_duration};
+use baton::{ElectionOptions, LeaderElection, Leadership, LeaseStore, fmt_duration};
 use rustix::process::{Pid, Signal};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -77,7 +78,7 @@ pub async fn run(
     let kill_after = kill_after(&settings.options, args.kill_after)?;
     let store = session::open_store(&settings)?;
     session::read_key(store.as_ref(), &settings).await?;
-    let election = session::build_election(store, &settings)?;
+    let election = session::build_election(Arc::clone(&store), &settings)?;
     election.start().await?;
     tracing::info!(
         candidate = election.candidate_id(),
@@ -91,14 +92,14 @@ pub async fn run(
             scope = election.leadership() => scope?,
             signal = shutdown.recv() => {
                 tracing::info!(signal, "leaving the election");
-                return Ok(leave(&election, shutdown).await);
+                return Ok(leave(&election, store.as_ref(), shutdown).await);
             }
         };
         let mut job = match Job::start(&args.command, &election, &scope) {
             Ok(job) => job,
             Err(e) => {
                 drop(scope);
-                leave(&election, shutdown).await;
+                leave(&election, store.as_ref(), shutdown).await;
                 return Err(e);
             }
         };
@@ -116,7 +117,7 @@ pub async fn run(
                     .map(exit_code)
                     .map_err(|e| Failure::new(format!("cannot wait for the command: {e}")))?;
                 tracing::info!(code, "the command exited; releasing the lease");
-                let stopped = leave(&election, shutdown).await;
+                let stopped = leave(&election, store.as_ref(), shutdown).await;
                 return Ok(if stopped == ExitCode::SUCCESS {
                     ExitCode::from(code)
                 } else {
@@ -128,7 +129,7 @@ pub async fn run(
                 job.stop(kill_after).await;
                 drop(scope);
                 if args.once {
-                    leave(&election, shutdown).await;
+                    leave(&election, store.as_ref(), shutdown).await;
                     return Ok(ExitCode::from(LOST_EXIT));
                 }
             }
@@ -136,7 +137,7 @@ pub async fn run(
                 tracing::info!(signal, "stopping the command and leaving the election");
                 job.stop(kill_after).await;
                 drop(scope);
-                return Ok(leave(&election, shutdown).await);
+                return Ok(leave(&election, store.as_ref(), shutdown).await);
             }
         }
     }
@@ -149,8 +150,12 @@ enum Ended {
 }
 
 /// Graceful stop; a second signal cuts it short (exit 130, the lease then expires).
-async fn leave(election: &LeaderElection, shutdown: &mut Shutdown) -> ExitCode {
-    if session::leave(election, shutdown).await {
+async fn leave(
+    election: &LeaderElection,
+    store: &dyn LeaseStore,
+    shutdown: &mut Shutdown,
+) -> ExitCode {
+    if session::leave(election, store, shutdown).await {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(130)

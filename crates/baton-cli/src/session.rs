@@ -107,17 +107,169 @@ impl Shutdown {
     }
 }
 
+/// How long a leader that left waits for the next leader before its process goes on to exit
+/// (docs/decisions.md D129): its exit (closing the store's connections, the runtime's
+/// teardown) would otherwise compete with the successor's acquire for the same cores.
+pub const SUCCESSOR_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a leader that left stays once it has seen the next leader: the successor learns
+/// of its own acquire when the store's notice reaches this process, and still has its event
+/// to deliver and its work to start (D129).
+pub const SUCCESSOR_SETTLE: Duration = Duration::from_millis(10);
+
 /// Stop the election (cancel the scope, emit the event, release the lease). A second signal
 /// while stopping gives up waiting: returns false, and the lease then expires in the store.
 /// A release the store did not take is said on stderr; the election is stopped all the same.
-pub async fn leave(election: &LeaderElection, shutdown: &mut Shutdown) -> bool {
-    tokio::select! {
-        stopped = election.stop() => {
-            if let Err(e) = stopped {
-                tracing::warn!("{e}");
-            }
-            true
+///
+/// A leader that released then waits, at most [`SUCCESSOR_WAIT`], until its store says that
+/// another candidate leads, and then [`SUCCESSOR_SETTLE`] more (only on a store that pushes
+/// changes; a second signal ends the wait at once). The release has happened by then: the wait only keeps this process's teardown
+/// out of the successor's way.
+pub async fn leave(
+    election: &LeaderElection,
+    store: &dyn LeaseStore,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let was_leader = election.is_leader();
+    let key = election.key();
+    // Subscribed alongside the release, and the key read once both are done, so that a
+    // successor that acquires before the subscription is in place is not missed.
+    let changes = async {
+        if was_leader {
+            store.watch(key).await.ok().flatten()
+        } else {
+            None
         }
-        _ = shutdown.recv() => false,
+    };
+    let (stopped, changes) = tokio::select! {
+        both = async { tokio::join!(election.stop(), changes) } => both,
+        _ = shutdown.recv() => return false,
+    };
+    if let Err(e) = stopped {
+        tracing::warn!("{e}");
+        return true;
+    }
+    if let Some(changes) = changes {
+        let me = election.candidate_id();
+        tokio::select! {
+            next = wait_for_successor(store, key, me, changes) => match next {
+                Some(holder) => tracing::info!(holder, "the next leader leads"),
+                None => tracing::debug!("no next leader seen; exiting"),
+            },
+            _ = shutdown.recv() => {}
+        }
+    }
+    true
+}
+
+/// Wait at most [`SUCCESSOR_WAIT`] for a holder of `key` other than `me`; once one is seen,
+/// stay [`SUCCESSOR_SETTLE`] more. Returns it, or `None` if none was seen in time.
+async fn wait_for_successor(
+    store: &dyn LeaseStore,
+    key: &str,
+    me: &str,
+    changes: baton::Changes,
+) -> Option<String> {
+    let holder = tokio::time::timeout(SUCCESSOR_WAIT, successor(store, key, me, changes))
+        .await
+        .ok()
+        .flatten()?;
+    tokio::time::sleep(SUCCESSOR_SETTLE).await;
+    Some(holder)
+}
+
+/// The next holder of `key` other than `me`, by a read and then by the store's changes (read
+/// again on a change that names no holder); `None` if the store cannot tell.
+async fn successor(
+    store: &dyn LeaseStore,
+    key: &str,
+    me: &str,
+    mut changes: baton::Changes,
+) -> Option<String> {
+    use baton::Change;
+    use futures_util::StreamExt;
+    loop {
+        match store.read(key).await {
+            Ok(Some(record)) if record.holder != me => return Some(record.holder),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        loop {
+            match changes.next().await? {
+                Change::Acquired { holder } | Change::Renewed { holder } if holder != me => {
+                    return Some(holder);
+                }
+                Change::Acquired { .. } | Change::Renewed { .. } => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton::{Acquire, MemoryStore};
+    use tokio::time::Instant;
+
+    const KEY: &str = "jobs";
+
+    async fn lead(store: &MemoryStore, who: &str) {
+        let mut c = store.join(KEY, who).await.unwrap();
+        let got = c.try_acquire(Duration::from_secs(15)).await.unwrap();
+        assert!(matches!(got, Acquire::Acquired(_)), "{who} should lead");
+    }
+
+    async fn changes(store: &MemoryStore) -> baton::Changes {
+        store
+            .watch(KEY)
+            .await
+            .unwrap()
+            .expect("the memory store pushes")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_left_waits_until_its_successor_leads_then_settles() {
+        let store = MemoryStore::new();
+        let changes = changes(&store).await;
+        let t0 = Instant::now();
+        let later = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            lead(&later, "b").await;
+        });
+        let next = wait_for_successor(&store, KEY, "a", changes).await;
+        assert_eq!(next.as_deref(), Some("b"));
+        assert_eq!(t0.elapsed(), Duration::from_millis(30) + SUCCESSOR_SETTLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_that_led_before_the_watch_is_found_by_the_read() {
+        let store = MemoryStore::new();
+        let changes = changes(&store).await;
+        lead(&store, "b").await;
+        let t0 = Instant::now();
+        let next = wait_for_successor(&store, KEY, "a", changes).await;
+        assert_eq!(next.as_deref(), Some("b"));
+        assert_eq!(t0.elapsed(), SUCCESSOR_SETTLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_other_candidate_the_wait_ends_after_successor_wait() {
+        let store = MemoryStore::new();
+        let changes = changes(&store).await;
+        let t0 = Instant::now();
+        assert_eq!(wait_for_successor(&store, KEY, "a", changes).await, None);
+        assert_eq!(t0.elapsed(), SUCCESSOR_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leaver_itself_taking_the_key_again_is_no_successor() {
+        let store = MemoryStore::new();
+        let changes = changes(&store).await;
+        lead(&store, "a").await;
+        let t0 = Instant::now();
+        assert_eq!(wait_for_successor(&store, KEY, "a", changes).await, None);
+        assert_eq!(t0.elapsed(), SUCCESSOR_WAIT);
     }
 }
