@@ -14,7 +14,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::servers::{TlsFiles, free_port, scratch_dir};
+use crate::servers::{TlsFiles, free_port, remove_stale_dirs, scratch_dir};
+
+/// The scratch directories' prefix: `baton-etcd-<test process id>-<random>`.
+const DIR_PREFIX: &str = "baton-etcd";
 
 /// A single-member etcd cluster of this test's own, killed (and its data directory removed)
 /// when dropped.
@@ -56,6 +59,7 @@ impl EtcdServer {
     }
 
     fn launch(tls: Option<TlsFiles>) -> Result<EtcdServer, String> {
+        remove_stale_dirs(DIR_PREFIX);
         // A port taken between `free_port` and etcd's bind (another test's server) is retried
         // on fresh ports, with a fresh data directory; any other failure is reported.
         let mut attempt = 0;
@@ -65,7 +69,7 @@ impl EtcdServer {
                 client_port: free_port(),
                 peer_port: free_port(),
                 metrics_port: free_port(),
-                dir: scratch_dir("baton-etcd"),
+                dir: scratch_dir(DIR_PREFIX),
                 tls: tls.clone(),
                 ctl_user: None,
                 auth_token_ttl: None,

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::servers::{TlsFiles, die_with_parent, free_port, scratch_dir};
+use crate::servers::{TlsFiles, die_with_parent, free_port, remove_stale_dirs, scratch_dir};
 use crate::tls::TestCa;
 
 /// The scratch directories' prefix: `baton-mariadb-<test process id>-<random>`.
@@ -39,7 +39,7 @@ impl MariaDbServer {
     /// `performance_schema` is on, so `performance_schema.threads.CONNECTION_TYPE` says which
     /// connections are `SSL/TLS`.
     pub fn start_tls() -> MariaDbServer {
-        remove_stale_dirs();
+        remove_stale_dirs(PREFIX);
         let dir = scratch_dir(PREFIX);
         let tls =
             TestCa::new("Baton test CA (MariaDB)").server_files(&dir, &["localhost", "127.0.0.1"]);
@@ -175,39 +175,6 @@ pub fn shared_mariadb_tls() -> &'static MariaDbServer {
         });
         rx.recv().expect("start the shared mariadbd")
     })
-}
-
-/// Remove the directories of servers whose test process is gone. A shared server lives in a
-/// static, which is never dropped: the parent-death signal kills the server, but its data
-/// directory (some 20 MB) stays until a later run sweeps it here.
-fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|n| n.strip_prefix('-'))
-        else {
-            continue;
-        };
-        let pid = rest
-            .split('-')
-            .next()
-            .and_then(|p| p.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        let gone = pid.is_some_and(|pid| {
-            matches!(
-                rustix::process::test_kill_process(pid),
-                Err(rustix::io::Errno::SRCH)
-            )
-        });
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// Whether a server on `port` sends its greeting (the handshake packet every MySQL-protocol

@@ -74,6 +74,41 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// Remove the [`scratch_dir`]s made with `prefix` by test processes that are gone. A server
+/// shared by every test of a process lives in a static, which is never dropped: the
+/// parent-death signal kills the server, but its directory stays (an etcd's is some 120 MB, a
+/// MariaDB's some 20 MB; a whole test run starts hundreds of processes) until a later start
+/// sweeps it here.
+pub(crate) fn remove_stale_dirs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_prefix('-'))
+        else {
+            continue;
+        };
+        let pid = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        let gone = pid.is_some_and(|pid| {
+            matches!(
+                rustix::process::test_kill_process(pid),
+                Err(rustix::io::Errno::SRCH)
+            )
+        });
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A `redis-server` of this test's own, without persistence (a restart loses every key, like
 /// the machine's default Redis), killed when dropped.
 #[derive(Debug)]
