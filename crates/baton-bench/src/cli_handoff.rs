@@ -287,9 +287,12 @@ impl Run {
         let _ = writeln!(
             out,
             "Two `baton` processes per handoff, each `{}`. One leads; a new one starts and \
-             waits until it has printed `leader_changed` naming the leader (it is subscribed \
-             and waiting); the bench reads `CLOCK_BOOTTIME` and sends the leader SIGINT. The \
-             leader stops gracefully (cancel, `lost_leadership`, release) and exits; the \
+             waits until it has printed `leader_changed` naming the leader, then {} more (by \
+             then it has subscribed and waits: a new follower's first attempt goes out before \
+             it subscribes, docs/decisions.md D128); the bench reads `CLOCK_BOOTTIME` and sends the leader SIGINT. The \
+             leader stops gracefully (cancel, `lost_leadership`, release) and exits once its \
+             store shows the next leader (10 ms after that, 100 ms after the release at most: \
+             `baton` keeps its exit out of its successor's way, docs/decisions.md D129); the \
              follower is told of the release by its store, acquires and prints \
              `became_leader`, stamped (`boot_ns`) with `CLOCK_BOOTTIME` when its event arrived, \
              inside its own process. `CLOCK_BOOTTIME` is one clock for every process on the \
@@ -301,7 +304,8 @@ impl Run {
              follower of the release; a follower that had to wait it out would show seconds (on Redis, the processes start \
              once the bench's server has been up for longer than a lease, past Baton's restart \
              guard, which holds every lease acquired on a younger server).\n",
-            procs::campaign_args("URL", KEY, p.timing)
+            procs::campaign_args("URL", KEY, p.timing),
+            baton::fmt_duration(procs::FOLLOWER_SETTLE)
         );
         let _ = writeln!(
             out,

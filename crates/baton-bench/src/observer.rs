@@ -136,6 +136,9 @@ fn rounds(baton: &Path, url: &str, p: Params) -> BoxResult<Vec<Round>> {
         follower
             .wait_line(STEP, |l| procs::is_event(l, "leader_changed", &leader_id))
             .ok_or_else(|| format!("{id} never saw {leader_id} lead"))?;
+        // Its first attempt goes out before it subscribes (docs/decisions.md D128): let it
+        // subscribe and wait, as cli-handoff does.
+        std::thread::sleep(procs::FOLLOWER_SETTLE);
         leader.signal(Signal::INT)?;
         let (_, stop) = leader
             .wait_line(STEP, |l| {

@@ -188,7 +188,8 @@ pub fn since(t0: u64, t1: u64) -> Duration {
 
 /// `rounds` leader changes between `baton campaign --json` processes on `url`: one process
 /// leads; for each change a new one starts and, once it has printed `leader_changed` naming
-/// the leader (it is subscribed and waiting), the bench reads both clocks and sends the leader
+/// the leader and [`FOLLOWER_SETTLE`] more has passed (it has subscribed and waits: its first
+/// attempt goes out before it subscribes, D128), the bench reads both clocks and sends the leader
 /// SIGINT (graceful: it releases) or, with `crash`, SIGKILL; the follower leads next.
 /// How long a new follower process is left to settle, once it is known to wait for the
 /// leader, before the leader is stopped: a handoff is timed from an idle follower, as in a
