@@ -191,7 +191,6 @@ pub(crate) enum Action {
     Unsubscribe,
     /// `Candidacy::try_acquire(lease)`.
     TryAcquire,
-    /// `Candidacy::renew`, with this timeout.
     /// `Candidacy::renew`, with this timeout. The lease is shared with the state machine's
     /// hold: a renewal every few seconds per election should not copy its key and holder.
     Renew {
