@@ -97,13 +97,21 @@ pub struct Run {
     pub py_version: String,
 }
 
+/// The Python peer's interpreter, or the error that names the fix (the bench checks this before
+/// its first figure, and again here).
+pub fn python() -> BoxResult<std::path::PathBuf> {
+    std::panic::catch_unwind(py_elector::venv_python)
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "no Python virtualenv for the Kubernetes peer".to_owned())
+        })
+        .map_err(Into::into)
+}
+
 pub async fn measure(baton: &Path, dir: &Path, p: Params) -> BoxResult<Run> {
     // Fails here, with the fix, rather than in the middle of the run.
-    let python = std::panic::catch_unwind(py_elector::venv_python).map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_else(|| "no Python virtualenv for the Kubernetes peer".to_owned())
-    })?;
+    let python = python()?;
     let py_version = std::process::Command::new(&python)
         .args(["-c", "import kubernetes; print(kubernetes.__version__)"])
         .output()

@@ -453,11 +453,7 @@ fn run(args: &Args) -> BoxResult<()> {
     // What a figure needs from outside, checked before the first figure runs, so that a
     // missing piece fails at once with its fix rather than after half an hour of figures.
     if figures.contains(&Figure::Kubernetes) {
-        std::panic::catch_unwind(baton_testkit::py_elector::venv_python).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "no Python virtualenv for the Kubernetes peer".to_owned())
-        })?;
+        kubernetes::python()?;
     }
     // Started from the main thread, which outlives the run: the server dies with the thread
     // that spawned it.

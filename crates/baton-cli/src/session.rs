@@ -123,8 +123,8 @@ pub const SUCCESSOR_SETTLE: Duration = Duration::from_millis(10);
 ///
 /// A leader that released then waits, at most [`SUCCESSOR_WAIT`], until its store says that
 /// another candidate leads, and then [`SUCCESSOR_SETTLE`] more (only on a store that pushes
-/// changes; a second signal ends the wait at once). The release has happened by then: the wait only keeps this process's teardown
-/// out of the successor's way.
+/// changes; a second signal ends the wait at once). The release has happened by then: the wait
+/// only keeps this process's teardown out of the successor's way.
 pub async fn leave(
     election: &LeaderElection,
     store: &dyn LeaseStore,
@@ -228,19 +228,28 @@ mod tests {
             .expect("the memory store pushes")
     }
 
+    /// [`wait_for_successor`] of `a`, and how long it took.
+    async fn timed_wait(
+        store: &MemoryStore,
+        changes: baton::Changes,
+    ) -> (Option<String>, Duration) {
+        let t0 = Instant::now();
+        let next = wait_for_successor(store, KEY, "a", changes).await;
+        (next, t0.elapsed())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_leader_that_left_waits_until_its_successor_leads_then_settles() {
         let store = MemoryStore::new();
         let changes = changes(&store).await;
-        let t0 = Instant::now();
         let later = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;
             lead(&later, "b").await;
         });
-        let next = wait_for_successor(&store, KEY, "a", changes).await;
+        let (next, took) = timed_wait(&store, changes).await;
         assert_eq!(next.as_deref(), Some("b"));
-        assert_eq!(t0.elapsed(), Duration::from_millis(30) + SUCCESSOR_SETTLE);
+        assert_eq!(took, Duration::from_millis(30) + SUCCESSOR_SETTLE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -248,19 +257,16 @@ mod tests {
         let store = MemoryStore::new();
         let changes = changes(&store).await;
         lead(&store, "b").await;
-        let t0 = Instant::now();
-        let next = wait_for_successor(&store, KEY, "a", changes).await;
+        let (next, took) = timed_wait(&store, changes).await;
         assert_eq!(next.as_deref(), Some("b"));
-        assert_eq!(t0.elapsed(), SUCCESSOR_SETTLE);
+        assert_eq!(took, SUCCESSOR_SETTLE);
     }
 
     #[tokio::test(start_paused = true)]
     async fn with_no_other_candidate_the_wait_ends_after_successor_wait() {
         let store = MemoryStore::new();
         let changes = changes(&store).await;
-        let t0 = Instant::now();
-        assert_eq!(wait_for_successor(&store, KEY, "a", changes).await, None);
-        assert_eq!(t0.elapsed(), SUCCESSOR_WAIT);
+        assert_eq!(timed_wait(&store, changes).await, (None, SUCCESSOR_WAIT));
     }
 
     #[tokio::test(start_paused = true)]
@@ -268,8 +274,6 @@ mod tests {
         let store = MemoryStore::new();
         let changes = changes(&store).await;
         lead(&store, "a").await;
-        let t0 = Instant::now();
-        assert_eq!(wait_for_successor(&store, KEY, "a", changes).await, None);
-        assert_eq!(t0.elapsed(), SUCCESSOR_WAIT);
+        assert_eq!(timed_wait(&store, changes).await, (None, SUCCESSOR_WAIT));
     }
 }
