@@ -1524,3 +1524,35 @@ async fn a_store_call_that_panics_fails_that_call_and_spares_the_other_elections
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// A handle that answers `is_leader()` true already has the term in place: its fencing token
+/// and its leader id. The driver shows a later deadline only after the step's state is out,
+/// so another thread watching the handle never sees a leader without a token. Real time and a
+/// real multi-threaded runtime, since the window this guards was between two statements of
+/// the driver: a spinning thread looks at the handle while terms begin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_seen_from_another_thread_always_has_its_token() {
+    let store = MemoryStore::new();
+    for round in 0..200 {
+        let a = LeaderElection::builder(store.clone(), "jobs:leader")
+            .instance_id("a")
+            .build()
+            .unwrap();
+        let watcher = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                while !a.is_leader() {
+                    std::hint::spin_loop();
+                }
+                (a.fencing_token(), a.current_leader_id())
+            })
+        };
+        a.start().await.unwrap();
+        let (token, leader) = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+            .await
+            .unwrap();
+        assert!(token.is_some(), "round {round}: leading without a token");
+        assert_eq!(leader.as_deref(), Some("a"), "round {round}");
+        a.stop().await.unwrap();
+    }
+}

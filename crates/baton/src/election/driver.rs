@@ -499,7 +499,7 @@ impl Driver {
         slot.stop_seen = true;
         let _span = slot.span.clone().entered();
         let actions = slot.state.step(Input::Stop, slot.shared.clock.now());
-        publish_times(&slot.shared, &slot.state);
+        publish_lowered_deadline(&slot.shared, &slot.state);
         match &slot.call {
             Some((_, abort)) if actions.iter().any(|a| matches!(a, Action::Abandon)) => {
                 abort.abort();
@@ -538,7 +538,7 @@ impl Driver {
             Answer::Input(input) => input,
         };
         let actions = slot.state.step(input, slot.shared.clock.now());
-        publish_times(&slot.shared, &slot.state);
+        publish_lowered_deadline(&slot.shared, &slot.state);
         self.drive(id, actions);
     }
 
@@ -563,6 +563,9 @@ impl Driver {
                     return;
                 }
             }
+            // Now that the step's state, scope and events are out, a later deadline may show:
+            // `is_leader()` never answers true before `fencing_token()` has the term's token.
+            publish_times(&slot.shared, &slot.state);
             if let Some(action) = call {
                 let calls_made = slot.calls_made + 1;
                 slot.calls_made = calls_made;
@@ -579,7 +582,7 @@ impl Driver {
                 return;
             };
             actions = slot.state.step(input, slot.shared.clock.now());
-            publish_times(&slot.shared, &slot.state);
+            publish_lowered_deadline(&slot.shared, &slot.state);
         }
     }
 
@@ -834,6 +837,19 @@ fn store_call(
         }
         .instrument(span),
     )
+}
+
+/// Right after a step, before its actions are carried out: publish the new deadline only if
+/// it is earlier than the one shown (a step-down shows at once). A later deadline (a new
+/// term, a renewal) waits for [`publish_times`] after the actions, so that nobody sees this
+/// candidate lead before its term's state and scope are in place.
+fn publish_lowered_deadline(shared: &Shared, state: &Election) {
+    let new = state.deadline().map_or(0, |d| d.as_nanos() as u64);
+    let _ = shared
+        .deadline
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |shown| {
+            (new < shown).then_some(new)
+        });
 }
 
 /// Publish the times the handle's questions read: the deadline (0 when not leading), the
