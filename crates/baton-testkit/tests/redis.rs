@@ -375,7 +375,7 @@ async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
     // The rule from the docs of baton::store::redis, for keys under `myapp:`.
     let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time";
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave";
     let mut args = vec!["ACL", "SETUSER", "baton"];
     args.extend(rule.split_whitespace());
     assert_eq!(server.cli(&args), "OK");
@@ -785,7 +785,7 @@ async fn an_acl_user_with_the_documented_rule_can_run_elections_on_a_cluster() {
     // The rule from the docs of baton::store::redis, plus what a cluster client needs.
     let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave \
                 +cluster|slots";
     let mut args = vec!["ACL", "SETUSER", "baton-cluster"];
     args.extend(rule.split_whitespace());
@@ -1048,6 +1048,69 @@ async fn an_acquire_soon_after_a_restart_waits_even_if_the_counter_was_recreated
         "may act {:?} after acquiring on a server up for a moment",
         lease.act_after
     );
+}
+
+/// An acquire that finds the counter learns the server's uptime from `LASTSAVE` when the last
+/// save (at the latest, the start) is over a lease and two seconds ago, without `INFO`'s cost;
+/// after a recent save it reads `INFO` again, and a user whose ACL refuses `LASTSAVE` reads
+/// `INFO` too. None of them waits on a server up for longer than the lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acquire_proves_the_uptime_with_lastsave_and_falls_back_to_info() {
+    let server = RedisServer::start();
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+                -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time";
+    let mut args = vec!["ACL", "SETUSER", "no-lastsave"];
+    args.extend(rule.split_whitespace());
+    assert_eq!(server.cli(&args), "OK");
+    let key = "myapp:leader";
+    server.cli(&[
+        "HSET",
+        "{myapp:leader}:baton",
+        "holder",
+        "earlier",
+        "token",
+        "7",
+    ]);
+    let ttl = Duration::from_secs(1);
+    // Past the lease and the two seconds of rounding, as the server sees it.
+    let since_start = || {
+        let now: u64 = server
+            .cli(&["TIME"])
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let saved: u64 = server.cli(&["LASTSAVE"]).parse().unwrap();
+        now - saved
+    };
+    while since_start() <= 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let server = &server;
+    let acquire = |url: String| async move {
+        let store = RedisStore::open(&url).unwrap();
+        let mut c = store.join(key, "a").await.unwrap();
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        let Acquire::Acquired(lease) = c.try_acquire(ttl).await.unwrap() else {
+            panic!("free key")
+        };
+        let stats = server.cli(&["INFO", "commandstats"]);
+        c.release(&lease).await.unwrap();
+        (
+            lease.act_after,
+            command_calls(&stats, "lastsave"),
+            command_calls(&stats, "info"),
+        )
+    };
+    let no_lastsave = format!("redis://no-lastsave:s3cret@127.0.0.1:{}", server.port());
+    assert_eq!(acquire(server.url()).await, (Duration::ZERO, 1, 0));
+    // LASTSAVE refused: INFO server and INFO replication, as before.
+    assert_eq!(acquire(no_lastsave).await, (Duration::ZERO, 0, 2));
+    // A save just now proves nothing about the start: INFO again.
+    assert_eq!(server.cli(&["SAVE"]), "OK");
+    assert_eq!(acquire(server.url()).await, (Duration::ZERO, 1, 2));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,6 +46,14 @@
 //! * a whole lease after the acquire if the server was promoted from replica (`INFO`'s
 //!   `second_repl_offset` is set), since a promoted replica has usually been up for long.
 //!
+//! An acquire that finds the counter still waits until the server has been up for a lease (a
+//! restart that kept the counter may have lost the key). It learns the uptime cheaply where it
+//! can: `LASTSAVE` answers the server's start or a later save, so a last save more than a lease
+//! (plus two seconds of rounding) ago proves the uptime without `INFO`, which costs about
+//! 12 µs of the server's time per acquire; otherwise, or where `LASTSAVE` is refused (an ACL
+//! without `+lastsave`, a managed service that renamed it), the script reads `INFO` as before
+//! (docs/decisions.md D131).
+//!
 //! The counter is never deleted, so this wait happens once per key and data loss, not once per
 //! election. Behind Sentinel, an acquire within one lease after the store moved to a new master
 //! waits a lease too (see below).
@@ -140,10 +148,11 @@
 //! ```text
 //! ACL SETUSER baton on >PASSWORD resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:*
 //!     -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe
-//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time
+//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave
 //! ```
 //!
-//! plus `+cluster|slots` on a Redis Cluster, where the client reads the slot map.
+//! plus `+cluster|slots` on a Redis Cluster, where the client reads the slot map. `+lastsave`
+//! is optional: without it, every acquire reads `INFO` instead (see above).
 
 mod batch;
 mod conn;
@@ -184,8 +193,19 @@ local now = redis.call('TIME')
 local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local token = string.format('%.0f', math.max(tonumber(last) + 1, us))
 -- For the restart guard, read before any write: a script that fails midway keeps its writes.
-local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)') or ''
-local offset = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(%-?%d+)') or ''
+-- With the counter present only the uptime matters, and LASTSAVE (the server's start, or a
+-- later save) shows cheaply that it is over a lease; INFO costs some 12 us of server time.
+local uptime, offset = nil, ''
+if fresh == '0' then
+  local saved = redis.pcall('LASTSAVE')
+  if type(saved) == 'number' and tonumber(now[1]) - saved > tonumber(ARGV[2]) / 1000 + 2 then
+    uptime = tostring(tonumber(now[1]) - saved)
+  end
+end
+if not uptime then
+  uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)') or ''
+  offset = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(%-?%d+)') or ''
+end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
 redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
