@@ -75,6 +75,55 @@ pub async fn graceful(
     Ok(Samples::new(samples))
 }
 
+/// The client's own part of a Redis handoff, without Baton: one connection runs a script that
+/// publishes (as a release does), from a task of its own (as the leader's driver is); the
+/// other connection, told by the push, runs one script and has its reply (as the follower's
+/// acquire). Same redis-rs client, same server, same runtime as the Redis row it is shown
+/// with. What a handoff costs above this is Baton's: the leader's stop reaching its driver,
+/// the scripts' own work, and the event reaching its subscriber.
+pub async fn redis_client_floor(url: &str, warmup: usize, rounds: usize) -> BoxResult<Samples> {
+    use redis::IntoConnectionInfo as _;
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let resp3 = redis::AsyncConnectionConfig::new();
+    let leader = client
+        .get_multiplexed_async_connection_with_config(&resp3)
+        .await?;
+    let (pushes, mut pushed) = tokio::sync::mpsc::unbounded_channel();
+    let mut follower = client
+        .get_multiplexed_async_connection_with_config(&resp3.set_push_sender(pushes))
+        .await?;
+    let channel = "bench:client-floor";
+    follower.subscribe(channel).await?;
+    let release = redis::Script::new("return redis.call('PUBLISH', ARGV[1], 'released')");
+    let acquire = redis::Script::new("return 1");
+    let mut samples = Vec::with_capacity(rounds);
+    for round in 1..=warmup + rounds {
+        // Drop what came before this round (the subscription's confirmation).
+        while pushed.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        let mut conn = leader.clone();
+        let script = release.clone();
+        let released =
+            tokio::spawn(async move { script.arg(channel).invoke_async::<i64>(&mut conn).await });
+        tokio::time::timeout(STEP_LIMIT, pushed.recv())
+            .await
+            .map_err(|_| format!("client floor, round {round}: no push within {STEP_LIMIT:?}"))?
+            .ok_or("client floor: the push channel closed")?;
+        let _: i64 = acquire.invoke_async(&mut follower).await?;
+        let done = t0.elapsed();
+        released.await??;
+        if round > warmup {
+            samples.push(done);
+        }
+    }
+    Ok(Samples::new(samples))
+}
+
 /// One store's handoffs, on one runtime flavour.
 #[derive(Debug)]
 pub struct Row {
@@ -84,6 +133,8 @@ pub struct Row {
     pub samples: Samples,
     /// Other processes' CPU use during the run, in % of the machine.
     pub others: Option<f64>,
+    /// Redis only: [`redis_client_floor`] on the same runtime, right after the handoffs.
+    pub client_floor: Option<Samples>,
 }
 
 /// Redis's graceful handoff in one process: p50 and p99 (issue 16; p50 ≤ 0.25 ms and
@@ -129,21 +180,30 @@ pub async fn run_all(
                 if current_thread { ":ct" } else { "" }
             );
             let load = OtherLoad::start(Some(server_pid))?;
-            let samples = if current_thread {
+            let redis_url = match kind {
+                StoreKind::Redis(url) => Some(url.clone()),
+                _ => None,
+            };
+            let measure = async move |kind: StoreKind| -> BoxResult<(Samples, Option<Samples>)> {
+                let stores = [kind.open()?, kind.open()?];
+                let samples = graceful(stores, &key, timing, warmup, rounds).await?;
+                let floor = match &redis_url {
+                    Some(url) => Some(redis_client_floor(url, warmup, rounds).await?),
+                    None => None,
+                };
+                Ok((samples, floor))
+            };
+            let (samples, client_floor) = if current_thread {
                 let kind = kind.clone();
-                tokio::task::spawn_blocking(move || -> BoxResult<Samples> {
+                tokio::task::spawn_blocking(move || -> BoxResult<(Samples, Option<Samples>)> {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    runtime.block_on(async {
-                        let stores = [kind.open()?, kind.open()?];
-                        graceful(stores, &key, timing, warmup, rounds).await
-                    })
+                    runtime.block_on(measure(kind))
                 })
                 .await??
             } else {
-                let stores = [kind.open()?, kind.open()?];
-                graceful(stores, &key, timing, warmup, rounds).await?
+                measure(kind.clone()).await?
             };
             rows.push(Row {
                 store,
@@ -151,6 +211,7 @@ pub async fn run_all(
                 warmup,
                 samples,
                 others: load.percent()?,
+                client_floor,
             });
         }
     }
@@ -196,7 +257,13 @@ pub fn report(rows: &[Row], timing: Timing, ctx: &Context) -> String {
          on a current-thread runtime, where the bench's side of a handoff needs no wake-up of \
          another thread. *Others' CPU* is the CPU time other processes used during the run, \
          as a share of the whole machine (`/proc/stat` minus the bench and its redis-server): \
-         the machine is shared.\n",
+         the machine is shared. The rows *redis-rs alone* time the client's own part of a \
+         Redis handoff without Baton, right after the Redis row on the same runtime and \
+         server: one connection runs a script that publishes (as the release does), from a \
+         task of its own; the other, told by the push, runs one script and has its reply (as \
+         the follower's acquire). What a Redis handoff costs above that row is Baton's: the \
+         leader's stop reaching its driver, the scripts' own work, the event reaching its \
+         subscriber.\n",
         timing.describe()
     );
     let _ = writeln!(
@@ -230,6 +297,24 @@ pub fn report(rows: &[Row], timing: Timing, ctx: &Context) -> String {
             ms(s.max()),
             percent_or_dash(r.others),
         );
+        if let Some(f) = &r.client_floor {
+            let _ = writeln!(
+                out,
+                "| redis-rs alone, no Baton | {} | {} (+{} warm-up) | {} | {} | {} | {} | {} | (the same run) | (floor) |",
+                if r.current_thread {
+                    "current-thread"
+                } else {
+                    "multi-thread"
+                },
+                f.len(),
+                r.warmup,
+                ms(f.p(50.0)),
+                ms(f.p(99.0)),
+                ms(f.min()),
+                ms(f.mean()),
+                ms(f.max()),
+            );
+        }
     }
     out.push('\n');
     for r in rows.iter().filter(|r| !r.current_thread) {
@@ -264,17 +349,31 @@ pub fn report(rows: &[Row], timing: Timing, ctx: &Context) -> String {
                 )
             })
             .unwrap_or_default();
+        let floor = r
+            .client_floor
+            .as_ref()
+            .map(|f| {
+                format!(
+                    " The client alone (*redis-rs alone*, same runtime, this run) needs p50 {} \
+                     for the release's push and one script after it, so Baton's own part of the \
+                     median is about {}.",
+                    ms(f.p(50.0)),
+                    ms(p50.saturating_sub(f.p(50.0)))
+                )
+            })
+            .unwrap_or_default();
         if t50.is_some_and(|t| p50 > t) {
             let _ = writeln!(
                 out,
                 "  - Why the median: a handoff is one round trip to release, a push, and one \
-                 round trip to acquire, with about four thread wake-ups between them (the \
-                 leader's task, the connections' driver tasks, the follower's task, the \
-                 subscriber); in a {} build, with other processes using {} of the machine, \
-                 each step costs more.{comparison} Fix: measure a release build on a quiet \
-                 machine; fewer thread hops per handoff (the push travels from the connection's \
-                 task through a channel to the election's task, whose acquire goes back \
-                 through the connection's task) would trim the median.",
+                 round trip to acquire, with thread wake-ups between them (the leader's task, \
+                 the connections' driver tasks, the follower's task, the subscriber); in a {} \
+                 build, with other processes using {} of the machine, each wake-up of a parked \
+                 worker thread costs tens of microseconds on this virtual machine.{comparison}\
+                 {floor} Fix: fewer wake-ups per handoff (the push travels from the \
+                 connection's task through a channel to the election's task, whose acquire \
+                 goes back through the connection's task); a current-thread runtime already \
+                 has none between Baton's tasks.",
                 ctx.profile,
                 percent_or_dash(r.others)
             );
