@@ -1525,11 +1525,12 @@ async fn a_store_call_that_panics_fails_that_call_and_spares_the_other_elections
     b.stop().await.unwrap();
 }
 
-/// A handle that answers `is_leader()` true already has the term in place: its fencing token
-/// and its leader id. The driver shows a later deadline only after the step's state is out,
-/// so another thread watching the handle never sees a leader without a token. Real time and a
-/// real multi-threaded runtime, since the window this guards was between two statements of
-/// the driver: a spinning thread looks at the handle while terms begin.
+/// A handle that answers `is_leader()` true already has the term in place (its fencing token
+/// and its leader id), and whoever is told of the term (a `state()` subscriber seeing the
+/// leader role, a `BecameLeader` subscriber) finds `is_leader()` true. The driver shows a new
+/// term's deadline between putting the state in place and telling anyone. Real time and a real
+/// multi-threaded runtime, since the windows this guards lie between two statements of the
+/// driver: a spinning thread and two woken tasks look at the handle while terms begin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_seen_from_another_thread_always_has_its_token() {
     let store = MemoryStore::new();
@@ -1547,12 +1548,39 @@ async fn a_leader_seen_from_another_thread_always_has_its_token() {
                 (a.fencing_token(), a.current_leader_id())
             })
         };
+        let told_by_state = {
+            let a = a.clone();
+            let mut state = a.state();
+            tokio::spawn(async move {
+                state
+                    .wait_for(|s| s.role == Role::Leader)
+                    .await
+                    .map(|_| a.is_leader())
+            })
+        };
+        let told_by_event = {
+            let a = a.clone();
+            let mut events = a.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(Event::BecameLeader { .. }) = events.recv().await {
+                        return a.is_leader();
+                    }
+                }
+            })
+        };
         a.start().await.unwrap();
         let (token, leader) = tokio::task::spawn_blocking(move || watcher.join().unwrap())
             .await
             .unwrap();
         assert!(token.is_some(), "round {round}: leading without a token");
         assert_eq!(leader.as_deref(), Some("a"), "round {round}");
+        assert_eq!(
+            told_by_state.await.unwrap().ok(),
+            Some(true),
+            "round {round}"
+        );
+        assert!(told_by_event.await.unwrap(), "round {round}");
         a.stop().await.unwrap();
     }
 }

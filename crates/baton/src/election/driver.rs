@@ -563,8 +563,7 @@ impl Driver {
                     return;
                 }
             }
-            // Now that the step's state, scope and events are out, a later deadline may show:
-            // `is_leader()` never answers true before `fencing_token()` has the term's token.
+            // A later deadline that no `Publish` showed (a renewal's) shows now.
             publish_times(&slot.shared, &slot.state);
             if let Some(action) = call {
                 let calls_made = slot.calls_made + 1;
@@ -700,7 +699,9 @@ fn carry_out(
             metrics::counter!("baton_transitions_total", "key" => key, "reason" => reason.as_str())
                 .increment(1);
         }
-        Action::Publish(view) => shared.state.publish(view),
+        Action::Publish(view) => shared
+            .state
+            .publish_then(view, || publish_times(shared, &slot.state)),
         Action::Emit(event) => {
             // No subscriber is fine; a full buffer drops the oldest for laggards, never
             // blocks.
@@ -840,9 +841,11 @@ fn store_call(
 }
 
 /// Right after a step, before its actions are carried out: publish the new deadline only if
-/// it is earlier than the one shown (a step-down shows at once). A later deadline (a new
-/// term, a renewal) waits for [`publish_times`] after the actions, so that nobody sees this
-/// candidate lead before its term's state and scope are in place.
+/// it is earlier than the one shown (a step-down shows at once). A later deadline waits: a new
+/// term's shows when its `Publish` action has put the state (with the token) in place, before
+/// the state's subscribers are told and before `BecameLeader` is emitted, so that nobody sees
+/// this candidate lead without its token, and whoever hears of the term sees it lead; a
+/// renewal's shows after the step's actions ([`publish_times`]).
 fn publish_lowered_deadline(shared: &Shared, state: &Election) {
     let new = state.deadline().map_or(0, |d| d.as_nanos() as u64);
     let _ = shared
