@@ -37,6 +37,7 @@ shows who holds it.
 import argparse
 import base64
 import json
+import os
 import signal
 import sys
 import threading
@@ -287,7 +288,11 @@ def main():
             # before this process could print a line after it.
             emit("lost_leadership", args.id, reason="stopped")
             lock.unlock()
-    sys.exit(state["code"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker (a daemon thread) may still be inside an HTTP call; finalising the
+    # interpreter under it can abort the process. Everything is said and released.
+    os._exit(state["code"])
 
 
 if __name__ == "__main__":
