@@ -155,12 +155,7 @@ impl StateCell {
         }
     }
 
-    /// Publish `state` (subscribers are told even if it did not change).
-    pub fn publish(&self, state: ElectionState) {
-        self.publish_then(state, || {});
-    }
-
-    /// Publish `state`, and run `before_telling` once it is in place but before any subscriber
+    /// Publish `state` (subscribers are told even if it did not change), and run `before_telling` once it is in place but before any subscriber
     /// is told: the driver shows a new term's deadline there, so that `is_leader()` is never
     /// true before the term's token is readable, and is true for whoever the news wakes.
     pub fn publish_then(&self, state: ElectionState, before_telling: impl FnOnce()) {
