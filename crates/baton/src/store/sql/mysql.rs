@@ -302,14 +302,16 @@ impl MysqlStore {
     /// [`Error::Config`] for a malformed URL, a bad table name or option, or no tokio runtime.
     pub fn open(url: &str) -> Result<MysqlStore> {
         let mut url = SqlUrl::parse(url, STORE)?;
-        if let Some(rest) = url.driver_url.strip_prefix("mariadb://") {
+        // The driver knows only `mysql://`, in lower case. `get`, not indexing: the URL may
+        // have a multi-byte character where the scheme would end.
+        let strip = |prefix: &str| {
+            let url = &url.driver_url;
+            url.get(..prefix.len())
+                .filter(|head| head.eq_ignore_ascii_case(prefix))
+                .map(|_| url[prefix.len()..].to_owned())
+        };
+        if let Some(rest) = strip("mysql://").or_else(|| strip("mariadb://")) {
             url.driver_url = format!("mysql://{rest}");
-        } else if url.driver_url.len() > 8 && url.driver_url[..8].eq_ignore_ascii_case("mysql://") {
-            url.driver_url = format!("mysql://{}", &url.driver_url[8..]);
-        } else if url.driver_url.len() > 10
-            && url.driver_url[..10].eq_ignore_ascii_case("mariadb://")
-        {
-            url.driver_url = format!("mysql://{}", &url.driver_url[10..]);
         }
         let options = MySqlConnectOptions::from_str(&url.driver_url).map_err(|e| {
             Error::Config(format!("{} is not a valid MySQL URL: {e}", url.redacted))
