@@ -468,14 +468,23 @@ fn not_built(url: &str) -> Error {
 /// assert_eq!(redact("sqlite:/tmp/baton.db"), "sqlite:/tmp/baton.db");
 /// ```
 pub fn redact(url: &str) -> String {
-    let (before_query, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
+    let (main, fragment) = match url.split_once('#') {
+        Some((m, f)) => (m, Some(f)),
         None => (url, None),
+    };
+    let (before_query, query) = match main.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (main, None),
     };
     let mut out = redact_userinfo(before_query);
     if let Some(query) = query {
         out.push('?');
         out.push_str(&redact_query(query));
+    }
+    // A fragment is no place for options, but a mistyped URL may put them there.
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(&redact_query(fragment));
     }
     out
 }
@@ -505,28 +514,26 @@ fn redact_userinfo(s: &str) -> String {
 
 /// Hide the values of secret-looking `name=value` pairs of a query string.
 fn redact_query(query: &str) -> String {
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
-    let mut out = query
+    query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, value))
-                if !value.is_empty()
-                    && SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s)) =>
-            {
-                format!("{name}=****")
-            }
-            _ => pair.to_owned(),
-        })
+        .map(redact_pair)
         .collect::<Vec<_>>()
-        .join("&");
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
+        .join("&")
+}
+
+/// One `name=value` pair, its value hidden if a secret's name comes before any of its `=`:
+/// `password=`, and in a mistyped URL `??token=`, `x-token=` or `=?token=` too.
+fn redact_pair(pair: &str) -> String {
+    for (i, _) in pair.match_indices('=') {
+        let word = pair[..i]
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        if i + 1 < pair.len() && SECRET_PARAMS.iter().any(|s| word.eq_ignore_ascii_case(s)) {
+            return format!("{}=****", &pair[..i]);
+        }
     }
-    out
+    pair.to_owned()
 }
 
 #[cfg(test)]

@@ -93,9 +93,9 @@ pub(super) fn parse_url(url: &str) -> Result<Target> {
     } else {
         let location = before_query.strip_prefix("//").unwrap_or(before_query);
         if !location.trim_matches('/').is_empty() {
-            return Err(bad(format!(
-                "{location:?}: kubernetes: takes no host (it uses the in-cluster configuration or the kubeconfig); for a plain-HTTP server write kubernetes+http://HOST:PORT"
-            )));
+            return Err(bad(
+                "kubernetes: takes no host (it uses the in-cluster configuration or the kubeconfig); for a plain-HTTP server write kubernetes+http://HOST:PORT".into(),
+            ));
         }
         Ok(Target::Infer {
             namespace,
@@ -105,7 +105,8 @@ pub(super) fn parse_url(url: &str) -> Result<Target> {
     }
 }
 
-/// Decode `%XX` escapes (and nothing else: `+` stays `+`).
+/// Decode `%XX` escapes (and nothing else: `+` stays `+`). The errors do not repeat `s`: the
+/// caller names the option and shows the URL redacted, and `s` may be a secret.
 fn percent_decode(s: &str) -> std::result::Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -115,7 +116,7 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+                .ok_or_else(|| "a bad percent escape".to_owned())?;
             out.push(hex);
             i += 3;
         } else {
@@ -123,7 +124,7 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".to_owned())
 }
 
 /// The rule for a Lease's name: a DNS-1123 subdomain (the API server's
