@@ -527,4 +527,191 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         assert!(e.to_string().contains("leese"), "{e}");
     }
+
+    /// Bad input never panics (issue 19): random text, and the seed's appsettings.json and
+    /// Baton's TOML with random values in every field, go through the parsers and then
+    /// through the duration checks, as `resolve` does. The answer is settings or a clear
+    /// error, never a panic, and the connection string's password never shows in an error.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Cases per property; docs/RELIABILITY.md quotes this.
+        const CASES: u32 = 5_000;
+        const SECRET: &str = "s3cr3tPW";
+
+        fn path() -> PathBuf {
+            PathBuf::from("/etc/baton/appsettings.json")
+        }
+
+        /// What `resolve` does with a parsed file's durations.
+        fn check_durations(file: &FileSettings) {
+            for (value, field) in [&file.lease, &file.renew, &file.grace]
+                .into_iter()
+                .flatten()
+            {
+                let origin = Origin::File(file.path.clone(), field);
+                if let Err(e) = parse_duration(field, value, &origin) {
+                    assert!(!e.to_string().trim().is_empty());
+                }
+            }
+        }
+
+        /// Any JSON value, a few levels deep, with numbers of every size and sign.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                prop_oneof![
+                    "\\PC{0,12}",
+                    "-?[0-9]{0,400}(\\.[0-9]{0,5})?(e[0-9]{1,4})?",
+                    Just("1e400".to_owned()),
+                    Just("NaN".to_owned()),
+                    Just("-0".to_owned()),
+                ]
+                .prop_map(Value::String),
+            ];
+            leaf.prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map("[A-Za-z]{1,6}", inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A StackExchange.Redis connection string with the secret as its password.
+        fn connection_string() -> impl Strategy<Value = String> {
+            (
+                "[a-z0-9.:\\[\\]]{0,12}",
+                prop::collection::vec("[A-Za-z]{0,10}=[A-Za-z0-9,=@/:]{0,8}", 0..3),
+                "[A-Za-z0-9]{0,4}",
+            )
+                .prop_map(|(host, extra, tail)| {
+                    let mut parts = vec![host, format!("password={SECRET}{tail}")];
+                    parts.extend(extra);
+                    parts.join(",")
+                })
+        }
+
+        /// The seed's appsettings.json shape, any field missing, mistyped or out of range.
+        fn appsettings() -> impl Strategy<Value = (String, bool)> {
+            let field = || prop::option::of(json_value());
+            (
+                prop::option::of(prop_oneof![
+                    connection_string().prop_map(|s| (Value::String(s), true)),
+                    json_value().prop_map(|v| (v, false)),
+                ]),
+                field(),
+                field(),
+                field(),
+                field(),
+                field(),
+                any::<bool>(),
+            )
+                .prop_map(|(conn, key, id, lease, renew, grace, lower)| {
+                    let name = |n: &str| {
+                        if lower {
+                            n.to_lowercase()
+                        } else {
+                            n.to_owned()
+                        }
+                    };
+                    let mut election = serde_json::Map::new();
+                    for (n, v) in [
+                        ("LockKey", key),
+                        ("InstanceId", id),
+                        ("LeaseDurationSeconds", lease),
+                        ("RenewIntervalSeconds", renew),
+                        ("GracePeriodSeconds", grace),
+                    ] {
+                        if let Some(v) = v {
+                            election.insert(name(n), v);
+                        }
+                    }
+                    let mut root = serde_json::Map::new();
+                    root.insert(name("LeaderElection"), Value::Object(election));
+                    let mut secret = false;
+                    if let Some((conn, has_secret)) = conn {
+                        secret = has_secret;
+                        let mut redis = serde_json::Map::new();
+                        redis.insert(name("ConnectionString"), conn);
+                        root.insert(name("Redis"), Value::Object(redis));
+                    }
+                    (Value::Object(root).to_string(), secret)
+                })
+        }
+
+        /// Baton's TOML shape, with any text in each field, or an unknown field.
+        fn toml_file() -> impl Strategy<Value = String> {
+            let field = prop::option::of(prop_oneof![
+                "[0-9a-zµ .]{0,12}",
+                "\\PC{0,12}",
+                Just("5s 10ms".to_owned()),
+                Just("18446744073709551616s".to_owned()),
+            ]);
+            (
+                prop::sample::subsequence(
+                    vec!["store", "key", "id", "lease", "renew", "grace", "leese"],
+                    0..=7,
+                ),
+                prop::collection::vec(field, 7),
+            )
+                .prop_map(|(names, values)| {
+                    names
+                        .iter()
+                        .zip(values)
+                        .filter_map(|(n, v)| v.map(|v| format!("{n} = {:?}\n", v)))
+                        .collect()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_as_a_config_file_is_settings_or_an_error(text in "\\PC{0,60}|[{}\\[\\]\":=,0-9a-zA-Z \\n]{0,60}") {
+                for parsed in [parse_json(&path(), &text), parse_toml(&path(), &text)] {
+                    match parsed {
+                        Ok(file) => check_durations(&file),
+                        Err(e) => prop_assert!(!e.to_string().trim().is_empty()),
+                    }
+                }
+            }
+
+            #[test]
+            fn the_seeds_appsettings_with_any_values_is_settings_or_an_error_without_the_password(
+                (text, secret) in appsettings()
+            ) {
+                match parse_json(&path(), &text) {
+                    Ok(file) => check_durations(&file),
+                    Err(e) => {
+                        let e = e.to_string();
+                        prop_assert!(!e.trim().is_empty());
+                        if secret {
+                            prop_assert!(!e.contains(SECRET), "{text} -> {e}");
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn batons_toml_with_any_values_is_settings_or_an_error(text in toml_file()) {
+                match parse_toml(&path(), &text) {
+                    Ok(file) => check_durations(&file),
+                    Err(e) => prop_assert!(!e.to_string().trim().is_empty()),
+                }
+            }
+
+            #[test]
+            fn any_text_as_a_duration_flag_is_a_duration_or_an_error(text in "\\PC{0,24}|[0-9a-zµ .]{0,16}") {
+                if let Err(e) = crate::cli::duration(&text) {
+                    prop_assert!(!e.trim().is_empty());
+                }
+            }
+        }
+    }
 }
