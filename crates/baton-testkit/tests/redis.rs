@@ -375,7 +375,7 @@ async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
     // The rule from the docs of baton::store::redis, for keys under `myapp:`.
     let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave";
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave";
     let mut args = vec!["ACL", "SETUSER", "baton"];
     args.extend(rule.split_whitespace());
     assert_eq!(server.cli(&args), "OK");
@@ -785,7 +785,7 @@ async fn an_acl_user_with_the_documented_rule_can_run_elections_on_a_cluster() {
     // The rule from the docs of baton::store::redis, plus what a cluster client needs.
     let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave \
                 +cluster|slots";
     let mut args = vec!["ACL", "SETUSER", "baton-cluster"];
     args.extend(rule.split_whitespace());
@@ -1059,7 +1059,7 @@ async fn an_acquire_proves_the_uptime_with_lastsave_and_falls_back_to_info() {
     let server = RedisServer::start();
     let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time";
+                +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time";
     let mut args = vec!["ACL", "SETUSER", "no-lastsave"];
     args.extend(rule.split_whitespace());
     assert_eq!(server.cli(&args), "OK");
@@ -1197,3 +1197,170 @@ async fn renewals_on_one_store_go_out_together_and_each_lease_is_judged_on_its_o
     assert!(ttl_left > 25_000, "PTTL {ttl_left}");
     assert_eq!(server.cli(&["GET", "batch:40"]), "thief");
 }
+
+/// What a test plants at a key or its companion before Baton looks.
+#[derive(Debug, Clone)]
+enum Planted {
+    Nothing,
+    /// A string, with a TTL in ms or none.
+    Text(String, Option<u32>),
+    Hash(Vec<(String, String)>),
+    List(Vec<String>),
+    Set(Vec<String>),
+    Sorted(Vec<(i32, String)>),
+}
+
+impl Planted {
+    fn plant(&self, server: &RedisServer, key: &str) {
+        let many = |cmd: &str, items: Vec<String>| {
+            let mut args = vec![cmd.to_owned(), key.to_owned()];
+            args.extend(items);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            server.cli(&args);
+        };
+        match self {
+            Planted::Nothing => {}
+            Planted::Text(v, None) => {
+                server.cli(&["SET", key, v]);
+            }
+            Planted::Text(v, Some(ms)) => {
+                server.cli(&["SET", key, v, "PX", &ms.to_string()]);
+            }
+            Planted::Hash(pairs) => many(
+                "HSET",
+                pairs
+                    .iter()
+                    .flat_map(|(f, v)| [f.clone(), v.clone()])
+                    .collect(),
+            ),
+            Planted::List(items) => many("RPUSH", items.clone()),
+            Planted::Set(items) => many("SADD", items.clone()),
+            Planted::Sorted(items) => many(
+                "ZADD",
+                items
+                    .iter()
+                    .flat_map(|(s, m)| [s.to_string(), m.clone()])
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn planted() -> impl proptest::strategy::Strategy<Value = Planted> {
+    use proptest::prelude::*;
+    // Printable, no spaces or quotes (they go through redis-cli's arguments as they are).
+    let word = || "[!-~&&[^\"'\\\\]]{1,12}";
+    let field = prop_oneof![
+        Just("holder".to_owned()),
+        Just("token".to_owned()),
+        word().prop_map(String::from)
+    ];
+    let value = prop_oneof![
+        (0u64..u64::MAX).prop_map(|n| n.to_string()),
+        Just("-1".to_owned()),
+        Just("1e400".to_owned()),
+        word().prop_map(String::from),
+    ];
+    prop_oneof![
+        Just(Planted::Nothing),
+        (value.clone(), prop::option::of(60_000u32..600_000))
+            .prop_map(|(v, ttl)| Planted::Text(v, ttl)),
+        prop::collection::vec((field, value.clone()), 1..4).prop_map(Planted::Hash),
+        prop::collection::vec(value.clone(), 1..3).prop_map(Planted::List),
+        prop::collection::vec(value.clone(), 1..3).prop_map(Planted::Set),
+        prop::collection::vec((any::<i32>(), value), 1..3).prop_map(Planted::Sorted),
+    ]
+}
+
+/// Whether Baton could have written this pair: nothing, or a leased string at the key whose
+/// companion is a hash of exactly `holder` (the same string) and a numeric `token`, or a
+/// companion alone of that shape (the counter left by an earlier lease).
+fn batons_own(at_key: &Planted, companion: &Planted) -> bool {
+    let own_companion = |holder: Option<&str>| match companion {
+        Planted::Nothing => holder.is_none(),
+        Planted::Hash(pairs) => {
+            let get = |name: &str| pairs.iter().rev().find(|(f, _)| f == name).map(|(_, v)| v);
+            let fields: std::collections::BTreeSet<&str> =
+                pairs.iter().map(|(f, _)| f.as_str()).collect();
+            fields == ["holder", "token"].into()
+                && get("token").is_some_and(|t| t.parse::<u64>().is_ok())
+                && holder.is_none_or(|h| get("holder").is_some_and(|v| v == h))
+        }
+        _ => false,
+    };
+    match at_key {
+        Planted::Nothing => own_companion(None),
+        Planted::Text(holder, Some(_)) => own_companion(Some(holder)),
+        _ => false,
+    }
+}
+
+/// Random data planted at a key and its companion, of every Redis type: reading and
+/// acquiring it never panics, data Baton could not have written is reported as foreign and
+/// left exactly as it was (`DUMP` before and after), and Baton's own shapes work as usual.
+#[test]
+fn random_data_at_the_key_is_read_as_foreign_and_never_overwritten() {
+    use proptest::test_runner::{Config, TestRunner};
+    let server = shared_redis();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = {
+        let _inside = runtime.enter();
+        RedisStore::open(&server.url()).unwrap()
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: FOREIGN_CASES,
+        ..Config::default()
+    });
+    let (foreign, own) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    runner
+        .run(&(planted(), planted()), |(at_key, at_companion)| {
+            let key = unique_key("random");
+            let companion = companion_key(&key);
+            at_key.plant(server, &key);
+            at_companion.plant(server, &companion);
+            let before = (
+                server.cli(&["DUMP", &key]),
+                server.cli(&["DUMP", &companion]),
+            );
+            let (read, acquired) = runtime.block_on(async {
+                let read = store.read(&key).await;
+                let mut c = store.join(&key, "baton-candidate").await.unwrap();
+                let acquired = c.try_acquire(Duration::from_secs(60)).await;
+                if let Ok(Acquire::Acquired(lease)) = &acquired {
+                    c.release(lease).await.unwrap();
+                }
+                (read, acquired)
+            });
+            if batons_own(&at_key, &at_companion) {
+                own.set(own.get() + 1);
+                assert!(read.is_ok(), "{at_key:?} {at_companion:?}: {read:?}");
+                assert!(
+                    acquired.is_ok(),
+                    "{at_key:?} {at_companion:?}: {acquired:?}"
+                );
+            } else {
+                foreign.set(foreign.get() + 1);
+                let after = (
+                    server.cli(&["DUMP", &key]),
+                    server.cli(&["DUMP", &companion]),
+                );
+                assert_eq!(before, after, "{at_key:?} {at_companion:?} changed");
+                assert!(
+                    matches!(acquired, Err(Error::ForeignData { .. })),
+                    "{at_key:?} {at_companion:?}: acquire gave {acquired:?}"
+                );
+            }
+            server.cli(&["DEL", &key, &companion]);
+            Ok(())
+        })
+        .unwrap();
+    let (foreign, own) = (foreign.get(), own.get());
+    assert!(
+        foreign > FOREIGN_CASES / 2 && own > 0,
+        "foreign {foreign}, own {own}"
+    );
+}
+
+/// Cases of [`random_data_at_the_key_is_read_as_foreign_and_never_overwritten`];
+/// docs/RELIABILITY.md quotes it.
+const FOREIGN_CASES: u32 = 300;

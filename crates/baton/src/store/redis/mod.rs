@@ -21,7 +21,12 @@
 //!
 //! # Scripts
 //!
-//! Every write is one Lua script, so it is atomic:
+//! Every write is one Lua script, so it is atomic. Before it writes, a script checks that what
+//! is there is Baton's: `K` absent, or a string with a TTL that the companion names as its
+//! holder; the companion absent, or a hash of exactly `holder` and a numeric `token` (below
+//! 2^53, so that Lua's numbers keep it exact). Anything else is [`Error::ForeignData`] and is
+//! left as it was (a property test plants random data of every type at both keys).
+//!
 //!
 //! * **acquire** runs `SET K <id> NX PX <lease>` and, in the same script, mints the token as
 //!   `max(previous + 1, Redis TIME in µs)`, so tokens keep increasing even after a restart
@@ -148,7 +153,7 @@
 //! ```text
 //! ACL SETUSER baton on >PASSWORD resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:*
 //!     -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe
-//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +publish +time +lastsave
+//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave
 //! ```
 //!
 //! plus `+cluster|slots` on a Redis Cluster, where the client reads the slot map. `+lastsave`
@@ -177,16 +182,20 @@ local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
 local mt = redis.call('TYPE', KEYS[2]).ok
 if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
+if mt == 'hash' and not (redis.call('HLEN', KEYS[2]) == 2 and meta[1] and meta[2]
+    and string.match(meta[2], '^%d+$') and tonumber(meta[2]) < 9007199254740992) then
+  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+end
 local holder = redis.call('GET', KEYS[1])
 if holder then
   local pttl = redis.call('PTTL', KEYS[1])
-  local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
-  if pttl < 0 or (meta[1] and meta[1] ~= holder) then
+  if pttl < 0 or meta[1] ~= holder then
     return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
   end
-  return {'held', holder, meta[2] or '0', tostring(pttl)}
+  return {'held', holder, meta[2], tostring(pttl)}
 end
-local last = redis.call('HGET', KEYS[2], 'token')
+local last = meta[2]
 local fresh = '0'
 if not last then fresh = '1'; last = '0' end
 local now = redis.call('TIME')
@@ -246,15 +255,21 @@ return 0
 /// `KEYS` as for [`ACQUIRE`].
 const READ: &str = r#"
 local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local mt = redis.call('TYPE', KEYS[2]).ok
+if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
+if mt == 'hash' and not (redis.call('HLEN', KEYS[2]) == 2 and meta[1] and meta[2]
+    and string.match(meta[2], '^%d+$') and tonumber(meta[2]) < 9007199254740992) then
+  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+end
 if kt == 'none' then return {'free'} end
-if kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
 local holder = redis.call('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
-local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
-if pttl < 0 or (meta[1] and meta[1] ~= holder) then
+if pttl < 0 or meta[1] ~= holder then
   return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
 end
-return {'held', holder, meta[2] or '0', tostring(pttl)}
+return {'held', holder, meta[2], tostring(pttl)}
 "#;
 
 /// Check that `key` can have a companion in its cluster slot. A key with a `}` but no hash
