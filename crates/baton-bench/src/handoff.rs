@@ -47,12 +47,25 @@ pub async fn graceful(
         let follower = election(&stores[side], key, &format!("handoff-{round}"), timing)?;
         let mut events = follower.subscribe();
         follower.start().await?;
+        // Its first attempt normally names the leader; one that met a transient store error
+        // (start() then returns, campaigning on with backoff) names it on a later attempt.
+        let leader_id = leader.candidate_id().to_owned();
+        let _ = tokio::time::timeout(
+            STEP_LIMIT,
+            follower
+                .state()
+                .wait_for(|s| s.leader.as_deref() == Some(leader_id.as_str())),
+        )
+        .await;
         if follower.is_leader()
             || follower.current_leader_id() != Some(leader.candidate_id().into())
         {
             return Err(format!(
-                "round {round}: the follower does not see {} leading",
-                leader.candidate_id()
+                "round {round}: the follower does not see {} leading (the follower: {:?}; the \
+                 leader leads: {})",
+                leader.candidate_id(),
+                follower.state().borrow(),
+                leader.is_leader(),
             )
             .into());
         }
