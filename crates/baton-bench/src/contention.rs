@@ -287,9 +287,10 @@ fn spread(stats: &[CommandStats], f: impl Fn(&CommandStats) -> u64) -> (f64, u64
     )
 }
 
-/// Acquire attempts per handoff (mean): acquire scripts that found the key held or won it.
+/// Acquire attempts per handoff (mean): every acquire script reads the companion with one
+/// `HMGET`, whether it finds the key held or wins it.
 fn attempts(run: &Contention) -> f64 {
-    spread(&run.stats, |s| s.get("hmget") + s.get("hset")).0
+    spread(&run.stats, |s| s.get("hmget")).0
 }
 
 /// A herd: more acquire attempts per handoff than connections. A release wakes one candidate
@@ -355,8 +356,8 @@ pub fn report(all: &[Contention], ctx: &Context, servers: &[(&str, String)]) -> 
              counted by the server from just before the `stop()` until every candidate knows the \
              new leader (the stopped candidate's replacement joins afterwards). A *request* is one \
              round trip (`EVALSHA`, ...); *commands* include those run inside Baton's scripts; \
-             *acquire attempts* are `EVALSHA`s of the acquire script (`HMGET` when the key was \
-             held, `HSET` when it was won). *Others' CPU* is the CPU time other processes used \
+             *acquire attempts* are `EVALSHA`s of the acquire script (each runs one `HMGET` of \
+             the companion, held or won). *Others' CPU* is the CPU time other processes used \
              during the handoffs, as a share of the whole machine (`/proc/stat` minus the bench \
              and its redis-server): the machine is shared.\n",
             first.params.connections,
@@ -371,7 +372,7 @@ pub fn report(all: &[Contention], ctx: &Context, servers: &[(&str, String)]) -> 
     for run in &runs {
         let (req, _, _) = spread(&run.stats, CommandStats::requests);
         let (cmds, _, _) = spread(&run.stats, CommandStats::commands);
-        let (att, att_min, att_max) = spread(&run.stats, |s| s.get("hmget") + s.get("hset"));
+        let (att, att_min, att_max) = spread(&run.stats, |s| s.get("hmget"));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {req:.1} | {cmds:.1} | {att:.1} ({att_min}–{att_max}) | {} |",
@@ -386,7 +387,7 @@ pub fn report(all: &[Contention], ctx: &Context, servers: &[(&str, String)]) -> 
     out.push('\n');
     for run in &runs {
         let p99 = run.latency.p(99.0);
-        let (att, _, _) = spread(&run.stats, |s| s.get("hmget") + s.get("hset"));
+        let (att, _, _) = spread(&run.stats, |s| s.get("hmget"));
         let c = run.params.candidates;
         let _ = writeln!(
             out,

@@ -103,7 +103,8 @@ impl Cost {
     fn rates(&self) -> Rates {
         let secs = self.elapsed.as_secs_f64();
         let renewals = self.stats.get("pexpire");
-        let attempts = self.stats.get("hmget") + self.stats.get("hset");
+        // Every acquire script reads the companion with one HMGET.
+        let attempts = self.stats.get("hmget");
         let leader = renewals as f64 / secs;
         let leader_expected = 1.0 / self.params.timing.renew.as_secs_f64();
         let per_follower = attempts as f64 / secs / self.params.followers as f64;
