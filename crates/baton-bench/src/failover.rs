@@ -59,6 +59,7 @@ pub async fn crashes(
                 )
                 .into());
             }
+            other => return Err(format!("round {round}: the key is not free: {other:?}").into()),
         };
 
         let follower = election(&stores[1], key, &format!("survivor-{round}"), timing)?;

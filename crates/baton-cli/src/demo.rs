@@ -241,6 +241,9 @@ fn print_event(event: &Event, me: &str) {
         Event::LostLeadership { token, reason, .. } => {
             let why = match reason {
                 LossReason::Stopped => "Stopping: the lease is being released.",
+                LossReason::HandedOver => {
+                    "Handing over: leader-only work was cancelled, and the lease goes to the next leader."
+                }
                 LossReason::LeaseLost => {
                     "Another instance holds the lease now; leader-only work was cancelled."
                 }

@@ -1069,14 +1069,14 @@ fn ok<T>(result: baton::Result<T>, call: &str) -> T {
 fn acquired(outcome: Acquire, rule: &str) -> Lease {
     match outcome {
         Acquire::Acquired(lease) => lease,
-        Acquire::Held(record) => panic!("{rule}: expected Acquired, got Held({record:?})"),
+        other => panic!("{rule}: expected Acquired, got {other:?}"),
     }
 }
 
 fn held(outcome: Acquire, rule: &str) -> LeaseRecord {
     match outcome {
         Acquire::Held(record) => record,
-        Acquire::Acquired(lease) => panic!("{rule}: expected Held, got Acquired({lease:?})"),
+        other => panic!("{rule}: expected Held, got {other:?}"),
     }
 }
 
@@ -1176,6 +1176,7 @@ async fn race(
         match outcome {
             Ok(Acquire::Acquired(lease)) => winners.push((candidacy, lease)),
             Ok(Acquire::Held(record)) => losers.push((candidacy, record)),
+            Ok(other) => panic!("{round}: no handoff was made, but a contender got {other:?}"),
             Err(e) => panic!(
                 "{round}: contention is a result, never an error, but a contender got: {}",
                 describe(&e)

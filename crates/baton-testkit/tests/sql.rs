@@ -259,7 +259,7 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn acquired(a: Acquire) -> baton::Lease {
     match a {
         Acquire::Acquired(l) => l,
-        Acquire::Held(r) => panic!("expected to acquire, held by {r:?}"),
+        other => panic!("expected to acquire, got {other:?}"),
     }
 }
 

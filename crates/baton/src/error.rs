@@ -63,6 +63,10 @@ pub enum Error {
     /// The election is not running (never started, or stopped).
     #[error("the election is not running")]
     Stopped,
+    /// [`LeaderElection::hand_over`](crate::LeaderElection::hand_over) was asked of a candidate
+    /// that does not hold the lease (or is already handing over).
+    #[error("this candidate does not lead, so it has nothing to hand over")]
+    NotLeader,
     /// [`LeaderElection::stop`](crate::LeaderElection::stop) stopped the election, but could
     /// not give the lease (or the candidate's place in the election) back to the store.
     /// Nothing is unsafe: this candidate no longer acts as leader. Followers take over when
@@ -177,6 +181,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::AlreadyStarted => "already_started",
             Error::Stopped => "stopped",
+            Error::NotLeader => "not_leader",
             Error::ReleaseFailed { .. } => "release_failed",
         }
     }

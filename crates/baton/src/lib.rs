@@ -35,8 +35,8 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteStore;
 pub use store::{
-    Acquire, Candidacy, Change, Changes, FencingToken, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, FencingToken, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    Renew, StoreInfo,
 };
 
 /// Compile-time promises: the handles and every store can move between threads and tasks,

@@ -60,7 +60,7 @@ fn open(path: &Path) -> SqliteStore {
 async fn acquire(c: &mut Box<dyn Candidacy>, ttl: Duration) -> Lease {
     match c.try_acquire(ttl).await.expect("try_acquire") {
         Acquire::Acquired(lease) => lease,
-        Acquire::Held(record) => panic!("expected to acquire, but {record:?} holds the key"),
+        other => panic!("expected to acquire, got {other:?}"),
     }
 }
 
@@ -242,6 +242,7 @@ async fn concurrent_acquirers_on_separate_connections_produce_exactly_one_winner
         match task.await.unwrap() {
             Acquire::Acquired(lease) => winners.push(lease),
             Acquire::Held(record) => holders_seen.push(record.holder),
+            other => panic!("no handoff was made: {other:?}"),
         }
     }
     assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");

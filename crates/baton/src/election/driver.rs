@@ -90,6 +90,8 @@ pub(crate) enum Command {
     Start(Box<Run>),
     /// Stop a run (delivered to the state machine once).
     Stop(Id),
+    /// Hand a run's lease over (`LeaderElection::hand_over`); the answer goes to the sender.
+    HandOver(Id, Option<String>, oneshot::Sender<Result<()>>),
 }
 
 /// A run to begin.
@@ -116,6 +118,12 @@ impl Stopper {
             // A driver that is gone has finished the run already.
             let _ = self.tx.send(Command::Stop(self.id));
         }
+    }
+
+    /// Ask the run to hand its lease over to `to` (or to anyone else); `reply` learns how it
+    /// went. A run that is over drops `reply`.
+    pub fn hand_over(&self, to: Option<String>, reply: oneshot::Sender<Result<()>>) {
+        let _ = self.tx.send(Command::HandOver(self.id, to, reply));
     }
 
     /// Whether stop was asked for.
@@ -288,6 +296,8 @@ struct Slot {
     stop_seen: bool,
     /// What a stop asked for while a call was in flight, for when it is answered.
     later: Vec<Action>,
+    /// Who waits for the handoff under way.
+    handoff_reply: Option<oneshot::Sender<Result<()>>>,
 }
 
 /// What woke the driver.
@@ -399,6 +409,7 @@ impl Driver {
         match event {
             Event::Command(Command::Start(run)) => self.begin(*run),
             Event::Command(Command::Stop(id)) => self.stop(id),
+            Event::Command(Command::HandOver(id, to, reply)) => self.hand_over(id, to, reply),
             Event::Ready(id) => self.drive(id, Vec::new()),
             Event::Answer(id, n, answer) => self.answered(id, n, answer),
             Event::Timer(id) => {
@@ -482,6 +493,7 @@ impl Driver {
             calls_made: 0,
             stop_seen: false,
             later: Vec::new(),
+            handoff_reply: None,
         };
         self.slots.insert(id, Box::new(slot));
         self.drive(id, actions);
@@ -508,6 +520,36 @@ impl Driver {
             }
             // A stop the state machine only notes: nothing for the I/O to do until the call
             // is answered.
+            Some(_) => slot.later.extend(actions),
+            None => self.drive(id, actions),
+        }
+    }
+
+    /// Deliver a handoff request, as a stop is delivered: at once to the state machine.
+    fn hand_over(&mut self, id: Id, to: Option<String>, reply: oneshot::Sender<Result<()>>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ = reply.send(Err(Error::Stopped));
+            return;
+        };
+        let _span = slot.span.clone().entered();
+        let actions = slot
+            .state
+            .step(Input::HandOver { to }, slot.shared.clock.now());
+        publish_lowered_deadline(&slot.shared, &slot.state);
+        if let [Action::HandOverDone(Err(_))] = actions.as_slice() {
+            // Refused: nothing else changed.
+            if let Some(Action::HandOverDone(outcome)) = actions.into_iter().next() {
+                let _ = reply.send(outcome);
+            }
+            return;
+        }
+        slot.handoff_reply = Some(reply);
+        match &slot.call {
+            Some((_, abort)) if actions.iter().any(|a| matches!(a, Action::Abandon)) => {
+                abort.abort();
+                slot.call = None;
+                self.drive(id, actions);
+            }
             Some(_) => slot.later.extend(actions),
             None => self.drive(id, actions),
         }
@@ -652,8 +694,14 @@ fn carry_out(
         | Action::TryAcquire
         | Action::Renew { .. }
         | Action::Release(_)
+        | Action::HandOver { .. }
         | Action::Leave
         | Action::Read(_) => {}
+        Action::HandOverDone(outcome) => {
+            if let Some(reply) = slot.handoff_reply.take() {
+                let _ = reply.send(outcome);
+            }
+        }
         Action::Unsubscribe => slot.changes = None,
         Action::Timer(at) => {
             if let Some((key, _)) = slot.timer.take() {
@@ -752,7 +800,9 @@ fn store_call(
                 outcome: Err(e),
             })
         },
-        Action::Release(_) => |e, _| Answer::Input(Input::Released(Err(e))),
+        Action::Release(_) | Action::HandOver { .. } => {
+            |e, _| Answer::Input(Input::Released(Err(e)))
+        }
         Action::Read(_) => |e, _| Answer::Input(Input::Read(Err(e))),
         _ => |e, _| Answer::Input(Input::Left(Err(e))),
     };
@@ -810,6 +860,14 @@ fn store_call(
                     }
                     Action::Release(lease) => Answer::Input(Input::Released(
                         with_timeout(clock, limit, candidacy.release(&lease)).await,
+                    )),
+                    Action::HandOver { lease, to, window } => Answer::Input(Input::Released(
+                        with_timeout(
+                            clock,
+                            limit,
+                            candidacy.hand_over(&lease, to.as_deref(), window),
+                        )
+                        .await,
                     )),
                     Action::Leave => Answer::Input(Input::Left(
                         with_timeout(clock, limit, candidacy.leave()).await,

@@ -19,6 +19,9 @@ pub enum LossReason {
     /// [`LeaderElection::stop`](crate::LeaderElection::stop) was called or the handle was
     /// dropped.
     Stopped,
+    /// [`LeaderElection::hand_over`](crate::LeaderElection::hand_over) ended the term on
+    /// purpose, to let another candidate lead.
+    HandedOver,
 }
 
 impl LossReason {
@@ -29,6 +32,7 @@ impl LossReason {
             LossReason::RenewalsFailed => "renewals_failed",
             LossReason::DeadlineReached => "deadline_reached",
             LossReason::Stopped => "stopped",
+            LossReason::HandedOver => "handed_over",
         }
     }
 }

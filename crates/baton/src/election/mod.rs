@@ -469,6 +469,62 @@ impl LeaderElection {
         outcome
     }
 
+    /// Hand leadership over on purpose: to candidate `to`, or (`None`) to any other
+    /// candidate. For a rolling deploy, to drain a zone, or to move the leader next to its
+    /// data, without the leaderless gap of a stop and without leaving the next leader to a
+    /// race.
+    ///
+    /// The term ends as for a stop: the leadership scope is cancelled,
+    /// [`Event::LostLeadership`] fires with [`LossReason::HandedOver`], and the lease is given
+    /// up only once every [`Leadership`] of the term is dropped (at most until the lease would
+    /// have expired), so two leaders never act at once. The store then keeps a
+    /// [`HandoffMark`](crate::HandoffMark) for one lease: only `to` may take the key (with
+    /// `None`, anyone but this candidate). `to` is woken at once where the store pushes
+    /// changes. This candidate stays in the election as a follower. A handoff to a candidate
+    /// that is not running ends in a normal election when the mark runs out, within one lease.
+    ///
+    /// Returns once the store holds the mark. Who leads next shows in
+    /// [`current_leader_id`](Self::current_leader_id) and in the events.
+    ///
+    /// Stores outside this crate that do not implement
+    /// [`Candidacy::hand_over`](crate::Candidacy::hand_over) release instead: whoever acquires
+    /// first leads.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::Config`] when `to` is this candidate's own id or not a valid id;
+    /// * [`Error::NotLeader`] when this candidate does not hold the lease (or is already
+    ///   handing over); [`Error::Stopped`] when the election is not running;
+    /// * the store's error when it could not be told. The term has ended all the same; the
+    ///   lease then expires in the store as after a failed release.
+    pub async fn hand_over(&self, to: Option<&str>) -> Result<()> {
+        if let Some(to) = to {
+            if to.trim().is_empty() || crate::options::has_control(to) {
+                return Err(Error::Config(format!(
+                    "cannot hand over to {to:?}: not a candidate id (ids are non-empty and printable, e.g. worker-1)"
+                )));
+            }
+            if to == self.shared.config.candidate {
+                return Err(Error::Config(format!(
+                    "cannot hand over to {to:?}: that is this candidate itself"
+                )));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let control = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match &control.stop {
+                Some(stop) if !stop.is_cancelled() => stop.hand_over(to.map(str::to_owned), tx),
+                _ => return Err(Error::Stopped),
+            }
+        }
+        rx.await.unwrap_or(Err(Error::Stopped))
+    }
+
     /// This candidate's id.
     pub fn candidate_id(&self) -> &str {
         &self.shared.config.candidate

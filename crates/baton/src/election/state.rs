@@ -177,6 +177,10 @@ pub(crate) enum Input {
     ScopesGone,
     /// Stop was asked for (delivered once).
     Stop,
+    /// [`LeaderElection::hand_over`](super::LeaderElection::hand_over): end the term and hand
+    /// the lease to `to` (or, `None`, to any other candidate). Answered once with
+    /// [`Action::HandOverDone`].
+    HandOver { to: Option<String> },
 }
 
 /// What the driver must do. Store calls carry the election's request timeout unless they say
@@ -201,6 +205,14 @@ pub(crate) enum Action {
     Abandon,
     /// `Candidacy::release`.
     Release(Lease),
+    /// `Candidacy::hand_over(lease, to, window)`, answered as [`Input::Released`].
+    HandOver {
+        lease: Lease,
+        to: Option<String>,
+        window: Duration,
+    },
+    /// Tell the caller of `hand_over` how it went: `Ok` once the handoff mark is written.
+    HandOverDone(Result<()>),
     /// `Candidacy::leave`.
     Leave,
     /// `LeaseStore::read(key)`.
@@ -237,6 +249,7 @@ impl Action {
                 | Action::TryAcquire
                 | Action::Renew { .. }
                 | Action::Release(_)
+                | Action::HandOver { .. }
                 | Action::Leave
                 | Action::Read(_)
         )
@@ -312,6 +325,9 @@ pub(crate) struct Election {
     stop_error: Option<Box<(Option<Lease>, Error)>>,
     /// Whether a change stream is open.
     subscribed: bool,
+    /// A handoff under way, from the request until the store answers it: to whom (`None`:
+    /// anyone else). Boxed for the same reason as `stop_error`.
+    handing_over: Option<Box<Option<String>>>,
     /// The run's first attempt has not gone out yet. It goes out before subscribing: a
     /// candidate that gets the lease never needs a change stream, and at start that is most
     /// of a process's elections when each has a key of its own (docs/decisions.md D128).
@@ -361,6 +377,7 @@ impl Election {
             stop_requested: false,
             stop_error: None,
             subscribed: false,
+            handing_over: None,
             probe: true,
             probing: false,
             view,
@@ -475,6 +492,7 @@ impl Election {
                     self.on_stop(now, out);
                 }
             }
+            Input::HandOver { to } => self.on_hand_over(to, out),
             Input::Timer => {
                 // The driver's timer is spent once it fires.
                 self.armed = None;
@@ -554,6 +572,29 @@ impl Election {
             // at `stop_requested`.
             _ => {}
         }
+    }
+
+    /// A planned handoff: a holder ends its term (the scopes first, as for a stop), then
+    /// writes the handoff mark instead of a plain release, and campaigns on as a follower.
+    fn on_hand_over(&mut self, to: Option<String>, out: &mut Vec<Action>) {
+        let holding = matches!(self.phase, Phase::Holding(_));
+        if !holding || self.stop_requested || self.handing_over.is_some() {
+            let e = if self.stop_requested || matches!(self.phase, Phase::Stopped) {
+                Error::Stopped
+            } else {
+                Error::NotLeader
+            };
+            out.push(Action::HandOverDone(Err(e)));
+            return;
+        }
+        if let Phase::Holding(h) = &self.phase
+            && h.renewing
+        {
+            out.push(Action::Abandon);
+        }
+        info!(to = ?to, "handing the lease over");
+        self.handing_over = Some(Box::new(to));
+        self.end_term(LossReason::HandedOver, out);
     }
 
     fn on_timer(&mut self, now: Duration, out: &mut Vec<Action>) {
@@ -687,6 +728,19 @@ impl Election {
                     (record.ttl + self.jitter()).min(timing.lease)
                 };
                 self.wait(wait, complete, now, out);
+            }
+            Ok(Acquire::Reserved(mark)) => {
+                self.backoff = timing.backoff_min;
+                self.clear_error(out);
+                self.report_first(Ok(()), out);
+                if probing {
+                    return self.cycle(out);
+                }
+                debug!(to = ?mark.to, from = %mark.from, ttl = ?mark.ttl, "the key is reserved by a handoff");
+                // The mark's end is never pushed: wait for it (or for a change), even with a
+                // complete stream.
+                let wait = (mark.ttl + self.jitter()).min(timing.lease);
+                self.wait(wait, false, now, out);
             }
             Err(e) => {
                 if self.fail(e, out) {
@@ -871,12 +925,24 @@ impl Election {
                 reason,
             };
         } else {
-            let lease = Arc::unwrap_or_clone(h.lease);
-            self.phase = Phase::Releasing {
-                lease: lease.clone(),
-                reason: Some(reason),
-            };
-            out.push(Action::Release(lease));
+            self.give_back(Arc::unwrap_or_clone(h.lease), reason, out);
+        }
+    }
+
+    /// Release `lease` after a term that ended for `reason`, or hand it over when that is why
+    /// the term ended.
+    fn give_back(&mut self, lease: Lease, reason: LossReason, out: &mut Vec<Action>) {
+        self.phase = Phase::Releasing {
+            lease: lease.clone(),
+            reason: Some(reason),
+        };
+        match (&self.handing_over, reason) {
+            (Some(to), LossReason::HandedOver) => out.push(Action::HandOver {
+                lease,
+                to: (**to).clone(),
+                window: self.config.timing.lease,
+            }),
+            _ => out.push(Action::Release(lease)),
         }
     }
 
@@ -888,11 +954,7 @@ impl Election {
         };
         // After a graceful stop or a failed renewal the lease may still be ours in the store:
         // give it back (owner-checked, so never someone else's) so followers need not wait.
-        self.phase = Phase::Releasing {
-            lease: lease.clone(),
-            reason: Some(reason),
-        };
-        out.push(Action::Release(lease));
+        self.give_back(lease, reason, out);
     }
 
     fn on_released(&mut self, outcome: Result<()>, _now: Duration, out: &mut Vec<Action>) {
@@ -900,6 +962,19 @@ impl Election {
         else {
             return;
         };
+        if reason == Some(LossReason::HandedOver) && self.handing_over.take().is_some() {
+            match outcome {
+                Ok(()) => {
+                    debug!(token = %lease.token, "lease handed over");
+                    out.push(Action::HandOverDone(Ok(())));
+                }
+                Err(e) => {
+                    warn!(error = %e, "handing the lease over failed; it will expire in the store");
+                    out.push(Action::HandOverDone(Err(e)));
+                }
+            }
+            return self.cycle(out);
+        }
         match outcome {
             Ok(()) => debug!(token = %lease.token, "lease released"),
             Err(e) => {
@@ -1013,6 +1088,7 @@ impl Election {
         self.publish(out);
         match reason {
             LossReason::Stopped => info!(token = %lease.token, "stepped down: stopping"),
+            LossReason::HandedOver => info!(token = %lease.token, "stepped down: handing over"),
             _ => warn!(token = %lease.token, %reason, "stepped down"),
         }
         out.push(Action::Emit(Event::LostLeadership {

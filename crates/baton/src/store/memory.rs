@@ -2,8 +2,9 @@
 //!
 //! Layout: one map from key to slot. A slot keeps the current lease (holder, token, expiry on
 //! tokio's clock) and the last token minted, which survives release, so tokens strictly
-//! increase for the life of the store. Expiry follows tokio's time, so tests that pause and
-//! advance time drive it too. Every change is broadcast to watchers.
+//! increase for the life of the store, and the mark of a planned handoff while it is live.
+//! Expiry follows tokio's time, so tests that pause and advance time drive it too. Every
+//! change is broadcast to watchers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
-    broadcast_changes,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
+    StoreInfo, broadcast_changes,
 };
 use crate::{FencingToken, Result};
 
@@ -29,10 +30,19 @@ pub struct MemoryStore {
 struct Slot {
     lease: Option<Held>,
     last_token: u64,
+    /// A planned handoff's mark (boxed: rare, and every key would pay for it).
+    mark: Option<Box<Mark>>,
     /// Made by the first watcher and dropped with the last one ([`Unwatch`]):
     /// tokio allocates every slot of a channel up front (about 600 bytes here), which would
     /// cost every key, watched or not.
     changes: Option<broadcast::Sender<Change>>,
+}
+
+#[derive(Debug)]
+struct Mark {
+    to: Option<String>,
+    from: String,
+    until: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +57,7 @@ impl Slot {
         Slot {
             lease: None,
             last_token: 0,
+            mark: None,
             changes: None,
         }
     }
@@ -80,6 +91,16 @@ impl Slot {
             token: FencingToken(h.token),
             ttl: h.expires - now,
         })
+    }
+
+    /// The live handoff mark, if it does not admit `candidate`.
+    fn reserved(&mut self, candidate: &str, now: Instant) -> Option<HandoffMark> {
+        if self.mark.as_ref().is_some_and(|m| m.until <= now) {
+            self.mark = None;
+        }
+        let m = self.mark.as_ref()?;
+        let mark = HandoffMark::new(m.to.clone(), m.from.clone(), m.until - now);
+        (!mark.admits(candidate)).then_some(mark)
     }
 
     fn owns(&mut self, lease: &Lease, now: Instant) -> bool {
@@ -193,6 +214,10 @@ impl Candidacy for MemoryCandidacy {
             if let Some(record) = slot.record(now) {
                 return Acquire::Held(record);
             }
+            if let Some(mark) = slot.reserved(&self.candidate, now) {
+                return Acquire::Reserved(mark);
+            }
+            slot.mark = None;
             slot.last_token += 1;
             slot.lease = Some(Held {
                 holder: self.candidate.clone(),
@@ -234,6 +259,24 @@ impl Candidacy for MemoryCandidacy {
             if slot.owns(lease, now) {
                 slot.lease = None;
                 slot.notify(|| Change::Released);
+            }
+        });
+        Ok(())
+    }
+
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let now = Instant::now();
+        self.store.with_slot(&lease.key, |slot| {
+            if slot.owns(lease, now) {
+                slot.lease = None;
+                slot.mark = Some(Box::new(Mark {
+                    to: to.map(str::to_owned),
+                    from: lease.holder.clone(),
+                    until: now + window,
+                }));
+                slot.notify(|| Change::HandedOver {
+                    to: to.map(str::to_owned),
+                });
             }
         });
         Ok(())

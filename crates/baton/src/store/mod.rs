@@ -172,12 +172,55 @@ impl LeaseRecord {
 }
 
 /// The outcome of [`Candidacy::try_acquire`].
+///
+/// New outcomes may be added in minor releases: the engine is the only caller that matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Acquire {
     /// The key was free or expired, and is now ours.
     Acquired(Lease),
     /// Someone holds the key. For queue-shaped stores: this candidate is queued behind it.
     Held(LeaseRecord),
+    /// Nobody holds the key, but a planned handoff reserved it for someone else
+    /// ([`Candidacy::hand_over`]): for the mark's [`ttl`](HandoffMark::ttl) only its
+    /// candidate may take it. The engine waits for a change or for the mark to run out.
+    Reserved(HandoffMark),
+}
+
+/// The mark a planned handoff leaves at a key ([`Candidacy::hand_over`]): until it runs out,
+/// only [`to`](HandoffMark::to) may take the key; with `to = None`, anyone but
+/// [`from`](HandoffMark::from), the leader that handed over. A mark that ran out is ignored,
+/// so a handoff to a candidate that died midway ends in a normal election within one lease.
+///
+/// Built with [`HandoffMark::new`]; new fields may be added in minor releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandoffMark {
+    /// The candidate the key is reserved for; `None`: anyone but `from`.
+    pub to: Option<String>,
+    /// The leader that handed over.
+    pub from: String,
+    /// Time left on the mark, by the store's clock, when it was read.
+    pub ttl: Duration,
+}
+
+impl HandoffMark {
+    /// `from`'s handoff to `to` (or to anyone else), `ttl` from running out.
+    pub fn new(to: Option<String>, from: impl Into<String>, ttl: Duration) -> Self {
+        HandoffMark {
+            to,
+            from: from.into(),
+            ttl,
+        }
+    }
+
+    /// Whether the mark lets `candidate` take the key.
+    pub fn admits(&self, candidate: &str) -> bool {
+        match &self.to {
+            Some(to) => to == candidate,
+            None => self.from != candidate,
+        }
+    }
 }
 
 /// The outcome of [`Candidacy::renew`].
@@ -210,6 +253,12 @@ pub enum Change {
     },
     /// The lease expired (or the holder's session ended).
     Expired,
+    /// The holder handed the key over ([`Candidacy::hand_over`]): to `to`, or (`None`) to
+    /// anyone but itself.
+    HandedOver {
+        /// The candidate the key is reserved for.
+        to: Option<String>,
+    },
     /// Something changed; read the store to learn what.
     Other,
 }
@@ -348,6 +397,19 @@ pub trait Candidacy: Send + Sync + fmt::Debug + 'static {
     /// Give up `lease` if it still holds the key; a no-op otherwise. Never touches another
     /// holder's lease. Stores that can push notify followers.
     async fn release(&mut self, lease: &Lease) -> Result<()>;
+
+    /// Give up `lease` as [`release`](Candidacy::release) does, leaving a [`HandoffMark`] for
+    /// `window`: until it runs out, [`try_acquire`](Candidacy::try_acquire) by anyone the mark
+    /// does not admit answers [`Acquire::Reserved`]. Stores that can push notify followers
+    /// with [`Change::HandedOver`]. The token rules do not change: the next acquire mints a
+    /// greater token.
+    ///
+    /// The default is a plain release: a store that cannot keep a mark hands over to whoever
+    /// acquires first (the leaver included).
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let _ = (to, window);
+        self.release(lease).await
+    }
 
     /// Leave the election: remove this candidate's per-candidate state (queue entry, session).
     /// The engine calls it once, after the last release, when the election stops.

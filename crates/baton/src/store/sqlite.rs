@@ -1336,7 +1336,7 @@ mod tests {
         let mut next = store.join("jobs", "next").await.unwrap();
         match next.try_acquire(Duration::from_secs(60)).await.unwrap() {
             Acquire::Acquired(lease) => assert_eq!(lease.token, FencingToken(2)),
-            Acquire::Held(record) => panic!("still held: {record:?}"),
+            other => panic!("still held: {other:?}"),
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::ElectionOptions;
-use crate::store::Acquire;
+use crate::store::{Acquire, HandoffMark};
 
 const ME: &str = "me";
 const KEY: &str = "jobs:leader";
@@ -856,6 +856,84 @@ fn a_graceful_stop_cancels_then_emits_then_waits_for_the_scopes_then_releases() 
     assert_eq!(e.view.role, Role::Stopped);
 }
 
+#[test]
+fn a_handoff_ends_the_term_like_a_stop_then_marks_the_lease_and_campaigns_on() {
+    let (mut e, _) = holding(ms(0), ms(0));
+    let a = e.step(Input::Timer, secs(5));
+    assert!(renew_timeout(&a).is_some());
+    let a = e.step(
+        Input::HandOver {
+            to: Some("next".into()),
+        },
+        secs(6),
+    );
+    let order: Vec<&str> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Abandon => Some("abandon"),
+            Action::EndTerm { .. } => Some("cancel"),
+            Action::Emit(Event::LostLeadership { reason, .. }) => {
+                assert_eq!(*reason, LossReason::HandedOver);
+                Some("lost")
+            }
+            Action::Release(_) | Action::HandOver { .. } => Some("release"),
+            Action::AwaitScopes(true) => Some("await scopes"),
+            Action::HandOverDone(_) => Some("answered"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["abandon", "cancel", "lost", "await scopes"]);
+    assert_eq!(e.deadline(), None);
+    // A second request while the first is under way is refused, and changes nothing.
+    let again = e.step(Input::HandOver { to: None }, secs(6));
+    assert!(
+        matches!(
+            again.as_slice(),
+            [Action::HandOverDone(Err(Error::NotLeader))]
+        ),
+        "{again:?}"
+    );
+    let a = e.step(Input::ScopesGone, secs(7));
+    let window = a.iter().find_map(|a| match a {
+        Action::HandOver { to, window, .. } => {
+            assert_eq!(to.as_deref(), Some("next"));
+            Some(*window)
+        }
+        _ => None,
+    });
+    assert_eq!(window, Some(timing().lease), "the mark lasts one lease");
+    // Answered once; then a follower again: it subscribes and tries (and is kept out by the
+    // mark until `next` leads or the mark runs out).
+    let a = e.step(Input::Released(Ok(())), secs(7));
+    assert!(matches!(a.first(), Some(Action::HandOverDone(Ok(())))));
+    assert!(a.iter().any(|a| matches!(a, Action::Subscribe)));
+    assert_eq!(e.view.role, Role::Follower);
+    let _ = e.step(Input::Subscribed(Ok(true)), secs(7));
+    let a = e.step(
+        Input::Acquired {
+            sent: secs(7),
+            complete: true,
+            outcome: Ok(Acquire::Reserved(HandoffMark::new(
+                Some("next".into()),
+                ME,
+                secs(9),
+            ))),
+        },
+        secs(7),
+    );
+    let wake = timer_of(&a).flatten().expect("waits for the mark");
+    assert!(
+        wake >= secs(16) && wake <= secs(16) + timing().jitter_max,
+        "{wake:?}"
+    );
+    // A follower (or a stopped election) has nothing to hand over.
+    let a = e.step(Input::HandOver { to: None }, secs(8));
+    assert!(matches!(
+        a.as_slice(),
+        [Action::HandOverDone(Err(Error::NotLeader))]
+    ));
+}
+
 /// Rows: what the read after a failed release finds, and whether stop reports it.
 #[test]
 fn a_failed_release_is_reported_only_while_the_store_still_holds_the_lease() {
@@ -954,6 +1032,8 @@ enum Choice {
     ScopesGone,
     /// Stop.
     Stop,
+    /// `hand_over`: to a named candidate (odd `pick`) or to anyone.
+    HandOver { pick: u8 },
     /// An answer to a call not in flight.
     Stale { pick: u8 },
 }
@@ -975,6 +1055,7 @@ fn choice() -> impl Strategy<Value = Choice> {
         2 => any::<u8>().prop_map(|pick| Choice::Change { pick }),
         1 => Just(Choice::ScopesGone),
         1 => Just(Choice::Stop),
+        1 => any::<u8>().prop_map(|pick| Choice::HandOver { pick }),
         1 => any::<u8>().prop_map(|pick| Choice::Stale { pick }),
     ]
 }
@@ -1002,6 +1083,11 @@ struct World {
     first_reports: usize,
     /// Why each term ended, for the coverage check.
     reasons: Vec<LossReason>,
+    /// Handoffs asked for, and answers given (each is answered exactly once).
+    handoffs_asked: usize,
+    handoffs_answered: usize,
+    /// Handoffs that the store was asked to carry out.
+    handoffs_made: usize,
 }
 
 impl World {
@@ -1028,6 +1114,9 @@ impl World {
             finished: false,
             first_reports: 0,
             reasons: Vec::new(),
+            handoffs_asked: 0,
+            handoffs_answered: 0,
+            handoffs_made: 0,
         };
         w.apply(actions, &Input::Timer);
         w
@@ -1054,6 +1143,10 @@ impl World {
             }
         );
         let stop = matches!(input, Input::Stop);
+        let hand_over = matches!(input, Input::HandOver { .. });
+        if hand_over {
+            self.handoffs_asked += 1;
+        }
         // The model learns from the store's answers what the election may rely on.
         if let Input::Renewed {
             sent,
@@ -1101,13 +1194,17 @@ impl World {
         if was_leading && !self.leading {
             let moment = self.step_down_moment();
             assert!(
-                lost || stop || now >= moment,
+                lost || stop || hand_over || now >= moment,
                 "stepped down early at {now:?}, moment {moment:?}"
             );
         }
-        if was_leading && (lost || stop) {
-            assert!(!self.leading, "a loss or a stop ends the term at once");
+        if was_leading && (lost || stop || hand_over) {
+            assert!(
+                !self.leading,
+                "a loss, a stop or a handoff ends the term at once"
+            );
         }
+        assert!(self.handoffs_answered <= self.handoffs_asked);
         // The election always waits for something until it is over.
         assert!(
             self.finished || self.call.is_some() || self.timer.is_some(),
@@ -1157,13 +1254,21 @@ impl World {
                     self.reasons.push(reason);
                 }
                 Action::ReportFirst(_) => self.first_reports += 1,
+                Action::HandOverDone(_) => self.handoffs_answered += 1,
                 Action::Finish(_) => {
                     assert!(!self.finished);
                     self.finished = true;
                 }
                 a if a.is_store_call() => {
-                    if matches!(a, Action::Release(_)) {
+                    if matches!(a, Action::Release(_) | Action::HandOver { .. }) {
                         assert!(!self.leading, "released while leading");
+                    }
+                    if matches!(a, Action::HandOver { .. }) {
+                        self.handoffs_made += 1;
+                        assert!(
+                            self.handoffs_made <= self.handoffs_asked,
+                            "a handoff nobody asked for"
+                        );
                     }
                     assert!(
                         self.call.is_none(),
@@ -1234,6 +1339,11 @@ impl World {
                                     FencingToken(self.next_token),
                                     ms(u64::from(pick) * 80),
                                 ))),
+                                4 if pick % 4 == 0 => Ok(Acquire::Reserved(HandoffMark::new(
+                                    None,
+                                    "other",
+                                    ms(u64::from(pick) * 40),
+                                ))),
                                 _ => Err(err(pick)),
                             }
                         };
@@ -1258,7 +1368,7 @@ impl World {
                             }
                         },
                     },
-                    Action::Release(_) => Input::Released(if timed_out {
+                    Action::Release(_) | Action::HandOver { .. } => Input::Released(if timed_out {
                         Err(timeout())
                     } else if pick % 3 == 0 {
                         Err(unavailable())
@@ -1328,6 +1438,10 @@ impl World {
                     self.feed(Input::Stop, self.now);
                 }
             }
+            Choice::HandOver { pick } => {
+                let to = (pick % 2 == 1).then(|| "next".to_owned());
+                self.feed(Input::HandOver { to }, self.now);
+            }
             Choice::Stale { pick } => {
                 let input = match pick % 3 {
                     0 if !matches!(self.call, Some((Action::TryAcquire, _))) => Input::Acquired {
@@ -1339,7 +1453,11 @@ impl World {
                         sent: self.now,
                         outcome: Ok(Renew::Renewed),
                     },
-                    2 if !matches!(self.call, Some((Action::Release(_), _))) => {
+                    2 if !matches!(
+                        self.call,
+                        Some((Action::Release(_) | Action::HandOver { .. }, _))
+                    ) =>
+                    {
                         Input::Released(Ok(()))
                     }
                     _ => return,
@@ -1394,6 +1512,7 @@ impl Input {
             Input::Changed(c) => Input::Changed(c.clone()),
             Input::ScopesGone => Input::ScopesGone,
             Input::Stop => Input::Stop,
+            Input::HandOver { to } => Input::HandOver { to: to.clone() },
         }
     }
 }
@@ -1437,6 +1556,7 @@ proptest! {
         }
         prop_assert!(w.finished, "still running in {:?}", w.e.phase);
         prop_assert!(!w.leading);
+        prop_assert_eq!(w.handoffs_answered, w.handoffs_asked, "every handoff is answered once");
         prop_assert_eq!(w.e.deadline(), None);
     }
 }
@@ -1465,6 +1585,7 @@ fn random_sequences_reach_every_step_down() {
         LossReason::RenewalsFailed,
         LossReason::DeadlineReached,
         LossReason::Stopped,
+        LossReason::HandedOver,
     ] {
         assert!(seen.contains(&reason), "no {reason} in {seen:?}");
     }
