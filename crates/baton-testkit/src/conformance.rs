@@ -65,6 +65,10 @@ pub struct Capabilities {
     /// sweep, a poll interval. The expiry cases poll, so a generous bound costs nothing when
     /// the store is prompt. Default 1 s.
     pub expiry_slack: Duration,
+    /// Whether the store keeps a planned handoff's mark ([`Candidacy::hand_over`]). `false`
+    /// (the default) for a store that relies on the trait's default, a plain release: the
+    /// handoff case then says it was skipped by capability.
+    pub handoff: bool,
 }
 
 impl Default for Capabilities {
@@ -72,6 +76,7 @@ impl Default for Capabilities {
         Capabilities {
             min_ttl: Duration::ZERO,
             expiry_slack: Duration::from_secs(1),
+            handoff: false,
         }
     }
 }
@@ -91,6 +96,12 @@ impl Capabilities {
     /// Sets [`expiry_slack`](Capabilities::expiry_slack).
     pub fn with_expiry_slack(mut self, expiry_slack: Duration) -> Self {
         self.expiry_slack = expiry_slack;
+        self
+    }
+
+    /// Sets [`handoff`](Capabilities::handoff).
+    pub fn with_handoff(mut self, handoff: bool) -> Self {
+        self.handoff = handoff;
         self
     }
 
@@ -195,6 +206,7 @@ cases!(
     foreign_data_is_left_untouched,
     read_of_unused_key_is_none,
     leave_is_harmless,
+    handoff_reserves_the_key_for_its_candidate,
 );
 
 /// **Acquire a free key.** The candidate gets `Acquired` with its own id, the key and a token
@@ -1073,6 +1085,13 @@ fn acquired(outcome: Acquire, rule: &str) -> Lease {
     }
 }
 
+fn reserved(outcome: Acquire, rule: &str) -> baton::HandoffMark {
+    match outcome {
+        Acquire::Reserved(mark) => mark,
+        other => panic!("{rule}: expected Reserved, got {other:?}"),
+    }
+}
+
 fn held(outcome: Acquire, rule: &str) -> LeaseRecord {
     match outcome {
         Acquire::Held(record) => record,
@@ -1120,6 +1139,153 @@ fn check_ttl(ttl: Duration, requested: Duration, what: &str) {
         ttl >= requested / 2,
         "{what}: the store must keep the requested TTL ({requested:?}), but only {ttl:?} remain"
     );
+}
+
+/// **A planned handoff reserves the key for its candidate, for its window only** (only for
+/// stores whose [`Capabilities::handoff`] is true). After `alice` hands over to `carol`:
+/// `read` shows the key free; `bob` and `alice` get [`Acquire::Reserved`] with the mark;
+/// where the store can push, `carol` hears of it within 2 s; `carol` acquires with a greater
+/// token, which clears the mark; a handoff of a lease that is no longer held changes nothing.
+/// A handoff to anyone keeps out only the leaver; a mark to a candidate that never comes runs
+/// out after its window, and then anyone acquires.
+pub async fn handoff_reserves_the_key_for_its_candidate<F: StoreFactory + ?Sized>(factory: &F) {
+    let caps = factory.capabilities();
+    let store = open(factory).await;
+    if !caps.handoff {
+        println!(
+            "conformance: handoff_reserves_the_key_for_its_candidate skipped by capability: the \
+             {} store hands over with a plain release",
+            store.info().name
+        );
+        return;
+    }
+    let key = unique_key("handoff-reserves-the-key");
+    let mut alice = join(&*store, &key, "alice").await;
+    let lease = acquired(
+        ok(alice.try_acquire(LEASE).await, "try_acquire on a free key"),
+        "a free key must be acquired",
+    );
+    let elsewhere = open(factory).await;
+    let mut bob = join(&*elsewhere, &key, "bob").await;
+    let mut carol = join(&*elsewhere, &key, "carol").await;
+    let mut carols_changes = if store.info().can_watch {
+        let changes = ok(carol.watch().await, "Candidacy::watch");
+        held(
+            ok(carol.try_acquire(LEASE).await, "try_acquire on a held key"),
+            "a held key must not be acquired by another candidate",
+        );
+        changes.map(|mut c| {
+            drain(&mut c);
+            c
+        })
+    } else {
+        None
+    };
+
+    ok(
+        alice.hand_over(&lease, Some("carol"), LEASE).await,
+        "hand_over by the owner",
+    );
+    let handed_at = Instant::now();
+    assert!(
+        ok(store.read(&key).await, "read after a handoff").is_none(),
+        "after a handoff nobody holds the key"
+    );
+    for (who, candidacy) in [("bob", &mut bob), ("alice", &mut alice)] {
+        let mark = reserved(
+            ok(
+                candidacy.try_acquire(LEASE).await,
+                "try_acquire of a reserved key",
+            ),
+            &format!("a key handed over to carol must be reserved for her, also against {who}"),
+        );
+        assert_eq!(mark.to.as_deref(), Some("carol"), "the mark names carol");
+        assert_eq!(mark.from, "alice", "the mark names the leaver");
+        assert!(
+            mark.ttl <= LEASE && mark.ttl + Duration::from_secs(5) >= LEASE,
+            "the mark runs for the window asked for ({LEASE:?}), not {:?}",
+            mark.ttl
+        );
+    }
+    if let Some(changes) = carols_changes.as_mut() {
+        next_change(changes, handed_at, "Candidacy::watch after a handoff").await;
+    }
+    let carols = acquired(
+        ok(
+            carol.try_acquire(LEASE).await,
+            "try_acquire by the named candidate",
+        ),
+        "the candidate a key is handed over to must acquire it",
+    );
+    assert!(
+        carols.token > lease.token,
+        "a handoff mints a greater token: {} after {}",
+        carols.token,
+        lease.token
+    );
+    ok(
+        alice.hand_over(&lease, Some("bob"), LEASE).await,
+        "hand_over of a lease no longer held (must be a no-op, not an error)",
+    );
+    expect_holder(
+        &*store,
+        &key,
+        "carol",
+        carols.token,
+        "a handoff of a lease no longer held must not touch the holder's lease",
+    )
+    .await;
+
+    // To anyone: only the leaver is kept out.
+    ok(
+        carol.hand_over(&carols, None, LEASE).await,
+        "hand_over to anyone",
+    );
+    let mark = reserved(
+        ok(carol.try_acquire(LEASE).await, "try_acquire by the leaver"),
+        "after a handoff to anyone the leaver must not take the key back",
+    );
+    assert_eq!((mark.to, mark.from.as_str()), (None, "carol"));
+    let bobs = acquired(
+        ok(
+            bob.try_acquire(LEASE).await,
+            "try_acquire after a handoff to anyone",
+        ),
+        "after a handoff to anyone another candidate must acquire the key",
+    );
+
+    // To a candidate that never comes: the mark runs out after its window.
+    let window = caps.short_ttl();
+    ok(
+        bob.hand_over(&bobs, Some("nobody"), window).await,
+        "hand_over to a candidate that is not running",
+    );
+    let handed_at = Instant::now();
+    reserved(
+        ok(
+            alice.try_acquire(LEASE).await,
+            "try_acquire of a reserved key",
+        ),
+        "a key handed over to nobody is reserved until the mark runs out",
+    );
+    sleep_until(handed_at + window).await;
+    let deadline = handed_at + window + caps.expiry_slack;
+    let alices = loop {
+        match ok(
+            alice.try_acquire(LEASE).await,
+            "try_acquire after the mark's window",
+        ) {
+            Acquire::Acquired(lease) => break lease,
+            other => assert!(
+                Instant::now() < deadline,
+                "a mark with a window of {window:?} still kept the key {:?} later: {other:?}",
+                handed_at.elapsed()
+            ),
+        }
+        sleep(POLL).await;
+    };
+    assert!(alices.token > bobs.token);
+    ok(alice.release(&alices).await, "release by the owner");
 }
 
 /// Waits, in real time, until the lease acquired at `acquired_at` with `ttl` has expired and

@@ -59,7 +59,7 @@ pub enum Op {
     Acquire,
     /// [`Candidacy::renew`].
     Renew,
-    /// [`Candidacy::release`].
+    /// [`Candidacy::release`] and [`Candidacy::hand_over`].
     Release,
     /// [`Candidacy::leave`].
     Leave,
@@ -390,6 +390,17 @@ impl Candidacy for FaultyCandidacy {
     async fn release(&mut self, lease: &Lease) -> Result<()> {
         self.control
             .apply(self.name, Op::Release, self.inner.release(lease))
+            .await
+    }
+
+    /// A handoff is a release that leaves a mark: the faults set for [`Op::Release`] apply.
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        self.control
+            .apply(
+                self.name,
+                Op::Release,
+                self.inner.hand_over(lease, to, window),
+            )
             .await
     }
 

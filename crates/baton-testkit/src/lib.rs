@@ -129,6 +129,7 @@ macro_rules! conformance_tests {
             foreign_data_is_left_untouched,
             read_of_unused_key_is_none,
             leave_is_harmless,
+            handoff_reserves_the_key_for_its_candidate,
         );
     };
 }

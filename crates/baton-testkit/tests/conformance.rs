@@ -26,6 +26,10 @@ impl StoreFactory for MemoryFactory {
     async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
         Ok(Arc::new(self.0.clone()))
     }
+
+    fn capabilities(&self) -> conformance::Capabilities {
+        conformance::Capabilities::new().with_handoff(true)
+    }
 }
 
 mod memory {

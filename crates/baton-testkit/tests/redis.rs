@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use baton::store::redis::{RedisStore, companion_key};
 use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
-use baton_testkit::conformance::{ForeignWriter, StoreFactory};
+use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::servers::{
     RedisServer, TlsFiles, free_port, scratch_dir, shared_redis, shared_redis_cluster,
 };
@@ -29,6 +29,9 @@ impl StoreFactory for RedisFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_handoff(true)
     }
 }
 
@@ -69,6 +72,9 @@ impl StoreFactory for FromClientFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(&RedisFactory)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_handoff(true)
     }
 }
 
@@ -387,12 +393,18 @@ async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
     a.start().await.unwrap();
     b.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
-    a.stop().await.unwrap();
+    a.hand_over(Some("b")).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || b.is_leader()).await,
+        "a planned handoff needs nothing more"
+    );
+    b.stop().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || a.is_leader()).await,
         "push works too"
     );
-    assert_eq!(b.state().borrow().last_error, None);
+    assert_eq!(a.state().borrow().last_error, None);
+    a.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -713,6 +725,9 @@ impl StoreFactory for ClusterFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_handoff(true)
     }
 }
 
@@ -1253,6 +1268,9 @@ fn planted() -> impl proptest::strategy::Strategy<Value = Planted> {
     let field = prop_oneof![
         Just("holder".to_owned()),
         Just("token".to_owned()),
+        Just("handoff_to".to_owned()),
+        Just("handoff_from".to_owned()),
+        Just("handoff_until".to_owned()),
         word().prop_map(String::from)
     ];
     let value = prop_oneof![
@@ -1265,7 +1283,7 @@ fn planted() -> impl proptest::strategy::Strategy<Value = Planted> {
         Just(Planted::Nothing),
         (value.clone(), prop::option::of(60_000u32..600_000))
             .prop_map(|(v, ttl)| Planted::Text(v, ttl)),
-        prop::collection::vec((field, value.clone()), 1..4).prop_map(Planted::Hash),
+        prop::collection::vec((field, value.clone()), 1..7).prop_map(Planted::Hash),
         prop::collection::vec(value.clone(), 1..3).prop_map(Planted::List),
         prop::collection::vec(value.clone(), 1..3).prop_map(Planted::Set),
         prop::collection::vec((any::<i32>(), value), 1..3).prop_map(Planted::Sorted),
@@ -1274,7 +1292,8 @@ fn planted() -> impl proptest::strategy::Strategy<Value = Planted> {
 
 /// Whether Baton could have written this pair: nothing, or a leased string at the key whose
 /// companion is a hash of exactly `holder` (the same string) and a numeric `token`, or a
-/// companion alone of that shape (the counter left by an earlier lease).
+/// companion alone of that shape (the counter left by an earlier lease; the token below 2^53),
+/// or a companion alone with a planned handoff's mark too (`handoff_to`, `handoff_from`, a numeric `handoff_until`).
 fn batons_own(at_key: &Planted, companion: &Planted) -> bool {
     let own_companion = |holder: Option<&str>| match companion {
         Planted::Nothing => holder.is_none(),
@@ -1282,8 +1301,25 @@ fn batons_own(at_key: &Planted, companion: &Planted) -> bool {
             let get = |name: &str| pairs.iter().rev().find(|(f, _)| f == name).map(|(_, v)| v);
             let fields: std::collections::BTreeSet<&str> =
                 pairs.iter().map(|(f, _)| f.as_str()).collect();
-            fields == ["holder", "token"].into()
-                && get("token").is_some_and(|t| t.parse::<u64>().is_ok())
+            // Lua's numbers are exact below 2^53, so the scripts take no token above it.
+            let numeric = |name: &str| get(name).is_some_and(|t| t.parse::<u64>().is_ok());
+            let token_ok =
+                get("token").is_some_and(|t| t.parse::<u64>().is_ok_and(|n| n < 1 << 53));
+            let plain = fields == ["holder", "token"].into();
+            // A mark is left by a handoff, which deletes the key: never beside a lease.
+            let marked = holder.is_none()
+                && fields
+                    == [
+                        "handoff_from",
+                        "handoff_to",
+                        "handoff_until",
+                        "holder",
+                        "token",
+                    ]
+                    .into()
+                && numeric("handoff_until");
+            (plain || marked)
+                && token_ok
                 && holder.is_none_or(|h| get("holder").is_some_and(|v| v == h))
         }
         _ => false,
@@ -1364,3 +1400,171 @@ fn random_data_at_the_key_is_read_as_foreign_and_never_overwritten() {
 /// Cases of [`random_data_at_the_key_is_read_as_foreign_and_never_overwritten`];
 /// docs/RELIABILITY.md quotes it.
 const FOREIGN_CASES: u32 = 300;
+
+// ---------------------------------------------------------------------------------------------
+// Planned handoff
+
+/// `a` hands over to `c` with `b` also following: `c` leads by push (the lease is 30 s, so no
+/// timer could have done it), `b` never does, the token goes up, and `c`'s acquire cleared the
+/// mark from the companion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_handoff_goes_to_the_named_candidate_by_push_and_clears_its_mark() {
+    let server = shared_redis();
+    let key = unique_key("handoff");
+    let stores: Vec<RedisStore> = (0..3)
+        .map(|_| RedisStore::open(&server.url()).unwrap())
+        .collect();
+    prime(&stores[0], &key).await;
+    let a = long(&stores[0], &key, "a");
+    let b = long(&stores[1], &key, "b");
+    let c = long(&stores[2], &key, "c");
+    lead(&a).await;
+    b.start().await.unwrap();
+    c.start().await.unwrap();
+    let before = a.fencing_token().unwrap();
+    let mut b_events = b.subscribe();
+    let handed = Instant::now();
+    a.hand_over(Some("c")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || c.is_leader()).await,
+        "c leads: {:?}",
+        c.state().borrow()
+    );
+    assert!(handed.elapsed() < Duration::from_secs(5));
+    assert!(!a.is_leader() && !b.is_leader());
+    assert!(c.fencing_token().unwrap() > before);
+    assert_eq!(server.cli(&["GET", &key]), "c");
+    let fields = server.cli(&["HKEYS", &companion_key(&key)]);
+    let mut fields: Vec<&str> = fields.lines().collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["holder", "token"], "the acquire removed the mark");
+    assert!(
+        wait_until(Duration::from_secs(5), || a.current_leader_id().as_deref()
+            == Some("c"))
+        .await,
+        "the leaver follows c"
+    );
+    assert!(
+        !drain(&mut b_events)
+            .iter()
+            .any(|e| matches!(e, Event::BecameLeader { .. }))
+    );
+    for e in [&a, &b, &c] {
+        e.stop().await.unwrap();
+    }
+}
+
+/// Companions that look like a handoff's mark but that Baton could not have written are
+/// foreign: a mark whose end is not a number, a fifth field of another name, a mark beside a
+/// lease. Each is reported and left exactly as it was; a well-formed mark reserves the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn marks_baton_did_not_write_are_foreign_and_left_untouched() {
+    let server = shared_redis();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let far = "99999999999999";
+    let cases: [(&str, Option<&str>, [&str; 10]); 4] = [
+        (
+            "own",
+            None,
+            [
+                "holder",
+                "a",
+                "token",
+                "5",
+                "handoff_to",
+                "b",
+                "handoff_from",
+                "a",
+                "handoff_until",
+                far,
+            ],
+        ),
+        (
+            "an end that is not a number",
+            None,
+            [
+                "holder",
+                "a",
+                "token",
+                "5",
+                "handoff_to",
+                "b",
+                "handoff_from",
+                "a",
+                "handoff_until",
+                "soon",
+            ],
+        ),
+        (
+            "a field of another name",
+            None,
+            [
+                "holder",
+                "a",
+                "token",
+                "5",
+                "handoff_to",
+                "b",
+                "handoff_from",
+                "a",
+                "until",
+                far,
+            ],
+        ),
+        (
+            "a mark beside a lease",
+            Some("a"),
+            [
+                "holder",
+                "a",
+                "token",
+                "5",
+                "handoff_to",
+                "b",
+                "handoff_from",
+                "a",
+                "handoff_until",
+                far,
+            ],
+        ),
+    ];
+    for (what, lease, hash) in cases {
+        let key = unique_key("mark");
+        let companion = companion_key(&key);
+        if let Some(holder) = lease {
+            server.cli(&["SET", &key, holder, "PX", "60000"]);
+        }
+        let mut args = vec!["HSET", companion.as_str()];
+        args.extend(hash);
+        server.cli(&args);
+        let before = (
+            server.cli(&["DUMP", &key]),
+            server.cli(&["DUMP", &companion]),
+        );
+        let read = store.read(&key).await;
+        let mut c = store.join(&key, "c").await.unwrap();
+        let acquired = c.try_acquire(Duration::from_secs(60)).await;
+        let after = (
+            server.cli(&["DUMP", &key]),
+            server.cli(&["DUMP", &companion]),
+        );
+        assert_eq!(before, after, "{what}: changed");
+        if what == "own" {
+            assert!(matches!(read, Ok(None)), "{what}: {read:?}");
+            assert!(
+                matches!(&acquired, Ok(Acquire::Reserved(m)) if m.to.as_deref() == Some("b") && m.from == "a"),
+                "{what}: {acquired:?}"
+            );
+        } else {
+            assert!(
+                matches!(read, Err(Error::ForeignData { .. })),
+                "{what}: {read:?}"
+            );
+            assert!(
+                matches!(acquired, Err(Error::ForeignData { .. })),
+                "{what}: {acquired:?}"
+            );
+        }
+        server.cli(&["DEL", &key, &companion]);
+    }
+}

@@ -9,13 +9,13 @@
 //! | key | type | content | expiry |
 //! |---|---|---|---|
 //! | `K` | string | the leader's candidate id, exactly as the seed stores it | the lease (`PX`) |
-//! | `{K}:baton` | hash | `holder` (id of the last acquire), `token` (last fencing token minted) | none: the token outlives releases and expiries |
+//! | `{K}:baton` | hash | `holder` (id of the last acquire), `token` (last fencing token minted); after a planned handoff also `handoff_to`, `handoff_from`, `handoff_until` | none: the token outlives releases and expiries |
 //!
 //! so `redis-cli GET K` prints the leader and `redis-cli TTL K` its remaining lease, as in the
 //! seed's README. The companion key is `{K}:baton`, whose hash tag makes it hash to the same
 //! cluster slot as `K`; if `K` already contains a hash tag, the companion is `K:baton`, which
 //! keeps that tag. Changes are published on the channel `baton:changes:K` (`released`,
-//! `acquired:<id>`, `renewed:<id>`): a follower that hears of an acquire or a renewal knows
+//! `acquired:<id>`, `renewed:<id>`, `handed_over:<id>`): a follower that hears of an acquire or a renewal knows
 //! the lease runs for another full term and waits without asking Redis, so idle followers
 //! send no commands at all.
 //!
@@ -24,8 +24,9 @@
 //! Every write is one Lua script, so it is atomic. Before it writes, a script checks that what
 //! is there is Baton's: `K` absent, or a string with a TTL that the companion names as its
 //! holder; the companion absent, or a hash of exactly `holder` and a numeric `token` (below
-//! 2^53, so that Lua's numbers keep it exact). Anything else is [`Error::ForeignData`] and is
-//! left as it was (a property test plants random data of every type at both keys).
+//! 2^53, so that Lua's numbers keep it exact), or, while `K` is absent, those two and a planned
+//! handoff's mark (below). Anything else is [`Error::ForeignData`] and is left as it was (a
+//! property test plants random data of every type at both keys).
 //!
 //!
 //! * **acquire** runs `SET K <id> NX PX <lease>` and, in the same script, mints the token as
@@ -37,6 +38,12 @@
 //!   script that checks and extends each lease on its own (not on Redis Cluster), so a process
 //!   with thousands of elections sends a few calls per second, not one per lease.
 //! * **release** deletes `K` under the same check and publishes `released`.
+//! * **hand over** (a planned handoff, [`Candidacy::hand_over`]) deletes `K` under the same
+//!   check, writes the mark into the companion (`handoff_to`: the candidate, or empty for
+//!   anyone but the leaver; `handoff_from`; `handoff_until`: Redis `TIME` plus the window, in
+//!   ms) and publishes `handed_over:<to>`. While the mark lasts, an acquire by anyone it does
+//!   not admit answers [`Acquire::Reserved`]; the acquire that succeeds removes it. A mark that
+//!   ran out is ignored.
 //!
 //! # Restarts and failovers that lose data
 //!
@@ -172,7 +179,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, PubSub};
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
-use super::{Acquire, Candidacy, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo};
+use super::{
+    Acquire, Candidacy, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+};
 use crate::{Error, FencingToken, Result, connect::redact};
 
 /// `KEYS[1]` = key, `KEYS[2]` = companion hash; `ARGV[1]` = candidate, `ARGV[2]` = TTL in ms,
@@ -182,24 +191,37 @@ local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
 local mt = redis.call('TYPE', KEYS[2]).ok
 if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
-local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
-if mt == 'hash' and not (redis.call('HLEN', KEYS[2]) == 2 and meta[1] and meta[2]
-    and string.match(meta[2], '^%d+$') and tonumber(meta[2]) < 9007199254740992) then
-  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
+if mt == 'hash' then
+  local n = redis.call('HLEN', KEYS[2])
+  if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
+      and tonumber(meta[2]) < 9007199254740992
+      and (n == 2 or (n == 5 and meta[3] and meta[4] and meta[5]
+        and string.match(meta[5], '^%d+$')))) then
+    return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+  end
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then
   local pttl = redis.call('PTTL', KEYS[1])
-  if pttl < 0 or meta[1] ~= holder then
+  if pttl < 0 or meta[1] ~= holder or meta[5] then
     return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
   end
   return {'held', holder, meta[2], tostring(pttl)}
 end
+local now = redis.call('TIME')
+local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if meta[5] then
+  -- A planned handoff's mark: while it lasts, only its candidate (or, to anyone: anyone but
+  -- the leader that handed over) may take the key.
+  local left = tonumber(meta[5]) - math.floor(us / 1000)
+  if left > 0 and ((meta[3] ~= '' and meta[3] ~= ARGV[1]) or (meta[3] == '' and meta[4] == ARGV[1])) then
+    return {'reserved', meta[3], meta[4], string.format('%.0f', left)}
+  end
+end
 local last = meta[2]
 local fresh = '0'
 if not last then fresh = '1'; last = '0' end
-local now = redis.call('TIME')
-local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local token = string.format('%.0f', math.max(tonumber(last) + 1, us))
 -- For the restart guard, read before any write: a script that fails midway keeps its writes.
 -- With the counter present only the uptime matters, and LASTSAVE (the server's start, or a
@@ -216,6 +238,7 @@ if not uptime then
   offset = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(%-?%d+)') or ''
 end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if meta[5] then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
 redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
 return {'acquired', token, fresh, uptime, offset}
@@ -252,21 +275,45 @@ end
 return 0
 "#;
 
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = channel,
+/// `ARGV[4]` = the candidate handed over to (`''`: anyone else), `ARGV[5]` = the mark's
+/// window in ms.
+const HAND_OVER: &str = r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+local holder = redis.call('GET', KEYS[1])
+local token = redis.call('HGET', KEYS[2], 'token')
+if holder == ARGV[1] and token == ARGV[2] then
+  local now = redis.call('TIME')
+  local until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'handoff_to', ARGV[4], 'handoff_from', ARGV[1],
+    'handoff_until', string.format('%.0f', until_ms))
+  redis.call('PUBLISH', ARGV[3], 'handed_over:' .. ARGV[4])
+  return 1
+end
+return 0
+"#;
+
 /// `KEYS` as for [`ACQUIRE`].
 const READ: &str = r#"
 local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
 local mt = redis.call('TYPE', KEYS[2]).ok
 if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
-local meta = redis.call('HMGET', KEYS[2], 'holder', 'token')
-if mt == 'hash' and not (redis.call('HLEN', KEYS[2]) == 2 and meta[1] and meta[2]
-    and string.match(meta[2], '^%d+$') and tonumber(meta[2]) < 9007199254740992) then
-  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
+if mt == 'hash' then
+  local n = redis.call('HLEN', KEYS[2])
+  if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
+      and tonumber(meta[2]) < 9007199254740992
+      and (n == 2 or (n == 5 and meta[3] and meta[4] and meta[5]
+        and string.match(meta[5], '^%d+$')))) then
+    return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+  end
 end
 if kt == 'none' then return {'free'} end
 local holder = redis.call('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or meta[1] ~= holder then
+if pttl < 0 or meta[1] ~= holder or meta[5] then
   return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
 end
 return {'held', holder, meta[2], tostring(pttl)}
@@ -325,6 +372,7 @@ struct Inner {
     acquire: Script,
     renew: Script,
     release: Script,
+    hand_over: Script,
     read: Script,
     renew_many: Script,
     /// Renewals go through the batcher (see [`batch`]), except on a cluster.
@@ -495,6 +543,7 @@ impl RedisStore {
                 acquire: Script::new(ACQUIRE),
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
+                hand_over: Script::new(HAND_OVER),
                 read: Script::new(READ),
                 renew_many: Script::new(batch::RENEW_MANY),
                 renewals: batched.then(|| batch::spawn(inner.clone())),
@@ -795,6 +844,14 @@ impl Candidacy for RedisCandidacy {
             .await?;
         match reply.first().map(String::as_str) {
             Some("held") => parse_record(&self.key, &reply).map(Acquire::Held),
+            Some("reserved") => {
+                let [_, to, from, left] = reply.as_slice() else {
+                    return Err(foreign(&self.key, &reply));
+                };
+                let left = Duration::from_millis(left.parse::<u64>().unwrap_or(0));
+                let to = (!to.is_empty()).then(|| to.clone());
+                Ok(Acquire::Reserved(HandoffMark::new(to, from.clone(), left)))
+            }
             Some("acquired") => {
                 let token = parse_token(&self.key, reply.get(1).map_or("", String::as_str))?;
                 let fresh = reply.get(2).map(String::as_str) == Some("1");
@@ -891,6 +948,24 @@ impl Candidacy for RedisCandidacy {
             .inner
             .conn
             .invoke::<i64>(&call, "release")
+            .await
+            .map(|_| ())
+    }
+
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let token = lease.token.to_string();
+        let channel = change_channel(&lease.key);
+        let mut call = self.store.inner.hand_over.key(&lease.key);
+        call.key(companion_key(&lease.key))
+            .arg(&lease.holder)
+            .arg(&token)
+            .arg(&channel)
+            .arg(to.unwrap_or(""))
+            .arg(ttl_ms(window));
+        self.store
+            .inner
+            .conn
+            .invoke::<i64>(&call, "hand over")
             .await
             .map(|_| ())
     }
