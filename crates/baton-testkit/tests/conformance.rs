@@ -81,6 +81,10 @@ impl StoreFactory for SqliteFactory {
         Ok(Arc::new(SqliteStore::open(&self.path)?))
     }
 
+    fn capabilities(&self) -> conformance::Capabilities {
+        conformance::Capabilities::new().with_handoff(true)
+    }
+
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
     }

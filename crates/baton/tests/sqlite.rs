@@ -676,3 +676,98 @@ fn many_connections_opening_a_new_file_at_once_all_succeed() {
         }
     }
 }
+
+/// A file from before planned handoffs (seven columns) gets the three handoff columns added
+/// when a store opens it, its rows kept as they were; tokens go on from where they were, and a
+/// handoff works on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_from_before_handoffs_gets_the_handoff_columns_and_keeps_its_rows() {
+    let dir = TempDir::new();
+    let path = dir.db();
+    {
+        let conn = raw(&path);
+        conn.execute_batch(
+            "CREATE TABLE baton_leases (
+                key           TEXT PRIMARY KEY NOT NULL,
+                holder        TEXT,
+                token         INTEGER NOT NULL,
+                expires_at_ms INTEGER,
+                boot_id       TEXT,
+                acquired_at   TEXT,
+                renewed_at    TEXT
+            );
+            INSERT INTO baton_leases (key, holder, token) VALUES ('jobs', NULL, 41);",
+        )
+        .unwrap();
+    }
+    // Two stores open it at once: one adds the columns, the other finds them.
+    let (a, b) = (path.clone(), path.clone());
+    let (a, b) = (
+        std::thread::spawn(move || SqliteStore::open(a)),
+        std::thread::spawn(move || SqliteStore::open(b)),
+    );
+    let store = a.join().unwrap().unwrap();
+    b.join().unwrap().unwrap();
+    let columns: Vec<String> = raw(&path)
+        .prepare("SELECT name FROM pragma_table_info('baton_leases') ORDER BY cid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        columns[7..],
+        ["handoff_to", "handoff_from", "handoff_until_ms"]
+    );
+    let mut a = store.join("jobs", "a").await.unwrap();
+    let mut b = store.join("jobs", "b").await.unwrap();
+    let lease = acquire(&mut a, LONG).await;
+    assert_eq!(lease.token, FencingToken(42), "the token goes on");
+    a.hand_over(&lease, Some("b"), LONG).await.unwrap();
+    assert!(matches!(
+        a.try_acquire(LONG).await.unwrap(),
+        Acquire::Reserved(m) if m.to.as_deref() == Some("b") && m.from == "a"
+    ));
+    assert_eq!(acquire(&mut b, LONG).await.token, FencingToken(43));
+}
+
+/// Handoff columns that hold what Baton could not have written make the row foreign: it is
+/// reported, and left as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn handoff_columns_baton_did_not_write_are_foreign_and_left_untouched() {
+    let dir = TempDir::new();
+    let store = open(&dir.db());
+    let rows = [
+        // An end that is not a number.
+        "INSERT INTO baton_leases (key, holder, token, handoff_to, handoff_from, handoff_until_ms)
+         VALUES ('k1', NULL, 3, 'b', 'a', 'soon')",
+        // A mark beside a holder.
+        "INSERT INTO baton_leases (key, holder, token, handoff_to, handoff_from, handoff_until_ms)
+         VALUES ('k2', 'a', 3, 'b', 'a', 1)",
+        // Half a mark.
+        "INSERT INTO baton_leases (key, holder, token, handoff_to) VALUES ('k3', NULL, 3, 'b')",
+    ];
+    for (i, row) in rows.iter().enumerate() {
+        let key = format!("k{}", i + 1);
+        raw(&dir.db()).execute(row, []).unwrap();
+        let dump = || -> Vec<String> {
+            let conn = raw(&dir.db());
+            let mut st = conn
+                .prepare("SELECT quote(holder), quote(token), quote(handoff_to), quote(handoff_from), quote(handoff_until_ms) FROM baton_leases WHERE key = ?1")
+                .unwrap();
+            st.query_row([&key], |r| (0..5).map(|i| r.get(i)).collect())
+                .unwrap()
+        };
+        let before = dump();
+        assert!(
+            matches!(store.read(&key).await, Err(Error::ForeignData { .. })),
+            "{row}"
+        );
+        let mut c = store.join(&key, "c").await.unwrap();
+        assert!(
+            matches!(c.try_acquire(LONG).await, Err(Error::ForeignData { .. })),
+            "{row}"
+        );
+        assert_eq!(dump(), before, "{row}");
+    }
+}

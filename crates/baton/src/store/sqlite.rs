@@ -16,9 +16,16 @@
 //! | `boot_id` | `TEXT` | the boot (`/proc/sys/kernel/random/boot_id`) that clock belongs to |
 //! | `acquired_at` | `TEXT` | wall-clock time of the last acquisition (UTC, ISO 8601), for humans |
 //! | `renewed_at` | `TEXT` | wall-clock time of the last renewal, for humans |
+//! | `handoff_to` | `TEXT` | a planned handoff's candidate (empty: anyone but `handoff_from`) |
+//! | `handoff_from` | `TEXT` | the leader that handed over |
+//! | `handoff_until_ms` | `INTEGER` | when the handoff's mark runs out, on the boot-time clock of `boot_id` |
 //!
 //! A release sets `holder` to `NULL` and keeps the row, so `token` survives it and every later
-//! acquisition gets a larger token, across releases, expiries and process restarts.
+//! acquisition gets a larger token, across releases, expiries and process restarts. A planned
+//! handoff ([`Candidacy::hand_over`]) is a release that also fills the three `handoff_`
+//! columns; until the mark runs out only its candidate acquires, and the acquisition clears
+//! them. A table from before the handoff columns (seven columns) gets them added
+//! (`ALTER TABLE ... ADD COLUMN`) when a store opens the file; nothing in it is rewritten.
 //!
 //! # Time
 //!
@@ -78,7 +85,8 @@ use tracing::debug;
 
 use super::batch::{self, Batcher};
 use super::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
+    StoreInfo,
 };
 use crate::{Error, FencingToken, Result, boot_time};
 
@@ -111,12 +119,23 @@ CREATE TABLE IF NOT EXISTS baton_leases (
     expires_at_ms INTEGER,
     boot_id       TEXT,
     acquired_at   TEXT,
-    renewed_at    TEXT
+    renewed_at    TEXT,
+    handoff_to       TEXT,
+    handoff_from     TEXT,
+    handoff_until_ms INTEGER
 )";
+
+/// The columns a planned handoff added to the table (D133), as `ALTER TABLE` adds them to a
+/// table made before.
+const HANDOFF_COLUMNS: [(&str, &str); 3] = [
+    ("handoff_to", "TEXT"),
+    ("handoff_from", "TEXT"),
+    ("handoff_until_ms", "INTEGER"),
+];
 
 /// The columns [`CREATE_TABLE`] makes, as `PRAGMA table_info` reports them:
 /// (name, declared type, NOT NULL, part of the primary key).
-const COLUMNS: [(&str, &str, bool, bool); 7] = [
+const COLUMNS: [(&str, &str, bool, bool); 10] = [
     ("key", "TEXT", true, true),
     ("holder", "TEXT", false, false),
     ("token", "INTEGER", true, false),
@@ -124,6 +143,9 @@ const COLUMNS: [(&str, &str, bool, bool); 7] = [
     ("boot_id", "TEXT", false, false),
     ("acquired_at", "TEXT", false, false),
     ("renewed_at", "TEXT", false, false),
+    ("handoff_to", "TEXT", false, false),
+    ("handoff_from", "TEXT", false, false),
+    ("handoff_until_ms", "INTEGER", false, false),
 ];
 
 /// What kind of schema object is called `baton_leases` (a table, we hope).
@@ -134,8 +156,8 @@ const TABLE_INFO: &str =
     "SELECT name, type, \"notnull\", pk FROM pragma_table_info('baton_leases') ORDER BY cid";
 
 /// The row at a key, read as raw values so data Baton did not write can be described.
-const SELECT_LEASE: &str =
-    "SELECT holder, token, expires_at_ms, boot_id FROM baton_leases WHERE key = ?1";
+const SELECT_LEASE: &str = "SELECT holder, token, expires_at_ms, boot_id, handoff_to, \
+     handoff_from, handoff_until_ms FROM baton_leases WHERE key = ?1";
 
 /// Take the key if it is free (?1 key, ?2 candidate, ?3 expiry, ?4 current boot id, ?5 now).
 ///
@@ -151,7 +173,10 @@ ON CONFLICT (key) DO UPDATE SET
     expires_at_ms = excluded.expires_at_ms,
     boot_id       = excluded.boot_id,
     acquired_at   = excluded.acquired_at,
-    renewed_at    = excluded.renewed_at
+    renewed_at    = excluded.renewed_at,
+    handoff_to       = NULL,
+    handoff_from     = NULL,
+    handoff_until_ms = NULL
 WHERE baton_leases.holder IS NULL
    OR baton_leases.boot_id IS NOT ?4
    OR coalesce(baton_leases.expires_at_ms, 0) <= ?5
@@ -169,6 +194,14 @@ WHERE key = ?1 AND holder = ?2 AND token = ?3 AND boot_id = ?4 AND expires_at_ms
 const RELEASE: &str = "
 UPDATE baton_leases
 SET holder = NULL, expires_at_ms = NULL
+WHERE key = ?1 AND holder = ?2 AND token = ?3";
+
+/// Hand the key ?1 over if this lease (holder ?2 and token ?3) holds it: free it as a release
+/// does, and leave the mark (?4 the candidate or '', ?5 its end on the boot-time clock of ?6).
+const HAND_OVER: &str = "
+UPDATE baton_leases
+SET holder = NULL, expires_at_ms = NULL,
+    handoff_to = ?4, handoff_from = ?2, handoff_until_ms = ?5, boot_id = ?6
 WHERE key = ?1 AND holder = ?2 AND token = ?3";
 
 /// A [`LeaseStore`] in one SQLite file, shared by every process on the machine that opens it.
@@ -429,6 +462,16 @@ impl Candidacy for SqliteCandidacy {
             .await
     }
 
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let lease = lease.clone();
+        let to = to.map(str::to_owned);
+        self.store
+            .run(true, BUSY_TIMEOUT, move |inner, conn| {
+                inner.hand_over(conn, &lease, to, window)
+            })
+            .await
+    }
+
     async fn watch(&mut self) -> Result<Option<Changes>> {
         // A candidate's acquire waits for the write lock itself: no need to wait here.
         Ok(self.store.inner.feed.subscribe(&self.key, None))
@@ -461,6 +504,9 @@ impl Inner {
         if let Some(stored) = &stored {
             if let Some(record) = stored.live(now, &self.boot_id) {
                 return Ok(Acquire::Held(record));
+            }
+            if let Some(mark) = stored.reserved(candidate, now, &self.boot_id) {
+                return Ok(Acquire::Reserved(mark));
             }
             if i64::try_from(stored.token).is_ok_and(|t| t == i64::MAX) {
                 return Err(Error::ForeignData {
@@ -598,6 +644,42 @@ impl Inner {
         Ok(())
     }
 
+    fn hand_over(
+        &self,
+        conn: &mut Connection,
+        lease: &Lease,
+        to: Option<String>,
+        window: Duration,
+    ) -> Result<()> {
+        let doing = "handing a lease over in";
+        let Some(token) = sql_token(lease.token) else {
+            return Ok(());
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(doing, e))?;
+        let until = now_ms().saturating_add(ttl_ms(window));
+        let changed = tx
+            .prepare_cached(HAND_OVER)
+            .and_then(|mut st| {
+                st.execute(params![
+                    lease.key,
+                    lease.holder,
+                    token,
+                    to.as_deref().unwrap_or(""),
+                    until,
+                    self.boot_id
+                ])
+            })
+            .map_err(|e| self.error(doing, e))?;
+        if changed == 0 {
+            return Ok(());
+        }
+        tx.commit().map_err(|e| self.commit_error(doing, e))?;
+        self.feed.publish(&lease.key, Change::HandedOver { to });
+        Ok(())
+    }
+
     /// Wait until no other connection is in the middle of a write: take the write lock and let
     /// it go at once, writing nothing. A commit still being written when its file event came
     /// holds that lock until it is visible, so a read after this sees it.
@@ -614,8 +696,18 @@ impl Inner {
         let values = conn
             .prepare_cached(SELECT_LEASE)
             .and_then(|mut st| {
-                st.query_row([key], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))
-                    .optional()
+                st.query_row([key], |r| {
+                    Ok([
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ])
+                })
+                .optional()
             })
             .map_err(|e| self.error(doing, e))?;
         values
@@ -649,11 +741,15 @@ struct Stored {
     token: u64,
     expires_at_ms: Option<i64>,
     boot_id: Option<String>,
+    /// A planned handoff's mark: to ('' for anyone), from, until (ms of `boot_id`'s clock).
+    mark: Option<Box<(String, String, i64)>>,
 }
 
 impl Stored {
     /// Check the raw values of `SELECT_LEASE`; the error describes the first bad column.
-    fn parse([holder, token, expires_at_ms, boot_id]: [Value; 4]) -> Result<Self, String> {
+    fn parse(
+        [holder, token, expires_at_ms, boot_id, to, from, until]: [Value; 7],
+    ) -> Result<Self, String> {
         let text = |name: &str, v: Value| match v {
             Value::Null => Ok(None),
             Value::Text(s) => Ok(Some(s)),
@@ -669,12 +765,48 @@ impl Stored {
             Value::Integer(t) => Some(t),
             other => return Err(format!("expires_at_ms is {}", describe(&other))),
         };
+        let holder = text("holder", holder)?;
+        let mark = match (text("handoff_to", to)?, text("handoff_from", from)?, until) {
+            (None, None, Value::Null) => None,
+            // Baton leaves a mark only on a row it frees.
+            (Some(to), Some(from), Value::Integer(until)) if holder.is_none() => {
+                Some(Box::new((to, from, until)))
+            }
+            (_, _, until) => {
+                return Err(format!(
+                    "handoff columns are not a mark Baton could have left (handoff_until_ms is {}{})",
+                    describe(&until),
+                    if holder.is_some() {
+                        ", beside a holder"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        };
         Ok(Stored {
-            holder: text("holder", holder)?,
+            holder,
             token,
             expires_at_ms,
             boot_id: text("boot_id", boot_id)?,
+            mark,
         })
+    }
+
+    /// The mark of a planned handoff, if it is live at `now_ms` (written during this boot)
+    /// and does not admit `candidate`.
+    fn reserved(&self, candidate: &str, now_ms: i64, boot_id: &str) -> Option<HandoffMark> {
+        let (to, from, until) = self.mark.as_deref()?;
+        if self.boot_id.as_deref() != Some(boot_id) {
+            return None;
+        }
+        let left = until.checked_sub(now_ms).filter(|left| *left > 0)?;
+        let mark = HandoffMark::new(
+            (!to.is_empty()).then(|| to.clone()),
+            from.clone(),
+            Duration::from_millis(u64::try_from(left).unwrap_or_default()),
+        );
+        (!mark.admits(candidate)).then_some(mark)
     }
 
     /// The lease this row records, if it is held, was written during this boot, and has not
@@ -921,25 +1053,51 @@ fn check_table(conn: &Connection, path: &Path) -> Result<()> {
             "a {kind} named baton_leases; drop it or point the sqlite store at another file"
         )));
     }
-    let mut st = conn.prepare(TABLE_INFO).map_err(fail)?;
-    let columns = st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get::<_, i64>(3)? > 0,
-            ))
-        })
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(fail)?;
-    let matches = columns.len() == COLUMNS.len()
-        && columns.iter().zip(COLUMNS).all(|(found, want)| {
-            found.0 == want.0
-                && found.1.eq_ignore_ascii_case(want.1)
-                && found.2 == want.2
-                && found.3 == want.3
-        });
+    let mut columns = table_columns(conn).map_err(fail)?;
+    let layout = |columns: &[Column], want: &[(&str, &str, bool, bool)]| {
+        columns.len() == want.len()
+            && columns.iter().zip(want).all(|(found, want)| {
+                found.0 == want.0
+                    && found.1.eq_ignore_ascii_case(want.1)
+                    && found.2 == want.2
+                    && found.3 == want.3
+            })
+    };
+    let before_handoff = &COLUMNS[..COLUMNS.len() - HANDOFF_COLUMNS.len()];
+    if layout(&columns, before_handoff) {
+        // Baton's table from before planned handoffs: add their columns, under the write lock,
+        // unless another process just did.
+        let migrate = || -> rusqlite::Result<Vec<Column>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let result = (|| {
+                let found = table_columns(conn)?;
+                if layout(&found, before_handoff) {
+                    for (name, ty) in HANDOFF_COLUMNS {
+                        conn.execute_batch(&format!(
+                            "ALTER TABLE baton_leases ADD COLUMN {name} {ty}"
+                        ))?;
+                    }
+                }
+                table_columns(conn)
+            })();
+            match result {
+                Ok(found) => conn.execute_batch("COMMIT").map(|()| found),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        };
+        columns = retry_busy(migrate).map_err(|e| {
+            sqlite_error(
+                path,
+                "adding the handoff columns to the baton_leases table in",
+                Phase::Open,
+                e,
+            )
+        })?;
+    }
+    let matches = layout(&columns, &COLUMNS);
     if !matches {
         let found: Vec<String> = columns
             .iter()
@@ -956,6 +1114,22 @@ fn check_table(conn: &Connection, path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A column as `PRAGMA table_info` reports it: name, declared type, NOT NULL, primary key.
+type Column = (String, String, bool, bool);
+
+fn table_columns(conn: &Connection) -> rusqlite::Result<Vec<Column>> {
+    let mut st = conn.prepare(TABLE_INFO)?;
+    st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, bool>(2)?,
+            r.get::<_, i64>(3)? > 0,
+        ))
+    })
+    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
 }
 
 /// A busy handler that retries every millisecond, for as long as the call in progress may
