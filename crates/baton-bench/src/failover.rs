@@ -96,12 +96,13 @@ pub async fn crashes(
             tokio::time::sleep_until((last_send + timing.renew).into()).await;
             let t = Instant::now();
             match crashed.renew(&lease, timing.lease).await? {
-                Renew::Renewed => last_send = t,
+                Renew::Renewed | Renew::HandoffRequested { .. } => last_send = t,
                 Renew::Lost(record) => {
                     return Err(
                         format!("round {round}: renewal lost the lease to {record:?}").into(),
                     );
                 }
+                other => return Err(format!("round {round}: renewal gave {other:?}").into()),
             }
         }
         if leak {

@@ -1102,7 +1102,7 @@ fn held(outcome: Acquire, rule: &str) -> LeaseRecord {
 fn lost(outcome: Renew, rule: &str) -> Option<LeaseRecord> {
     match outcome {
         Renew::Lost(record) => record,
-        Renew::Renewed => panic!("{rule}: expected Lost, got Renewed"),
+        other => panic!("{rule}: expected Lost, got {other:?}"),
     }
 }
 
@@ -1142,7 +1142,11 @@ fn check_ttl(ttl: Duration, requested: Duration, what: &str) {
 }
 
 /// **A planned handoff reserves the key for its candidate, for its window only** (only for
-/// stores whose [`Capabilities::handoff`] is true). After `alice` hands over to `carol`:
+/// stores whose [`Capabilities::handoff`] is true). A request from another handle
+/// ([`LeaseStore::request_handoff`]) names the holder and changes nothing of its lease, and the
+/// holder's next renewal reports it ([`Renew::HandoffRequested`]); a request for the holder
+/// itself writes nothing; a key nobody holds answers `None`. After `alice` hands over to
+/// `carol`:
 /// `read` shows the key free; `bob` and `alice` get [`Acquire::Reserved`] with the mark;
 /// where the store can push, `carol` hears of it within 2 s; `carol` acquires with a greater
 /// token, which clears the mark; a handoff of a lease that is no longer held changes nothing.
@@ -1181,6 +1185,46 @@ pub async fn handoff_reserves_the_key_for_its_candidate<F: StoreFactory + ?Sized
     } else {
         None
     };
+
+    assert!(
+        ok(
+            elsewhere.request_handoff(&unique_key("unused"), None).await,
+            "request_handoff on a key nobody holds"
+        )
+        .is_none(),
+        "a request on a free key must answer None"
+    );
+    let asked = ok(
+        elsewhere.request_handoff(&key, Some("carol")).await,
+        "request_handoff",
+    );
+    assert_record(
+        asked.as_ref(),
+        "alice",
+        lease.token,
+        "a request must name the holder it was left for",
+    );
+    ok(
+        elsewhere.request_handoff(&key, Some("alice")).await,
+        "request_handoff to the holder itself",
+    );
+    expect_holder(
+        &*store,
+        &key,
+        "alice",
+        lease.token,
+        "a request must not touch the lease",
+    )
+    .await;
+    let renewed = ok(alice.renew(&lease, LEASE).await, "renew after a request");
+    assert_eq!(
+        renewed,
+        Renew::HandoffRequested {
+            to: Some("carol".into())
+        },
+        "the holder's renewal must report the request (and a request for the holder itself \
+         must not replace it)"
+    );
 
     ok(
         alice.hand_over(&lease, Some("carol"), LEASE).await,
@@ -1222,6 +1266,11 @@ pub async fn handoff_reserves_the_key_for_its_candidate<F: StoreFactory + ?Sized
         "a handoff mints a greater token: {} after {}",
         carols.token,
         lease.token
+    );
+    assert_eq!(
+        ok(carol.renew(&carols, LEASE).await, "renew by the new holder"),
+        Renew::Renewed,
+        "a request goes with the lease it was made of"
     );
     ok(
         alice.hand_over(&lease, Some("bob"), LEASE).await,

@@ -354,6 +354,11 @@ impl LeaseStore for FaultyStore {
             .await
     }
 
+    /// Passed through without faults: only `baton handoff` asks, never an election.
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        self.inner.request_handoff(key, to).await
+    }
+
     fn info(&self) -> StoreInfo {
         let mut info = self.inner.info();
         info.location = format!("{} (with injected faults)", info.location);

@@ -1293,7 +1293,8 @@ fn planted() -> impl proptest::strategy::Strategy<Value = Planted> {
 /// Whether Baton could have written this pair: nothing, or a leased string at the key whose
 /// companion is a hash of exactly `holder` (the same string) and a numeric `token`, or a
 /// companion alone of that shape (the counter left by an earlier lease; the token below 2^53),
-/// or a companion alone with a planned handoff's mark too (`handoff_to`, `handoff_from`, a numeric `handoff_until`).
+/// or a companion alone with a planned handoff's mark too (`handoff_to`, `handoff_from`, a numeric `handoff_until`),
+/// or one with a request (`handoff_to`, and `handoff_from` equal to `holder`).
 fn batons_own(at_key: &Planted, companion: &Planted) -> bool {
     let own_companion = |holder: Option<&str>| match companion {
         Planted::Nothing => holder.is_none(),
@@ -1318,7 +1319,10 @@ fn batons_own(at_key: &Planted, companion: &Planted) -> bool {
                     ]
                     .into()
                 && numeric("handoff_until");
-            (plain || marked)
+            // A request names the holder of the lease it was made of.
+            let requested = fields == ["handoff_from", "handoff_to", "holder", "token"].into()
+                && get("handoff_from") == get("holder");
+            (plain || marked || requested)
                 && token_ok
                 && holder.is_none_or(|h| get("holder").is_some_and(|v| v == h))
         }

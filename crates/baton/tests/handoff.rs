@@ -276,3 +276,64 @@ async fn the_store_answers_reserved_to_everyone_the_mark_does_not_admit() {
         Acquire::Acquired(_)
     ));
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_handoff_requested_through_the_store_is_made_at_the_leaders_next_renewal() {
+    let clock = Clock::tokio();
+    let (store, all) = three(&clock).await;
+    let [a, _, c] = &all;
+    let renew = a.options().renew_interval;
+    let mut a_events = a.subscribe();
+    // Another process (`baton handoff`) asks; it learns who it asked.
+    let asked = store
+        .request_handoff(KEY, Some("c"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked.holder, "a");
+    assert_eq!(
+        store.read(KEY).await.unwrap().unwrap().holder,
+        "a",
+        "only a request"
+    );
+    settle().await;
+    assert_eq!(
+        leaders(&all),
+        ["a"],
+        "the leader sees it on its next renewal"
+    );
+    run_for(renew).await;
+    assert_eq!(leaders(&all), ["c"]);
+    assert!(drain(&mut a_events).iter().any(|e| matches!(
+        e,
+        Event::LostLeadership {
+            reason: LossReason::HandedOver,
+            ..
+        }
+    )));
+    // The request went with a's lease: c's renewals are plain ones.
+    run_for(renew * 3).await;
+    assert_eq!(leaders(&all), ["c"]);
+    // Asking the leader to hand over to itself writes nothing; an unused key has no holder.
+    assert_eq!(
+        store
+            .request_handoff(KEY, Some("c"))
+            .await
+            .unwrap()
+            .unwrap()
+            .holder,
+        "c"
+    );
+    run_for(renew * 2).await;
+    assert!(c.is_leader());
+    assert!(
+        store
+            .request_handoff("unused", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for e in &all {
+        e.stop().await.unwrap();
+    }
+}

@@ -887,6 +887,24 @@ impl Election {
                 self.clear_error(out);
                 self.hold_top(now, out);
             }
+            Ok(Renew::HandoffRequested { to }) => {
+                h.last_ok = sent;
+                h.next_renew = sent + timing.renew;
+                self.renewed = sent;
+                self.clear_error(out);
+                self.hold_top(now, out);
+                // Asked through the store, by another process: hand over as `hand_over` does,
+                // once leading (before that, the next renewal brings the request again).
+                let leading = matches!(&self.phase, Phase::Holding(h) if h.leading);
+                if leading
+                    && !self.stop_requested
+                    && self.handing_over.is_none()
+                    && to.as_deref() != Some(self.config.candidate.as_str())
+                {
+                    info!(to = ?to, "a handoff was requested through the store");
+                    self.on_hand_over(to, out);
+                }
+            }
             Ok(Renew::Lost(record)) => {
                 let leading = h.leading;
                 let lease = Arc::clone(&h.lease);

@@ -50,6 +50,9 @@ struct Held {
     holder: String,
     token: u64,
     expires: Instant,
+    /// A handoff asked for by another process ([`LeaseStore::request_handoff`]): to whom
+    /// (`None`: anyone else). Goes with the lease.
+    request: Option<Box<Option<String>>>,
 }
 
 impl Slot {
@@ -189,6 +192,21 @@ impl LeaseStore for MemoryStore {
         Ok(Some(self.subscribe(key)))
     }
 
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = slots.get_mut(key) else {
+            return Ok(None);
+        };
+        let record = slot.record(now);
+        if let (Some(held), Some(record)) = (slot.lease.as_mut(), &record)
+            && to != Some(record.holder.as_str())
+        {
+            held.request = Some(Box::new(to.map(str::to_owned)));
+        }
+        Ok(record)
+    }
+
     fn info(&self) -> StoreInfo {
         StoreInfo {
             name: "memory",
@@ -223,6 +241,7 @@ impl Candidacy for MemoryCandidacy {
                 holder: self.candidate.clone(),
                 token: slot.last_token,
                 expires: now + ttl,
+                request: None,
             });
             slot.notify(|| Change::Acquired {
                 holder: self.candidate.clone(),
@@ -240,13 +259,18 @@ impl Candidacy for MemoryCandidacy {
         let now = Instant::now();
         Ok(self.store.with_slot(&lease.key, |slot| {
             if slot.owns(lease, now) {
+                let mut request = None;
                 if let Some(h) = slot.lease.as_mut() {
                     h.expires = now + ttl;
+                    request = h.request.as_deref().cloned();
                 }
                 slot.notify(|| Change::Renewed {
                     holder: lease.holder.clone(),
                 });
-                Renew::Renewed
+                match request {
+                    Some(to) => Renew::HandoffRequested { to },
+                    None => Renew::Renewed,
+                }
             } else {
                 Renew::Lost(slot.record(now))
             }

@@ -224,10 +224,21 @@ impl HandoffMark {
 }
 
 /// The outcome of [`Candidacy::renew`].
+///
+/// New outcomes may be added in minor releases: the engine is the only caller that matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Renew {
     /// The lease was extended by the requested TTL.
     Renewed,
+    /// The lease was extended, and someone asked for it to be handed over
+    /// ([`LeaseStore::request_handoff`]): to `to`, or (`None`) to any other candidate. The
+    /// engine then hands over as [`LeaderElection::hand_over`](crate::LeaderElection::hand_over)
+    /// does.
+    HandoffRequested {
+        /// The candidate asked for.
+        to: Option<String>,
+    },
     /// The lease is no longer ours; the current record, if any.
     Lost(Option<LeaseRecord>),
 }
@@ -332,6 +343,26 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Ask the holder of `key` to hand it over to `to` (or, `None`, to any other candidate),
+    /// from any process: `baton handoff`. The request is kept beside the lease without touching
+    /// its holder, token or expiry; the holder sees it on its next renewal
+    /// ([`Renew::HandoffRequested`]) and hands over. A later request replaces it; a release, a
+    /// handoff or the lease's end clears it.
+    ///
+    /// Returns the record of the holder the request was left for, or `None` (nothing written)
+    /// when nobody holds the key. When `to` already holds it, nothing is written either.
+    ///
+    /// The default refuses with [`Error::Config`](crate::Error::Config): a store must keep the
+    /// request to take one.
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let _ = (key, to);
+        Err(crate::Error::Config(format!(
+            "the {} store does not take handoff requests from other processes (yet); \
+             call LeaderElection::hand_over in the leader instead",
+            self.info().name
+        )))
+    }
+
     /// Name, redacted location and capabilities.
     fn info(&self) -> StoreInfo;
 
@@ -359,6 +390,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         (**self).watch(key).await
+    }
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        (**self).request_handoff(key, to).await
     }
     fn info(&self) -> StoreInfo {
         (**self).info()

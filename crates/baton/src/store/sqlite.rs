@@ -17,14 +17,17 @@
 //! | `acquired_at` | `TEXT` | wall-clock time of the last acquisition (UTC, ISO 8601), for humans |
 //! | `renewed_at` | `TEXT` | wall-clock time of the last renewal, for humans |
 //! | `handoff_to` | `TEXT` | a planned handoff's candidate (empty: anyone but `handoff_from`) |
-//! | `handoff_from` | `TEXT` | the leader that handed over |
-//! | `handoff_until_ms` | `INTEGER` | when the handoff's mark runs out, on the boot-time clock of `boot_id` |
+//! | `handoff_from` | `TEXT` | the leader that handed over, or is asked to |
+//! | `handoff_until_ms` | `INTEGER` | when the handoff's mark runs out, on the boot-time clock of `boot_id`; `NULL` for a request |
 //!
 //! A release sets `holder` to `NULL` and keeps the row, so `token` survives it and every later
 //! acquisition gets a larger token, across releases, expiries and process restarts. A planned
 //! handoff ([`Candidacy::hand_over`]) is a release that also fills the three `handoff_`
 //! columns; until the mark runs out only its candidate acquires, and the acquisition clears
-//! them. A table from before the handoff columns (seven columns) gets them added
+//! them. A handoff asked for by another process ([`LeaseStore::request_handoff`]) is the same
+//! columns without an end, on a held row (`handoff_from` is the holder); the holder's renewal
+//! answers it, and a release, a handoff or the next acquisition clears it. A table from before
+//! the handoff columns (seven columns) gets them added
 //! (`ALTER TABLE ... ADD COLUMN`) when a store opens the file; nothing in it is rewritten.
 //!
 //! # Time
@@ -183,18 +186,25 @@ WHERE baton_leases.holder IS NULL
 RETURNING token";
 
 /// Extend the lease if this lease (holder ?2 and token ?3) still holds the key ?1 and has not
-/// expired (?4 current boot id, ?5 now, ?6 new expiry).
+/// expired (?4 current boot id, ?5 now, ?6 new expiry). Returns the handoff asked for, if any.
 const RENEW: &str = "
 UPDATE baton_leases
 SET expires_at_ms = ?6, renewed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-WHERE key = ?1 AND holder = ?2 AND token = ?3 AND boot_id = ?4 AND expires_at_ms > ?5";
+WHERE key = ?1 AND holder = ?2 AND token = ?3 AND boot_id = ?4 AND expires_at_ms > ?5
+RETURNING handoff_to";
 
-/// Free the key ?1 if this lease (holder ?2 and token ?3) holds it. The row, and so the token,
-/// stays.
+/// Free the key ?1 if this lease (holder ?2 and token ?3) holds it, with any handoff asked of
+/// it. The row, and so the token, stays.
 const RELEASE: &str = "
 UPDATE baton_leases
-SET holder = NULL, expires_at_ms = NULL
+SET holder = NULL, expires_at_ms = NULL, handoff_to = NULL, handoff_from = NULL
 WHERE key = ?1 AND holder = ?2 AND token = ?3";
+
+/// Ask the holder ?3 (token ?4) of key ?1 to hand over to ?2 ('' for anyone).
+const REQUEST_HANDOFF: &str = "
+UPDATE baton_leases
+SET handoff_to = ?2, handoff_from = holder
+WHERE key = ?1 AND holder = ?3 AND token = ?4";
 
 /// Hand the key ?1 over if this lease (holder ?2 and token ?3) holds it: free it as a release
 /// does, and leave the mark (?4 the candidate or '', ?5 its end on the boot-time clock of ?6).
@@ -396,6 +406,15 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let key = key.to_owned();
+        let to = to.map(str::to_owned);
+        self.run(true, BUSY_TIMEOUT, move |inner, conn| {
+            inner.request_handoff(conn, &key, to.as_deref())
+        })
+        .await
+    }
+
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         Ok(self.inner.feed.subscribe(key, Some(self.clone())))
     }
@@ -585,7 +604,10 @@ impl Inner {
             .iter()
             .map(|(lease, ttl)| self.renew(&tx, lease, *ttl, now))
             .collect();
-        if results.iter().any(|r| matches!(r, Ok(Renew::Renewed))) {
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(Renew::Renewed | Renew::HandoffRequested { .. })))
+        {
             tx.commit().map_err(|e| self.commit_error(doing, e))?;
         }
         Ok(results)
@@ -605,23 +627,23 @@ impl Inner {
             return lost();
         };
         let expires = now.saturating_add(ttl_ms(ttl));
-        let changed = tx
+        let renewed: Option<Option<String>> = tx
             .prepare_cached(RENEW)
             .and_then(|mut st| {
-                st.execute(params![
-                    lease.key,
-                    lease.holder,
-                    token,
-                    self.boot_id,
-                    now,
-                    expires
-                ])
+                st.query_row(
+                    params![lease.key, lease.holder, token, self.boot_id, now, expires],
+                    |r| r.get(0),
+                )
+                .optional()
             })
             .map_err(|e| self.error(doing, e))?;
-        if changed == 0 {
-            return lost();
+        match renewed {
+            None => lost(),
+            Some(None) => Ok(Renew::Renewed),
+            Some(Some(to)) => Ok(Renew::HandoffRequested {
+                to: (!to.is_empty()).then_some(to),
+            }),
         }
-        Ok(Renew::Renewed)
     }
 
     fn release(&self, conn: &mut Connection, lease: &Lease) -> Result<()> {
@@ -642,6 +664,33 @@ impl Inner {
         tx.commit().map_err(|e| self.commit_error(doing, e))?;
         self.feed.publish(&lease.key, Change::Released);
         Ok(())
+    }
+
+    fn request_handoff(
+        &self,
+        conn: &mut Connection,
+        key: &str,
+        to: Option<&str>,
+    ) -> Result<Option<LeaseRecord>> {
+        let doing = "asking for a handoff in";
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(doing, e))?;
+        let Some(record) = self
+            .select(&tx, key, doing)?
+            .and_then(|s| s.live(now_ms(), &self.boot_id))
+        else {
+            return Ok(None);
+        };
+        if to == Some(record.holder.as_str()) {
+            return Ok(Some(record));
+        }
+        let token = sql_token(record.token).unwrap_or(i64::MAX);
+        tx.prepare_cached(REQUEST_HANDOFF)
+            .and_then(|mut st| st.execute(params![key, to.unwrap_or(""), record.holder, token]))
+            .map_err(|e| self.error(doing, e))?;
+        tx.commit().map_err(|e| self.commit_error(doing, e))?;
+        Ok(Some(record))
     }
 
     fn hand_over(
@@ -741,8 +790,9 @@ struct Stored {
     token: u64,
     expires_at_ms: Option<i64>,
     boot_id: Option<String>,
-    /// A planned handoff's mark: to ('' for anyone), from, until (ms of `boot_id`'s clock).
-    mark: Option<Box<(String, String, i64)>>,
+    /// A planned handoff's mark: to ('' for anyone), from, until (ms of `boot_id`'s clock);
+    /// or, without `until` and on a held row, a handoff asked of the holder.
+    mark: Option<Box<(String, String, Option<i64>)>>,
 }
 
 impl Stored {
@@ -770,11 +820,15 @@ impl Stored {
             (None, None, Value::Null) => None,
             // Baton leaves a mark only on a row it frees.
             (Some(to), Some(from), Value::Integer(until)) if holder.is_none() => {
-                Some(Box::new((to, from, until)))
+                Some(Box::new((to, from, Some(until))))
+            }
+            // A request names the holder it was made of.
+            (Some(to), Some(from), Value::Null) if holder.as_ref() == Some(&from) => {
+                Some(Box::new((to, from, None)))
             }
             (_, _, until) => {
                 return Err(format!(
-                    "handoff columns are not a mark Baton could have left (handoff_until_ms is {}{})",
+                    "handoff columns are not a mark or a request Baton could have left (handoff_until_ms is {}{})",
                     describe(&until),
                     if holder.is_some() {
                         ", beside a holder"
@@ -797,6 +851,7 @@ impl Stored {
     /// and does not admit `candidate`.
     fn reserved(&self, candidate: &str, now_ms: i64, boot_id: &str) -> Option<HandoffMark> {
         let (to, from, until) = self.mark.as_deref()?;
+        let until = (*until)?;
         if self.boot_id.as_deref() != Some(boot_id) {
             return None;
         }

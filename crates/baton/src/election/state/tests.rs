@@ -1147,15 +1147,35 @@ impl World {
         if hand_over {
             self.handoffs_asked += 1;
         }
+        let requested = matches!(
+            &input,
+            Input::Renewed {
+                outcome: Ok(Renew::HandoffRequested { .. }),
+                ..
+            }
+        );
         // The model learns from the store's answers what the election may rely on.
         if let Input::Renewed {
             sent,
-            outcome: Ok(Renew::Renewed),
+            outcome: Ok(Renew::Renewed | Renew::HandoffRequested { .. }),
         } = &input
         {
             self.last_ok = Some(*sent);
         }
         let actions = self.e.step(input.clone_for_model(), now);
+        if requested
+            && actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::EndTerm {
+                        reason: LossReason::HandedOver
+                    }
+                )
+            })
+        {
+            // A handoff asked for through the store: answered like one asked of the handle.
+            self.handoffs_asked += 1;
+        }
         self.apply(actions, &input);
         let t = timing();
 
@@ -1194,7 +1214,7 @@ impl World {
         if was_leading && !self.leading {
             let moment = self.step_down_moment();
             assert!(
-                lost || stop || hand_over || now >= moment,
+                lost || stop || hand_over || requested || now >= moment,
                 "stepped down early at {now:?}, moment {moment:?}"
             );
         }
@@ -1362,6 +1382,9 @@ impl World {
                             Err(timeout())
                         } else {
                             match pick % 5 {
+                                0 if pick % 3 == 0 => Ok(Renew::HandoffRequested {
+                                    to: (pick % 2 == 0).then(|| "next".to_owned()),
+                                }),
                                 0..=2 => Ok(Renew::Renewed),
                                 3 => Ok(Renew::Lost(None)),
                                 _ => Err(unavailable()),

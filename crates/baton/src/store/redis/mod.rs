@@ -24,8 +24,8 @@
 //! Every write is one Lua script, so it is atomic. Before it writes, a script checks that what
 //! is there is Baton's: `K` absent, or a string with a TTL that the companion names as its
 //! holder; the companion absent, or a hash of exactly `holder` and a numeric `token` (below
-//! 2^53, so that Lua's numbers keep it exact), or, while `K` is absent, those two and a planned
-//! handoff's mark (below). Anything else is [`Error::ForeignData`] and is left as it was (a
+//! 2^53, so that Lua's numbers keep it exact), or those two and a handoff request naming the
+//! holder, or, while `K` is absent, those two and a planned handoff's mark (below). Anything else is [`Error::ForeignData`] and is left as it was (a
 //! property test plants random data of every type at both keys).
 //!
 //!
@@ -38,6 +38,10 @@
 //!   script that checks and extends each lease on its own (not on Redis Cluster), so a process
 //!   with thousands of elections sends a few calls per second, not one per lease.
 //! * **release** deletes `K` under the same check and publishes `released`.
+//! * **request a handoff** (another process, `baton handoff`, [`LeaseStore::request_handoff`])
+//!   writes `handoff_to` (empty for anyone) and `handoff_from` (the holder) into the companion
+//!   of a held key, touching nothing else; the holder's next renewal answers
+//!   [`Renew::HandoffRequested`], and a release, a handoff or the next acquire removes them.
 //! * **hand over** (a planned handoff, [`Candidacy::hand_over`]) deletes `K` under the same
 //!   check, writes the mark into the companion (`handoff_to`: the candidate, or empty for
 //!   anyone but the leaver; `handoff_from`; `handoff_until`: Redis `TIME` plus the window, in
@@ -196,8 +200,9 @@ if mt == 'hash' then
   local n = redis.call('HLEN', KEYS[2])
   if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
       and tonumber(meta[2]) < 9007199254740992
-      and (n == 2 or (n == 5 and meta[3] and meta[4] and meta[5]
-        and string.match(meta[5], '^%d+$')))) then
+      and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
+        or (n == 5 and meta[3] and meta[4] and meta[5]
+          and string.match(meta[5], '^%d+$')))) then
     return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
   end
 end
@@ -238,7 +243,7 @@ if not uptime then
   offset = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(%-?%d+)') or ''
 end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if meta[5] then redis.call('DEL', KEYS[2]) end
+if meta[3] then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
 redis.call('PUBLISH', ARGV[3], 'acquired:' .. ARGV[1])
 return {'acquired', token, fresh, uptime, offset}
@@ -254,6 +259,11 @@ local token = redis.call('HGET', KEYS[2], 'token')
 if holder and holder == ARGV[1] and token == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PUBLISH', ARGV[4], 'renewed:' .. ARGV[1])
+  -- A handoff asked of this lease (HMGET only then: the benchmarks count acquires by it).
+  if redis.call('HLEN', KEYS[2]) == 4 then
+    local req = redis.call('HMGET', KEYS[2], 'handoff_to', 'handoff_from')
+    if req[1] and req[2] == holder then return {'renewed', req[1]} end
+  end
   return {'renewed'}
 end
 if holder then
@@ -263,16 +273,53 @@ return {'lost'}
 "#;
 
 /// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = channel.
+/// A handoff asked of the lease goes with it (the companion is written again without it:
+/// `HDEL` is not in the documented ACL rule).
 const RELEASE: &str = r#"
 if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
 local holder = redis.call('GET', KEYS[1])
 local token = redis.call('HGET', KEYS[2], 'token')
 if holder == ARGV[1] and token == ARGV[2] then
   redis.call('DEL', KEYS[1])
+  if redis.call('HLEN', KEYS[2]) > 2 then
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[2], 'holder', holder, 'token', token)
+  end
   redis.call('PUBLISH', ARGV[3], 'released')
   return 1
 end
 return 0
+"#;
+
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = the candidate asked for (`''`: anyone else). Leaves
+/// the request beside a held lease (`handoff_to`, and `handoff_from` = the holder) and returns
+/// the holder's record, as [`READ`] does.
+const REQUEST_HANDOFF: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local mt = redis.call('TYPE', KEYS[2]).ok
+if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
+if mt == 'hash' then
+  local n = redis.call('HLEN', KEYS[2])
+  if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
+      and tonumber(meta[2]) < 9007199254740992
+      and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
+        or (n == 5 and meta[3] and meta[4] and meta[5]
+          and string.match(meta[5], '^%d+$')))) then
+    return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+  end
+end
+if kt == 'none' then return {'free'} end
+local holder = redis.call('GET', KEYS[1])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 or meta[1] ~= holder or meta[5] then
+  return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
+end
+if ARGV[1] ~= holder then
+  redis.call('HSET', KEYS[2], 'handoff_to', ARGV[1], 'handoff_from', holder)
+end
+return {'held', holder, meta[2], tostring(pttl)}
 "#;
 
 /// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = candidate, `ARGV[2]` = token, `ARGV[3]` = channel,
@@ -305,8 +352,9 @@ if mt == 'hash' then
   local n = redis.call('HLEN', KEYS[2])
   if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
       and tonumber(meta[2]) < 9007199254740992
-      and (n == 2 or (n == 5 and meta[3] and meta[4] and meta[5]
-        and string.match(meta[5], '^%d+$')))) then
+      and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
+        or (n == 5 and meta[3] and meta[4] and meta[5]
+          and string.match(meta[5], '^%d+$')))) then
     return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
   end
 end
@@ -373,6 +421,7 @@ struct Inner {
     renew: Script,
     release: Script,
     hand_over: Script,
+    request_handoff: Script,
     read: Script,
     renew_many: Script,
     /// Renewals go through the batcher (see [`batch`]), except on a cluster.
@@ -544,6 +593,7 @@ impl RedisStore {
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
                 hand_over: Script::new(HAND_OVER),
+                request_handoff: Script::new(REQUEST_HANDOFF),
                 read: Script::new(READ),
                 renew_many: Script::new(batch::RENEW_MANY),
                 renewals: batched.then(|| batch::spawn(inner.clone())),
@@ -813,6 +863,18 @@ impl LeaseStore for RedisStore {
         self.subscribe(key, false).await.map(Some)
     }
 
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        check_key(key)?;
+        let reply = self
+            .script(&self.inner.request_handoff, key, &[to.unwrap_or("")])
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("free") => Ok(None),
+            Some("held") => parse_record(key, &reply).map(Some),
+            _ => Err(foreign(key, &reply)),
+        }
+    }
+
     fn info(&self) -> StoreInfo {
         StoreInfo {
             name: "redis",
@@ -929,7 +991,12 @@ impl Candidacy for RedisCandidacy {
             }
         };
         match reply.first().map(String::as_str) {
-            Some("renewed") => Ok(Renew::Renewed),
+            Some("renewed") => Ok(match reply.get(1) {
+                None => Renew::Renewed,
+                Some(to) => Renew::HandoffRequested {
+                    to: (!to.is_empty()).then(|| to.clone()),
+                },
+            }),
             Some("lost") if reply.len() == 1 => Ok(Renew::Lost(None)),
             Some("lost") => parse_record(&lease.key, &reply).map(|r| Renew::Lost(Some(r))),
             _ => Err(foreign(&lease.key, &reply)),
