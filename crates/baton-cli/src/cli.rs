@@ -13,6 +13,7 @@ Examples:
   baton --store sqlite:/tmp/b.db --lease 2s --renew 500ms --grace 500ms campaign
   baton --config appsettings.json status      settings in the seed's appsettings.json shape
   baton run -- ./nightly-job.sh               run a command only while this process leads
+  baton handoff --to worker-2                 move leadership to worker-2, in milliseconds
   baton config                                the effective settings and their sources
   baton completions bash                      a completion script for bash, zsh or fish
 
@@ -175,6 +176,9 @@ pub enum Command {
     /// Campaign, and run CMD only while this process leads
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Ask the leader to hand over to --to ID (or to any other candidate) and wait until it has
+    #[command(after_help = HANDOFF_HELP)]
+    Handoff(HandoffArgs),
     /// (internal) Kill a `run` command's process group if `baton` dies
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -196,6 +200,35 @@ Examples:
 
 Exit codes: CMD's status (128 + N if a signal N ended it); 1 leadership lost with --once;
 0 stopped by SIGINT/SIGTERM; 2 bad input.";
+
+const HANDOFF_HELP: &str = "\
+The request goes through the store: the leader sees it at its next renewal (within --renew of
+the leader), ends its term as a graceful stop does (its leader-only work stops first), and
+leaves the key reserved for --to for one lease. Without --to, any other candidate may take it.
+If --to does not come within that lease, the others hold an ordinary election.
+
+Examples:
+  baton handoff --to worker-2          move leadership to worker-2 before stopping this node
+  baton handoff --timeout 1m --json    to anyone else; one JSON object on stdout
+
+Exit codes: 0 the candidate asked for (or, without --to, another one) leads; 1 nobody leads,
+the time ran out, or another candidate than --to took over; 2 bad input, or a store that does
+not take handoff requests.";
+
+#[derive(Debug, Args)]
+pub struct HandoffArgs {
+    /// The candidate to hand over to [default: any candidate but the leader]
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
+
+    /// How long to wait for the new leader
+    #[arg(long, default_value = "30s", value_name = "DUR", value_parser = positive_duration)]
+    pub timeout: Duration,
+
+    /// One JSON object on stdout, for scripts
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -1,7 +1,8 @@
 //! `baton`: leader election from the shell. The contract (flags, JSON shapes, exit codes) is
 //! DESIGN.md §5; scripts rely on it.
 //!
-//! Exit codes: 0 success; 1 `status` found no leader; 2 bad input or a store that cannot be
+//! Exit codes: 0 success; 1 `status` found no leader, or `handoff` did not see the handoff
+//! made; 2 bad input or a store that cannot be
 //! opened or reached, with one line on stderr; 130 a second signal cut a graceful stop short.
 //! stdout carries events and JSON only; logs go to stderr.
 
@@ -10,6 +11,7 @@ mod cli;
 mod config;
 mod demo;
 mod failure;
+mod handoff;
 mod metrics;
 mod output;
 mod run;
@@ -95,6 +97,7 @@ async fn run(command: Command, settings: Settings) -> Result<ExitCode, Failure> 
         Command::Config(args) => show_config::run(&settings, args.json),
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         Command::Run(args) => run::run(settings, args, &mut Shutdown::install()?).await,
+        Command::Handoff(args) => handoff::run(settings, args).await,
         // Handled before the runtime starts; kept total so nothing can panic here.
         Command::Guard { pgid } => Ok(run::guard(pgid)),
     }

@@ -24,6 +24,31 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn LeaseStore>, Failure> {
     })
 }
 
+/// Ask the holder of the key to hand over to `to` (or anyone else): the holder's record, or
+/// `None` when nobody holds it. A store that takes no requests is bad input.
+pub async fn request_handoff(
+    store: &dyn LeaseStore,
+    settings: &Settings,
+    to: Option<&str>,
+) -> Result<Option<LeaseRecord>, Failure> {
+    let context = || {
+        format!(
+            "cannot ask for a handoff of the key {:?} in the store {}",
+            settings.key,
+            settings.store_display()
+        )
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, store.request_handoff(&settings.key, to)).await {
+        Ok(Ok(record)) => Ok(record),
+        Ok(Err(e)) => Err(Failure::from(e).context(context())),
+        Err(_) => Err(Failure::new(format!(
+            "no answer within {}: is the store running and reachable?",
+            baton::fmt_duration(PROBE_TIMEOUT)
+        ))
+        .context(context())),
+    }
+}
+
 /// Read the key once, so that an unreachable store or foreign data at the key is reported at
 /// once, as bad input, rather than retried forever by the election.
 pub async fn read_key(

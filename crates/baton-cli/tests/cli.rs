@@ -1686,3 +1686,141 @@ impl Drop for SqlTable {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// baton handoff
+
+/// `a` leads, `b` and `c` follow; `baton handoff --to c` moves leadership to `c`: `a` reports
+/// the end of its term as `handed_over`, `c` becomes leader with a greater token, `b` never
+/// does, and the command exits 0 with the new leader.
+fn handoff_moves_leadership_to_the_named_candidate(scratch: &Scratch, store: &str) {
+    let baton = |args: &[&str]| {
+        let mut cmd = scratch.baton();
+        cmd.args(["--store", store, "--key", "handed-leader"])
+            .args(FAST)
+            .args(args);
+        cmd
+    };
+    let mut a = Running::spawn(baton(&["--id", "a", "campaign", "--json"]));
+    let first = a.wait_event("became_leader", None);
+    let mut b = Running::spawn(baton(&["--id", "b", "campaign", "--json"]));
+    let mut c = Running::spawn(baton(&["--id", "c", "campaign", "--json"]));
+    b.wait_event("leader_changed", Some("a"));
+    c.wait_event("leader_changed", Some("a"));
+
+    let out = run(&mut baton(&["handoff", "--to", "c", "--json"]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["handed_over"], true, "{line}");
+    assert_eq!(line["from"], "a", "{line}");
+    assert_eq!(line["to"], "c", "{line}");
+    assert_eq!(line["leader"], "c", "{line}");
+    // The leader sees the request at its next renewal (every 500 ms here).
+    assert!(line["took_ms"].as_f64().unwrap() < 2000.0, "{line}");
+
+    let became = c.wait_event("became_leader", Some("c"));
+    assert!(became["token"].as_u64() > first["token"].as_u64());
+    let lost = a.wait_line("a's handoff", |l| l.contains("lost_leadership"));
+    let lost: Value = serde_json::from_str(&lost).unwrap();
+    assert_eq!(lost["reason"], "handed_over", "{lost}");
+    a.wait_event("leader_changed", Some("c"));
+    for r in [&a, &b, &c] {
+        r.signal(Signal::INT);
+    }
+    for (name, r) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+        let (status, lines) = r.wait_exit();
+        assert!(status.success(), "{name}: {}", r.stderr());
+        if name == "b" {
+            assert!(
+                !lines.iter().any(|l| l.contains("became_leader")),
+                "b led: {lines:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn handoff_moves_leadership_to_the_named_candidate_on_sqlite() {
+    let scratch = Scratch::new("handoff-sqlite");
+    handoff_moves_leadership_to_the_named_candidate(&scratch, &scratch.store());
+}
+
+#[test]
+fn handoff_moves_leadership_to_the_named_candidate_on_redis() {
+    let scratch = Scratch::new("handoff-redis");
+    let server = baton_testkit::servers::RedisServer::start();
+    handoff_moves_leadership_to_the_named_candidate(&scratch, &server.url());
+}
+
+/// What `baton handoff` answers when it cannot do what was asked: nobody leads (1), an id that
+/// cannot be one (2), the leader itself (0, nothing to do), a candidate that never comes
+/// (1 when the time runs out; the others then elect a leader once the mark runs out), a store
+/// that takes no requests (2).
+#[test]
+fn handoff_says_when_there_is_nothing_to_do_or_it_cannot_be_done() {
+    let scratch = Scratch::new("handoff-errors");
+    let out = run(&mut scratch.baton_fast(&["handoff"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("No leader"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&mut scratch.baton_fast(&["handoff", "--to", " "]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a candidate id"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut a = campaign(&scratch, "a");
+    a.wait_event("became_leader", None);
+    let mut b = campaign(&scratch, "b");
+    b.wait_event("leader_changed", Some("a"));
+    let out = run(&mut scratch.baton_fast(&["handoff", "--to", "a"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("a already leads"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out =
+        run(&mut scratch.baton_fast(&["handoff", "--to", "ghost", "--timeout", "1s", "--json"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["handed_over"], false, "{line}");
+    let lost = a.wait_line("a's handoff", |l| l.contains("lost_leadership"));
+    assert!(lost.contains("handed_over"), "{lost}");
+    // The mark for the missing candidate runs out after one lease (2 s): then someone leads.
+    let (_, status) = (0..100)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(100));
+            status_json(&scratch)
+        })
+        .find(|(code, _)| *code == 0)
+        .expect("a leader after the mark ran out");
+    assert!(
+        status["leader"] == "a" || status["leader"] == "b",
+        "{status}"
+    );
+
+    let table = SqlTable::new(Sql::Postgres);
+    let mut cmd = scratch.baton();
+    cmd.args(["--store", &table.url(), "handoff"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not take handoff requests"),
+        "{}",
+        text(&out.stderr)
+    );
+}
