@@ -865,6 +865,7 @@ impl<'h> Run<'h> {
                 );
                 Ok(resume)
             }
+            Scenario::Handoff => self.handoff(slot, &id),
             Scenario::RollingRestart => {
                 let mut order: Vec<usize> = (0..self.slots.len()).collect();
                 self.rng.shuffle(&mut order);
@@ -888,6 +889,104 @@ impl<'h> Run<'h> {
                 Ok(heal)
             }
         }
+    }
+
+    /// `baton handoff` of the leader in `slot` (see [`Scenario::Handoff`]); returns when the
+    /// command is done and any candidate it named was killed.
+    fn handoff(&mut self, slot: usize, leader: &str) -> Result<Duration, String> {
+        let followers: Vec<(usize, String)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != slot)
+            .filter_map(|(i, s)| s.current.as_ref().map(|c| (i, c.id.clone())))
+            .collect();
+        let pick = self.rng.u64(0..4);
+        let (to, victim) = match (pick, followers.is_empty()) {
+            (0, _) => (None, None),
+            (1, _) | (_, true) => (Some("not-running".to_owned()), None),
+            _ => {
+                let (i, id) = followers[self.rng.usize(0..followers.len())].clone();
+                let kill = self.rng.u64(0..3) == 0;
+                (Some(id), kill.then_some(i))
+            }
+        };
+        let millis = |d: Duration| format!("{}ms", d.as_millis());
+        let timeout = self.cfg.renew + self.cfg.effective_lease(self.spec.store);
+        let mut cmd = Command::new(&self.cfg.baton);
+        cmd.args(["--store", &self.store_url(slot), "--key", KEY])
+            .args(["--lease", &millis(self.cfg.lease)])
+            .args(["--renew", &millis(self.cfg.renew)])
+            .args(["--grace", &millis(self.cfg.grace)])
+            .args(["handoff", "--json", "--timeout", &millis(timeout)]);
+        if let Some(to) = &to {
+            cmd.args(["--to", to]);
+        }
+        for var in BATON_ENV {
+            cmd.env_remove(var);
+        }
+        let log = File::create(
+            self.dir
+                .join(format!("handoff-{}.log", self.obs.episodes.len())),
+        )
+        .map_err(|e| format!("cannot create the log of a handoff: {e}"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let start = now();
+        let whom = to.clone().unwrap_or_else(|| "anyone".to_owned());
+        self.note(format!("baton handoff of {leader} to {whom}"));
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start baton handoff: {e}"))?;
+        let mut heal = start;
+        if let Some(victim) = victim {
+            // Somewhere between the request and the leader's next renewal, or just after.
+            let delay = Duration::from_millis(self.rng.u64(0..=self.cfg.renew.as_millis() as u64));
+            self.sleep(delay)?;
+            if let Some(candidate) = self.slots[victim].current.as_mut() {
+                let id = candidate.id.clone();
+                let _ = rustix::process::kill_process(candidate.pid(), Signal::KILL);
+                let at = now();
+                let _ = candidate.child.wait();
+                self.slots[victim].current = None;
+                self.obs.kills.push(Kill {
+                    candidate: id.clone(),
+                    at,
+                });
+                self.note(format!("SIGKILL of {id}, named by the handoff"));
+                heal = at;
+            }
+        }
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            self.sleep(TICK)?;
+        };
+        heal = heal.max(now());
+        self.episode(
+            format!(
+                "baton handoff of {leader} to {whom}{} (exit {})",
+                if victim.is_some() {
+                    ", which was killed midway"
+                } else {
+                    ""
+                },
+                status
+                    .code()
+                    .map_or("by a signal".to_owned(), |c| c.to_string())
+            ),
+            Some(leader.to_owned()),
+            start,
+            heal,
+        );
+        if let Some(victim) = victim {
+            let delay = Duration::from_millis(self.rng.u64(100..=1000));
+            self.sleep(delay)?;
+            self.spawn(victim)?;
+        }
+        Ok(heal)
     }
 
     /// Restart the store (see [`Scenario::StoreRestart`]); returns when it was back.

@@ -91,11 +91,16 @@ pub enum Scenario {
     PauseLeader,
     /// Stop every candidate in turn with SIGTERM and start it again.
     RollingRestart,
+    /// `baton handoff` from a process of its own: to a running follower, to anyone, or to a
+    /// candidate that is not running; a third of the handoffs to a follower SIGKILL that
+    /// follower at a random moment while the handoff is under way. Only on the stores that
+    /// take handoff requests (SQLite, Redis).
+    Handoff,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::KillLeader,
         Scenario::PartitionLeader,
         Scenario::ResetConnections,
@@ -103,6 +108,7 @@ impl Scenario {
         Scenario::StoreRestart,
         Scenario::PauseLeader,
         Scenario::RollingRestart,
+        Scenario::Handoff,
     ];
 
     /// The name used on the command line.
@@ -115,6 +121,7 @@ impl Scenario {
             Scenario::StoreRestart => "store-restart",
             Scenario::PauseLeader => "pause-leader",
             Scenario::RollingRestart => "rolling-restart",
+            Scenario::Handoff => "handoff",
         }
     }
 
@@ -129,6 +136,9 @@ impl Scenario {
     /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
     pub fn applies_to(self, store: Store) -> bool {
+        if self == Scenario::Handoff {
+            return matches!(store, Store::Sqlite | Store::Redis);
+        }
         match store {
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 true
@@ -219,11 +229,15 @@ mod tests {
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
         for store in ["postgres", "etcd", "kubernetes", "consul"] {
             for s in Scenario::ALL {
-                assert!(
+                // Handoff requests are taken by SQLite and Redis only, so far.
+                assert_eq!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
+                    s != Scenario::Handoff,
                     "{store} {s}"
                 );
             }
         }
+        assert!(RunSpec::parse("sqlite:handoff:1").is_ok());
+        assert!(RunSpec::parse("redis:handoff:1").is_ok());
     }
 }
