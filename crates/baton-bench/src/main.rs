@@ -48,6 +48,7 @@ mod handoff;
 mod kubernetes;
 mod observer;
 mod peers;
+mod planned_handoff;
 mod procfs;
 mod procs;
 mod redis_admin;
@@ -118,6 +119,7 @@ struct Args {
 enum Figure {
     Handoff,
     CliHandoff,
+    PlannedHandoff,
     Observer,
     Failover,
     Cost,
@@ -132,9 +134,10 @@ enum Figure {
     Consul,
 }
 
-const ALL: [Figure; 14] = [
+const ALL: [Figure; 15] = [
     Figure::Handoff,
     Figure::CliHandoff,
+    Figure::PlannedHandoff,
     Figure::Observer,
     Figure::Failover,
     Figure::Cost,
@@ -164,6 +167,7 @@ struct Profile {
     handoff: [(&'static str, usize, usize); 3],
     handoff_timing: Timing,
     cli_handoff: cli_handoff::Params,
+    planned_handoff: planned_handoff::Params,
     observer: observer::Params,
     failover_rounds: usize,
     failover_timing: Timing,
@@ -191,6 +195,10 @@ impl Profile {
             ],
             handoff_timing: Timing::ms(2000, 500, 500),
             cli_handoff: cli_handoff::Params {
+                rounds: 100,
+                timing: CLI_TIMING,
+            },
+            planned_handoff: planned_handoff::Params {
                 rounds: 100,
                 timing: CLI_TIMING,
             },
@@ -304,6 +312,10 @@ impl Profile {
             smoke: true,
             handoff: [("memory", 2, 20), ("sqlite", 1, 5), ("redis", 2, 20)],
             handoff_timing: Timing::ms(500, 100, 100),
+            planned_handoff: planned_handoff::Params {
+                rounds: 3,
+                timing: Timing::ms(2000, 500, 500),
+            },
             cli_handoff: cli_handoff::Params {
                 rounds: 3,
                 // A shorter lease than the full run's: Redis's restart guard is waited out
@@ -394,6 +406,7 @@ impl Profile {
     fn adjust(&mut self, args: &Args) {
         if let Some(n) = args.rounds {
             self.cli_handoff.rounds = n.max(1);
+            self.planned_handoff.rounds = n.max(1);
             self.observer.rounds = n.max(1);
             self.server_stores.rounds = n.max(1);
             self.server_stores.warmup = self.server_stores.warmup.min(n.div_ceil(10));
@@ -598,6 +611,19 @@ async fn measure(
         .await?;
         summary_rows.extend(run.summary_rows());
         emit("cli-handoff", run.report(ctx));
+    }
+
+    if figures.contains(&Figure::PlannedHandoff) {
+        let run = planned_handoff::measure(
+            servers.baton_checked()?,
+            redis_url,
+            &mut admin,
+            dir,
+            profile.planned_handoff,
+        )
+        .await?;
+        summary_rows.extend(run.summary_rows());
+        emit("planned-handoff", run.report(ctx));
     }
 
     if figures.contains(&Figure::Observer) {

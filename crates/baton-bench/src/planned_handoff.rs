@@ -1,0 +1,299 @@
+//! Planned handoff across processes (`baton handoff`), on the stores that take handoff
+//! requests (SQLite and Redis): two `baton campaign --json` processes, and for each handoff a
+//! `baton handoff --to <follower> --json` process of its own. Two figures per handoff, both on
+//! `CLOCK_BOOTTIME` (one clock for every process on the machine):
+//!
+//! * *request to leader*: from just before the bench starts `baton handoff` to the named
+//!   follower's own stamp on its `became_leader` line. The leader sees the request at its next
+//!   renewal, so this is about half a renew interval on average, by design (docs/decisions.md
+//!   D133);
+//! * *leaderless gap*: from the leader's stamp on its `lost_leadership` (`handed_over`) line to
+//!   the follower's on `became_leader`: how long nobody leads.
+//!
+//! The same run also times graceful stops ([`procs::baton_rounds`]: SIGINT to the leader) on the
+//! same store, and reports their gap (the leader's `lost_leadership` to the follower's
+//! `became_leader`) beside it: what a rolling deploy that just stops the leader costs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::BoxResult;
+use crate::procs::{self, FOLLOWER_SETTLE, Proc, STEP, is_event, parse, since};
+use crate::redis_admin::Admin;
+use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
+use crate::stores::Timing;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    /// Timed handoffs per store, and as many graceful stops.
+    pub rounds: usize,
+    pub timing: Timing,
+}
+
+/// The issue's targets on Redis: from `baton handoff` to the named candidate's
+/// `became_leader`, and the leaderless gap, both p99.
+pub const REDIS_REQUEST_P99: Duration = Duration::from_millis(5);
+pub const REDIS_GAP_P99: Duration = Duration::from_millis(2);
+
+const KEY: &str = "bench-planned-handoff";
+
+pub struct StoreRun {
+    pub store: &'static str,
+    pub url_shape: &'static str,
+    /// Request (bench) → the named follower's `became_leader` stamp.
+    pub request: Samples,
+    /// The leader's `lost_leadership` stamp → the follower's `became_leader` stamp.
+    pub gap: Samples,
+    /// The same gap for graceful stops (SIGINT) in the same run.
+    pub stop_gap: Samples,
+}
+
+pub struct Run {
+    pub params: Params,
+    pub stores: Vec<StoreRun>,
+}
+
+fn handoff_cmd(baton: &Path, url: &str, to: &str, t: Timing) -> Command {
+    let mut cmd = Command::new(baton);
+    cmd.args(["--store", url, "--key", KEY])
+        .args(["--lease", &baton::fmt_duration(t.lease)])
+        .args(["--renew", &baton::fmt_duration(t.renew)])
+        .args(["--grace", &baton::fmt_duration(t.grace)])
+        .args(["handoff", "--to", to, "--json"]);
+    cmd
+}
+
+/// `rounds` planned handoffs between two `baton campaign --json` processes on `url`; each
+/// request is made a random part of the renew interval after the follower settled, so that
+/// it falls anywhere in the leader's renew interval. Returns (request, gap) per handoff.
+fn handoffs(
+    baton: &Path,
+    url: &str,
+    t: Timing,
+    rounds: usize,
+) -> BoxResult<Vec<(Duration, Duration)>> {
+    let mut ids = ("p0".to_owned(), "p1".to_owned());
+    let mut leader = procs::baton_campaign(baton, url, KEY, &ids.0, t)?;
+    leader
+        .wait_line(STEP, |l| is_event(l, "became_leader", "p0"))
+        .ok_or_else(|| format!("the first baton campaign on {url} did not lead within {STEP:?}"))?;
+    let mut follower = procs::baton_campaign(baton, url, KEY, &ids.1, t)?;
+    follower
+        .wait_line(STEP, |l| is_event(l, "leader_changed", "p0"))
+        .ok_or("p1 never saw p0 lead")?;
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        std::thread::sleep(FOLLOWER_SETTLE + procs::phase(t.renew));
+        let boot0 = procs::boot_ns_now();
+        let mut handoff = Proc::spawn(
+            handoff_cmd(baton, url, &ids.1, t),
+            format!("baton handoff --to {}", ids.1),
+            true,
+        )?;
+        let (_, line) = follower
+            .wait_line(STEP, |l| is_event(l, "became_leader", &ids.1))
+            .ok_or_else(|| format!("{} did not lead within {STEP:?}", ids.1))?;
+        let became = parse(&line).ok_or("unreachable: parsed before")?;
+        let (_, line) = leader
+            .wait_line(STEP, |l| {
+                parse(l).is_some_and(|l| {
+                    l.event == "lost_leadership" && l.candidate.as_deref() == Some(&*ids.0)
+                })
+            })
+            .ok_or_else(|| format!("{} printed no lost_leadership", ids.0))?;
+        let lost = parse(&line).ok_or("unreachable: parsed before")?;
+        let status = handoff.wait_exit(STEP)?;
+        if !status.success() {
+            return Err(format!("baton handoff --to {} exited with {status}", ids.1).into());
+        }
+        out.push((
+            since(boot0, became.boot_ns),
+            since(lost.boot_ns, became.boot_ns),
+        ));
+        // The old leader follows the new one: the roles swap.
+        leader
+            .wait_line(STEP, |l| is_event(l, "leader_changed", &ids.1))
+            .ok_or_else(|| format!("{} never saw {} lead", ids.0, ids.1))?;
+        std::mem::swap(&mut leader, &mut follower);
+        ids = (ids.1, ids.0);
+    }
+    for p in [&leader, &follower] {
+        p.signal(rustix::process::Signal::INT)?;
+    }
+    leader.wait_exit(STEP)?;
+    follower.wait_exit(STEP)?;
+    Ok(out)
+}
+
+pub async fn measure(
+    baton: &Path,
+    redis_url: &str,
+    admin: &mut Admin,
+    dir: &Path,
+    p: Params,
+) -> BoxResult<Run> {
+    let mut stores = Vec::new();
+    for store in ["sqlite", "redis"] {
+        eprintln!(
+            "planned-handoff: {store}, {} handoffs and {} graceful stops",
+            p.rounds, p.rounds
+        );
+        let (url, url_shape) = if store == "sqlite" {
+            (
+                format!("sqlite:{}", dir.join("planned-handoff.db").display()),
+                "sqlite:<temp file>",
+            )
+        } else {
+            admin.wait_past_restart_guard(p.timing.lease).await?;
+            (redis_url.to_owned(), "redis://127.0.0.1:<port>")
+        };
+        let baton = baton.to_owned();
+        let (handed, stops) = tokio::task::spawn_blocking(move || -> BoxResult<_> {
+            let handed = handoffs(&baton, &url, p.timing, p.rounds)?;
+            let stops = procs::baton_rounds(&baton, &url, KEY, p.timing, p.rounds, false)?;
+            Ok((handed, stops))
+        })
+        .await??;
+        stores.push(StoreRun {
+            store,
+            url_shape,
+            request: Samples::new(handed.iter().map(|h| h.0).collect()),
+            gap: Samples::new(handed.iter().map(|h| h.1).collect()),
+            stop_gap: Samples::new(
+                stops
+                    .iter()
+                    .map(|c| {
+                        c.in_follower
+                            .saturating_sub(c.leader_stop.unwrap_or_default())
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    Ok(Run { params: p, stores })
+}
+
+impl Run {
+    fn redis(&self) -> Option<&StoreRun> {
+        self.stores.iter().find(|s| s.store == "redis")
+    }
+
+    pub fn summary_rows(&self) -> Vec<Row> {
+        let Some(r) = self.redis() else {
+            return Vec::new();
+        };
+        vec![
+            Row::new(
+                "Redis: `baton handoff` to the named candidate's `became_leader`, two `baton` processes",
+                format!(
+                    "p50 {}, p99 {} ({} handoffs; the leader sees the request at its next renewal, every {})",
+                    ms(r.request.p(50.0)),
+                    ms(r.request.p(99.0)),
+                    r.request.len(),
+                    baton::fmt_duration(self.params.timing.renew)
+                ),
+                format!("p99 ≤ {}", target_ms(REDIS_REQUEST_P99)),
+                r.request.p(99.0) <= REDIS_REQUEST_P99,
+            ),
+            Row::new(
+                "Redis: leaderless gap of a planned handoff",
+                format!(
+                    "p50 {}, p99 {} (graceful stop in the same run: p50 {}, p99 {})",
+                    ms(r.gap.p(50.0)),
+                    ms(r.gap.p(99.0)),
+                    ms(r.stop_gap.p(50.0)),
+                    ms(r.stop_gap.p(99.0))
+                ),
+                format!("p99 ≤ {}", target_ms(REDIS_GAP_P99)),
+                r.gap.p(99.0) <= REDIS_GAP_P99,
+            ),
+        ]
+    }
+
+    pub fn report(&self, ctx: &Context) -> String {
+        let p = &self.params;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## Planned handoff across processes (`baton handoff`)\n"
+        );
+        let _ = writeln!(
+            out,
+            "Two `baton` processes, each `{}`. One leads, the other follows; {} after the \
+             follower has printed `leader_changed`, plus a random part of the renew interval, \
+             the bench reads `CLOCK_BOOTTIME` and runs `baton --store URL --key {KEY} handoff \
+             --to <the follower> --json`. The request goes through the store; the leader sees \
+             it at its next renewal, ends its term as a graceful stop does (its \
+             `lost_leadership` says `handed_over`), and leaves the key reserved for the \
+             follower, which its store wakes. Then the roles swap. *Request to leader* ends at \
+             the follower's own stamp on `became_leader`; *gap* is from the leader's stamp on \
+             `lost_leadership` to that one: how long nobody leads. The same run then times as \
+             many graceful stops (SIGINT to the leader, as in the cross-process handoff \
+             section) on the same store: their gap, from the leader's `lost_leadership` to the \
+             follower's `became_leader`, is what just stopping the leader costs. Only SQLite \
+             and Redis take handoff requests so far (docs/decisions.md D133).\n",
+            procs::campaign_args("URL", KEY, p.timing),
+            baton::fmt_duration(FOLLOWER_SETTLE),
+        );
+        let _ = writeln!(
+            out,
+            "| store | `--store` | handoffs | request to leader p50 | p99 | max | gap p50 | gap p99 | gap max | graceful stop gap p50 | p99 |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for s in &self.stores {
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                display_name(s.store),
+                s.url_shape,
+                s.request.len(),
+                ms(s.request.p(50.0)),
+                ms(s.request.p(99.0)),
+                ms(s.request.max()),
+                ms(s.gap.p(50.0)),
+                ms(s.gap.p(99.0)),
+                ms(s.gap.max()),
+                ms(s.stop_gap.p(50.0)),
+                ms(s.stop_gap.p(99.0)),
+            );
+        }
+        out.push('\n');
+        if let Some(r) = self.redis() {
+            let req = r.request.p(99.0);
+            let gap = r.gap.p(99.0);
+            let _ = writeln!(
+                out,
+                "- Redis, request to leader: p99 {} against a target of {}: {}. The leader \
+                 learns of a request at its next renewal (every {} here, 5 s with the seed's \
+                 defaults), so this figure is bounded by the renew interval, not by the store; \
+                 meeting the target needs the leader to be pushed the request (it would listen \
+                 to its key's changes while it leads), which is not built.",
+                ms(req),
+                target_ms(REDIS_REQUEST_P99),
+                verdict(req <= REDIS_REQUEST_P99, || format!(
+                    "by {}",
+                    ms(req.saturating_sub(REDIS_REQUEST_P99))
+                )),
+                baton::fmt_duration(p.timing.renew),
+            );
+            let _ = writeln!(
+                out,
+                "- Redis, leaderless gap: p99 {} against a target of {}: {}.",
+                ms(gap),
+                target_ms(REDIS_GAP_P99),
+                verdict(gap <= REDIS_GAP_P99, || format!(
+                    "by {}",
+                    ms(gap.saturating_sub(REDIS_GAP_P99))
+                )),
+            );
+        }
+        out.push('\n');
+        out.push_str(&ctx.footer(&["sqlite", "redis"]));
+        out
+    }
+}
