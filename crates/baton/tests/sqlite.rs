@@ -771,3 +771,127 @@ async fn handoff_columns_baton_did_not_write_are_foreign_and_left_untouched() {
         assert_eq!(dump(), before, "{row}");
     }
 }
+
+/// Random values of every SQLite type in every column of a `baton_leases` row: reading and
+/// acquiring never panic; a row Baton could not have written is reported as foreign and left
+/// exactly as it was (every column, `quote()`d, before and after); a row Baton could have
+/// written works. What Baton could have written is judged on the values as stored (SQLite's
+/// type affinity turns the text `'12'` into the integer 12 in an `INTEGER` column).
+#[test]
+fn random_rows_are_read_as_foreign_and_never_overwritten() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use rusqlite::types::Value;
+
+    const CASES: u32 = 1000;
+    const COLUMNS: &str =
+        "holder, token, expires_at_ms, boot_id, handoff_to, handoff_from, handoff_until_ms";
+    let dir = TempDir::new();
+    let path = dir.db();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = open(&path);
+    let conn = raw(&path);
+    let value = prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Integer),
+        (0i64..10).prop_map(Value::Integer),
+        any::<f64>().prop_map(Value::Real),
+        "[a-z0-9 -]{0,8}".prop_map(Value::Text),
+        prop::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
+    ];
+    // Each column drawn mostly from what Baton writes there, sometimes from anything, so that
+    // both Baton's rows and near misses come up often.
+    let text = || "[a-z0-9-]{1,8}".prop_map(Value::Text);
+    let int = || (0i64..1_000_000).prop_map(Value::Integer);
+    let null = || Just(Value::Null);
+    let row = (
+        prop_oneof![2 => null(), 2 => text(), 1 => value.clone()],
+        prop_oneof![4 => int(), 1 => value.clone()],
+        prop_oneof![2 => null(), 2 => int(), 1 => value.clone()],
+        prop_oneof![2 => null(), 2 => text(), 1 => value.clone()],
+        prop_oneof![6 => null(), 2 => text(), 1 => value.clone()],
+        prop_oneof![6 => null(), 2 => text(), 1 => value.clone()],
+        prop_oneof![6 => null(), 2 => int(), 1 => value],
+    )
+        .prop_map(|(a, b, c, d, e, f, g)| vec![a, b, c, d, e, f, g]);
+    let mut runner = TestRunner::new(Config {
+        cases: CASES,
+        ..Config::default()
+    });
+    let (foreign, own) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let next = std::cell::Cell::new(0);
+    runner
+        .run(&row, |values| {
+            next.set(next.get() + 1);
+            let key = format!("random-{}", next.get());
+            let inserted = conn.execute(
+                &format!("INSERT INTO baton_leases (key, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                rusqlite::params_from_iter(std::iter::once(Value::Text(key.clone())).chain(values)),
+            );
+            if inserted.is_err() {
+                // NOT NULL refused it: nothing is at the key.
+                return Ok(());
+            }
+            let stored: Vec<Value> = conn
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM baton_leases WHERE key = ?1"),
+                    [&key],
+                    |r| (0..7).map(|i| r.get(i)).collect(),
+                )
+                .unwrap();
+            let dump = || -> String {
+                conn.query_row(
+                    "SELECT quote(holder) || quote(token) || quote(expires_at_ms) || quote(boot_id) || quote(handoff_to) || quote(handoff_from) || quote(handoff_until_ms) FROM baton_leases WHERE key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .unwrap()
+            };
+            let before = dump();
+            let (read, acquired) = runtime.block_on(async {
+                let read = store.read(&key).await;
+                let mut c = store.join(&key, "baton-candidate").await.unwrap();
+                let acquired = c.try_acquire(Duration::from_secs(60)).await;
+                if let Ok(Acquire::Acquired(lease)) = &acquired {
+                    c.release(lease).await.unwrap();
+                }
+                (read, acquired)
+            });
+            let text = |v: &Value| matches!(v, Value::Null | Value::Text(_));
+            let [holder, token, expires, boot, to, from, until] = stored.as_slice() else {
+                unreachable!("seven columns");
+            };
+            let mark_ok = match (to, from, until) {
+                (Value::Null, Value::Null, Value::Null) => true,
+                (Value::Text(_), Value::Text(_), Value::Integer(_)) => matches!(holder, Value::Null),
+                (Value::Text(_), Value::Text(f), Value::Null) => {
+                    matches!(holder, Value::Text(h) if h == f)
+                }
+                _ => false,
+            };
+            let batons = text(holder)
+                && matches!(token, Value::Integer(t) if *t >= 0)
+                && matches!(expires, Value::Null | Value::Integer(_))
+                && text(boot)
+                && mark_ok;
+            if batons {
+                own.set(own.get() + 1);
+                assert!(read.is_ok(), "{stored:?}: {read:?}");
+                let at_max = matches!(token, Value::Integer(i64::MAX));
+                assert!(
+                    acquired.is_ok() || (at_max && matches!(acquired, Err(Error::ForeignData { .. }))),
+                    "{stored:?}: {acquired:?}"
+                );
+            } else {
+                foreign.set(foreign.get() + 1);
+                assert!(matches!(read, Err(Error::ForeignData { .. })), "{stored:?}: {read:?}");
+                assert!(matches!(acquired, Err(Error::ForeignData { .. })), "{stored:?}: {acquired:?}");
+                assert_eq!(dump(), before, "{stored:?} changed");
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (foreign, own) = (foreign.get(), own.get());
+    println!("{CASES} random rows: {foreign} foreign, {own} Baton's, the rest refused by NOT NULL");
+    assert!(foreign > 100 && own > 100, "foreign {foreign}, own {own}");
+}
