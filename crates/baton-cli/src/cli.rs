@@ -202,8 +202,8 @@ Exit codes: CMD's status (128 + N if a signal N ended it); 1 leadership lost wit
 0 stopped by SIGINT/SIGTERM; 2 bad input.";
 
 const HANDOFF_HELP: &str = "\
-The request goes through the store: the leader sees it at its next renewal (within --renew of
-the leader), ends its term as a graceful stop does (its leader-only work stops first), and
+The request goes through the store: the leader hears of it at once where the store pushes
+(Redis), otherwise at its next renewal (within --renew of the leader), ends its term as a graceful stop does (its leader-only work stops first), and
 leaves the key reserved for --to for one lease. Without --to, any other candidate may take it.
 If --to does not come within that lease, the others hold an ordinary election.
 

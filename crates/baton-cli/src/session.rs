@@ -78,9 +78,12 @@ pub fn build_election(
     store: Arc<dyn LeaseStore>,
     settings: &Settings,
 ) -> Result<LeaderElection, Failure> {
+    // One election per process: a subscription while leading costs nothing that matters, and
+    // `baton handoff` then reaches the leader at once where the store pushes (D133).
     #[cfg_attr(not(feature = "unsafe-testing"), allow(unused_mut))]
-    let mut builder =
-        LeaderElection::builder_dyn(store, settings.key.clone()).options(settings.options.clone());
+    let mut builder = LeaderElection::builder_dyn(store, settings.key.clone())
+        .options(settings.options.clone())
+        .listen_for_handoff_requests(true);
     #[cfg(feature = "unsafe-testing")]
     if unsafe_ignore_deadline_for_testing() {
         tracing::warn!(

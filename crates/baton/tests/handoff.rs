@@ -337,3 +337,42 @@ async fn a_handoff_requested_through_the_store_is_made_at_the_leaders_next_renew
         e.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_leader_that_listens_hands_over_as_soon_as_it_is_asked() {
+    let clock = Clock::tokio();
+    let store = MemoryStore::new();
+    let listening = |id: &str| {
+        LeaderElection::builder(store.clone(), KEY)
+            .instance_id(id)
+            .clock(clock.clone())
+            .listen_for_handoff_requests(true)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (listening("a"), listening("b"));
+    a.start().await.unwrap();
+    settle().await;
+    assert!(a.is_leader(), "a first leader acquires after subscribing");
+    b.start().await.unwrap();
+    settle().await;
+    let asked = tokio::time::Instant::now();
+    store
+        .request_handoff(KEY, Some("b"))
+        .await
+        .unwrap()
+        .unwrap();
+    settle().await;
+    assert_eq!(asked.elapsed(), Duration::ZERO, "no renew interval waited");
+    assert!(b.is_leader() && !a.is_leader());
+    // And back, with the leaver's stream still open (it stayed subscribed as a follower).
+    store.request_handoff(KEY, None).await.unwrap().unwrap();
+    settle().await;
+    assert!(a.is_leader() && !b.is_leader());
+    // Requests to followers' keys change nothing for them, and a stream's own renewals are
+    // not requests: a long quiet run keeps the same leader.
+    run_for(a.options().lease_duration * 4).await;
+    assert!(a.is_leader());
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

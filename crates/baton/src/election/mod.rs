@@ -264,6 +264,7 @@ pub struct LeaderElectionBuilder {
     options: ElectionOptions,
     clock: Clock,
     unsafe_ignore_deadline: bool,
+    listen_while_leading: bool,
 }
 
 impl LeaderElectionBuilder {
@@ -299,6 +300,19 @@ impl LeaderElectionBuilder {
         self
     }
 
+    /// Whether the leader listens for handoff requests ([`LeaseStore::request_handoff`],
+    /// `baton handoff`) while it leads (default: no). With it, a request reaches the leader
+    /// through its store's push (Redis; the memory store; SQLite within one process) and the
+    /// leader hands over within milliseconds; without it, at its next renewal (half a renew
+    /// interval on average). It costs a change subscription for every leading election on a
+    /// store that pushes, which a process with thousands of elections may not want; `baton`
+    /// turns it on. The first attempt of a listening candidate also subscribes before it
+    /// tries, so that a first leader listens too.
+    pub fn listen_for_handoff_requests(mut self, on: bool) -> Self {
+        self.listen_while_leading = on;
+        self
+    }
+
     /// **Unsafe, for testing safety checkers only.** Keeps reporting leadership past the
     /// deadline and ignores failed renewals until the store says the lease is lost. A checker
     /// that cannot catch an election built this way proves nothing.
@@ -322,6 +336,7 @@ impl LeaderElectionBuilder {
                 candidate,
                 timing: self.options.timing(),
                 unsafe_ignore_deadline: self.unsafe_ignore_deadline,
+                listen_while_leading: self.listen_while_leading,
             }),
             options: self.options,
             clock: self.clock,
@@ -362,6 +377,7 @@ impl LeaderElection {
             options: ElectionOptions::default(),
             clock: Clock::default(),
             unsafe_ignore_deadline: false,
+            listen_while_leading: false,
         }
     }
 

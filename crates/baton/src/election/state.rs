@@ -141,6 +141,10 @@ pub(crate) struct Config {
     /// Test-only: ignore the deadline and the grace period (the chaos checker's unsafe
     /// variant).
     pub unsafe_ignore_deadline: bool,
+    /// Keep the change stream while leading, and renew at once when it reports a handoff
+    /// request ([`LeaderElectionBuilder::listen_for_handoff_requests`](super::LeaderElectionBuilder::listen_for_handoff_requests)).
+    /// The first attempt then subscribes first too, so that a first leader has the stream.
+    pub listen_while_leading: bool,
 }
 
 /// What happened: a store call's answer, a timer, a pushed change, stop.
@@ -368,6 +372,7 @@ impl Election {
     ) -> (Election, Vec<Action>) {
         let config = config.into();
         let backoff = config.timing.backoff_min;
+        let probe = !config.listen_while_leading;
         let state = Election {
             config,
             rng,
@@ -378,7 +383,7 @@ impl Election {
             stop_error: None,
             subscribed: false,
             handing_over: None,
-            probe: true,
+            probe,
             probing: false,
             view,
             renewed: Duration::ZERO,
@@ -472,7 +477,12 @@ impl Election {
             self.armed = wake;
             out.push(Action::Timer(wake));
         }
-        let listen = self.subscribed && matches!(self.phase, Phase::Waiting { .. });
+        let listen = self.subscribed
+            && match self.phase {
+                Phase::Waiting { .. } => true,
+                Phase::Holding(_) => self.config.listen_while_leading,
+                _ => false,
+            };
         if listen != self.listening {
             self.listening = listen;
             out.push(Action::Listen(listen));
@@ -701,7 +711,9 @@ impl Election {
         match outcome {
             Ok(Acquire::Acquired(lease)) => {
                 self.backoff = timing.backoff_min;
-                self.unsubscribe(out);
+                if !self.config.listen_while_leading {
+                    self.unsubscribe(out);
+                }
                 if now >= deadline_after(&timing, sent) {
                     warn!("acquire took longer than the lease validity; giving the lease back");
                     self.phase = Phase::Releasing {
@@ -769,6 +781,22 @@ impl Election {
     }
 
     fn on_changed(&mut self, change: Option<Change>, now: Duration, out: &mut Vec<Action>) {
+        if let Phase::Holding(h) = &mut self.phase {
+            match change {
+                // Asked to hand over: renew now, and the renewal brings the request (a renewal
+                // already out brings it, or the next one does).
+                Some(Change::HandoffRequested { .. }) if h.leading && !h.renewing => {
+                    debug!("a handoff was requested; renewing at once to read it");
+                    h.next_renew = now;
+                    self.on_timer(now, out);
+                }
+                // The stream ended: renewals still bring requests, at their own pace.
+                None => self.unsubscribe(out),
+                // The leader's own acquire and renewals, and the rest: nothing to do.
+                Some(_) => {}
+            }
+            return;
+        }
         let Phase::Waiting { complete, until } = self.phase else {
             return;
         };
@@ -789,6 +817,8 @@ impl Election {
                 } + self.jitter();
                 self.wait(wait, complete, now, out);
             }
+            // Concerns the leader, not its followers.
+            Some(Change::HandoffRequested { .. }) => {}
             Some(change) => {
                 debug!(?change, "store reported a change");
                 self.cycle(out);

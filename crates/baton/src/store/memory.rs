@@ -203,6 +203,9 @@ impl LeaseStore for MemoryStore {
             && to != Some(record.holder.as_str())
         {
             held.request = Some(Box::new(to.map(str::to_owned)));
+            slot.notify(|| Change::HandoffRequested {
+                to: to.map(str::to_owned),
+            });
         }
         Ok(record)
     }

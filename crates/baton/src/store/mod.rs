@@ -264,6 +264,13 @@ pub enum Change {
     },
     /// The lease expired (or the holder's session ended).
     Expired,
+    /// Someone asked the holder to hand the key over ([`LeaseStore::request_handoff`]): to
+    /// `to`, or (`None`) to anyone else. Followers ignore it; a leader that listens while it
+    /// leads renews at once, and its renewal brings the request.
+    HandoffRequested {
+        /// The candidate asked for.
+        to: Option<String>,
+    },
     /// The holder handed the key over ([`Candidacy::hand_over`]): to `to`, or (`None`) to
     /// anyone but itself.
     HandedOver {

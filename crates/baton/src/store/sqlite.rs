@@ -690,6 +690,15 @@ impl Inner {
             .and_then(|mut st| st.execute(params![key, to.unwrap_or(""), record.holder, token]))
             .map_err(|e| self.error(doing, e))?;
         tx.commit().map_err(|e| self.commit_error(doing, e))?;
+        // Stores of this process are told; other processes see a file event, which a leader
+        // does not act on (its own renewals make them too): it reads the request at its next
+        // renewal.
+        self.feed.publish(
+            key,
+            Change::HandoffRequested {
+                to: to.map(str::to_owned),
+            },
+        );
         Ok(Some(record))
     }
 

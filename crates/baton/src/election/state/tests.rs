@@ -33,6 +33,7 @@ fn config(unsafe_ignore_deadline: bool) -> Config {
         candidate: ME.into(),
         timing: timing(),
         unsafe_ignore_deadline,
+        listen_while_leading: false,
     }
 }
 
@@ -1092,12 +1093,12 @@ struct World {
 
 impl World {
     fn new(unsafe_mode: bool, seed: u64) -> World {
-        let (e, actions) = Election::start(
-            config(unsafe_mode),
-            idle(),
-            fastrand::Rng::with_seed(seed),
-            ms(0),
-        );
+        // Half the worlds listen for handoff requests while leading.
+        let config = Config {
+            listen_while_leading: seed.is_multiple_of(2),
+            ..config(unsafe_mode)
+        };
+        let (e, actions) = Election::start(config, idle(), fastrand::Rng::with_seed(seed), ms(0));
         let mut w = World {
             e,
             now: ms(0),
@@ -1432,7 +1433,10 @@ impl World {
                 if !self.listening {
                     return;
                 }
-                let change = match pick % 5 {
+                let change = match pick % 6 {
+                    5 => Some(Change::HandoffRequested {
+                        to: Some("next".into()),
+                    }),
                     0 => Some(Change::Acquired {
                         holder: "other".into(),
                     }),

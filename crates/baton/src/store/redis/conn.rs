@@ -82,6 +82,10 @@ impl redis::aio::AsyncPushSender for Router {
                         }
                     } else if payload == "released" {
                         Change::Released
+                    } else if let Some(to) = payload.strip_prefix("handoff_requested:") {
+                        Change::HandoffRequested {
+                            to: (!to.is_empty()).then(|| to.to_owned()),
+                        }
                     } else if let Some(to) = payload.strip_prefix("handed_over:") {
                         Change::HandedOver {
                             to: (!to.is_empty()).then(|| to.to_owned()),

@@ -15,7 +15,7 @@
 //! seed's README. The companion key is `{K}:baton`, whose hash tag makes it hash to the same
 //! cluster slot as `K`; if `K` already contains a hash tag, the companion is `K:baton`, which
 //! keeps that tag. Changes are published on the channel `baton:changes:K` (`released`,
-//! `acquired:<id>`, `renewed:<id>`, `handed_over:<id>`): a follower that hears of an acquire or a renewal knows
+//! `acquired:<id>`, `renewed:<id>`, `handoff_requested:<id>`, `handed_over:<id>`): a follower that hears of an acquire or a renewal knows
 //! the lease runs for another full term and waits without asking Redis, so idle followers
 //! send no commands at all.
 //!
@@ -291,9 +291,10 @@ end
 return 0
 "#;
 
-/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = the candidate asked for (`''`: anyone else). Leaves
-/// the request beside a held lease (`handoff_to`, and `handoff_from` = the holder) and returns
-/// the holder's record, as [`READ`] does.
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = the candidate asked for (`''`: anyone else),
+/// `ARGV[2]` = change channel. Leaves the request beside a held lease (`handoff_to`, and
+/// `handoff_from` = the holder), publishes `handoff_requested:<to>`, and returns the holder's
+/// record, as [`READ`] does.
 const REQUEST_HANDOFF: &str = r#"
 local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
@@ -318,6 +319,7 @@ if pttl < 0 or meta[1] ~= holder or meta[5] then
 end
 if ARGV[1] ~= holder then
   redis.call('HSET', KEYS[2], 'handoff_to', ARGV[1], 'handoff_from', holder)
+  redis.call('PUBLISH', ARGV[2], 'handoff_requested:' .. ARGV[1])
 end
 return {'held', holder, meta[2], tostring(pttl)}
 "#;
@@ -866,7 +868,11 @@ impl LeaseStore for RedisStore {
     async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
         check_key(key)?;
         let reply = self
-            .script(&self.inner.request_handoff, key, &[to.unwrap_or("")])
+            .script(
+                &self.inner.request_handoff,
+                key,
+                &[to.unwrap_or(""), &change_channel(key)],
+            )
             .await?;
         match reply.first().map(String::as_str) {
             Some("free") => Ok(None),
