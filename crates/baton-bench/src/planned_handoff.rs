@@ -44,10 +44,22 @@ pub struct StoreRun {
     pub url_shape: &'static str,
     /// Request (bench) → the named follower's `became_leader` stamp.
     pub request: Samples,
+    /// The `baton handoff` process's own stamp just before it sends the request → the same
+    /// `became_leader` stamp: the request without the process's start.
+    pub sent: Samples,
     /// The leader's `lost_leadership` stamp → the follower's `became_leader` stamp.
     pub gap: Samples,
     /// The same gap for graceful stops (SIGINT) in the same run.
     pub stop_gap: Samples,
+    /// (request, from the send) per handoff, unsorted, for the split of the two.
+    parts: Vec<(Duration, Duration)>,
+}
+
+impl StoreRun {
+    /// (request, from the send) of each handoff, in the order measured.
+    fn request_parts(&self) -> impl Iterator<Item = (Duration, Duration)> + '_ {
+        self.parts.iter().copied()
+    }
 }
 
 pub struct Run {
@@ -67,13 +79,13 @@ fn handoff_cmd(baton: &Path, url: &str, to: &str, t: Timing) -> Command {
 
 /// `rounds` planned handoffs between two `baton campaign --json` processes on `url`; each
 /// request is made a random part of the renew interval after the follower settled, so that
-/// it falls anywhere in the leader's renew interval. Returns (request, gap) per handoff.
+/// it falls anywhere in the leader's renew interval. Returns (request, sent, gap) per handoff.
 fn handoffs(
     baton: &Path,
     url: &str,
     t: Timing,
     rounds: usize,
-) -> BoxResult<Vec<(Duration, Duration)>> {
+) -> BoxResult<Vec<(Duration, Duration, Duration)>> {
     let mut ids = ("p0".to_owned(), "p1".to_owned());
     let mut leader = procs::baton_campaign(baton, url, KEY, &ids.0, t)?;
     leader
@@ -104,12 +116,19 @@ fn handoffs(
             })
             .ok_or_else(|| format!("{} printed no lost_leadership", ids.0))?;
         let lost = parse(&line).ok_or("unreachable: parsed before")?;
+        let (_, answer) = handoff
+            .wait_line(STEP, |l| l.contains("\"handed_over\""))
+            .ok_or("baton handoff printed no JSON line")?;
+        let asked = serde_json::from_str::<serde_json::Value>(&answer)?["asked_boot_ns"]
+            .as_u64()
+            .ok_or("baton handoff's JSON line has no asked_boot_ns")?;
         let status = handoff.wait_exit(STEP)?;
         if !status.success() {
             return Err(format!("baton handoff --to {} exited with {status}", ids.1).into());
         }
         out.push((
             since(boot0, became.boot_ns),
+            since(asked, became.boot_ns),
             since(lost.boot_ns, became.boot_ns),
         ));
         // The old leader follows the new one: the roles swap.
@@ -160,7 +179,9 @@ pub async fn measure(
             store,
             url_shape,
             request: Samples::new(handed.iter().map(|h| h.0).collect()),
-            gap: Samples::new(handed.iter().map(|h| h.1).collect()),
+            sent: Samples::new(handed.iter().map(|h| h.1).collect()),
+            gap: Samples::new(handed.iter().map(|h| h.2).collect()),
+            parts: handed.iter().map(|h| (h.0, h.1)).collect(),
             stop_gap: Samples::new(
                 stops
                     .iter()
@@ -188,10 +209,12 @@ impl Run {
             Row::new(
                 "Redis: `baton handoff` to the named candidate's `became_leader`, two `baton` processes",
                 format!(
-                    "p50 {}, p99 {} ({} handoffs, the `baton handoff` process's start included)",
+                    "p50 {}, p99 {} ({} handoffs, the `baton handoff` process's start included; from the request's send: p50 {}, p99 {})",
                     ms(r.request.p(50.0)),
                     ms(r.request.p(99.0)),
                     r.request.len(),
+                    ms(r.sent.p(50.0)),
+                    ms(r.sent.p(99.0)),
                 ),
                 format!("p99 ≤ {}", target_ms(REDIS_REQUEST_P99)),
                 r.request.p(99.0) <= REDIS_REQUEST_P99,
@@ -264,22 +287,54 @@ impl Run {
             );
         }
         out.push('\n');
+        let _ = writeln!(
+            out,
+            "Where the request's time goes: *start* is from the bench's stamp to `baton \
+             handoff`'s own stamp just before it sends the request (`asked_boot_ns` in its \
+             JSON: the process's start, opening the store, subscribing to the key); *from the \
+             send* is from there to the new leader's `became_leader` stamp.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| store | start p50 | start p99 | from the send p50 | from the send p99 |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        for s in &self.stores {
+            let start = Samples::new(
+                s.request_parts()
+                    .map(|(all, sent)| all.saturating_sub(sent))
+                    .collect(),
+            );
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                display_name(s.store),
+                ms(start.p(50.0)),
+                ms(start.p(99.0)),
+                ms(s.sent.p(50.0)),
+                ms(s.sent.p(99.0)),
+            );
+        }
+        out.push('\n');
         if let Some(r) = self.redis() {
             let req = r.request.p(99.0);
             let gap = r.gap.p(99.0);
             let _ = writeln!(
                 out,
                 "- Redis, request to leader: p99 {} against a target of {}: {}. It includes \
-                 starting the `baton handoff` process, which opens its store and asks; the \
-                 leader hears of the request through Redis's push and renews at once to read \
-                 it. On SQLite the request from another process waits for the leader's next \
-                 renewal (every {} here), so its figure shows half that on average.",
+                 starting the `baton handoff` process, which opens its store and asks; from the \
+                 request's send it is p50 {}, p99 {}: the leader hears of the request through \
+                 Redis's push and renews at once to read it. On SQLite the request from another \
+                 process waits for the leader's next renewal (every {} here), so its figure \
+                 shows half that on average.",
                 ms(req),
                 target_ms(REDIS_REQUEST_P99),
                 verdict(req <= REDIS_REQUEST_P99, || format!(
                     "by {}",
                     ms(req.saturating_sub(REDIS_REQUEST_P99))
                 )),
+                ms(r.sent.p(50.0)),
+                ms(r.sent.p(99.0)),
                 baton::fmt_duration(p.timing.renew),
             );
             let _ = writeln!(

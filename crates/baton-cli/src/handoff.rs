@@ -37,6 +37,9 @@ struct HandoffLine<'a> {
     /// From the request until the new leader showed in the store.
     took_ms: Option<f64>,
     ts: String,
+    /// `CLOCK_BOOTTIME` just before the request was sent, in nanoseconds: comparable with the
+    /// `boot_ns` of `campaign --json` events on the same machine.
+    asked_boot_ns: Option<u64>,
 }
 
 pub async fn run(settings: Settings, args: HandoffArgs) -> Result<ExitCode, Failure> {
@@ -51,6 +54,7 @@ pub async fn run(settings: Settings, args: HandoffArgs) -> Result<ExitCode, Fail
     let key = settings.key.as_str();
     let location = settings.store_display();
     let to = args.to.as_deref();
+    let asked_boot_ns = std::cell::Cell::new(None);
     let report = |from: Option<&str>, now: Option<&LeaseRecord>, took: Option<Duration>| {
         let handed_over = took.is_some();
         if args.json {
@@ -65,12 +69,14 @@ pub async fn run(settings: Settings, args: HandoffArgs) -> Result<ExitCode, Fail
                 token: now.map(|r| r.token.get()),
                 took_ms: took.map(|d| d.as_secs_f64() * 1000.0),
                 ts,
+                asked_boot_ns: asked_boot_ns.get(),
             });
         }
     };
 
     // Subscribed first, so that a handoff made right after the request is not missed.
     let mut changes: Option<Changes> = store.watch(key).await.ok().flatten();
+    asked_boot_ns.set(Some(output::stamp().1));
     let Some(asked) = session::request_handoff(store.as_ref(), &settings, to).await? else {
         report(None, None, None);
         if !args.json {
