@@ -31,22 +31,13 @@ pub async fn request_handoff(
     settings: &Settings,
     to: Option<&str>,
 ) -> Result<Option<LeaseRecord>, Failure> {
-    let context = || {
-        format!(
-            "cannot ask for a handoff of the key {:?} in the store {}",
-            settings.key,
-            settings.store_display()
-        )
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, store.request_handoff(&settings.key, to)).await {
-        Ok(Ok(record)) => Ok(record),
-        Ok(Err(e)) => Err(Failure::from(e).context(context())),
-        Err(_) => Err(Failure::new(format!(
-            "no answer within {}: is the store running and reachable?",
-            baton::fmt_duration(PROBE_TIMEOUT)
-        ))
-        .context(context())),
-    }
+    probe(
+        store.request_handoff(&settings.key, to),
+        "cannot ask for a handoff of the key",
+        "in",
+        settings,
+    )
+    .await
 }
 
 /// Read the key once, so that an unreachable store or foreign data at the key is reported at
@@ -55,15 +46,32 @@ pub async fn read_key(
     store: &dyn LeaseStore,
     settings: &Settings,
 ) -> Result<Option<LeaseRecord>, Failure> {
+    probe(
+        store.read(&settings.key),
+        "cannot read the key",
+        "from",
+        settings,
+    )
+    .await
+}
+
+/// One store call on the key, given [`PROBE_TIMEOUT`]; a failure, or no answer, is bad input
+/// that says what was being done: `"{doing} {key:?} {preposition} the store {store}"`.
+async fn probe<T>(
+    call: impl std::future::Future<Output = baton::Result<T>>,
+    doing: &str,
+    preposition: &str,
+    settings: &Settings,
+) -> Result<T, Failure> {
     let context = || {
         format!(
-            "cannot read the key {:?} from the store {}",
+            "{doing} {:?} {preposition} the store {}",
             settings.key,
             settings.store_display()
         )
     };
-    match tokio::time::timeout(PROBE_TIMEOUT, store.read(&settings.key)).await {
-        Ok(Ok(record)) => Ok(record),
+    match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(Failure::from(e).context(context())),
         Err(_) => Err(Failure::new(format!(
             "no answer within {}: is the store running and reachable?",

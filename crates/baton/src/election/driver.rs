@@ -512,14 +512,22 @@ impl Driver {
         let _span = slot.span.clone().entered();
         let actions = slot.state.step(Input::Stop, slot.shared.clock.now());
         publish_lowered_deadline(&slot.shared, &slot.state);
+        self.deliver_now(id, actions);
+    }
+
+    /// Carry out what a stop or a handoff request asked of slot `id` while a store call may
+    /// be out: abandon the call if the state machine says so, or keep what it asked for until
+    /// the call is answered (nothing for the I/O to do until then).
+    fn deliver_now(&mut self, id: Id, actions: Vec<Action>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         match &slot.call {
             Some((_, abort)) if actions.iter().any(|a| matches!(a, Action::Abandon)) => {
                 abort.abort();
                 slot.call = None;
                 self.drive(id, actions);
             }
-            // A stop the state machine only notes: nothing for the I/O to do until the call
-            // is answered.
             Some(_) => slot.later.extend(actions),
             None => self.drive(id, actions),
         }
@@ -544,15 +552,7 @@ impl Driver {
             return;
         }
         slot.handoff_reply = Some(reply);
-        match &slot.call {
-            Some((_, abort)) if actions.iter().any(|a| matches!(a, Action::Abandon)) => {
-                abort.abort();
-                slot.call = None;
-                self.drive(id, actions);
-            }
-            Some(_) => slot.later.extend(actions),
-            None => self.drive(id, actions),
-        }
+        self.deliver_now(id, actions);
     }
 
     fn answered(&mut self, id: Id, n: u64, answer: Answer) {
