@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton::{
     Acquire, BoxError, Candidacy, Change, Changes, Error, FencingToken, Lease, LeaseRecord,
-    LeaseStore, Renew,
+    LeaseStore, PendingHandoff, Presence, Renew,
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::{Instant, sleep, sleep_until};
@@ -69,6 +69,13 @@ pub struct Capabilities {
     /// (the default) for a store that relies on the trait's default, a plain release: the
     /// handoff case then says it was skipped by capability.
     pub handoff: bool,
+    /// Whether the store keeps presence records ([`LeaseStore::announce`]). `false` (the
+    /// default) for a store that relies on the trait's defaults: the presence case then says
+    /// it was skipped by capability.
+    pub presence: bool,
+    /// Whether [`LeaseStore::pending_handoff`] shows requests and marks. `false` (the
+    /// default) for a store that relies on the trait's default.
+    pub shows_handoff: bool,
 }
 
 impl Default for Capabilities {
@@ -77,6 +84,8 @@ impl Default for Capabilities {
             min_ttl: Duration::ZERO,
             expiry_slack: Duration::from_secs(1),
             handoff: false,
+            presence: false,
+            shows_handoff: false,
         }
     }
 }
@@ -102,6 +111,18 @@ impl Capabilities {
     /// Sets [`handoff`](Capabilities::handoff).
     pub fn with_handoff(mut self, handoff: bool) -> Self {
         self.handoff = handoff;
+        self
+    }
+
+    /// Sets [`presence`](Capabilities::presence).
+    pub fn with_presence(mut self, presence: bool) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// Sets [`shows_handoff`](Capabilities::shows_handoff).
+    pub fn with_shows_handoff(mut self, shows_handoff: bool) -> Self {
+        self.shows_handoff = shows_handoff;
         self
     }
 
@@ -207,6 +228,8 @@ cases!(
     read_of_unused_key_is_none,
     leave_is_harmless,
     handoff_reserves_the_key_for_its_candidate,
+    pending_handoff_shows_requests_and_marks,
+    presence_records_live_for_their_ttl,
 );
 
 /// **Acquire a free key.** The candidate gets `Acquired` with its own id, the key and a token
@@ -1335,6 +1358,194 @@ pub async fn handoff_reserves_the_key_for_its_candidate<F: StoreFactory + ?Sized
     };
     assert!(alices.token > bobs.token);
     ok(alice.release(&alices).await, "release by the owner");
+}
+
+/// **`pending_handoff` shows a request, then the mark** (only for stores whose
+/// [`Capabilities::shows_handoff`] is true): nothing on a key without one; a request from
+/// another handle shows as `Requested` with the holder and the candidate asked for; after the
+/// handoff, `Reserved` with the mark; once the named candidate acquires, nothing again.
+pub async fn pending_handoff_shows_requests_and_marks<F: StoreFactory + ?Sized>(factory: &F) {
+    let caps = factory.capabilities();
+    let store = open(factory).await;
+    if !caps.shows_handoff {
+        println!(
+            "conformance: pending_handoff_shows_requests_and_marks skipped by capability: the {} \
+             store does not show handoffs under way",
+            store.info().name
+        );
+        return;
+    }
+    let key = unique_key("pending-handoff");
+    assert_eq!(
+        ok(
+            store.pending_handoff(&key).await,
+            "pending_handoff of an unused key"
+        ),
+        None
+    );
+    let mut alice = join(&*store, &key, "alice").await;
+    let lease = acquired(
+        ok(alice.try_acquire(LEASE).await, "try_acquire on a free key"),
+        "a free key must be acquired",
+    );
+    assert_eq!(
+        ok(
+            store.pending_handoff(&key).await,
+            "pending_handoff of a held key"
+        ),
+        None,
+        "a held key without a request has no handoff under way"
+    );
+    let elsewhere = open(factory).await;
+    ok(
+        elsewhere.request_handoff(&key, Some("carol")).await,
+        "request_handoff",
+    );
+    assert_eq!(
+        ok(
+            store.pending_handoff(&key).await,
+            "pending_handoff after a request"
+        ),
+        Some(PendingHandoff::Requested {
+            holder: "alice".into(),
+            to: Some("carol".into())
+        })
+    );
+    ok(
+        alice.hand_over(&lease, Some("carol"), LEASE).await,
+        "hand_over by the owner",
+    );
+    match ok(
+        store.pending_handoff(&key).await,
+        "pending_handoff after a handoff",
+    ) {
+        Some(PendingHandoff::Reserved(mark)) => {
+            assert_eq!(mark.to.as_deref(), Some("carol"));
+            assert_eq!(mark.from, "alice");
+            assert!(mark.ttl <= LEASE && !mark.ttl.is_zero(), "{:?}", mark.ttl);
+        }
+        other => panic!("after a handoff the key must show the mark, not {other:?}"),
+    }
+    let mut carol = join(&*elsewhere, &key, "carol").await;
+    let carols = acquired(
+        ok(
+            carol.try_acquire(LEASE).await,
+            "try_acquire by the named candidate",
+        ),
+        "the candidate a key is handed over to must acquire it",
+    );
+    assert_eq!(
+        ok(
+            store.pending_handoff(&key).await,
+            "pending_handoff after the handoff"
+        ),
+        None,
+        "the acquire by the named candidate ends the handoff"
+    );
+    ok(carol.release(&carols).await, "release by the owner");
+}
+
+/// **Presence records live for their TTL** (only for stores whose [`Capabilities::presence`]
+/// is true). `announce` returns every live record, its own included, with the priority it was
+/// given and `0 < ttl <= requested`; another handle's `candidates` sees the same; a second
+/// announce replaces the record (a new priority); `withdraw` removes it; a record that is not
+/// renewed runs out after its TTL; records at one key never show at another.
+pub async fn presence_records_live_for_their_ttl<F: StoreFactory + ?Sized>(factory: &F) {
+    let caps = factory.capabilities();
+    let store = open(factory).await;
+    if !caps.presence {
+        println!(
+            "conformance: presence_records_live_for_their_ttl skipped by capability: the {} \
+             store keeps no presence records",
+            store.info().name
+        );
+        return;
+    }
+    let key = unique_key("presence");
+    let elsewhere = open(factory).await;
+    let sorted = |live: Option<Vec<Presence>>, what: &str| -> Vec<(String, u32)> {
+        let live = live.unwrap_or_else(|| panic!("{what}: a store with presence answers Some"));
+        for p in &live {
+            assert!(
+                !p.ttl.is_zero() && p.ttl <= LEASE,
+                "{what}: {}'s record must have 0 < ttl <= {LEASE:?}, not {:?}",
+                p.candidate,
+                p.ttl
+            );
+        }
+        let mut names: Vec<(String, u32)> = live
+            .into_iter()
+            .map(|p| (p.candidate, p.priority))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        sorted(
+            ok(store.candidates(&key).await, "candidates"),
+            "candidates of an unused key"
+        ),
+        []
+    );
+    let live = ok(store.announce(&key, "alice", 3, LEASE).await, "announce");
+    assert_eq!(sorted(live, "announce"), [("alice".into(), 3)]);
+    let live = ok(elsewhere.announce(&key, "bob", 0, LEASE).await, "announce");
+    assert_eq!(
+        sorted(live, "a second announce"),
+        [("alice".into(), 3), ("bob".into(), 0)]
+    );
+    let live = ok(
+        store.announce(&key, "alice", u32::MAX, LEASE).await,
+        "announce",
+    );
+    assert_eq!(
+        sorted(live, "announce again"),
+        [("alice".into(), u32::MAX), ("bob".into(), 0)],
+        "a second announce replaces the record"
+    );
+    assert_eq!(
+        sorted(
+            ok(
+                elsewhere.candidates(&unique_key("other")).await,
+                "candidates"
+            ),
+            "another key"
+        ),
+        []
+    );
+    ok(elsewhere.withdraw(&key, "bob").await, "withdraw");
+    ok(
+        elsewhere.withdraw(&key, "nobody").await,
+        "withdraw of a record that is not there",
+    );
+    assert_eq!(
+        sorted(
+            ok(store.candidates(&key).await, "candidates"),
+            "after a withdraw"
+        ),
+        [("alice".into(), u32::MAX)]
+    );
+    let ttl = caps.short_ttl();
+    ok(store.announce(&key, "carol", 1, ttl).await, "announce");
+    let announced = Instant::now();
+    sleep_until(announced + ttl).await;
+    let deadline = announced + ttl + caps.expiry_slack;
+    loop {
+        let names = sorted(
+            ok(store.candidates(&key).await, "candidates"),
+            "after a TTL",
+        );
+        if names == [("alice".to_owned(), u32::MAX)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a record with a TTL of {ttl:?} still shows {:?} later: {names:?}",
+            announced.elapsed()
+        );
+        sleep(POLL).await;
+    }
+    ok(store.withdraw(&key, "alice").await, "withdraw");
 }
 
 /// Waits, in real time, until the lease acquired at `acquired_at` with `ttl` has expired and

@@ -43,7 +43,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton::{
-    Acquire, Candidacy, Changes, Error, Lease, LeaseRecord, LeaseStore, Renew, Result, StoreInfo,
+    Acquire, Candidacy, Changes, Error, Lease, LeaseRecord, LeaseStore, PendingHandoff, Presence,
+    Renew, Result, StoreInfo,
 };
 
 /// A store operation a fault can target.
@@ -357,6 +358,31 @@ impl LeaseStore for FaultyStore {
     /// Passed through without faults: only `baton handoff` asks, never an election.
     async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
         self.inner.request_handoff(key, to).await
+    }
+
+    /// Passed through without faults: only `baton status` and `baton watch` ask.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        self.inner.pending_handoff(key).await
+    }
+
+    /// Presence records are passed through without faults: they are kept beside the
+    /// election, and the faults here are aimed at its lease calls (tests count those).
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        self.inner.announce(key, candidate, priority, ttl).await
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        self.inner.candidates(key).await
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        self.inner.withdraw(key, candidate).await
     }
 
     fn info(&self) -> StoreInfo {

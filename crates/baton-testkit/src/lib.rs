@@ -130,6 +130,8 @@ macro_rules! conformance_tests {
             read_of_unused_key_is_none,
             leave_is_harmless,
             handoff_reserves_the_key_for_its_candidate,
+            pending_handoff_shows_requests_and_marks,
+            presence_records_live_for_their_ttl,
         );
     };
 }

@@ -28,7 +28,10 @@ impl StoreFactory for MemoryFactory {
     }
 
     fn capabilities(&self) -> conformance::Capabilities {
-        conformance::Capabilities::new().with_handoff(true)
+        conformance::Capabilities::new()
+            .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
 }
 
@@ -82,7 +85,10 @@ impl StoreFactory for SqliteFactory {
     }
 
     fn capabilities(&self) -> conformance::Capabilities {
-        conformance::Capabilities::new().with_handoff(true)
+        conformance::Capabilities::new()
+            .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
 
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {

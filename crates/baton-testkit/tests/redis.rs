@@ -31,7 +31,10 @@ impl StoreFactory for RedisFactory {
         Some(self)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_handoff(true)
+        Capabilities::new()
+            .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
 }
 
@@ -74,7 +77,10 @@ impl StoreFactory for FromClientFactory {
         Some(&RedisFactory)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_handoff(true)
+        Capabilities::new()
+            .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
 }
 
@@ -379,9 +385,9 @@ async fn a_string_baton_did_not_write_is_an_error_and_left_untouched() {
 async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
     let server = RedisServer::start();
     // The rule from the docs of baton::store::redis, for keys under `myapp:`.
-    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton ~{myapp:*}:candidates resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave";
+                +get +set +del +pexpire +pttl +type +hget +hmget +hgetall +hset +hlen +publish +time +lastsave";
     let mut args = vec!["ACL", "SETUSER", "baton"];
     args.extend(rule.split_whitespace());
     assert_eq!(server.cli(&args), "OK");
@@ -393,6 +399,24 @@ async fn an_acl_user_with_the_documented_minimal_rule_can_run_elections() {
     a.start().await.unwrap();
     b.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    // Presence records (`baton` keeps them; `LeaderElectionBuilder::priority`).
+    let live = store_a
+        .announce("myapp:leader", "a", 3, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(
+        store_b.candidates("myapp:leader").await.unwrap().unwrap(),
+        live.iter()
+            .map(|p| baton::Presence::new("a", 3, p.ttl))
+            .collect::<Vec<_>>()
+    );
+    store_b.withdraw("myapp:leader", "a").await.unwrap();
+    assert_eq!(
+        store_b.candidates("myapp:leader").await.unwrap(),
+        Some(vec![])
+    );
     a.hand_over(Some("b")).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || b.is_leader()).await,
@@ -727,7 +751,10 @@ impl StoreFactory for ClusterFactory {
         Some(self)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_handoff(true)
+        Capabilities::new()
+            .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
 }
 
@@ -798,9 +825,9 @@ async fn on_a_cluster_each_key_lives_with_its_counter_on_its_master_and_push_han
 async fn an_acl_user_with_the_documented_rule_can_run_elections_on_a_cluster() {
     let cluster = shared_redis_cluster();
     // The rule from the docs of baton::store::redis, plus what a cluster client needs.
-    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton ~{myapp:*}:candidates resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
-                +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave \
+                +get +set +del +pexpire +pttl +type +hget +hmget +hgetall +hset +hlen +publish +time +lastsave \
                 +cluster|slots";
     let mut args = vec!["ACL", "SETUSER", "baton-cluster"];
     args.extend(rule.split_whitespace());
@@ -1072,7 +1099,7 @@ async fn an_acquire_soon_after_a_restart_waits_even_if_the_counter_was_recreated
 #[tokio::test(flavor = "multi_thread")]
 async fn an_acquire_proves_the_uptime_with_lastsave_and_falls_back_to_info() {
     let server = RedisServer::start();
-    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:* \
+    let rule = "on >s3cret resetkeys ~myapp:* ~{myapp:*}:baton ~{myapp:*}:candidates resetchannels &baton:changes:* \
                 -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe \
                 +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time";
     let mut args = vec!["ACL", "SETUSER", "no-lastsave"];

@@ -67,6 +67,19 @@ pub enum Error {
     /// that does not hold the lease (or is already handing over).
     #[error("this candidate does not lead, so it has nothing to hand over")]
     NotLeader,
+    /// A handoff named a candidate that is not running: the store keeps presence records
+    /// ([`LeaseStore::announce`](crate::LeaseStore::announce)) and `candidate` has none at the
+    /// key. Nothing was written.
+    #[error(
+        "no live candidate {candidate:?} at this key (running: {}); check the id, or start that candidate first",
+        if .live.is_empty() { "none that announce themselves".to_owned() } else { .live.join(", ") }
+    )]
+    NoSuchCandidate {
+        /// The candidate asked for.
+        candidate: String,
+        /// The candidates that are running, by their presence records.
+        live: Vec<String>,
+    },
     /// [`LeaderElection::stop`](crate::LeaderElection::stop) stopped the election, but could
     /// not give the lease (or the candidate's place in the election) back to the store.
     /// Nothing is unsafe: this candidate no longer acts as leader. Followers take over when
@@ -182,6 +195,7 @@ impl Error {
             Error::AlreadyStarted => "already_started",
             Error::Stopped => "stopped",
             Error::NotLeader => "not_leader",
+            Error::NoSuchCandidate { .. } => "no_such_candidate",
             Error::ReleaseFailed { .. } => "release_failed",
         }
     }

@@ -27,7 +27,7 @@ pub mod store;
 pub use clock::{Clock, boot_time};
 pub use election::{
     ElectionState, Event, Events, Health, LeaderElection, LeaderElectionBuilder, Leadership,
-    LossReason, Role,
+    LossReason, Role, check_alive,
 };
 pub use error::{BoxError, Error, Result};
 pub use options::{COMPLETE_WATCH_RECHECK_LEASES, ElectionOptions, fmt_duration, validate_key};
@@ -36,7 +36,7 @@ pub use store::memory::MemoryStore;
 pub use store::sqlite::SqliteStore;
 pub use store::{
     Acquire, Candidacy, Change, Changes, FencingToken, HandoffMark, Lease, LeaseRecord, LeaseStore,
-    Renew, StoreInfo,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 
 /// Compile-time promises: the handles and every store can move between threads and tasks,

@@ -38,7 +38,7 @@ use tracing::{Instrument, Span, info, info_span};
 
 use super::state::{Action, Election, Input};
 use super::{Shared, Term};
-use crate::store::{Candidacy, Changes};
+use crate::store::{Candidacy, Changes, Renew};
 use crate::{Clock, Error, Result};
 
 /// Sleep for `d` as measured on `clock`. Timers follow the monotonic clock, which stops
@@ -847,9 +847,25 @@ fn store_call(
                     }
                     Action::Renew { lease, timeout } => {
                         let sent = clock.now();
-                        let outcome =
-                            with_timeout(clock, timeout, candidacy.renew(&lease, timing.lease))
-                                .await;
+                        let outcome = match with_timeout(
+                            clock,
+                            timeout,
+                            candidacy.renew(&lease, timing.lease),
+                        )
+                        .await
+                        {
+                            Ok(Renew::HandoffRequested { to })
+                                if !shared.admits_request(to.as_deref()) =>
+                            {
+                                tracing::warn!(
+                                    key = %shared.config.key,
+                                    to = to.as_deref().unwrap_or(""),
+                                    "not handing over as asked: that candidate has no presence record (it is not running)"
+                                );
+                                Ok(Renew::Renewed)
+                            }
+                            other => other,
+                        };
                         shared
                             .renew_duration
                             .get_or_init(|| {

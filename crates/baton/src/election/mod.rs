@@ -2,6 +2,7 @@
 
 mod driver;
 mod events;
+mod presence;
 mod state;
 
 use std::future::Future;
@@ -94,6 +95,18 @@ pub(crate) struct Shared {
     pub run: tokio::sync::Mutex<Option<driver::RunHandle>>,
     /// Whether the current run is alive on its driver (read by `health`).
     pub running: std::sync::atomic::AtomicBool,
+    /// The live presence records at the key, as this candidate's last
+    /// [`announce`](LeaseStore::announce) returned them; `None` before the first, without
+    /// presence, or on a store that keeps none.
+    pub presence: Mutex<Option<Vec<crate::Presence>>>,
+}
+
+impl Shared {
+    /// Whether to answer a handoff request to `to` ([`presence::admits_request`]).
+    pub fn admits_request(&self, to: Option<&str>) -> bool {
+        let live = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        presence::admits_request(to, live.as_deref())
+    }
 }
 
 /// What every [`Leadership`] of one term shares: its token, its cancellation, and a sender
@@ -109,6 +122,29 @@ pub(crate) struct Term {
 pub(crate) struct Control {
     /// Stops the current run: `stop()`, or the last handle dropped.
     pub stop: Option<driver::Stopper>,
+    /// Stops the current run's presence task ([`presence::keep`]).
+    pub presence: Option<CancellationToken>,
+}
+
+/// Fail with [`Error::NoSuchCandidate`] when `store` can tell that `to` is not a live
+/// candidate at `key`: the store keeps presence records ([`LeaseStore::candidates`]), some
+/// candidate at the key has one, and `to` has none. Where nobody has one, it cannot tell and
+/// answers `Ok`. The check of [`LeaderElection::hand_over`] and of `baton handoff --to`.
+pub async fn check_alive(store: &dyn LeaseStore, key: &str, to: &str) -> Result<()> {
+    let live = store.candidates(key).await?;
+    if presence::admits_request(Some(to), live.as_deref()) {
+        return Ok(());
+    }
+    let mut live: Vec<String> = live
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.candidate)
+        .collect();
+    live.sort();
+    Err(Error::NoSuchCandidate {
+        candidate: to.to_owned(),
+        live,
+    })
 }
 
 /// Wait for a run to finish and return what it reports. A run whose driver went away (a
@@ -216,6 +252,9 @@ impl Drop for DropGuard {
             // The engine task releases the lease in the background, if the runtime lives on.
             stop.cancel();
         }
+        if let Some(presence) = &control.presence {
+            presence.cancel();
+        }
     }
 }
 
@@ -265,6 +304,8 @@ pub struct LeaderElectionBuilder {
     clock: Clock,
     unsafe_ignore_deadline: bool,
     listen_while_leading: bool,
+    presence: Option<bool>,
+    priority: u32,
 }
 
 impl LeaderElectionBuilder {
@@ -313,6 +354,32 @@ impl LeaderElectionBuilder {
         self
     }
 
+    /// This candidate's priority (default 0). A follower whose priority is higher than the
+    /// leader's asks the leader to hand the lease over to it ([`LeaderElection::hand_over`]'s
+    /// path, through [`LeaseStore::request_handoff`]), so the lease moves to the candidate that
+    /// wants it most, without a leaderless gap; equal priorities never displace a leader.
+    ///
+    /// Priorities are written in presence records, so setting one turns presence on
+    /// ([`announce_presence`](Self::announce_presence)). They work on stores that keep
+    /// presence records (memory, SQLite, Redis) and between candidates that announce
+    /// themselves: a leader whose priority cannot be seen keeps the lease.
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self.presence.get_or_insert(true);
+        self
+    }
+
+    /// Whether this candidate keeps a presence record at the key (default: only with a
+    /// [`priority`](Self::priority)). It writes the record ([`LeaseStore::announce`]) when the
+    /// election starts and every renew interval after, with a TTL of one lease, and removes it
+    /// when the election stops. With it, `baton handoff --to ID` can refuse an `ID` that is not
+    /// running, and a leader does not hand over to a candidate without a record. It costs one
+    /// store write per renew interval per election; `baton` turns it on.
+    pub fn announce_presence(mut self, on: bool) -> Self {
+        self.presence = Some(on);
+        self
+    }
+
     /// **Unsafe, for testing safety checkers only.** Keeps reporting leadership past the
     /// deadline and ignores failed renewals until the store says the lease is lost. A checker
     /// that cannot catch an election built this way proves nothing.
@@ -337,6 +404,8 @@ impl LeaderElectionBuilder {
                 timing: self.options.timing(),
                 unsafe_ignore_deadline: self.unsafe_ignore_deadline,
                 listen_while_leading: self.listen_while_leading,
+                presence: self.presence.unwrap_or(false),
+                priority: self.priority,
             }),
             options: self.options,
             clock: self.clock,
@@ -352,6 +421,7 @@ impl LeaderElectionBuilder {
             control: Mutex::new(Control::default()),
             run: tokio::sync::Mutex::new(None),
             running: std::sync::atomic::AtomicBool::new(false),
+            presence: Mutex::new(None),
         });
         Ok(LeaderElection {
             _guard: Arc::new(DropGuard(shared.clone())),
@@ -378,6 +448,8 @@ impl LeaderElection {
             clock: Clock::default(),
             unsafe_ignore_deadline: false,
             listen_while_leading: false,
+            presence: None,
+            priority: 0,
         }
     }
 
@@ -434,6 +506,20 @@ impl LeaderElection {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .stop = Some(stop);
+        if self.shared.config.presence {
+            let done = CancellationToken::new();
+            let previous = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .presence
+                .replace(done.clone());
+            if let Some(previous) = previous {
+                previous.cancel();
+            }
+            tokio::spawn(presence::keep(self.shared.clone(), done));
+        }
         let task = run.insert(handle);
         // The first outcome comes before the engine's first wait, within one store call's
         // timeout, so holding the lock meanwhile delays a concurrent `stop()` only that long.
@@ -477,6 +563,16 @@ impl LeaderElection {
         {
             stop.cancel();
         }
+        if let Some(presence) = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .presence
+            .take()
+        {
+            presence.cancel();
+        }
         let Some(task) = run.as_mut() else {
             return Ok(());
         };
@@ -509,6 +605,8 @@ impl LeaderElection {
     /// # Errors
     ///
     /// * [`Error::Config`] when `to` is this candidate's own id or not a valid id;
+    /// * [`Error::NoSuchCandidate`] when the store keeps presence records and `to` has none
+    ///   (it is not running); the term goes on;
     /// * [`Error::NotLeader`] when this candidate does not hold the lease (or is already
     ///   handing over); [`Error::Stopped`] when the election is not running;
     /// * the store's error when it could not be told. The term has ended all the same; the
@@ -525,6 +623,7 @@ impl LeaderElection {
                     "cannot hand over to {to:?}: that is this candidate itself"
                 )));
             }
+            check_alive(&*self.shared.store, &self.shared.config.key, to).await?;
         }
         let (tx, rx) = oneshot::channel();
         {

@@ -145,6 +145,10 @@ pub(crate) struct Config {
     /// request ([`LeaderElectionBuilder::listen_for_handoff_requests`](super::LeaderElectionBuilder::listen_for_handoff_requests)).
     /// The first attempt then subscribes first too, so that a first leader has the stream.
     pub listen_while_leading: bool,
+    /// Whether the candidate keeps a presence record ([`super::presence`]).
+    pub presence: bool,
+    /// Its priority, written in the record.
+    pub priority: u32,
 }
 
 /// What happened: a store call's answer, a timer, a pushed change, stop.

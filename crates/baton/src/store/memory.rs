@@ -2,7 +2,8 @@
 //!
 //! Layout: one map from key to slot. A slot keeps the current lease (holder, token, expiry on
 //! tokio's clock) and the last token minted, which survives release, so tokens strictly
-//! increase for the life of the store, and the mark of a planned handoff while it is live.
+//! increase for the life of the store, the mark of a planned handoff while it is live, and the
+//! presence records of the candidates that announce themselves ([`LeaseStore::announce`]).
 //! Expiry follows tokio's time, so tests that pause and advance time drive it too. Every
 //! change is broadcast to watchers.
 
@@ -15,8 +16,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo, broadcast_changes,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo, broadcast_changes,
 };
 use crate::{FencingToken, Result};
 
@@ -32,6 +33,9 @@ struct Slot {
     last_token: u64,
     /// A planned handoff's mark (boxed: rare, and every key would pay for it).
     mark: Option<Box<Mark>>,
+    /// Presence records ([`LeaseStore::announce`]): candidate, priority, expiry. Empty (no
+    /// allocation) unless candidates announce themselves.
+    presence: Vec<(String, u32, Instant)>,
     /// Made by the first watcher and dropped with the last one ([`Unwatch`]):
     /// tokio allocates every slot of a channel up front (about 600 bytes here), which would
     /// cost every key, watched or not.
@@ -61,8 +65,18 @@ impl Slot {
             lease: None,
             last_token: 0,
             mark: None,
+            presence: Vec::new(),
             changes: None,
         }
+    }
+
+    /// The live presence records, dropping those that ran out.
+    fn present(&mut self, now: Instant) -> Vec<Presence> {
+        self.presence.retain(|(_, _, until)| *until > now);
+        self.presence
+            .iter()
+            .map(|(c, p, until)| Presence::new(c.clone(), *p, *until - now))
+            .collect()
     }
 
     /// A receiver of this key's changes from now on.
@@ -208,6 +222,67 @@ impl LeaseStore for MemoryStore {
             });
         }
         Ok(record)
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = slots.get_mut(key) else {
+            return Ok(None);
+        };
+        if let Some(held) = slot.live(now) {
+            return Ok(held.request.as_deref().map(|to| PendingHandoff::Requested {
+                holder: held.holder.clone(),
+                to: to.clone(),
+            }));
+        }
+        if slot.mark.as_ref().is_some_and(|m| m.until <= now) {
+            slot.mark = None;
+        }
+        Ok(slot.mark.as_ref().map(|m| {
+            PendingHandoff::Reserved(HandoffMark::new(
+                m.to.clone(),
+                m.from.clone(),
+                m.until - now,
+            ))
+        }))
+    }
+
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        let now = Instant::now();
+        Ok(Some(self.with_slot(key, |slot| {
+            match slot.presence.iter_mut().find(|(c, _, _)| c == candidate) {
+                Some(record) => *record = (candidate.to_owned(), priority, now + ttl),
+                None => slot
+                    .presence
+                    .push((candidate.to_owned(), priority, now + ttl)),
+            }
+            slot.present(now)
+        })))
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(
+            slots
+                .get_mut(key)
+                .map(|s| s.present(Instant::now()))
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(key) {
+            slot.presence.retain(|(c, _, _)| c != candidate);
+        }
+        Ok(())
     }
 
     fn info(&self) -> StoreInfo {

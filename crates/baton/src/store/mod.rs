@@ -223,6 +223,51 @@ impl HandoffMark {
     }
 }
 
+/// A live candidate at a key, as its presence record says ([`LeaseStore::announce`]).
+///
+/// Built with [`Presence::new`]; new fields may be added in minor releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Presence {
+    /// The candidate's id.
+    pub candidate: String,
+    /// Its priority ([`LeaderElectionBuilder::priority`](crate::LeaderElectionBuilder::priority)):
+    /// a follower with a higher priority than the leader asks for the lease.
+    pub priority: u32,
+    /// Time left on the record, by the store's clock, when it was read.
+    pub ttl: Duration,
+}
+
+impl Presence {
+    /// `candidate`'s record with `priority`, `ttl` from running out.
+    pub fn new(candidate: impl Into<String>, priority: u32, ttl: Duration) -> Self {
+        Presence {
+            candidate: candidate.into(),
+            priority,
+            ttl,
+        }
+    }
+}
+
+/// A planned handoff that has not finished yet, as [`LeaseStore::pending_handoff`] reports it
+/// (`baton status` and `baton watch` show it).
+///
+/// New kinds may be added in minor releases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PendingHandoff {
+    /// Someone asked `holder` to hand the key over ([`LeaseStore::request_handoff`]), to `to`
+    /// (`None`: anyone else); the holder has not yet answered.
+    Requested {
+        /// The holder asked.
+        holder: String,
+        /// The candidate asked for.
+        to: Option<String>,
+    },
+    /// The holder handed over: the key is free and reserved by this mark.
+    Reserved(HandoffMark),
+}
+
 /// The outcome of [`Candidacy::renew`].
 ///
 /// New outcomes may be added in minor releases: the engine is the only caller that matches.
@@ -370,6 +415,53 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
+    /// A planned handoff under way at `key`: a request the holder has not yet answered, or the
+    /// mark of a handoff whose candidate has not yet taken the key. `None` when there is none,
+    /// and by default: a store that keeps no handoff state has none to show.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Write (or refresh) `candidate`'s presence record at `key`: alive, with `priority`, for
+    /// `ttl` by the store's clock. Returns every live candidate's record, this one's included.
+    ///
+    /// Presence is what lets Baton tell a live candidate from a name: `baton handoff --to ID`
+    /// refuses an `ID` that has none, a leader does not hand over to a candidate without one,
+    /// and priorities compare the records' priorities. A candidate writes its record every
+    /// renew interval while its election runs (when presence is on:
+    /// [`LeaderElectionBuilder::priority`](crate::LeaderElectionBuilder::priority),
+    /// [`LeaderElectionBuilder::announce_presence`](crate::LeaderElectionBuilder::announce_presence))
+    /// and removes it when it stops ([`withdraw`](LeaseStore::withdraw)).
+    ///
+    /// `None` (nothing written) by default: the store keeps no presence, and Baton then cannot
+    /// tell whether a candidate is alive.
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        let _ = (key, candidate, priority, ttl);
+        Ok(None)
+    }
+
+    /// Every live candidate's presence record at `key` (see [`announce`](LeaseStore::announce)),
+    /// or `None` when the store keeps no presence (the default). An empty list means the store
+    /// keeps presence but no candidate announces itself at `key`.
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Remove `candidate`'s presence record at `key`, if any (a stopping candidate). A no-op by
+    /// default.
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        let _ = (key, candidate);
+        Ok(())
+    }
+
     /// Name, redacted location and capabilities.
     fn info(&self) -> StoreInfo;
 
@@ -400,6 +492,24 @@ impl<S: LeaseStore + ?Sized> LeaseStore for Arc<S> {
     }
     async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
         (**self).request_handoff(key, to).await
+    }
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        (**self).pending_handoff(key).await
+    }
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        (**self).announce(key, candidate, priority, ttl).await
+    }
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        (**self).candidates(key).await
+    }
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        (**self).withdraw(key, candidate).await
     }
     fn info(&self) -> StoreInfo {
         (**self).info()

@@ -30,6 +30,14 @@
 //! the handoff columns (seven columns) gets them added
 //! (`ALTER TABLE ... ADD COLUMN`) when a store opens the file; nothing in it is rewritten.
 //!
+//! A second table, `baton_candidates`, keeps presence records ([`LeaseStore::announce`],
+//! D134): one row per candidate that announces itself at a key, `(key, candidate)` its primary
+//! key, with its `priority` and an end (`expires_at_ms`, on the clock of its `boot_id`). An
+//! announce drops the records of the key that ran out, writes its own and reads the live
+//! ones, in one transaction. Each announce is a write to the file, so it wakes the followers
+//! that watch it as a renewal does (they look at the key and wait again). A table of that name
+//! with other columns is foreign data: the store refuses to open the file.
+//!
 //! # Time
 //!
 //! Expiry is judged by the machine's boot-time clock ([`boot_time`], `CLOCK_BOOTTIME` on
@@ -88,8 +96,8 @@ use tracing::debug;
 
 use super::batch::{self, Batcher};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result, boot_time};
 
@@ -127,6 +135,46 @@ CREATE TABLE IF NOT EXISTS baton_leases (
     handoff_from     TEXT,
     handoff_until_ms INTEGER
 )";
+
+/// Presence records ([`LeaseStore::announce`], D134): one row per candidate that announces
+/// itself at a key, alive until `expires_at_ms` on the boot-time clock of `boot_id`.
+const CREATE_CANDIDATES: &str = "
+CREATE TABLE IF NOT EXISTS baton_candidates (
+    key           TEXT NOT NULL,
+    candidate     TEXT NOT NULL,
+    priority      INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    boot_id       TEXT NOT NULL,
+    PRIMARY KEY (key, candidate)
+)";
+
+/// The columns [`CREATE_CANDIDATES`] makes, as `PRAGMA table_info` reports them.
+const CANDIDATE_COLUMNS: [(&str, &str, bool, bool); 5] = [
+    ("key", "TEXT", true, true),
+    ("candidate", "TEXT", true, true),
+    ("priority", "INTEGER", true, false),
+    ("expires_at_ms", "INTEGER", true, false),
+    ("boot_id", "TEXT", true, false),
+];
+
+/// Drop the presence records at key ?1 that ran out (?2 current boot id, ?3 now).
+const PRUNE_CANDIDATES: &str = "
+DELETE FROM baton_candidates WHERE key = ?1 AND (boot_id IS NOT ?2 OR expires_at_ms <= ?3)";
+
+/// Write candidate ?2's record at key ?1 (?3 priority, ?4 expiry, ?5 boot id).
+const ANNOUNCE: &str = "
+INSERT INTO baton_candidates (key, candidate, priority, expires_at_ms, boot_id)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (key, candidate) DO UPDATE SET
+    priority = excluded.priority, expires_at_ms = excluded.expires_at_ms, boot_id = excluded.boot_id";
+
+/// The live records at key ?1 (?2 current boot id, ?3 now), as raw values.
+const SELECT_CANDIDATES: &str = "
+SELECT candidate, priority, expires_at_ms FROM baton_candidates
+WHERE key = ?1 AND boot_id = ?2 AND expires_at_ms > ?3 ORDER BY candidate";
+
+/// Remove candidate ?2's record at key ?1.
+const WITHDRAW: &str = "DELETE FROM baton_candidates WHERE key = ?1 AND candidate = ?2";
 
 /// The columns a planned handoff added to the table (D133), as `ALTER TABLE` adds them to a
 /// table made before.
@@ -417,6 +465,52 @@ impl LeaseStore for SqliteStore {
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         Ok(self.inner.feed.subscribe(key, Some(self.clone())))
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let key = key.to_owned();
+        self.run(false, BUSY_TIMEOUT, move |inner, conn| {
+            let stored = inner.select(conn, &key, "reading")?;
+            Ok(stored.and_then(|s| s.pending(now_ms(), &inner.boot_id)))
+        })
+        .await
+    }
+
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        let (key, candidate) = (key.to_owned(), candidate.to_owned());
+        self.run(true, BUSY_TIMEOUT, move |inner, conn| {
+            inner
+                .announce(conn, &key, &candidate, priority, ttl)
+                .map(Some)
+        })
+        .await
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        let key = key.to_owned();
+        self.run(false, BUSY_TIMEOUT, move |inner, conn| {
+            inner
+                .live_candidates(conn, &key, now_ms(), "reading the candidates in")
+                .map(Some)
+        })
+        .await
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        let (key, candidate) = (key.to_owned(), candidate.to_owned());
+        self.run(true, BUSY_TIMEOUT, move |inner, conn| {
+            conn.prepare_cached(WITHDRAW)
+                .and_then(|mut st| st.execute(params![key, candidate]))
+                .map_err(|e| inner.error("removing a presence record in", e))
+                .map(drop)
+        })
+        .await
     }
 
     fn info(&self) -> StoreInfo {
@@ -738,6 +832,79 @@ impl Inner {
         Ok(())
     }
 
+    fn announce(
+        &self,
+        conn: &mut Connection,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Vec<Presence>> {
+        let doing = "writing a presence record in";
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(doing, e))?;
+        let now = now_ms();
+        tx.prepare_cached(PRUNE_CANDIDATES)
+            .and_then(|mut st| st.execute(params![key, self.boot_id, now]))
+            .and_then(|_| tx.prepare_cached(ANNOUNCE))
+            .and_then(|mut st| {
+                st.execute(params![
+                    key,
+                    candidate,
+                    i64::from(priority),
+                    now.saturating_add(ttl_ms(ttl)),
+                    self.boot_id
+                ])
+            })
+            .map_err(|e| self.error(doing, e))?;
+        let live = self.live_candidates(&tx, key, now, doing)?;
+        tx.commit().map_err(|e| self.commit_error(doing, e))?;
+        Ok(live)
+    }
+
+    /// The live presence records at `key` at `now`; a row Baton could not have written is
+    /// [`Error::ForeignData`].
+    fn live_candidates(
+        &self,
+        conn: &Connection,
+        key: &str,
+        now: i64,
+        doing: &str,
+    ) -> Result<Vec<Presence>> {
+        let rows: Vec<[Value; 3]> = conn
+            .prepare_cached(SELECT_CANDIDATES)
+            .and_then(|mut st| {
+                st.query_map(params![key, self.boot_id, now], |r| {
+                    Ok([r.get(0)?, r.get(1)?, r.get(2)?])
+                })?
+                .collect()
+            })
+            .map_err(|e| self.error(doing, e))?;
+        rows.into_iter()
+            .map(|row| match row {
+                [
+                    Value::Text(candidate),
+                    Value::Integer(priority),
+                    Value::Integer(until),
+                ] if u32::try_from(priority).is_ok() => Ok(Presence::new(
+                    candidate,
+                    u32::try_from(priority).unwrap_or_default(),
+                    Duration::from_millis(u64::try_from(until - now).unwrap_or_default()),
+                )),
+                [candidate, priority, _] => Err(Error::ForeignData {
+                    key: key.to_owned(),
+                    found: format!(
+                        "a baton_candidates row in {} with candidate {} and priority {}",
+                        self.path.display(),
+                        describe(&candidate),
+                        describe(&priority)
+                    ),
+                }),
+            })
+            .collect()
+    }
+
     /// Wait until no other connection is in the middle of a write: take the write lock and let
     /// it go at once, writing nothing. A commit still being written when its file event came
     /// holds that lock until it is visible, so a read after this sees it.
@@ -871,6 +1038,24 @@ impl Stored {
             Duration::from_millis(u64::try_from(left).unwrap_or_default()),
         );
         (!mark.admits(candidate)).then_some(mark)
+    }
+
+    /// The handoff under way at this row at `now_ms`: a request of its live holder, or a live
+    /// mark on the freed row.
+    fn pending(&self, now_ms: i64, boot_id: &str) -> Option<PendingHandoff> {
+        if let Some(record) = self.live(now_ms, boot_id) {
+            let (to, _, until) = self.mark.as_deref()?;
+            return until.is_none().then(|| PendingHandoff::Requested {
+                holder: record.holder,
+                to: (!to.is_empty()).then(|| to.clone()),
+            });
+        }
+        // `reserved` answers only for candidates the mark does not admit; its leaver is never
+        // admitted by a mark to anyone, nor by one to someone else.
+        let (_, from, _) = self.mark.as_deref()?;
+        let from = from.clone();
+        self.reserved(&from, now_ms, boot_id)
+            .map(PendingHandoff::Reserved)
     }
 
     /// The lease this row records, if it is held, was written during this boot, and has not
@@ -1080,6 +1265,9 @@ fn connect(path: &Path, call: Arc<Call>) -> Result<Connection> {
     retry_busy(|| conn.execute_batch(CREATE_TABLE))
         .map_err(fail("creating the baton_leases table in"))?;
     check_table(&conn, path)?;
+    retry_busy(|| conn.execute_batch(CREATE_CANDIDATES))
+        .map_err(fail("creating the baton_candidates table in"))?;
+    check_candidates_table(&conn, path)?;
     Ok(conn)
 }
 
@@ -1178,6 +1366,48 @@ fn check_table(conn: &Connection, path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Make sure `baton_candidates` is the table [`CREATE_CANDIDATES`] makes.
+fn check_candidates_table(conn: &Connection, path: &Path) -> Result<()> {
+    let fail = |e| {
+        sqlite_error(
+            path,
+            "checking the baton_candidates table in",
+            Phase::Open,
+            e,
+        )
+    };
+    let columns: Vec<Column> = conn
+        .prepare(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info('baton_candidates') ORDER BY cid",
+        )
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? > 0)))?
+                .collect()
+        })
+        .map_err(fail)?;
+    let matches = columns.len() == CANDIDATE_COLUMNS.len()
+        && columns.iter().zip(&CANDIDATE_COLUMNS).all(|(found, want)| {
+            found.0 == want.0
+                && found.1.eq_ignore_ascii_case(want.1)
+                && found.2 == want.2
+                && found.3 == want.3
+        });
+    if matches {
+        return Ok(());
+    }
+    Err(Error::ForeignData {
+        key: format!("{} (table baton_candidates)", path.display()),
+        found: format!(
+            "a baton_candidates table with columns ({}) where Baton expects (key, candidate, priority, expires_at_ms, boot_id); rename that table or point the sqlite store at another file",
+            columns
+                .iter()
+                .map(|(name, ty, _, _)| format!("{name} {ty}").trim().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 /// A column as `PRAGMA table_info` reports it: name, declared type, NOT NULL, primary key.

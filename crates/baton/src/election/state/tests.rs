@@ -34,6 +34,8 @@ fn config(unsafe_ignore_deadline: bool) -> Config {
         timing: timing(),
         unsafe_ignore_deadline,
         listen_while_leading: false,
+        presence: false,
+        priority: 0,
     }
 }
 

@@ -10,6 +10,7 @@
 //! |---|---|---|---|
 //! | `K` | string | the leader's candidate id, exactly as the seed stores it | the lease (`PX`) |
 //! | `{K}:baton` | hash | `holder` (id of the last acquire), `token` (last fencing token minted); after a planned handoff also `handoff_to`, `handoff_from`, `handoff_until` | none: the token outlives releases and expiries |
+//! | `{K}:candidates` | hash | presence records ([`LeaseStore::announce`]): candidate id → `<priority>:<expiry in ms, Redis TIME>` | with its last record |
 //!
 //! so `redis-cli GET K` prints the leader and `redis-cli TTL K` its remaining lease, as in the
 //! seed's README. The companion key is `{K}:baton`, whose hash tag makes it hash to the same
@@ -162,9 +163,9 @@
 //! The minimal ACL rule for a user that runs elections on keys under `myapp:` is
 //!
 //! ```text
-//! ACL SETUSER baton on >PASSWORD resetkeys ~myapp:* ~{myapp:*}:baton resetchannels &baton:changes:*
+//! ACL SETUSER baton on >PASSWORD resetkeys ~myapp:* ~{myapp:*}:baton ~{myapp:*}:candidates resetchannels &baton:changes:*
 //!     -@all +@connection +evalsha +eval +script|load +info +subscribe +unsubscribe
-//!     +get +set +del +pexpire +pttl +type +hget +hmget +hset +hlen +publish +time +lastsave
+//!     +get +set +del +pexpire +pttl +type +hget +hmget +hgetall +hset +hlen +publish +time +lastsave
 //! ```
 //!
 //! plus `+cluster|slots` on a Redis Cluster, where the client reads the slot map. `+lastsave`
@@ -184,7 +185,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::conn::{Connection, PubSub};
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::{
-    Acquire, Candidacy, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, PendingHandoff,
+    Presence, Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -369,6 +371,97 @@ end
 return {'held', holder, meta[2], tostring(pttl)}
 "#;
 
+/// `KEYS` as for [`ACQUIRE`]. The handoff under way: `{'requested', holder, to}` (a request
+/// beside a held lease), `{'reserved', to, from, ms left}` (a live mark on a free key), or
+/// `{'none'}`; the same shape checks as [`READ`].
+const PENDING: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local mt = redis.call('TYPE', KEYS[2]).ok
+if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
+if mt == 'none' then return {'none'} end
+local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
+local n = redis.call('HLEN', KEYS[2])
+if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
+    and tonumber(meta[2]) < 9007199254740992
+    and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
+      or (n == 5 and meta[3] and meta[4] and meta[5]
+        and string.match(meta[5], '^%d+$')))) then
+  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
+end
+if kt == 'string' then
+  if n == 4 and redis.call('GET', KEYS[1]) == meta[1] then
+    return {'requested', meta[1], meta[3]}
+  end
+  return {'none'}
+end
+if n == 5 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local left = tonumber(meta[5]) - now
+  if left > 0 then return {'reserved', meta[3], meta[4], string.format('%.0f', left)} end
+end
+return {'none'}
+"#;
+
+/// `KEYS[1]` = the presence hash ([`presence_key`]); `ARGV[1]` = what to do (`read`,
+/// `announce`, `withdraw`), `ARGV[2]` = the candidate, `ARGV[3]` = its priority, `ARGV[4]` =
+/// the record's TTL in ms. Each field of the hash is a candidate, its value
+/// `<priority>:<expiry, Redis TIME in ms>`. Records that ran out are dropped by the next write
+/// (the hash is written again whole: `DEL` and `HSET`, so the ACL rule needs no `HDEL`), and
+/// the hash expires with its last record. Returns the live records other than a withdrawn
+/// one, as `candidate, priority, ms left` triples.
+const PRESENCE: &str = r#"
+local kt = redis.call('TYPE', KEYS[1]).ok
+if kt ~= 'none' and kt ~= 'hash' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+local dropped = false
+for i = 1, #all, 2 do
+  local p, u = string.match(all[i + 1], '^(%d+):(%d+)$')
+  if not p or #p > 10 or tonumber(p) > 4294967295 or #u > 15 then
+    return {'foreign', 'a hash Baton did not write at ' .. KEYS[1]}
+  end
+  u = tonumber(u)
+  if u > now and not (ARGV[1] ~= 'read' and all[i] == ARGV[2]) then
+    live[#live + 1] = {all[i], p, u}
+  else
+    dropped = true
+  end
+end
+if ARGV[1] == 'announce' then
+  live[#live + 1] = {ARGV[2], ARGV[3], now + tonumber(ARGV[4])}
+end
+if ARGV[1] ~= 'read' and (dropped or ARGV[1] == 'announce') then
+  redis.call('DEL', KEYS[1])
+  local last = 0
+  for _, r in ipairs(live) do
+    redis.call('HSET', KEYS[1], r[1], r[2] .. ':' .. string.format('%.0f', r[3]))
+    if r[3] > last then last = r[3] end
+  end
+  if last > now then redis.call('PEXPIRE', KEYS[1], string.format('%.0f', last - now)) end
+end
+local out = {'live'}
+for _, r in ipairs(live) do
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = string.format('%.0f', r[3] - now)
+end
+return out
+"#;
+
+/// The key of `key`'s presence records (D134), in the same cluster slot as `key`, named as
+/// [`companion_key`] is: `{K}:candidates`, or `K:candidates` when `K` has a hash tag.
+pub fn presence_key(key: &str) -> String {
+    if has_hash_tag(key) {
+        format!("{key}:candidates")
+    } else {
+        format!("{{{key}}}:candidates")
+    }
+}
+
 /// Check that `key` can have a companion in its cluster slot. A key with a `}` but no hash
 /// tag cannot: wrapping it in `{..}` would end the tag at its own `}`.
 fn check_key(key: &str) -> Result<()> {
@@ -425,6 +518,8 @@ struct Inner {
     hand_over: Script,
     request_handoff: Script,
     read: Script,
+    pending: Script,
+    presence: Script,
     renew_many: Script,
     /// Renewals go through the batcher (see [`batch`]), except on a cluster.
     renewals: Option<mpsc::UnboundedSender<batch::Pending>>,
@@ -597,6 +692,8 @@ impl RedisStore {
                 hand_over: Script::new(HAND_OVER),
                 request_handoff: Script::new(REQUEST_HANDOFF),
                 read: Script::new(READ),
+                pending: Script::new(PENDING),
+                presence: Script::new(PRESENCE),
                 renew_many: Script::new(batch::RENEW_MANY),
                 renewals: batched.then(|| batch::spawn(inner.clone())),
             }),
@@ -615,6 +712,41 @@ impl RedisStore {
     /// Check that Redis answers (`PING`; every master of a cluster), with a clear error if not.
     pub async fn ping(&self) -> Result<()> {
         self.inner.conn.ping().await
+    }
+
+    /// Run [`PRESENCE`] on `key`'s presence records.
+    async fn presence(
+        &self,
+        key: &str,
+        op: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Vec<Presence>> {
+        check_key(key)?;
+        let records = presence_key(key);
+        let mut call = self.inner.presence.key(&records);
+        call.arg(op)
+            .arg(candidate)
+            .arg(priority.to_string())
+            .arg(ttl_ms(ttl));
+        let reply: Vec<String> = self.inner.conn.invoke(&call, "script").await?;
+        let bad = |reply: &[String]| foreign(&records, reply);
+        match reply.split_first() {
+            Some((first, rest)) if first == "live" && rest.len() % 3 == 0 => rest
+                .chunks(3)
+                .map(|r| {
+                    let priority = r[1].parse().map_err(|_| bad(&reply))?;
+                    let ms: u64 = r[2].parse().map_err(|_| bad(&reply))?;
+                    Ok(Presence::new(
+                        r[0].clone(),
+                        priority,
+                        Duration::from_millis(ms),
+                    ))
+                })
+                .collect(),
+            _ => Err(bad(&reply)),
+        }
     }
 
     async fn script(&self, script: &Script, key: &str, args: &[&str]) -> Result<Vec<String>> {
@@ -879,6 +1011,52 @@ impl LeaseStore for RedisStore {
             Some("held") => parse_record(key, &reply).map(Some),
             _ => Err(foreign(key, &reply)),
         }
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        check_key(key)?;
+        let reply = self.script(&self.inner.pending, key, &[]).await?;
+        let to = |s: &String| (!s.is_empty()).then(|| s.clone());
+        match reply.as_slice() {
+            [kind] if kind == "none" => Ok(None),
+            [kind, holder, wanted] if kind == "requested" => Ok(Some(PendingHandoff::Requested {
+                holder: holder.clone(),
+                to: to(wanted),
+            })),
+            [kind, wanted, from, left] if kind == "reserved" => {
+                let left = left.parse().map_err(|_| foreign(key, &reply))?;
+                Ok(Some(PendingHandoff::Reserved(HandoffMark::new(
+                    to(wanted),
+                    from.clone(),
+                    Duration::from_millis(left),
+                ))))
+            }
+            _ => Err(foreign(key, &reply)),
+        }
+    }
+
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        self.presence(key, "announce", candidate, priority, ttl)
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        self.presence(key, "read", "", 0, Duration::ZERO)
+            .await
+            .map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        self.presence(key, "withdraw", candidate, 0, Duration::ZERO)
+            .await
+            .map(drop)
     }
 
     fn info(&self) -> StoreInfo {
