@@ -18,7 +18,7 @@ Examples:
   baton completions bash                      a completion script for bash, zsh or fish
 
 Every option can also come from the environment (BATON_STORE, BATON_KEY, BATON_ID,
-BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG, BATON_METRICS_ADDR) or from --config
+BATON_PRIORITY, BATON_LEASE, BATON_RENEW, BATON_GRACE, BATON_CONFIG, BATON_METRICS_ADDR) or from --config
 FILE.
 Precedence: flags, then environment, then the config file, then defaults.
 Bad input exits with code 2 and one line on stderr.";
@@ -68,6 +68,18 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub id: Option<String>,
+
+    /// This candidate's priority: a follower with a higher one than the leader's takes the lease
+    /// over by a planned handoff; equal ones never displace a leader (campaign, run, demo)
+    /// [default: 0]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_PRIORITY",
+        value_name = "N",
+        hide_env_values = true
+    )]
+    pub priority: Option<String>,
 
     /// How long a lease lasts without renewal [default: 15s]
     #[arg(

@@ -34,6 +34,8 @@ pub struct Settings {
     pub store: String,
     pub key: String,
     pub options: ElectionOptions,
+    /// The candidate's priority (`--priority`, `BATON_PRIORITY`; not in config files).
+    pub priority: u32,
     /// Where each setting came from, for `baton config`: (name, origin).
     pub origins: Vec<(&'static str, String)>,
 }
@@ -188,6 +190,23 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
         origins.push(("id", "default: <hostname>-<pid>".to_owned()));
     }
 
+    let priority = match cli("priority", "BATON_PRIORITY", &args.priority) {
+        Some((text, origin)) => {
+            let priority = text.trim().parse::<u32>().map_err(|_| {
+                Failure::new(format!(
+                    "the priority from {origin} ({text:?}) is not a whole number from 0 to {}: e.g. --priority 10",
+                    u32::MAX
+                ))
+            })?;
+            origins.push(("priority", origin.to_string()));
+            priority
+        }
+        None => {
+            origins.push(("priority", "default: 0".to_owned()));
+            0
+        }
+    };
+
     let defaults = ElectionOptions::default();
     let mut duration = |name: &'static str,
                         env: &'static str,
@@ -241,6 +260,7 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, Fail
         store,
         key,
         options,
+        priority,
         origins,
     })
 }

@@ -56,6 +56,59 @@ pub struct EventLine<'a> {
     pub boot_ns: u64,
 }
 
+/// A planned handoff under way, as `status --json` and `watch --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandoffView {
+    /// `requested` (the holder was asked and has not answered yet) or `reserved` (it handed
+    /// over; the key is free and kept for `to`).
+    pub state: &'static str,
+    /// The leader asked, or the one that handed over.
+    pub from: String,
+    /// The candidate asked for (`null`: any other).
+    pub to: Option<String>,
+    /// For `reserved`: how much longer the mark keeps the key, by the store's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+impl HandoffView {
+    pub fn new(pending: &baton::PendingHandoff) -> Option<HandoffView> {
+        Some(match pending {
+            baton::PendingHandoff::Requested { holder, to } => HandoffView {
+                state: "requested",
+                from: holder.clone(),
+                to: to.clone(),
+                ttl_ms: None,
+            },
+            baton::PendingHandoff::Reserved(mark) => HandoffView {
+                state: "reserved",
+                from: mark.from.clone(),
+                to: mark.to.clone(),
+                ttl_ms: Some(u64::try_from(mark.ttl.as_millis()).unwrap_or(u64::MAX)),
+            },
+            _ => return None,
+        })
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let to = self.to.as_deref().unwrap_or("any other candidate");
+        match self.ttl_ms {
+            None => format!("{} was asked to hand over to {to}", self.from),
+            Some(ms) => format!(
+                "{} handed over; the key is kept for {to} for another {}",
+                self.from,
+                baton::fmt_duration(std::time::Duration::from_millis(ms))
+            ),
+        }
+    }
+
+    /// The same handoff, whatever its time left.
+    pub fn same(&self, other: &HandoffView) -> bool {
+        self.state == other.state && self.from == other.from && self.to == other.to
+    }
+}
+
 /// Write one JSON value as a line on stdout and flush it.
 pub fn json_line(value: &impl Serialize) -> io::Result<()> {
     let mut out = io::stdout().lock();

@@ -31,6 +31,16 @@ pub async fn request_handoff(
     settings: &Settings,
     to: Option<&str>,
 ) -> Result<Option<LeaseRecord>, Failure> {
+    if let Some(to) = to {
+        // Where the store keeps presence records, a name that is not running is bad input.
+        probe(
+            baton::check_alive(store, &settings.key, to),
+            "cannot hand over the key",
+            "in",
+            settings,
+        )
+        .await?;
+    }
     probe(
         store.request_handoff(&settings.key, to),
         "cannot ask for a handoff of the key",
@@ -91,7 +101,11 @@ pub fn build_election(
     #[cfg_attr(not(feature = "unsafe-testing"), allow(unused_mut))]
     let mut builder = LeaderElection::builder_dyn(store, settings.key.clone())
         .options(settings.options.clone())
-        .listen_for_handoff_requests(true);
+        .listen_for_handoff_requests(true)
+        // Presence records, so that `baton handoff --to` can tell a running candidate from a
+        // name, and priorities (D134).
+        .announce_presence(true)
+        .priority(settings.priority);
     #[cfg(feature = "unsafe-testing")]
     if unsafe_ignore_deadline_for_testing() {
         tracing::warn!(

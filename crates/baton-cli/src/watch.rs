@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use crate::config::Settings;
 use crate::failure::Failure;
-use crate::output::{self, DIM, EventLine, NOTE, say};
+use crate::output::{self, DIM, EventLine, HandoffView, NOTE, say};
 use crate::session::{self, Shutdown};
 
 /// Longest wait between two reads: bounds how late a change is seen when no push arrives.
@@ -30,6 +30,7 @@ pub async fn run(
     let mut last = session::read_key(store.as_ref(), &settings).await?;
     let key = settings.key.as_str();
     let mut changes: Option<Changes> = subscribe(store.as_ref(), key).await;
+    let mut handoff = pending(store.as_ref(), key).await;
 
     if json {
         if let Some(record) = &last
@@ -79,7 +80,61 @@ pub async fn run(
             return Ok(ExitCode::SUCCESS);
         }
         last = now;
+        let pending_now = pending(store.as_ref(), key).await;
+        let unchanged = match (&handoff, &pending_now) {
+            (Some(a), Some(b)) => a.same(b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged
+            && let Some(view) = &pending_now
+            && report_handoff(key, view, json).is_err()
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+        handoff = pending_now;
     }
+}
+
+/// The handoff under way at `key`, if the store can tell (a failed read is none).
+async fn pending(store: &dyn baton::LeaseStore, key: &str) -> Option<HandoffView> {
+    match store.pending_handoff(key).await {
+        Ok(pending) => pending.as_ref().and_then(HandoffView::new),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the handoff state");
+            None
+        }
+    }
+}
+
+/// `watch --json`'s line for a planned handoff: `handoff_requested` or `handoff_reserved`.
+#[derive(Debug, serde::Serialize)]
+struct HandoffLine<'a> {
+    event: String,
+    key: &'a str,
+    #[serde(flatten)]
+    handoff: &'a HandoffView,
+    ts: String,
+    boot_ns: u64,
+}
+
+/// Print a planned handoff that began or moved on (requested, then reserved).
+fn report_handoff(key: &str, view: &HandoffView, json: bool) -> std::io::Result<()> {
+    let (ts, boot_ns) = output::stamp();
+    if json {
+        return output::json_line(&HandoffLine {
+            event: format!("handoff_{}", view.state),
+            key,
+            handoff: view,
+            ts,
+            boot_ns,
+        });
+    }
+    say(format!(
+        "{DIM}{ts}{DIM:#}  {NOTE}handoff{NOTE:#}: {}\n",
+        view.describe()
+    ));
+    Ok(())
 }
 
 async fn subscribe(store: &dyn baton::LeaseStore, key: &str) -> Option<Changes> {

@@ -1758,6 +1758,74 @@ fn handoff_moves_leadership_to_the_named_candidate_on_redis() {
     handoff_moves_leadership_to_the_named_candidate(&scratch, &server.url());
 }
 
+/// `--priority`: a follower with a higher priority than the leader's takes the lease over by
+/// a planned handoff (the leader's term ends `handed_over`), an equal one does not; `status`
+/// lists the running candidates with their priorities.
+#[test]
+fn a_higher_priority_takes_the_lease_over_and_status_lists_the_candidates() {
+    let scratch = Scratch::new("priority");
+    let mut a =
+        Running::spawn(scratch.baton_fast(&["--id", "a", "--priority", "1", "campaign", "--json"]));
+    let first = a.wait_event("became_leader", None);
+    let mut b =
+        Running::spawn(scratch.baton_fast(&["--id", "b", "--priority", "1", "campaign", "--json"]));
+    b.wait_event("leader_changed", Some("a"));
+    let mut c =
+        Running::spawn(scratch.baton_fast(&["--id", "c", "--priority", "7", "campaign", "--json"]));
+    let became = c.wait_event("became_leader", Some("c"));
+    assert!(became["token"].as_u64() > first["token"].as_u64());
+    let lost = a.wait_line("a's handoff", |l| l.contains("lost_leadership"));
+    assert!(lost.contains("handed_over"), "{lost}");
+
+    let (code, status) = status_json(&scratch);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["leader"], "c", "{status}");
+    let candidates: Vec<(String, u64)> = status["candidates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_owned(),
+                c["priority"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        candidates,
+        [("a".into(), 1), ("b".into(), 1), ("c".into(), 7)],
+        "{status}"
+    );
+    let out = run(&mut scratch.baton_fast(&["status"]));
+    assert!(
+        text(&out.stdout).contains("Candidates: a (priority 1), b (priority 1), c (priority 7)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&mut scratch.baton_fast(&["--priority", "high", "status"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not a whole number"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for r in [&a, &b, &c] {
+        r.signal(Signal::INT);
+    }
+    for (name, r) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+        let (status, lines) = r.wait_exit();
+        assert!(status.success(), "{name}: {}", r.stderr());
+        if name == "b" {
+            assert!(
+                !lines.iter().any(|l| l.contains("became_leader")),
+                "b has the same priority as a and never led: {lines:?}"
+            );
+        }
+    }
+}
+
 /// What `baton handoff` answers when it cannot do what was asked: nobody leads (1), an id that
 /// cannot be one (2), the leader itself (0, nothing to do), a candidate that never comes
 /// (1 when the time runs out; the others then elect a leader once the mark runs out), a store
@@ -1793,8 +1861,39 @@ fn handoff_says_when_there_is_nothing_to_do_or_it_cannot_be_done() {
         text(&out.stdout)
     );
 
+    // A name no candidate runs under: bad input, and nothing is asked of the leader.
     let out =
         run(&mut scratch.baton_fast(&["handoff", "--to", "ghost", "--timeout", "1s", "--json"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no live candidate \"ghost\"")
+            && text(&out.stderr).contains("running: a, b"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (_, status) = status_json(&scratch);
+    assert_eq!(status["leader"], "a", "{status}");
+    assert_eq!(status["handoff"], Value::Null, "{status}");
+
+    // A candidate that dies before it takes over: its presence record outlives it by up to a
+    // lease, so the request is made, and the handoff falls back when the mark runs out.
+    let mut c = campaign(&scratch, "c");
+    c.wait_event("leader_changed", Some("a"));
+    // Its presence record is written beside the first attempt: wait until it shows.
+    let shows_c = (0..100).any(|_| {
+        let (_, status) = status_json(&scratch);
+        let has_c = status["candidates"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|c| c["id"] == "c"));
+        if !has_c {
+            thread::sleep(Duration::from_millis(20));
+        }
+        has_c
+    });
+    assert!(shows_c, "c's presence record never showed");
+    c.signal(Signal::KILL);
+    c.wait_exit();
+    let out = run(&mut scratch.baton_fast(&["handoff", "--to", "c", "--timeout", "1s", "--json"]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["handed_over"], false, "{line}");
