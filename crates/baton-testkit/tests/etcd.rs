@@ -1546,3 +1546,36 @@ async fn a_requested_handoff_reaches_the_leader_by_push_and_moves_leadership() {
         e.stop().await.unwrap();
     }
 }
+
+/// What Baton did not write at the mark key fails reads and the leader's handoff with
+/// `ForeignData`, keeps its value, and leaves the leader's lease as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_data_at_the_mark_key_is_reported_and_never_overwritten() {
+    let server = shared_etcd();
+    let name = unique("handoff-foreign");
+    let ttl = Duration::from_secs(5);
+    let store = EtcdStore::open(&server.url()).unwrap();
+    let mut alice = store.join(&name, "alice").await.unwrap();
+    let lease = match alice.try_acquire(ttl).await.unwrap() {
+        baton::Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let mark_key = format!("{}mark", baton::store::etcd::handoff_prefix(&name));
+    server.ctl(&["put", &mark_key, "not baton's"]);
+    let err = store.read(&name).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    let err = alice.hand_over(&lease, Some("bob"), ttl).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    assert_eq!(
+        server.ctl(&["get", &mark_key, "--print-value-only"]),
+        "not baton's"
+    );
+    server.ctl(&["del", &mark_key]);
+    assert_eq!(
+        alice.renew(&lease, ttl).await.unwrap(),
+        baton::Renew::Renewed,
+        "the failed handoff left the lease alone"
+    );
+    alice.release(&lease).await.unwrap();
+    assert_eq!(store.read(&name).await.unwrap(), None);
+}

@@ -10,6 +10,8 @@
 //! | key | value | lease | order |
 //! |---|---|---|---|
 //! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease, shared with the store's candidacies of other elections | its create revision |
+//! | `baton-handoff:<K escaped>:mark` | a planned handoff's mark (see [Planned handoff](#planned-handoff)), only between a handoff and the next acquire | a lease of its own, whose TTL is the handoff's window | |
+//! | `baton-handoff:<K escaped>:request` | a handoff request for the holder's term | the holder's session lease | |
 //!
 //! The entry with the lowest create revision leads; its create revision is the fencing token.
 //! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
@@ -51,6 +53,66 @@
 //!   polling: an idle follower's only requests are its session's keepalives.
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
+//!
+//! # Planned handoff
+//!
+//! A handoff ([`Candidacy::hand_over`], issue #18) leaves a *mark*: only the candidate it names
+//! (or, naming nobody, anyone but the leaver) may take the key until it runs out. It lives
+//! *beside* the queue, never under an election's prefix: its key, and the request's, is
+//! under [`handoff_prefix`]`(K)` = `baton-handoff:<K escaped>:`, where `K` is escaped as a
+//! URL path segment is and `/` and `:` too. A key without a `/` is under no election's
+//! prefix `NAME/`, whatever the names, so a `concurrency.Election` peer listing `K/` (or any
+//! other election's prefix) still sees a valid election; such peers ignore the mark.
+//!
+//! * **Hand over**: grant a lease whose TTL is the window (whole seconds, rounded up, as
+//!   [`granted_ttl`]), then one transaction on the leader's entry still having the lease's
+//!   create revision and on the mark key being free: put the mark (`baton-handoff-mark
+//!   <from> <to>`, each field `-` or `<length>:<text>`) on that lease, delete the leader's
+//!   entry, and delete the request if it is on the leader's lease. A handoff of a lease no
+//!   longer held writes nothing. etcd deletes the mark when its lease runs out, by etcd's
+//!   clock, so a handoff to a candidate that never comes ends in an ordinary election after
+//!   the window (plus etcd's expiry sweep, up to 500 ms). The leaver keeps its session and
+//!   campaigns on.
+//! * **Acquire** reads the mark in the same read-only transaction as its position. While a
+//!   mark lives, the head of the queue does not lead and [`read`](LeaseStore::read) answers
+//!   `None`. The head the mark admits ends it (a transaction on its own entry and on the
+//!   mark's mod revision) and leads, with its create revision as the token as always; the
+//!   mark's lease is then revoked in the background. Anyone else gets
+//!   [`Acquire::Reserved`]: a candidate behind the head keeps its place, and a head the mark
+//!   does not admit *steps aside*: it deletes its entry and stays out of the queue (its next
+//!   attempt queues anew, at the tail) while its change stream watches the mark, so the
+//!   candidate the mark names comes to the head, and the queue stays a valid election
+//!   throughout. A head that re-queued at the tail instead would, with two such candidates
+//!   and no named one queued, take turns at the head for the whole window. A
+//!   `concurrency.Election` peer that observes the queue (`etcdctl elect -l`) sees each head
+//!   that steps aside as the leader for the moment it takes to step aside; Baton's
+//!   candidates never lead then. A Go peer that comes to the head while a mark lives leads
+//!   (it ignores the mark) while `read` answers `None` until the mark runs out.
+//! * **Requests** ([`LeaseStore::request_handoff`]): `baton-handoff-request <token> <to>`
+//!   at the request key, attached to the holder's lease (so it goes with the holder's
+//!   session), written by a transaction on the holder's entry still being the head (its
+//!   create revision, and no entry under `K/` created before it), on no mark, and on the
+//!   request key being as read. The leader's renewals read it in the `Txn` the renewal batch
+//!   already sends (one more read in its success branch per renewal, no extra request) and
+//!   answer [`Renew::HandoffRequested`] for a request naming their token; one naming another
+//!   token is stale and ignored. A handoff or a release deletes the request with the entry;
+//!   the next term never sees it (another token).
+//! * **Push.** A follower's change stream watches the mark key on the same watch stream as
+//!   the prefix: a mark naming it is [`Change::HandedOver`] (it wakes at once), and the
+//!   mark's end reports the head as the new leader (or wakes a follower at the head). While
+//!   a mark lives, new heads are not reported as leaders. A candidate out of the queue wakes
+//!   when the mark goes, whether the named candidate ended it or etcd did when it ran out. A
+//!   leader whose engine keeps its stream ([`listen_for_handoff_requests`]) watches the
+//!   request key and hears of a request for its term as [`Change::HandoffRequested`].
+//!   [`LeaseStore::watch`] reports a mark as `HandedOver`, its end as `Other`, and a request
+//!   as `HandoffRequested`.
+//! * **Foreign data.** A mark is Baton's when it has a lease and that shape; a request, the
+//!   same. Anything else at those keys is [`Error::ForeignData`] for `read`, `try_acquire`,
+//!   `hand_over` and `request_handoff`, and is never overwritten or deleted (the request is
+//!   deleted only when it is on the leaver's own lease). A renewal ignores what it cannot
+//!   read as a request.
+//!
+//! [`listen_for_handoff_requests`]: crate::LeaderElectionBuilder::listen_for_handoff_requests
 //!
 //! # Sessions
 //!
@@ -113,7 +175,11 @@
 //! | `etcds://[user:password@]host[:port][,host[:port]...][?ca=PATH&cert=PATH&key=PATH]` | the same over TLS |
 //!
 //! With a user and password, Baton authenticates (etcd's `auth enable`) and refreshes the token
-//! when it expires; the user needs read and write permission on the prefix `K/`. IPv6 addresses
+//! when it expires; the user needs read and write permission on the prefix `K/` and on the
+//! prefix of the election's handoff keys, [`handoff_prefix`]`(K)` (every attempt reads the
+//! mark, and every renewal the request):
+//! `etcdctl role grant-permission ROLE --prefix=true readwrite K/` and the same for
+//! `baton-handoff:<K escaped>:` (`baton-handoff:api:` for `api`). IPv6 addresses
 //! go in brackets (`[::1]:2379`). Over TLS, the server's certificate must chain to the CA given
 //! with `ca=` or, without it, to one in the system's trust store; `cert=` and `key=` name a
 //! client certificate for `--client-cert-auth`. Other options are refused, so that a misspelt
@@ -468,10 +534,30 @@ impl EtcdStore {
 
     /// Delete `entry` if it still has create revision `rev`.
     async fn delete_entry(&self, entry: &str, rev: i64) -> Result<()> {
+        self.delete_entry_clearing(entry, rev, None).await
+    }
+
+    /// Delete `entry` if it still has create revision `rev`, and with it the handoff request
+    /// key `clear.0` if it is attached to lease `clear.1` (Baton's request for that lease's
+    /// term; anything else there is left alone).
+    async fn delete_entry_clearing(
+        &self,
+        entry: &str,
+        rev: i64,
+        clear: Option<(String, i64)>,
+    ) -> Result<()> {
         let client = self.client().await?;
+        let mut success = vec![client::delete_op(entry)];
+        if let Some((request, lease)) = clear {
+            success.push(client::txn_op(TxnRequest {
+                compare: vec![client::lease_is(&request, lease)],
+                success: vec![client::delete_op(&request)],
+                failure: Vec::new(),
+            }));
+        }
         let txn = TxnRequest {
             compare: vec![client::create_revision_is(entry, rev)],
-            success: vec![client::delete_op(entry)],
+            success,
             failure: Vec::new(),
         };
         client
@@ -1203,6 +1289,7 @@ impl Candidacy for EtcdCandidacy {
         .encode();
         let mut guard = client::create_revision_is(&mark_key, 0);
         for _ in 0..3 {
+            // The request, if any, went with this term (it is on this candidate's lease).
             let clear_request = TxnRequest {
                 compare: vec![client::lease_is(&request_key, session.id)],
                 success: vec![client::delete_op(&request_key)],
@@ -1307,9 +1394,15 @@ impl Candidacy for EtcdCandidacy {
         // Other members live on: only the own entry goes, guarded on its create revision. If
         // that fails, a leader's entry stays in the session's watchdog, which deletes it when
         // its last renewal's cover runs out (when its own lease would have expired), though
-        // the other members keep the lease alive.
-        if let Some(entry) = &self.entry {
-            self.store.delete_entry(&entry.key, entry.rev).await?;
+        // the other members keep the lease alive. A handoff request left for this candidate's
+        // term (on its lease) goes with the entry.
+        if let (Some(entry), Some(session)) = (&self.entry, &self.session) {
+            let clear = entry
+                .handed_out
+                .then(|| (request_key(&self.key), session.id));
+            self.store
+                .delete_entry_clearing(&entry.key, entry.rev, clear)
+                .await?;
         }
         self.reset();
         Ok(())
@@ -1328,7 +1421,10 @@ impl Candidacy for EtcdCandidacy {
 
     /// The stream reports the follower's turn (the last entry ahead of it deleted: by release
     /// or by etcd revoking an expired lease alike), the loss of its own session or entry, and
-    /// every new head of the queue; it ends when the watch breaks.
+    /// every new head of the queue; it ends when the watch breaks. It also reports a handoff
+    /// mark naming this candidate and, to a candidate a mark keeps out of the queue, the
+    /// mark's end (by the named candidate's acquire or by etcd when it runs out); the engine
+    /// does not count on the latter (it waits out a mark's TTL all the same).
     fn watch_is_complete(&self) -> bool {
         true
     }
