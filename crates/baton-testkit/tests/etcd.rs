@@ -449,9 +449,13 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
     // One client for everything below, kept alive throughout: a watch must end when it is
     // dropped, not when its connection closes.
     let store = EtcdStore::open(&server.url()).unwrap();
+    // An observer's watch has a watcher for the prefix, one for the handoff mark and one for
+    // the handoff request, on one stream; a follower's, for the prefix and the mark.
+    const OBSERVER: u64 = 3;
+    const FOLLOWER: u64 = 2;
     for _ in 0..5 {
         let changes = store.watch(&name).await.unwrap().unwrap();
-        assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+        assert!(wait_until(Duration::from_secs(3), || server.watchers() == OBSERVER).await);
         drop(changes);
     }
     assert!(
@@ -475,7 +479,7 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
     a.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
     b.start().await.unwrap();
-    assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+    assert!(wait_until(Duration::from_secs(3), || server.watchers() == FOLLOWER).await);
     for _ in 0..3 {
         // Someone deletes b's entry: b queues anew and watches from its new read; the watch
         // from before ends.
@@ -492,8 +496,8 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
         // Its attempt: create the entry, then read the queue.
         assert!(wait_until(Duration::from_secs(3), || txns() >= before.map(|n| n + 2)).await);
         assert!(
-            wait_until(Duration::from_secs(3), || server.watchers() == 1).await,
-            "{} watches open for one follower",
+            wait_until(Duration::from_secs(3), || server.watchers() == FOLLOWER).await,
+            "{} watchers open for one follower",
             server.watchers()
         );
         assert!(!b.is_leader());
