@@ -37,6 +37,7 @@ impl StoreFactory for EtcdFactory {
         Capabilities::new()
             .with_min_ttl(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(2500))
+            .with_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -448,9 +449,13 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
     // One client for everything below, kept alive throughout: a watch must end when it is
     // dropped, not when its connection closes.
     let store = EtcdStore::open(&server.url()).unwrap();
+    // An observer's watch has a watcher for the prefix, one for the handoff mark and one for
+    // the handoff request, on one stream; a follower's, for the prefix and the mark.
+    const OBSERVER: u64 = 3;
+    const FOLLOWER: u64 = 2;
     for _ in 0..5 {
         let changes = store.watch(&name).await.unwrap().unwrap();
-        assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+        assert!(wait_until(Duration::from_secs(3), || server.watchers() == OBSERVER).await);
         drop(changes);
     }
     assert!(
@@ -474,7 +479,7 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
     a.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
     b.start().await.unwrap();
-    assert!(wait_until(Duration::from_secs(3), || server.watchers() == 1).await);
+    assert!(wait_until(Duration::from_secs(3), || server.watchers() == FOLLOWER).await);
     for _ in 0..3 {
         // Someone deletes b's entry: b queues anew and watches from its new read; the watch
         // from before ends.
@@ -491,8 +496,8 @@ async fn a_watch_nobody_reads_any_more_ends_on_the_server() {
         // Its attempt: create the entry, then read the queue.
         assert!(wait_until(Duration::from_secs(3), || txns() >= before.map(|n| n + 2)).await);
         assert!(
-            wait_until(Duration::from_secs(3), || server.watchers() == 1).await,
-            "{} watches open for one follower",
+            wait_until(Duration::from_secs(3), || server.watchers() == FOLLOWER).await,
+            "{} watchers open for one follower",
             server.watchers()
         );
         assert!(!b.is_leader());
@@ -773,6 +778,18 @@ async fn an_election_runs_over_tls_and_a_wrong_ca_is_a_clear_error() {
 
 // Authentication
 
+/// Let `user` (made by `add_user_for_prefix`) read and write election `name`'s handoff keys.
+fn grant_handoff_keys(server: &EtcdServer, user: &str, name: &str) {
+    server.ctl(&[
+        "role",
+        "grant-permission",
+        &format!("{user}-role"),
+        "--prefix=true",
+        "readwrite",
+        &baton::store::etcd::handoff_prefix(name),
+    ]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
     let mut server = EtcdServer::start();
@@ -783,6 +800,19 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
 
     // A user whose role covers only the election's prefix can check the connection.
     EtcdStore::open(&url).unwrap().ping().await.unwrap();
+    // But an election also reads its handoff keys: without them, a clear error naming them.
+    let err = EtcdStore::open(&url)
+        .unwrap()
+        .read(&name)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(
+        msg.contains("permission denied") && msg.contains("baton-handoff:"),
+        "{msg}"
+    );
+    grant_handoff_keys(&server, "app", &name);
     let b = two_candidates_hand_over(&url, &name).await;
     let record = EtcdStore::open(&url)
         .unwrap()
@@ -794,6 +824,14 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
     // etcdctl as root sees the same leader.
     let leader = server.ctl(&["get", "--prefix", &format!("{name}/"), "--print-value-only"]);
     assert_eq!(leader, "b");
+    // The user may leave a handoff request, beside the prefix.
+    let asked = EtcdStore::open(&url)
+        .unwrap()
+        .request_handoff(&name, Some("c"))
+        .await
+        .unwrap()
+        .expect("b holds the key");
+    assert_eq!(asked.holder, "b");
     b.stop().await.unwrap();
 
     // A wrong password: a configuration error naming the store, without the password.
@@ -835,6 +873,7 @@ async fn an_expired_token_is_renewed_and_the_call_retried() {
     let name = unique("token");
     server.enable_auth("root-secret-1");
     server.add_user_for_prefix("app", "app-secret-2", &format!("{name}/"));
+    grant_handoff_keys(&server, "app", &name);
     // etcd forgets a token that goes unused for a second.
     server.restart_with_auth_token_ttl(1);
     let url = format!("etcd://app:app-secret-2@127.0.0.1:{}", server.port());
@@ -1294,4 +1333,253 @@ async fn every_member_of_a_lost_session_learns_it_and_they_rejoin_one_new_sessio
     for e in followers.iter().chain([&leader]).chain(&t_elections) {
         e.stop().await.unwrap();
     }
+}
+
+// Planned handoff (issue #18): the mark and the request live beside the election's prefix.
+
+/// The revision etcd is at.
+fn revision(server: &EtcdServer) -> i64 {
+    field_values(
+        &server.ctl(&["get", "baton-test-no-such-key", "-w", "fields"]),
+        "Revision",
+    )[0]
+    .parse()
+    .unwrap()
+}
+
+/// The values of `"NAME" : VALUE` lines in `etcdctl -w fields` output, quotes removed.
+fn field_values(fields: &str, name: &str) -> Vec<String> {
+    let prefix = format!("\"{name}\" : ");
+    fields
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(|v| v.trim_matches('"').to_owned())
+        .collect()
+}
+
+/// Election `name`'s queue at revision `rev`, as a raw reader listing the prefix sees it:
+/// (key, lease, value) of each entry, oldest first.
+fn queue_at(server: &EtcdServer, name: &str, rev: i64) -> Vec<(String, i64, String)> {
+    let out = server.ctl(&[
+        "get",
+        "--prefix",
+        &format!("{name}/"),
+        "--rev",
+        &rev.to_string(),
+        "--sort-by=CREATE",
+        "--order=ASCEND",
+        "-w",
+        "fields",
+    ]);
+    let keys = field_values(&out, "Key");
+    let leases = field_values(&out, "Lease");
+    let values = field_values(&out, "Value");
+    assert_eq!(keys.len(), leases.len());
+    keys.into_iter()
+        .zip(leases)
+        .zip(values)
+        .map(|((k, l), v)| (k, l.parse().unwrap(), v))
+        .collect()
+}
+
+/// Three candidates queued in the order alice, bob, carol; alice hands over to carol, who is
+/// behind bob. carol leads next with a greater token, bob never leads in between (he steps
+/// out of the queue while the mark lives, and queues again behind carol), and a raw reader
+/// replaying the election prefix revision by revision sees a valid `concurrency.Election`
+/// queue at every one: only entries named after their own lease, and one head throughout.
+/// etcd's own observer (`etcdctl elect -l`) ends on carol.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_to_a_candidate_queued_behind_another_passes_it_over() {
+    let server = shared_etcd();
+    let name = unique("handoff-behind");
+    let lease = Duration::from_secs(10);
+    let url = server.url();
+    let alice = election(&url, &name, "alice", lease);
+    let bob = election(&url, &name, "bob", lease);
+    let carol = election(&url, &name, "carol", lease);
+    alice.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || alice.is_leader()).await);
+    let start = revision(server);
+    for (n, follower) in [(2, &bob), (3, &carol)] {
+        follower.start().await.unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || entries(server, &name).len() == n).await,
+            "{} queues",
+            follower.candidate_id()
+        );
+    }
+    let observer = Lines::spawn({
+        let mut cmd = server.etcdctl();
+        cmd.args(["elect", "-l", &name]);
+        cmd
+    });
+    let token = alice.fencing_token().unwrap();
+    let mut bobs_events = bob.subscribe();
+
+    let asked = Instant::now();
+    alice.hand_over(Some("carol")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || carol.is_leader()).await,
+        "carol leads after the handoff"
+    );
+    println!("handoff alice -> carol past bob: {:?}", asked.elapsed());
+    assert!(carol.fencing_token().unwrap() > token);
+    for other in [&alice, &bob] {
+        assert!(
+            wait_until(Duration::from_secs(5), || other
+                .current_leader_id()
+                .as_deref()
+                == Some("carol"))
+            .await,
+            "{} follows carol",
+            other.candidate_id()
+        );
+    }
+    assert!(!bob.is_leader() && !alice.is_leader());
+    while let Some(event) = bobs_events.try_recv() {
+        assert!(
+            !matches!(event, Event::BecameLeader { .. }),
+            "bob led in between: {event:?}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || entries(server, &name).len() == 3).await,
+        "alice and bob queue again behind carol"
+    );
+    let end = revision(server);
+
+    // Replay the prefix: a valid election at every revision, alice's head first and carol's
+    // last; the only other head is bob's, for the moment it takes him to step aside.
+    let mut heads: Vec<String> = Vec::new();
+    for rev in start..=end {
+        let queue = queue_at(server, &name, rev);
+        for (key, lease, _) in &queue {
+            assert!(
+                *lease != 0 && *key == format!("{name}/{lease:x}"),
+                "revision {rev}: {key} (lease {lease:x}) is not an election entry: {queue:?}"
+            );
+        }
+        let head = &queue
+            .first()
+            .unwrap_or_else(|| panic!("revision {rev}: no head"))
+            .2;
+        if heads.last() != Some(head) {
+            heads.push(head.clone());
+        }
+    }
+    println!("heads, revisions {start}..={end}: {heads:?}");
+    assert!(
+        heads == ["alice", "carol"] || heads == ["alice", "bob", "carol"],
+        "{heads:?}"
+    );
+    // The mark is gone, and it never was under the prefix.
+    assert_eq!(
+        server.ctl(&["get", "--prefix", "baton-handoff:", "--keys-only"]),
+        ""
+    );
+
+    // etcd's observer: its last word is carol.
+    let mut seen = Vec::new();
+    while let Some(line) = observer.next(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("carol"), "{seen:?}");
+
+    for e in [&alice, &bob, &carol] {
+        e.stop().await.unwrap();
+    }
+}
+
+/// A handoff request from another process reaches the leader, which hands over to the
+/// candidate named; a leader that listens while it leads hears of it by push, at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_requested_handoff_reaches_the_leader_by_push_and_moves_leadership() {
+    let server = shared_etcd();
+    let name = unique("handoff-request");
+    // A 30 s lease: the renewal that would otherwise bring the request comes 7.5 s later.
+    let lease = Duration::from_secs(30);
+    let build = |id: &str| {
+        LeaderElection::builder(EtcdStore::open(&server.url()).unwrap(), &name)
+            .lease_duration(lease)
+            .renew_interval(lease / 4)
+            .grace_period(lease / 4)
+            .instance_id(id)
+            .listen_for_handoff_requests(true)
+            .build()
+            .unwrap()
+    };
+    let (alice, bob, carol) = (build("alice"), build("bob"), build("carol"));
+    alice.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || alice.is_leader()).await);
+    bob.start().await.unwrap();
+    carol.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || entries(server, &name).len() == 3).await);
+    let token = alice.fencing_token().unwrap();
+
+    let asked = Instant::now();
+    let requester = EtcdStore::open(&server.url()).unwrap();
+    let record = requester
+        .request_handoff(&name, Some("carol"))
+        .await
+        .unwrap()
+        .expect("alice holds the key");
+    assert_eq!((record.holder.as_str(), record.token), ("alice", token));
+    assert!(
+        wait_until(Duration::from_secs(5), || carol.is_leader()).await,
+        "carol leads well before alice's next renewal"
+    );
+    println!("requested handoff alice -> carol: {:?}", asked.elapsed());
+    assert!(!bob.is_leader());
+    assert!(carol.fencing_token().unwrap() > token);
+    // The request went with alice's term: carol keeps leading through her renewals.
+    let record = requester.read(&name).await.unwrap().unwrap();
+    assert_eq!(record.holder, "carol");
+
+    // Foreign data at the request key is reported, never overwritten.
+    let request_key = format!("{}request", baton::store::etcd::handoff_prefix(&name));
+    server.ctl(&["put", &request_key, "not baton's"]);
+    let err = requester.request_handoff(&name, None).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    assert_eq!(
+        server.ctl(&["get", &request_key, "--print-value-only"]),
+        "not baton's"
+    );
+    assert!(carol.is_leader());
+    server.ctl(&["del", &request_key]);
+    for e in [&alice, &bob, &carol] {
+        e.stop().await.unwrap();
+    }
+}
+
+/// What Baton did not write at the mark key fails reads and the leader's handoff with
+/// `ForeignData`, keeps its value, and leaves the leader's lease as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_data_at_the_mark_key_is_reported_and_never_overwritten() {
+    let server = shared_etcd();
+    let name = unique("handoff-foreign");
+    let ttl = Duration::from_secs(5);
+    let store = EtcdStore::open(&server.url()).unwrap();
+    let mut alice = store.join(&name, "alice").await.unwrap();
+    let lease = match alice.try_acquire(ttl).await.unwrap() {
+        baton::Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let mark_key = format!("{}mark", baton::store::etcd::handoff_prefix(&name));
+    server.ctl(&["put", &mark_key, "not baton's"]);
+    let err = store.read(&name).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    let err = alice.hand_over(&lease, Some("bob"), ttl).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    assert_eq!(
+        server.ctl(&["get", &mark_key, "--print-value-only"]),
+        "not baton's"
+    );
+    server.ctl(&["del", &mark_key]);
+    assert_eq!(
+        alice.renew(&lease, ttl).await.unwrap(),
+        baton::Renew::Renewed,
+        "the failed handoff left the lease alone"
+    );
+    alice.release(&lease).await.unwrap();
+    assert_eq!(store.read(&name).await.unwrap(), None);
 }

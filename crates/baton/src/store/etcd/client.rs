@@ -35,9 +35,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::pb::etcdserverpb::{
     AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, RangeRequest, RangeResponse,
-    RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
-    WatchRequest, WatchResponse, auth_client::AuthClient, compare, kv_client::KvClient,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, RangeRequest, RequestOp,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
+    WatchResponse, auth_client::AuthClient, compare, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, range_request, request_op,
     watch_client::WatchClient, watch_request,
 };
@@ -219,17 +219,6 @@ impl Client {
         Ok(())
     }
 
-    /// `KV.Range`.
-    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
-        self.call(request, |channel, request| async move {
-            KvClient::new(channel)
-                .range(request)
-                .await
-                .map(Response::into_inner)
-        })
-        .await
-    }
-
     /// `KV.Txn`.
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
         self.call(request, |channel, request| async move {
@@ -296,50 +285,55 @@ impl Client {
         .await
     }
 
-    /// Watch the keys under `prefix` from revision `start` (0: from now). The first response
-    /// confirms the watch (`created`); a response with `canceled` set ends it.
+    /// Watch each of `ranges` from revision `start` (0: from now), on one stream: one watcher
+    /// per range, each confirmed by a `created` response, their events told apart by key. A
+    /// response with `canceled` set ends its watcher.
     ///
     /// etcd refuses a watch whose token has expired not with an error status, as it does every
     /// other call, but with a first response that is `canceled`, with the reason
     /// "etcdserver: invalid auth token" (etcd's `serverWatchStream.recvLoop`; 3.4 wraps it as
     /// "rpc error: code = Unauthenticated desc = ..."). So with credentials, the first response is
     /// read here: on that reason the client authenticates again and watches once more.
-    pub async fn watch_prefix(&self, prefix: &str, start: i64) -> Result<WatchStream, Status> {
+    pub async fn watch(&self, ranges: &[WatchRange], start: i64) -> Result<WatchStream, Status> {
         let Some(auth) = &self.auth else {
-            return self.open_watch(prefix, start).await;
+            return self.open_watch(ranges, start).await;
         };
         let token = auth.token();
-        let mut watch = self.open_watch(prefix, start).await?;
+        let mut watch = self.open_watch(ranges, start).await?;
         let first = watch.responses.message().await?;
         if first
             .as_ref()
             .is_some_and(|r| r.canceled && r.cancel_reason.contains(INVALID_AUTH_TOKEN))
         {
             self.authenticate_again(auth, token).await?;
-            return self.open_watch(prefix, start).await;
+            return self.open_watch(ranges, start).await;
         }
         watch.peeked = Some(first);
         Ok(watch)
     }
 
-    async fn open_watch(&self, prefix: &str, start: i64) -> Result<WatchStream, Status> {
-        let create = WatchCreateRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
-            start_revision: start,
-            ..WatchCreateRequest::default()
-        };
-        self.call(create, |channel, request| async move {
-            let (metadata, extensions, create) = request.into_parts();
-            let message = WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            };
+    async fn open_watch(&self, ranges: &[WatchRange], start: i64) -> Result<WatchStream, Status> {
+        let creates: Vec<WatchRequest> = ranges
+            .iter()
+            .map(|range| WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: range.key.clone(),
+                        range_end: range.end.clone(),
+                        start_revision: start,
+                        ..WatchCreateRequest::default()
+                    },
+                )),
+            })
+            .collect();
+        self.call(creates, |channel, request| async move {
+            let (metadata, extensions, creates) = request.into_parts();
             // The request side stays open while the watch is wanted, and ends when the
             // `WatchStream` is dropped: only with both sides done does the HTTP/2 stream close
             // and etcd end the watch. (A request side that never ended would keep every watch
             // ever started alive on the server, each sent every event under the prefix.)
             let (dropped, done) = oneshot::channel::<()>();
-            let requests = stream::once(future::ready(message)).chain(
+            let requests = stream::iter(creates).chain(
                 stream::once(async move {
                     let _ = done.await;
                 })
@@ -381,10 +375,36 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// A key range to watch: one key, or every key under a prefix.
+#[derive(Debug, Clone)]
+pub(super) struct WatchRange {
+    key: Vec<u8>,
+    /// Empty: the key alone.
+    end: Vec<u8>,
+}
+
+impl WatchRange {
+    /// Every key under `prefix`.
+    pub fn prefix(prefix: &str) -> WatchRange {
+        WatchRange {
+            key: prefix.as_bytes().to_vec(),
+            end: prefix_end(prefix.as_bytes()),
+        }
+    }
+
+    /// The key `key` alone.
+    pub fn key(key: &str) -> WatchRange {
+        WatchRange {
+            key: key.as_bytes().to_vec(),
+            end: Vec::new(),
+        }
+    }
+}
+
 /// The responses of one watch. Dropping it ends the watch.
 pub(super) struct WatchStream {
     responses: Streaming<WatchResponse>,
-    /// The first response, when [`Client::watch_prefix`] read it already.
+    /// The first response, when [`Client::watch`] read it already.
     peeked: Option<Option<WatchResponse>>,
     /// Ends the request side of the watch's stream when dropped.
     _dropped: oneshot::Sender<()>,
@@ -477,6 +497,47 @@ pub(super) fn create_revision_is(key: &str, rev: i64) -> Compare {
         key: key.as_bytes().to_vec(),
         range_end: Vec::new(),
         target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+    }
+}
+
+/// A transaction's compare: `key`'s mod revision is `rev`.
+pub(super) fn mod_revision_is(key: &str, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+    }
+}
+
+/// A transaction's compare: `key` is attached to lease `lease` (false when it does not exist).
+pub(super) fn lease_is(key: &str, lease: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Lease as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(compare::TargetUnion::Lease(lease)),
+    }
+}
+
+/// A transaction's compare: every key under `prefix` was created at revision `rev` or later,
+/// so a key created at `rev` is the oldest, the head of the queue.
+pub(super) fn none_created_before(prefix: &str, rev: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Greater as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: prefix.as_bytes().to_vec(),
+        range_end: prefix_end(prefix.as_bytes()),
+        target_union: Some(compare::TargetUnion::CreateRevision(rev - 1)),
+    }
+}
+
+/// A transaction run inside another as one of its operations (etcd 3.3 and later).
+pub(super) fn txn_op(txn: TxnRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(txn)),
     }
 }
 

@@ -10,6 +10,8 @@
 //! | key | value | lease | order |
 //! |---|---|---|---|
 //! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease, shared with the store's candidacies of other elections | its create revision |
+//! | `baton-handoff:<K escaped>:mark` | a planned handoff's mark (see [Planned handoff](#planned-handoff)), only between a handoff and the next acquire | a lease of its own, whose TTL is the handoff's window | |
+//! | `baton-handoff:<K escaped>:request` | a handoff request for the holder's term | the holder's session lease | |
 //!
 //! The entry with the lowest create revision leads; its create revision is the fencing token.
 //! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
@@ -51,6 +53,66 @@
 //!   polling: an idle follower's only requests are its session's keepalives.
 //! * **Read** ([`LeaseStore::read`]): the head of the queue, its value (the holder), its create
 //!   revision (the token) and the remaining TTL of its lease.
+//!
+//! # Planned handoff
+//!
+//! A handoff ([`Candidacy::hand_over`], issue #18) leaves a *mark*: only the candidate it names
+//! (or, naming nobody, anyone but the leaver) may take the key until it runs out. It lives
+//! *beside* the queue, never under an election's prefix: its key, and the request's, is
+//! under [`handoff_prefix`]`(K)` = `baton-handoff:<K escaped>:`, where `K` is escaped as a
+//! URL path segment is and `/` and `:` too. A key without a `/` is under no election's
+//! prefix `NAME/`, whatever the names, so a `concurrency.Election` peer listing `K/` (or any
+//! other election's prefix) still sees a valid election; such peers ignore the mark.
+//!
+//! * **Hand over**: grant a lease whose TTL is the window (whole seconds, rounded up, as
+//!   [`granted_ttl`]), then one transaction on the leader's entry still having the lease's
+//!   create revision and on the mark key being free: put the mark (`baton-handoff-mark
+//!   <from> <to>`, each field `-` or `<length>:<text>`) on that lease, delete the leader's
+//!   entry, and delete the request if it is on the leader's lease. A handoff of a lease no
+//!   longer held writes nothing. etcd deletes the mark when its lease runs out, by etcd's
+//!   clock, so a handoff to a candidate that never comes ends in an ordinary election after
+//!   the window (plus etcd's expiry sweep, up to 500 ms). The leaver keeps its session and
+//!   campaigns on.
+//! * **Acquire** reads the mark in the same read-only transaction as its position. While a
+//!   mark lives, the head of the queue does not lead and [`read`](LeaseStore::read) answers
+//!   `None`. The head the mark admits ends it (a transaction on its own entry and on the
+//!   mark's mod revision) and leads, with its create revision as the token as always; the
+//!   mark's lease is then revoked in the background. Anyone else gets
+//!   [`Acquire::Reserved`]: a candidate behind the head keeps its place, and a head the mark
+//!   does not admit *steps aside*: it deletes its entry and stays out of the queue (its next
+//!   attempt queues anew, at the tail) while its change stream watches the mark, so the
+//!   candidate the mark names comes to the head, and the queue stays a valid election
+//!   throughout. A head that re-queued at the tail instead would, with two such candidates
+//!   and no named one queued, take turns at the head for the whole window. A
+//!   `concurrency.Election` peer that observes the queue (`etcdctl elect -l`) sees each head
+//!   that steps aside as the leader for the moment it takes to step aside; Baton's
+//!   candidates never lead then. A Go peer that comes to the head while a mark lives leads
+//!   (it ignores the mark) while `read` answers `None` until the mark runs out.
+//! * **Requests** ([`LeaseStore::request_handoff`]): `baton-handoff-request <token> <to>`
+//!   at the request key, attached to the holder's lease (so it goes with the holder's
+//!   session), written by a transaction on the holder's entry still being the head (its
+//!   create revision, and no entry under `K/` created before it), on no mark, and on the
+//!   request key being as read. The leader's renewals read it in the `Txn` the renewal batch
+//!   already sends (one more read in its success branch per renewal, no extra request) and
+//!   answer [`Renew::HandoffRequested`] for a request naming their token; one naming another
+//!   token is stale and ignored. A handoff or a release deletes the request with the entry;
+//!   the next term never sees it (another token).
+//! * **Push.** A follower's change stream watches the mark key on the same watch stream as
+//!   the prefix: a mark naming it is [`Change::HandedOver`] (it wakes at once), and the
+//!   mark's end reports the head as the new leader (or wakes a follower at the head). While
+//!   a mark lives, new heads are not reported as leaders. A candidate out of the queue wakes
+//!   when the mark goes, whether the named candidate ended it or etcd did when it ran out. A
+//!   leader whose engine keeps its stream ([`listen_for_handoff_requests`]) watches the
+//!   request key and hears of a request for its term as [`Change::HandoffRequested`].
+//!   [`LeaseStore::watch`] reports a mark as `HandedOver`, its end as `Other`, and a request
+//!   as `HandoffRequested`.
+//! * **Foreign data.** A mark is Baton's when it has a lease and that shape; a request, the
+//!   same. Anything else at those keys is [`Error::ForeignData`] for `read`, `try_acquire`,
+//!   `hand_over` and `request_handoff`, and is never overwritten or deleted (the request is
+//!   deleted only when it is on the leaver's own lease). A renewal ignores what it cannot
+//!   read as a request.
+//!
+//! [`listen_for_handoff_requests`]: crate::LeaderElectionBuilder::listen_for_handoff_requests
 //!
 //! # Sessions
 //!
@@ -113,7 +175,11 @@
 //! | `etcds://[user:password@]host[:port][,host[:port]...][?ca=PATH&cert=PATH&key=PATH]` | the same over TLS |
 //!
 //! With a user and password, Baton authenticates (etcd's `auth enable`) and refreshes the token
-//! when it expires; the user needs read and write permission on the prefix `K/`. IPv6 addresses
+//! when it expires; the user needs read and write permission on the prefix `K/` and on the
+//! prefix of the election's handoff keys, [`handoff_prefix`]`(K)` (every attempt reads the
+//! mark, and every renewal the request):
+//! `etcdctl role grant-permission ROLE --prefix=true readwrite K/` and the same for
+//! `baton-handoff:<K escaped>:` (`baton-handoff:api:` for `api`). IPv6 addresses
 //! go in brackets (`[::1]:2379`). Over TLS, the server's certificate must chain to the CA given
 //! with `ca=` or, without it, to one in the system's trust store; `cert=` and `key=` name a
 //! client certificate for `--client-cert-auth`. Other options are refused, so that a misspelt
@@ -131,6 +197,7 @@
 //! batcher in `session.rs`, the URL parser in `url.rs`.
 
 mod client;
+mod handoff;
 #[rustfmt::skip]
 #[allow(clippy::all, dead_code, missing_docs, rustdoc::all)]
 mod pb;
@@ -140,6 +207,8 @@ mod url;
 
 /// How long the first renewal of a batch waits for others (see the module docs).
 pub use self::session::WINDOW as RENEW_BATCH_WINDOW;
+
+pub use self::handoff::handoff_prefix;
 
 /// The gRPC channel type [`EtcdStore::from_channel`] takes: tonic's, re-exported so that an
 /// application builds it with the tonic version Baton links.
@@ -154,7 +223,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::debug;
 
-use self::client::{Client, Credentials, TlsFiles};
+use self::client::{Client, Credentials, TlsFiles, WatchRange};
+use self::handoff::{HandoffRequest, Mark, mark_key, request_key};
 use self::pb::etcdserverpb::{TxnRequest, response_op};
 use self::pb::mvccpb::{KeyValue, event::EventType};
 use self::queue::{QueueView, Step, check_entry};
@@ -162,7 +232,8 @@ use self::session::{Session, Sessions};
 use self::url::parse_url;
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
+    StoreInfo,
 };
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -341,7 +412,9 @@ impl EtcdStore {
             Code::Unauthenticated | Code::PermissionDenied => {
                 return Error::Config(format!(
                     "etcd at {location} refused {doing}: {}; check the user and password in the \
-                     URL and that the user's role may read and write the election's prefix",
+                     URL and that the user's role may read and write the election's prefix \
+                     (NAME/) and its handoff keys (the prefix baton-handoff:NAME:, with NAME \
+                     escaped)",
                     e.message()
                 ));
             }
@@ -367,21 +440,6 @@ impl EtcdStore {
         }
     }
 
-    /// The head of the queue under `prefix`, validated, with the revision of the read.
-    async fn head(&self, prefix: &str) -> Result<(Option<KeyValue>, i64)> {
-        let client = self.client().await?;
-        let request = pb::etcdserverpb::RangeRequest {
-            limit: 1,
-            ..client::get_prefix_by_age(prefix)
-        };
-        let resp = client
-            .range(request)
-            .await
-            .map_err(|e| self.error(e, "reading the election", false))?;
-        let rev = resp.header.map_or(0, |h| h.revision);
-        Ok((resp.kvs.into_iter().next(), rev))
-    }
-
     /// The record of the entry `kv` (validated as an election entry of `key`): its value, its
     /// create revision, and its lease's remaining TTL. `None` when its lease is already gone.
     async fn record_of(&self, key: &str, kv: &KeyValue) -> Result<Option<LeaseRecord>> {
@@ -404,12 +462,48 @@ impl EtcdStore {
         }))
     }
 
+    /// The head of election `key`'s queue and its handoff mark and request keys, in one
+    /// read-only transaction.
+    async fn head_and_handoff(&self, key: &str) -> Result<HeadAndHandoff> {
+        let client = self.client().await?;
+        let head = pb::etcdserverpb::RangeRequest {
+            limit: 1,
+            ..client::get_prefix_by_age(&election_prefix(key))
+        };
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![
+                client::range_op(head),
+                client::range_op(client::get(&mark_key(key))),
+                client::range_op(client::get(&request_key(key))),
+            ],
+            failure: Vec::new(),
+        };
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| self.error(e, "reading the election", false))?;
+        let mut found = txn_ranges(resp).map(|kvs| kvs.into_iter().next());
+        Ok(HeadAndHandoff {
+            head: found.next().flatten(),
+            mark: found.next().flatten(),
+            request: found.next().flatten(),
+        })
+    }
+
     async fn read_record(&self, key: &str) -> Result<Option<LeaseRecord>> {
-        let prefix = election_prefix(key);
         // The head may be on its way out (its lease just expired): look again, briefly.
         for _ in 0..3 {
-            let (head, _) = self.head(&prefix).await?;
-            let Some(head) = head else { return Ok(None) };
+            let found = self.head_and_handoff(key).await?;
+            if let Some(mark) = &found.mark {
+                // A planned handoff's mark: nobody leads until a candidate it admits takes
+                // the key (and ends the mark), or it runs out.
+                Mark::read(key, mark)?;
+                return Ok(None);
+            }
+            let Some(head) = found.head else {
+                return Ok(None);
+            };
             if let Some(record) = self.record_of(key, &head).await? {
                 return Ok(Some(record));
             }
@@ -440,10 +534,30 @@ impl EtcdStore {
 
     /// Delete `entry` if it still has create revision `rev`.
     async fn delete_entry(&self, entry: &str, rev: i64) -> Result<()> {
+        self.delete_entry_clearing(entry, rev, None).await
+    }
+
+    /// Delete `entry` if it still has create revision `rev`, and with it the handoff request
+    /// key `clear.0` if it is attached to lease `clear.1` (Baton's request for that lease's
+    /// term; anything else there is left alone).
+    async fn delete_entry_clearing(
+        &self,
+        entry: &str,
+        rev: i64,
+        clear: Option<(String, i64)>,
+    ) -> Result<()> {
         let client = self.client().await?;
+        let mut success = vec![client::delete_op(entry)];
+        if let Some((request, lease)) = clear {
+            success.push(client::txn_op(TxnRequest {
+                compare: vec![client::lease_is(&request, lease)],
+                success: vec![client::delete_op(&request)],
+                failure: Vec::new(),
+            }));
+        }
         let txn = TxnRequest {
             compare: vec![client::create_revision_is(entry, rev)],
-            success: vec![client::delete_op(entry)],
+            success,
             failure: Vec::new(),
         };
         client
@@ -452,6 +566,62 @@ impl EtcdStore {
             .map_err(|e| self.error(e, "deleting the queue entry", true))?;
         Ok(())
     }
+
+    /// The time left on a handoff mark attached to lease `lease` (zero when it just ran out).
+    async fn mark_ttl(&self, lease: i64) -> Result<Duration> {
+        let client = self.client().await?;
+        match client.lease_time_to_live(lease).await {
+            Ok(resp) if resp.ttl >= 0 => {
+                let reported = Duration::from_secs(resp.ttl as u64) + Duration::from_millis(500);
+                Ok(reported.min(Duration::from_secs(resp.granted_ttl.max(1) as u64)))
+            }
+            Ok(_) => Ok(Duration::ZERO),
+            Err(e) if lease_not_found(&e) => Ok(Duration::ZERO),
+            Err(e) => Err(self.error(e, "reading the handoff mark's lease", false)),
+        }
+    }
+
+    /// Revoke lease `id` in the background, best effort (a handoff mark's lease that carries
+    /// nothing any more: it would run out by itself within its window).
+    fn revoke_later(&self, id: i64) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            handle.spawn(async move {
+                let _ = store.revoke(id).await;
+            });
+        }
+    }
+
+    /// End election `key`'s handoff mark `mark` (as read) while `entry`, the candidate the
+    /// mark admits, is still there (it was the head of the queue when the mark was read, and
+    /// only it can leave the head). `false`: the mark or the entry changed; look again.
+    async fn take_mark(&self, key: &str, entry: &Entry, mark: &KeyValue) -> Result<bool> {
+        let client = self.client().await?;
+        let mark_key = mark_key(key);
+        let txn = TxnRequest {
+            compare: vec![
+                client::create_revision_is(&entry.key, entry.rev),
+                client::mod_revision_is(&mark_key, mark.mod_revision),
+            ],
+            success: vec![client::delete_op(&mark_key)],
+            failure: Vec::new(),
+        };
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| self.error(e, "ending the handoff mark", true))?;
+        if resp.succeeded {
+            self.revoke_later(mark.lease);
+        }
+        Ok(resp.succeeded)
+    }
+}
+
+/// What one read of an election found: the head of its queue, its mark and its request.
+struct HeadAndHandoff {
+    head: Option<KeyValue>,
+    mark: Option<KeyValue>,
+    request: Option<KeyValue>,
 }
 
 /// A TLS handshake that failed for a reason retrying cannot fix, explained: the error's text
@@ -508,11 +678,18 @@ impl LeaseStore for EtcdStore {
 
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         let client = self.client().await?;
+        let (mark, request) = (mark_key(key), request_key(key));
+        let ranges = [
+            WatchRange::prefix(&election_prefix(key)),
+            WatchRange::key(&mark),
+            WatchRange::key(&request),
+        ];
         let mut stream = client
-            .watch_prefix(&election_prefix(key), 0)
+            .watch(&ranges, 0)
             .await
             .map_err(|e| self.error(e, "watching the election", false))?;
         let (tx, rx) = mpsc::channel(16);
+        let key = key.to_owned();
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -522,9 +699,22 @@ impl LeaseStore for EtcdStore {
                 match message {
                     Ok(Some(resp)) if !resp.canceled => {
                         for event in &resp.events {
-                            let change = match event.r#type() {
-                                EventType::Delete => Change::Released,
-                                EventType::Put => Change::Other,
+                            let Some(kv) = &event.kv else { continue };
+                            let put = event.r#type() == EventType::Put;
+                            let change = if kv.key == mark.as_bytes() {
+                                match Mark::read(&key, kv) {
+                                    Ok(m) if put => Change::HandedOver { to: m.to },
+                                    _ => Change::Other,
+                                }
+                            } else if kv.key == request.as_bytes() {
+                                match HandoffRequest::read(&key, kv) {
+                                    Ok(r) if put => Change::HandoffRequested { to: r.to },
+                                    _ => continue,
+                                }
+                            } else if put {
+                                Change::Other
+                            } else {
+                                Change::Released
                             };
                             if tx.send(change).await.is_err() {
                                 return;
@@ -536,6 +726,72 @@ impl LeaseStore for EtcdStore {
             }
         });
         Ok(Some(receiver_changes(rx)))
+    }
+
+    /// Leaves the request at the key `baton-handoff:<key escaped>:request`, attached to the
+    /// holder's lease and naming its fencing token, in a transaction on the holder's entry
+    /// still being the head of the queue (and on the request key being as read: anything
+    /// there that Baton did not write is [`Error::ForeignData`]).
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let client = self.client().await?;
+        let request_key = request_key(key);
+        for _ in 0..5 {
+            let found = self.head_and_handoff(key).await?;
+            if let Some(mark) = &found.mark {
+                // Handed over already: nobody holds the key.
+                Mark::read(key, mark)?;
+                return Ok(None);
+            }
+            let Some(head) = found.head else {
+                return Ok(None);
+            };
+            let Some(record) = self.record_of(key, &head).await? else {
+                // The holder's lease just ended.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            if to == Some(record.holder.as_str()) {
+                return Ok(Some(record));
+            }
+            let guard = match &found.request {
+                Some(kv) => {
+                    HandoffRequest::read(key, kv)?;
+                    client::mod_revision_is(&request_key, kv.mod_revision)
+                }
+                None => client::create_revision_is(&request_key, 0),
+            };
+            let value = HandoffRequest {
+                token: head.create_revision,
+                to: to.map(str::to_owned),
+            }
+            .encode();
+            let head_key = String::from_utf8_lossy(&head.key).into_owned();
+            let txn = TxnRequest {
+                compare: vec![
+                    client::create_revision_is(&head_key, head.create_revision),
+                    client::none_created_before(&election_prefix(key), head.create_revision),
+                    client::create_revision_is(&mark_key(key), 0),
+                    guard,
+                ],
+                success: vec![client::put_op(&request_key, &value, head.lease)],
+                failure: Vec::new(),
+            };
+            match client.txn(txn).await {
+                Ok(resp) if resp.succeeded => return Ok(Some(record)),
+                Ok(_) => {}
+                // The holder's lease ended between the read and the write.
+                Err(e) if lease_not_found(&e) => {}
+                Err(e) => return Err(self.error(e, "leaving a handoff request", true)),
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!(
+                "the election {key:?} at {} kept changing while a handoff request was left",
+                self.inner.location
+            ),
+            source: None,
+        })
     }
 
     fn info(&self) -> StoreInfo {
@@ -567,12 +823,18 @@ struct Entry {
     handed_out: bool,
 }
 
-/// What the candidacy's change stream watches: the queue as the follower last read it, and the
-/// session whose loss must wake the follower.
+/// What the candidacy's change stream watches: the queue as the follower last read it (and the
+/// election's handoff mark with it), or the mark alone while a handoff keeps the candidate out
+/// of the queue, or the handoff request key while it leads; and the session whose loss must
+/// wake the follower.
 #[derive(Debug, Clone, Default)]
 struct Position {
     queue: Option<Arc<QueueView>>,
     lost: Option<CancellationToken>,
+    /// Out of the queue until the handoff mark goes: watch it from this revision.
+    reserved_from: Option<i64>,
+    /// Leading with this token: watch the handoff request key from this revision.
+    leading: Option<(i64, i64)>,
 }
 
 /// One candidate in one etcd election: a membership of one of the store's shared sessions,
@@ -713,6 +975,44 @@ impl EtcdCandidacy {
         }))
     }
 
+    /// A live handoff `mark` that does not let this candidate lead now: it is not the head, or
+    /// the mark does not admit it. A head the mark does not admit steps aside: it leaves the
+    /// queue (its next attempt queues anew, at the tail), so that the candidate the mark names
+    /// can reach the head, and its change stream watches the mark to wake it when the mark
+    /// goes. A candidate behind the head keeps its place (a one-shot attempt leaves, as
+    /// always).
+    async fn reserved(
+        &mut self,
+        session: &Arc<Session>,
+        entry: &Entry,
+        at_head: bool,
+        mark: Mark,
+        mark_kv: &KeyValue,
+        positions: &Positions,
+    ) -> Result<Acquire> {
+        let followed = self.followed();
+        if at_head || !followed {
+            self.store.delete_entry(&entry.key, entry.rev).await?;
+            self.entry = None;
+            self.set_position(Position {
+                reserved_from: followed.then_some(positions.revision + 1),
+                lost: Some(session.lost.clone()),
+                ..Position::default()
+            });
+        } else {
+            self.set_position(Position {
+                queue: Some(Arc::new(
+                    QueueView::new(&self.key, &entry.key, &positions.ahead, positions.revision)
+                        .for_candidate(&self.candidate, true),
+                )),
+                lost: Some(session.lost.clone()),
+                ..Position::default()
+            });
+        }
+        let ttl = self.store.mark_ttl(mark_kv.lease).await?;
+        Ok(Acquire::Reserved(HandoffMark::new(mark.to, mark.from, ttl)))
+    }
+
     /// Read the own entry and every entry ahead of it (the head first, the predecessor last)
     /// in one transaction.
     async fn positions(&self, entry: &Entry) -> Result<Positions> {
@@ -727,6 +1027,7 @@ impl EtcdCandidacy {
             success: vec![
                 client::range_op(client::get(&entry.key)),
                 client::range_op(ahead),
+                client::range_op(client::get(&mark_key(&self.key))),
             ],
             failure: Vec::new(),
         };
@@ -738,9 +1039,11 @@ impl EtcdCandidacy {
         let mut gets = txn_ranges(resp);
         let own = gets.next().unwrap_or_default().into_iter().next();
         let ahead = gets.next().unwrap_or_default();
+        let mark = gets.next().unwrap_or_default().into_iter().next();
         Ok(Positions {
             own: own.filter(|kv| kv.create_revision == entry.rev),
             ahead,
+            mark,
             revision,
         })
     }
@@ -759,6 +1062,8 @@ struct Positions {
     own: Option<KeyValue>,
     /// Every entry created before the own one, oldest (the head) first.
     ahead: Vec<KeyValue>,
+    /// The election's handoff mark, if one is live.
+    mark: Option<KeyValue>,
     revision: i64,
 }
 
@@ -819,7 +1124,7 @@ impl Candidacy for EtcdCandidacy {
             }
             session.kept_alive(sent);
             let positions = positions?;
-            let Some(own) = positions.own else {
+            let Some(own) = positions.own.clone() else {
                 // Deleted by someone else, or expired with the lease: queue anew.
                 self.entry = None;
                 continue;
@@ -829,12 +1134,28 @@ impl Candidacy for EtcdCandidacy {
             if let Some(predecessor) = positions.ahead.last() {
                 check_entry(&self.key, predecessor)?;
             }
-            if head.key == entry.key.as_bytes() {
+            let at_head = head.key == entry.key.as_bytes();
+            if let Some(mark_kv) = &positions.mark {
+                let mark = Mark::read(&self.key, mark_kv)?;
+                if !(at_head && mark.admits(&self.candidate)) {
+                    return self
+                        .reserved(&session, &entry, at_head, mark, mark_kv, &positions)
+                        .await;
+                }
+                // The candidate the handoff named, at the head: end the mark and lead.
+                if !self.store.take_mark(&self.key, &entry, mark_kv).await? {
+                    continue;
+                }
+            }
+            if at_head {
                 session.lead(&self.key, &entry.key, entry.rev, sent);
                 if let Some(e) = self.entry.as_mut() {
                     e.handed_out = true;
                 }
-                self.set_position(Position::default());
+                self.set_position(Position {
+                    leading: Some((entry.rev, positions.revision + 1)),
+                    ..Position::default()
+                });
                 return Ok(Acquire::Acquired(Lease::new(
                     self.key.clone(),
                     self.candidate.clone(),
@@ -850,13 +1171,12 @@ impl Candidacy for EtcdCandidacy {
                 self.set_position(Position::default());
             } else {
                 self.set_position(Position {
-                    queue: Some(Arc::new(QueueView::new(
-                        &self.key,
-                        &entry.key,
-                        &positions.ahead,
-                        positions.revision,
-                    ))),
+                    queue: Some(Arc::new(
+                        QueueView::new(&self.key, &entry.key, &positions.ahead, positions.revision)
+                            .for_candidate(&self.candidate, false),
+                    )),
                     lost: Some(session.lost.clone()),
+                    ..Position::default()
                 });
             }
             let record = match self.store.record_of(&self.key, &head).await? {
@@ -901,12 +1221,31 @@ impl Candidacy for EtcdCandidacy {
             .store
             .inner
             .sessions
-            .renew(&self.store, session, &self.key, &entry.key, entry.rev)
+            .renew(
+                &self.store,
+                session,
+                &self.key,
+                &entry.key,
+                entry.rev,
+                request_key(&self.key),
+            )
             .await?;
-        if renewed {
-            return Ok(Renew::Renewed);
-        }
-        Ok(Renew::Lost(self.store.read_record(&self.key).await?))
+        let Some(request) = renewed else {
+            return Ok(Renew::Lost(self.store.read_record(&self.key).await?));
+        };
+        // A request for this term (a stale one names an earlier token). Anything else at the
+        // request key is left alone and does not fail the renewal; `request_handoff` reports it.
+        let asked = request.and_then(|kv| match HandoffRequest::read(&self.key, &kv) {
+            Ok(request) => (request.token == entry.rev).then_some(request),
+            Err(e) => {
+                debug!(election = %self.key, error = %e, "ignoring what is at the handoff request key");
+                None
+            }
+        });
+        Ok(match asked {
+            Some(request) => Renew::HandoffRequested { to: request.to },
+            None => Renew::Renewed,
+        })
     }
 
     async fn release(&mut self, lease: &Lease) -> Result<()> {
@@ -918,6 +1257,108 @@ impl Candidacy for EtcdCandidacy {
             return Ok(());
         }
         self.leave().await
+    }
+
+    /// One transaction, on the own entry still having the lease's create revision: write the
+    /// mark (attached to a lease of its own whose TTL is the window), delete the own entry,
+    /// and delete the handoff request if it is on this candidate's lease. The candidacy keeps
+    /// its session and campaigns on.
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let (session, entry) = match (&self.session, &self.entry) {
+            (Some(session), Some(entry))
+                if lease.key == self.key && entry.rev as u64 == lease.token.get() =>
+            {
+                (session.clone(), entry.clone())
+            }
+            _ => return Ok(()),
+        };
+        let client = self.store.client().await?;
+        let granted = client
+            .lease_grant(lease_ttl_secs(window))
+            .await
+            .map_err(|e| {
+                self.store
+                    .error(e, "granting the handoff mark's lease", true)
+            })?;
+        let mark_lease = granted.id;
+        let (mark_key, request_key) = (mark_key(&self.key), request_key(&self.key));
+        let value = Mark {
+            to: to.map(str::to_owned),
+            from: self.candidate.clone(),
+        }
+        .encode();
+        let mut guard = client::create_revision_is(&mark_key, 0);
+        for _ in 0..3 {
+            // The request, if any, went with this term (it is on this candidate's lease).
+            let clear_request = TxnRequest {
+                compare: vec![client::lease_is(&request_key, session.id)],
+                success: vec![client::delete_op(&request_key)],
+                failure: Vec::new(),
+            };
+            let txn = TxnRequest {
+                compare: vec![
+                    client::create_revision_is(&entry.key, entry.rev),
+                    guard.clone(),
+                ],
+                success: vec![
+                    client::put_op(&mark_key, &value, mark_lease),
+                    client::delete_op(&entry.key),
+                    client::txn_op(clear_request),
+                ],
+                failure: vec![
+                    client::range_op(client::get(&entry.key)),
+                    client::range_op(client::get(&mark_key)),
+                ],
+            };
+            let resp = match client.txn(txn).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.store.revoke_later(mark_lease);
+                    return Err(self.store.error(e, "handing over", true));
+                }
+            };
+            if resp.succeeded {
+                debug!(
+                    election = %self.key,
+                    to = ?to,
+                    mark_lease = %format!("{mark_lease:x}"),
+                    "handed over: the mark is written and the own entry deleted"
+                );
+                session.unlead(&self.key);
+                self.entry = None;
+                self.set_position(Position::default());
+                return Ok(());
+            }
+            let mut found = txn_ranges(resp).map(|kvs| kvs.into_iter().next());
+            let own = found.next().flatten();
+            if own.is_none_or(|kv| kv.create_revision != entry.rev) {
+                // The lease is no longer held: nothing is written (the next attempt queues
+                // anew, as after any term).
+                self.store.revoke_later(mark_lease);
+                return Ok(());
+            }
+            guard = match found.next().flatten() {
+                None => client::create_revision_is(&mark_key, 0),
+                Some(kv) => {
+                    // Only a mark Baton wrote (left while a peer that ignores marks led) is
+                    // replaced.
+                    if let Err(e) = Mark::read(&self.key, &kv) {
+                        self.store.revoke_later(mark_lease);
+                        return Err(e);
+                    }
+                    client::mod_revision_is(&mark_key, kv.mod_revision)
+                }
+            };
+        }
+        self.store.revoke_later(mark_lease);
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!(
+                "the handoff mark of {:?} at {} kept changing",
+                self.key, self.store.inner.location
+            ),
+            source: None,
+        })
     }
 
     async fn leave(&mut self) -> Result<()> {
@@ -953,9 +1394,15 @@ impl Candidacy for EtcdCandidacy {
         // Other members live on: only the own entry goes, guarded on its create revision. If
         // that fails, a leader's entry stays in the session's watchdog, which deletes it when
         // its last renewal's cover runs out (when its own lease would have expired), though
-        // the other members keep the lease alive.
-        if let Some(entry) = &self.entry {
-            self.store.delete_entry(&entry.key, entry.rev).await?;
+        // the other members keep the lease alive. A handoff request left for this candidate's
+        // term (on its lease) goes with the entry.
+        if let (Some(entry), Some(session)) = (&self.entry, &self.session) {
+            let clear = entry
+                .handed_out
+                .then(|| (request_key(&self.key), session.id));
+            self.store
+                .delete_entry_clearing(&entry.key, entry.rev, clear)
+                .await?;
         }
         self.reset();
         Ok(())
@@ -968,35 +1415,57 @@ impl Candidacy for EtcdCandidacy {
             .position
             .get_or_insert_with(|| watch::channel(Position::default()).0)
             .subscribe();
-        tokio::spawn(follow(client, position, tx));
+        tokio::spawn(follow(client, self.key.clone(), position, tx));
         Ok(Some(receiver_changes(rx)))
     }
 
     /// The stream reports the follower's turn (the last entry ahead of it deleted: by release
     /// or by etcd revoking an expired lease alike), the loss of its own session or entry, and
-    /// every new head of the queue; it ends when the watch breaks.
+    /// every new head of the queue; it ends when the watch breaks. It also reports a handoff
+    /// mark naming this candidate and, to a candidate a mark keeps out of the queue, the
+    /// mark's end (by the named candidate's acquire or by etcd when it runs out); the engine
+    /// does not count on the latter (it waits out a mark's TTL all the same).
     fn watch_is_complete(&self) -> bool {
         true
     }
 }
 
 /// The change stream of a candidacy. While it follows, it watches the whole election prefix
-/// from the revision of its last read and keeps its view of the queue current from the events:
-/// a new head is reported as [`Change::Acquired`] (no request), the deletion of the last entry
-/// ahead as [`Change::Released`], the deletion of its own entry or the loss of its session as
-/// [`Change::Expired`]. Ends when the watch breaks.
-async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mpsc::Sender<Change>) {
+/// and the election's handoff mark from the revision of its last read and keeps its view of
+/// the queue current from the events: a new head is reported as [`Change::Acquired`] (no
+/// request), the deletion of the last entry ahead as [`Change::Released`], the deletion of its
+/// own entry or the loss of its session as [`Change::Expired`], a mark naming this candidate
+/// as [`Change::HandedOver`]. While a mark keeps it out of the queue, it watches the mark and
+/// reports its end as [`Change::Released`]. While it leads (when the engine keeps the stream),
+/// it watches the handoff request key and reports a request for its term as
+/// [`Change::HandoffRequested`]. Ends when the watch breaks.
+async fn follow(
+    client: Client,
+    key: String,
+    mut position: watch::Receiver<Position>,
+    tx: mpsc::Sender<Change>,
+) {
+    let (mark, request) = (mark_key(&key), request_key(&key));
     loop {
         let current = position.borrow_and_update().clone();
         let lost = current.lost.clone().unwrap_or_default();
         let has_session = current.lost.is_some();
-        let change = match &current.queue {
-            Some(queue) => {
-                let mut view = QueueView::clone(queue);
-                let mut stream = match client
-                    .watch_prefix(&election_prefix(&view.key), view.from)
-                    .await
-                {
+        let mut view = current.queue.as_deref().cloned();
+        let watching = match (&view, current.reserved_from, current.leading) {
+            (Some(view), _, _) => Some((
+                vec![
+                    WatchRange::prefix(&election_prefix(&key)),
+                    WatchRange::key(&mark),
+                ],
+                view.from,
+            )),
+            (None, Some(from), _) => Some((vec![WatchRange::key(&mark)], from)),
+            (None, None, Some((_, from))) => Some((vec![WatchRange::key(&request)], from)),
+            (None, None, None) => None,
+        };
+        let change = match watching {
+            Some((ranges, from)) => {
+                let mut stream = match client.watch(&ranges, from).await {
                     Ok(stream) => stream,
                     Err(e) => {
                         debug!(error = %e, "watching the election failed");
@@ -1017,8 +1486,34 @@ async fn follow(client: Client, mut position: watch::Receiver<Position>, tx: mps
                             // Compacted past the revision, or refused: look again.
                             Ok(Some(resp)) if resp.canceled => break Some(Change::Other),
                             Ok(Some(resp)) => {
-                                log_events(&view.key, &resp);
-                                match view.apply(&resp.events) {
+                                log_events(&key, &resp);
+                                let step = match (&mut view, current.leading) {
+                                    (Some(view), _) => view.apply(&resp.events),
+                                    (None, None) => {
+                                        // Out of the queue: the mark's end is this one's turn.
+                                        let gone = resp.events.iter().any(|e| {
+                                            e.r#type() == EventType::Delete
+                                                && e.kv.as_ref().is_some_and(|kv| kv.key == mark.as_bytes())
+                                        });
+                                        if gone { Step::Wake(Change::Released) } else { Step::Quiet }
+                                    }
+                                    (None, Some((token, _))) => {
+                                        for e in &resp.events {
+                                            let Some(kv) = &e.kv else { continue };
+                                            if e.r#type() != EventType::Put || kv.key != request.as_bytes() {
+                                                continue;
+                                            }
+                                            if let Ok(asked) = HandoffRequest::read(&key, kv)
+                                                && asked.token == token
+                                                && tx.send(Change::HandoffRequested { to: asked.to }).await.is_err()
+                                            {
+                                                return;
+                                            }
+                                        }
+                                        Step::Quiet
+                                    }
+                                };
+                                match step {
                                     Step::Quiet => {}
                                     Step::Leader(holder) => {
                                         if tx.send(Change::Acquired { holder }).await.is_err() {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::election_prefix;
+use super::handoff::{Mark, mark_key};
 use super::pb::mvccpb::{Event, KeyValue, event::EventType};
 use crate::store::Change;
 use crate::{Error, Result};
@@ -20,6 +21,12 @@ pub(super) struct QueueView {
     ahead: BTreeMap<i64, Ahead>,
     /// The revision to watch from: one past the read's.
     pub from: i64,
+    /// The follower's candidate id: a handoff mark naming it wakes it.
+    candidate: String,
+    /// The election's handoff mark key, watched with the prefix.
+    mark: String,
+    /// Whether a handoff mark is live: the head does not lead until the mark goes.
+    marked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +57,17 @@ impl QueueView {
                 })
                 .collect(),
             from: read_at + 1,
+            candidate: String::new(),
+            mark: mark_key(key),
+            marked: false,
         }
+    }
+
+    /// The same view, for candidate `candidate`, with a live handoff mark if `marked`.
+    pub fn for_candidate(mut self, candidate: &str, marked: bool) -> QueueView {
+        candidate.clone_into(&mut self.candidate);
+        self.marked = marked;
+        self
     }
 
     /// The head of the queue (when it is not the own entry).
@@ -59,12 +76,29 @@ impl QueueView {
     }
 
     /// Apply one watch response's events. A change the follower must act on (its turn has
-    /// come, its own entry is gone, the head is not an election entry) wakes it; a new head, or
-    /// a new value at the head (`Election.Proclaim`), is a new leader to report.
+    /// come, its own entry is gone, the head is not an election entry, a handoff mark names
+    /// it) wakes it; a new head, or a new value at the head (`Election.Proclaim`), is a new
+    /// leader to report, unless a handoff mark is live (the head does not lead then); the end
+    /// of a mark reports the head as the leader (the candidate the mark admitted ended it).
     pub fn apply(&mut self, events: &[Event]) -> Step {
         let head_before = self.head().cloned();
+        let mut mark_ended = false;
         for event in events {
             let Some(kv) = &event.kv else { continue };
+            if kv.key == self.mark.as_bytes() {
+                if event.r#type() == EventType::Delete {
+                    self.marked = false;
+                    mark_ended = true;
+                    continue;
+                }
+                self.marked = true;
+                if let Ok(mark) = Mark::read(&self.key, kv)
+                    && mark.to.as_deref() == Some(self.candidate.as_str())
+                {
+                    return Step::Wake(Change::HandedOver { to: mark.to });
+                }
+                continue;
+            }
             let name = String::from_utf8_lossy(&kv.key);
             if name == self.own {
                 if event.r#type() == EventType::Delete {
@@ -98,12 +132,15 @@ impl QueueView {
             // Nobody is ahead any more: this candidate's turn.
             return Step::Wake(Change::Released);
         };
-        if head_before.as_ref() == Some(head) {
+        if head_before.as_ref() == Some(head) && !mark_ended {
             return Step::Quiet;
         }
         if check_name(&self.key, &head.key, head.lease).is_err() {
             // Not an election entry: let `try_acquire` look, and say so.
             return Step::Wake(Change::Other);
+        }
+        if self.marked {
+            return Step::Quiet;
         }
         Step::Leader(head.value.clone())
     }
@@ -274,6 +311,50 @@ mod tests {
             31,
         );
         assert_eq!(view.apply(&[delete("e/a")]), Step::Wake(Change::Other));
+    }
+
+    fn mark_event(kind: EventType, to: Option<&str>) -> Event {
+        let mark = Mark {
+            to: to.map(str::to_owned),
+            from: "a".into(),
+        };
+        Event {
+            r#type: kind as i32,
+            kv: Some(KeyValue {
+                key: mark_key("e").into_bytes(),
+                value: mark.encode().into_bytes(),
+                lease: 0x99,
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_handoff_mark_wakes_the_candidate_it_names_and_holds_back_the_leader_report() {
+        // c, third in line, is named: it wakes at once.
+        let mut view = third_in_line().for_candidate("c", false);
+        assert_eq!(
+            view.apply(&[mark_event(EventType::Put, Some("c"))]),
+            Step::Wake(Change::HandedOver {
+                to: Some("c".into())
+            })
+        );
+        // Someone else is named: c only notes the mark, and the heads that step aside while
+        // it lives are no leaders.
+        let mut view = third_in_line().for_candidate("c", false);
+        assert_eq!(
+            view.apply(&[mark_event(EventType::Put, Some("d")), delete("e/a")]),
+            Step::Quiet
+        );
+        // The mark's end: the head took the key.
+        assert_eq!(
+            view.apply(&[mark_event(EventType::Delete, None)]),
+            Step::Leader("b".into())
+        );
+        let mut view = third_in_line().for_candidate("c", true);
+        assert_eq!(view.apply(&[delete("e/a")]), Step::Quiet);
+        assert_eq!(view.apply(&[delete("e/b")]), Step::Wake(Change::Released));
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //!   whose compares check every entry's create revision (its failure branch reads every entry,
 //!   keys only, so one request tells which are gone). Each renewal is judged on its own: its
 //!   session's keepalive succeeded, its entry is there with its create revision, and the
-//!   watchdog has not taken it.
+//!   watchdog has not taken it. The success branch reads each election's handoff request key
+//!   (a renewal's answer carries the request, if any): no extra request. When an entry is
+//!   gone, the failure branch reads the entries only, and the other renewals of that batch
+//!   bring their requests at their next renewal.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -41,6 +44,7 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use super::pb::etcdserverpb::{RangeRequest, TxnRequest, TxnResponse};
+use super::pb::mvccpb::KeyValue;
 use super::{EtcdStore, Inner, client, lease_not_found, lease_ttl_secs};
 use crate::Result;
 
@@ -179,8 +183,9 @@ impl Sessions {
     }
 
     /// Renew the leading `entry` (create revision `rev`) of election `key` on `session`, in the
-    /// next batch. `true`: renewed (a keepalive sent after this call began succeeded, the entry
-    /// is there, and the watchdog has not taken it).
+    /// next batch. `Some`: renewed (a keepalive sent after this call began succeeded, the entry
+    /// is there, and the watchdog has not taken it), with what the batch found at the
+    /// election's handoff request key `request` (`None` there when the batch could not look).
     pub async fn renew(
         &self,
         store: &EtcdStore,
@@ -188,7 +193,8 @@ impl Sessions {
         key: &str,
         entry: &str,
         rev: i64,
-    ) -> Result<bool> {
+        request: String,
+    ) -> Result<Option<Option<KeyValue>>> {
         let queue = self
             .renewals
             .get_or_init(|| spawn_batcher(Arc::downgrade(&store.inner)));
@@ -198,6 +204,7 @@ impl Sessions {
             key: key.to_owned(),
             entry: entry.to_owned(),
             rev,
+            request,
             reply,
         };
         if queue.send(pending).is_err() {
@@ -430,7 +437,9 @@ struct Pending {
     key: String,
     entry: String,
     rev: i64,
-    reply: oneshot::Sender<Result<bool>>,
+    /// The election's handoff request key, read with the check.
+    request: String,
+    reply: oneshot::Sender<Result<Option<Option<KeyValue>>>>,
 }
 
 fn spawn_batcher(inner: Weak<Inner>) -> mpsc::UnboundedSender<Pending> {
@@ -477,7 +486,10 @@ async fn send(store: EtcdStore, batch: Vec<Pending>) {
             .iter()
             .map(|p| client::create_revision_is(&p.entry, p.rev))
             .collect(),
-        success: Vec::new(),
+        success: batch
+            .iter()
+            .map(|p| client::range_op(client::get(&p.request)))
+            .collect(),
         failure: batch
             .iter()
             .map(|p| {
@@ -519,7 +531,7 @@ async fn send(store: EtcdStore, batch: Vec<Pending>) {
         let verdict = match (&alive[&p.session.id], present) {
             (Ok(false), _) => {
                 p.session.lost.cancel();
-                Ok(false)
+                Ok(None)
             }
             (Err(e), _) => Err(status_error(
                 &store,
@@ -528,29 +540,43 @@ async fn send(store: EtcdStore, batch: Vec<Pending>) {
                 true,
             )),
             (Ok(true), Err(e)) => Err(status_error(&store, e, "reading the queue entry", false)),
-            (Ok(true), Ok(present)) => {
+            (Ok(true), Ok((present, request))) => {
                 p.session.kept_alive(sent);
-                Ok(present && p.session.renewed(&p.key, p.rev, sent))
+                Ok((present && p.session.renewed(&p.key, p.rev, sent)).then_some(request))
             }
         };
         let _ = p.reply.send(verdict);
     }
 }
 
-/// Whether each renewal's entry is there with its create revision, from the batch's `Txn`.
+/// Whether each renewal's entry is there with its create revision, from the batch's `Txn`,
+/// and what its handoff request key holds (`None` when the batch did not read it).
+#[allow(clippy::type_complexity)]
 fn entries_present(
     batch: &[Pending],
     check: std::result::Result<TxnResponse, Option<Status>>,
-) -> Vec<std::result::Result<bool, Option<Status>>> {
+) -> Vec<std::result::Result<(bool, Option<KeyValue>), Option<Status>>> {
     match check {
-        Ok(resp) if resp.succeeded => vec![Ok(true); batch.len()],
+        Ok(resp) if resp.succeeded => {
+            let mut found: Vec<_> = super::txn_ranges(resp).collect();
+            found.resize(batch.len(), Vec::new());
+            found
+                .into_iter()
+                .map(|kvs| Ok((true, kvs.into_iter().next())))
+                .collect()
+        }
         Ok(resp) => {
             let mut found: Vec<_> = super::txn_ranges(resp).collect();
             found.resize(batch.len(), Vec::new());
             batch
                 .iter()
                 .zip(found)
-                .map(|(p, kvs)| Ok(kvs.first().is_some_and(|kv| kv.create_revision == p.rev)))
+                .map(|(p, kvs)| {
+                    Ok((
+                        kvs.first().is_some_and(|kv| kv.create_revision == p.rev),
+                        None,
+                    ))
+                })
                 .collect()
         }
         Err(e) => vec![Err(e); batch.len()],
