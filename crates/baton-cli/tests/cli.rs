@@ -1758,6 +1758,23 @@ fn handoff_moves_leadership_to_the_named_candidate_on_redis() {
     handoff_moves_leadership_to_the_named_candidate(&scratch, &server.url());
 }
 
+// Kubernetes (the fake API server) and Consul (the fake agent): planned handoff.
+
+#[test]
+fn handoff_moves_leadership_to_the_named_candidate_on_kubernetes() {
+    let scratch = Scratch::new("handoff-kubernetes");
+    let server = baton_testkit::fake_k8s::FakeK8sProcess::start();
+    let url = format!("kubernetes+http://127.0.0.1:{}", server.port());
+    handoff_moves_leadership_to_the_named_candidate(&scratch, &url);
+}
+
+#[test]
+fn handoff_moves_leadership_to_the_named_candidate_on_consul() {
+    let scratch = Scratch::new("handoff-consul");
+    let server = baton_testkit::fake_consul::FakeConsulProcess::start();
+    handoff_moves_leadership_to_the_named_candidate(&scratch, &server.store_url());
+}
+
 /// What `baton handoff` answers when it cannot do what was asked: nobody leads (1), an id that
 /// cannot be one (2), the leader itself (0, nothing to do), a candidate that never comes
 /// (1 when the time runs out; the others then elect a leader once the mark runs out), a store
