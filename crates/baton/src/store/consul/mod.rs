@@ -1582,6 +1582,41 @@ mod tests {
             }
         );
         assert_eq!(classify(k, None, Some(&pair(0, "", b""))), Change::Other);
+        // A request on the same session, then the renewal that keeps it; a mark.
+        let asked = pair(
+            LOCK_FLAGS,
+            "s1",
+            &Record {
+                request: Some(Some("c".into())),
+                ..record(1)
+            }
+            .to_value(),
+        );
+        assert_eq!(
+            classify(k, Some(&a), Some(&asked)),
+            Change::HandoffRequested {
+                to: Some("c".into())
+            }
+        );
+        assert_eq!(
+            classify(k, Some(&asked), Some(&asked)),
+            Change::Renewed {
+                holder: "web-1".into()
+            }
+        );
+        let marked = pair(
+            LOCK_FLAGS,
+            "",
+            &Record {
+                mark: Some((None, 2000)),
+                ..record(1)
+            }
+            .to_value(),
+        );
+        assert_eq!(
+            classify(k, Some(&asked), Some(&marked)),
+            Change::HandedOver { to: None }
+        );
     }
 
     #[test]
