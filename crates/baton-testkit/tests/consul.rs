@@ -50,7 +50,9 @@ impl StoreFactory for FakeFactory {
     fn capabilities(&self) -> Capabilities {
         // Expiry judged from when a store first saw the record's index: a store that reads a
         // lease for the first time waits a whole lease from then.
-        Capabilities::new().with_expiry_slack(Duration::from_millis(1500))
+        Capabilities::new()
+            .with_expiry_slack(Duration::from_millis(1500))
+            .with_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -404,6 +406,164 @@ async fn graceful_handoff_is_pushed_not_polled() {
     );
     b.stop().await.unwrap();
     c.stop().await.unwrap();
+}
+
+/// The next change on `changes` that is not a renewal, within 3 s.
+async fn next_handoff_change(changes: &mut baton::Changes) -> baton::Change {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match changes.next().await.expect("the watch goes on") {
+                baton::Change::Renewed { .. } => {}
+                change => return change,
+            }
+        }
+    })
+    .await
+    .expect("a change within 3 s")
+}
+
+/// The lock's value, as JSON.
+async fn value(addr: &str, key: &str) -> Value {
+    let pair = pair(addr, key).await;
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        pair["Value"].as_str().unwrap_or(""),
+    )
+    .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_and_a_request_are_fields_of_the_value_and_are_pushed() {
+    let a = addr();
+    let key = unique("handoff-fields");
+    // A 10 s lease: anything that waited for expiry or a renewal would take seconds.
+    let lease = Duration::from_secs(10);
+    let build = |id: &str| {
+        LeaderElection::builder(ConsulStore::open(&shared_fake().store_url()).unwrap(), &key)
+            .lease_duration(lease)
+            .renew_interval(lease / 4)
+            .grace_period(lease / 4)
+            .instance_id(id)
+            .listen_for_handoff_requests(true)
+            .build()
+            .unwrap()
+    };
+    let (ea, eb, ec) = (build("a"), build("b"), build("c"));
+    ea.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || ea.is_leader()).await);
+    eb.start().await.unwrap();
+    ec.start().await.unwrap();
+    let observer = ConsulStore::open(&shared_fake().store_url()).unwrap();
+    let mut changes = observer.watch(&key).await.unwrap().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || eb.current_leader_id().as_deref()
+            == Some("a")
+            && ec.current_leader_id().as_deref() == Some("a"))
+        .await
+    );
+
+    let first = ea.fencing_token().unwrap();
+    ea.hand_over(Some("c")).await.unwrap();
+    assert_eq!(
+        next_handoff_change(&mut changes).await,
+        baton::Change::HandedOver {
+            to: Some("c".into())
+        }
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || ec.is_leader()).await,
+        "the named follower leads within 2 s"
+    );
+    assert!(!ea.is_leader() && !eb.is_leader());
+    assert!(ec.fencing_token().unwrap() > first);
+    let taken = value(&a, &key).await;
+    assert_eq!(taken["holder"], "c");
+    assert!(
+        taken.get("mark_to").is_none(),
+        "the acquire clears the mark: {taken}"
+    );
+    let session = pair(&a, &key).await["Session"].clone();
+
+    // A request: a field of the held lock's value, pushed to the leader, which hands over.
+    let asked = observer.request_handoff(&key, Some("b")).await.unwrap();
+    assert_eq!(asked.map(|r| r.holder).as_deref(), Some("c"));
+    let mut seen = vec![];
+    let handed = loop {
+        match next_handoff_change(&mut changes).await {
+            change @ baton::Change::HandedOver { .. } => break change,
+            change => seen.push(change),
+        }
+    };
+    assert!(
+        seen.contains(&baton::Change::HandoffRequested {
+            to: Some("b".into())
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(
+        handed,
+        baton::Change::HandedOver {
+            to: Some("b".into())
+        }
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || eb.is_leader()).await,
+        "the leader hears of the request by push and hands over"
+    );
+    assert!(!ec.is_leader());
+    assert_ne!(pair(&a, &key).await["Session"], session);
+    for e in [&ea, &eb, &ec] {
+        e.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_keeps_the_session_and_another_clients_lock_takes_none() {
+    let a = addr();
+    let key = unique("request");
+    let store = ConsulStore::open(&shared_fake().store_url()).unwrap();
+    let mut c = store.join(&key, "web-1").await.unwrap();
+    let lease = acquired(c.try_acquire(Duration::from_secs(10)).await.unwrap());
+    let before = pair(&a, &key).await;
+    let asked = store.request_handoff(&key, None).await.unwrap().unwrap();
+    assert_eq!((asked.holder.as_str(), asked.token), ("web-1", lease.token));
+    let after = pair(&a, &key).await;
+    assert_eq!(
+        after["Session"], before["Session"],
+        "the session is untouched"
+    );
+    assert_eq!(after["LockIndex"], before["LockIndex"]);
+    assert_eq!(after["Flags"], json!(LOCK_FLAGS));
+    assert_eq!(value(&a, &key).await["request_to"], "");
+    assert_eq!(
+        c.renew(&lease, Duration::from_secs(10)).await.unwrap(),
+        baton::Renew::HandoffRequested { to: None }
+    );
+    // The renewal keeps the request until the handoff; the release clears it.
+    assert_eq!(value(&a, &key).await["request_to"], "");
+    c.release(&lease).await.unwrap();
+    assert!(value(&a, &key).await.get("request_to").is_none());
+
+    // `consul lock`'s lock: its value is not Baton's to write.
+    let other = unique("request-other");
+    let theirs = session(&a, json!({"Name": "Consul lock", "TTL": "10s"})).await;
+    let took = call(
+        &a,
+        "PUT",
+        &format!("/v1/kv/{other}/.lock?acquire={theirs}&flags={LOCK_FLAGS}"),
+        b"",
+    )
+    .await;
+    assert_eq!(took.json(), json!(true));
+    let planted = pair(&a, &other).await;
+    assert!(matches!(
+        store.request_handoff(&other, Some("web-1")).await,
+        Err(Error::Config(m)) if m.contains("not a Baton candidate")
+    ));
+    assert_eq!(pair(&a, &other).await, planted);
+    call(&a, "PUT", &format!("/v1/session/destroy/{theirs}"), b"").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -363,6 +363,70 @@ async fn transactions_apply_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn a_plain_write_keeps_the_locks_session_and_only_the_holder_unlocks_in_a_transaction() {
+    let fake = FakeConsul::serve(FakeConsulOptions::default());
+    let a = addr(&fake);
+    let s1 = create_session(&a, json!({"LockDelay": "0s"})).await;
+    let s2 = create_session(&a, json!({"LockDelay": "0s"})).await;
+    assert_eq!(
+        call(
+            &a,
+            "PUT",
+            &format!("/v1/kv/h?acquire={s1}&flags=7"),
+            &[],
+            b"one"
+        )
+        .await
+        .json(),
+        json!(true)
+    );
+    let held = call(&a, "GET", "/v1/kv/h", &[], b"").await.json();
+    let m = held[0]["ModifyIndex"].as_u64().unwrap();
+    // `kvsSetTxn` without updateSession: a cas write keeps the session and the lock index.
+    assert_eq!(
+        call(
+            &a,
+            "PUT",
+            &format!("/v1/kv/h?cas={m}&flags=7"),
+            &[],
+            b"asked"
+        )
+        .await
+        .json(),
+        json!(true)
+    );
+    let asked = call(&a, "GET", "/v1/kv/h", &[], b"").await.json();
+    assert_eq!(
+        (
+            asked[0]["Session"].clone(),
+            asked[0]["LockIndex"].clone(),
+            value_of(&asked[0])
+        ),
+        (json!(s1), json!(1), "asked".to_owned())
+    );
+    assert!(asked[0]["ModifyIndex"].as_u64().unwrap() > m);
+    let unlock = |s: &str| {
+        json!([{"KV": {"Verb": "unlock", "Key": "h", "Value": "Ynll", "Flags": 7, "Session": s}}])
+            .to_string()
+    };
+    let refused = call(&a, "PUT", "/v1/txn", &[], unlock(&s2).as_bytes()).await;
+    assert_eq!(refused.status, 409);
+    assert!(
+        refused.json()["Errors"][0]["What"]
+            .as_str()
+            .unwrap()
+            .contains("lock isn't held, or is held by another session"),
+        "{}",
+        refused.text()
+    );
+    let unlocked = call(&a, "PUT", "/v1/txn", &[], unlock(&s1).as_bytes()).await;
+    assert_eq!(unlocked.status, 200, "{}", unlocked.text());
+    let freed = call(&a, "GET", "/v1/kv/h", &[], b"").await.json();
+    assert!(freed[0].get("Session").is_none());
+    assert_eq!(value_of(&freed[0]), "bye");
+}
+
+#[tokio::test]
 async fn a_token_is_required_when_set() {
     let fake = FakeConsul::serve(FakeConsulOptions {
         token: Some("s3cret".into()),

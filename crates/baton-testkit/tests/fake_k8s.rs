@@ -373,6 +373,71 @@ fn validation_failures_are_422_invalid_and_mismatched_names_400() {
 }
 
 #[test]
+fn coordinated_fields_are_validated_as_with_the_feature_gate_on() {
+    let (_fake, c) = serve();
+    // preferredHolder needs a strategy.
+    let mut l = lease("pref", "x");
+    l["spec"]["preferredHolder"] = json!("y");
+    let r = c.post(l.clone());
+    assert_status(&r, 422, "Invalid");
+    assert_eq!(
+        r.message(),
+        "Lease.coordination.k8s.io \"pref\" is invalid: spec.preferredHolder: Forbidden: may only be specified if `strategy` is defined"
+    );
+    // A strategy without '/' must be Kubernetes' own.
+    l["spec"]["strategy"] = json!("Newest");
+    let r = c.post(l.clone());
+    assert_status(&r, 422, "Invalid");
+    assert!(
+        r.message().ends_with(
+            "spec.strategy.strategy: Unsupported value: \"Newest\": supported values: \"OldestEmulationVersion\""
+        ),
+        "{}",
+        r.text
+    );
+    // One with '/' must be a qualified name.
+    for bad in [
+        "Baton.dev/handoff",
+        "baton.dev/-handoff",
+        "a/b/c",
+        "/handoff",
+    ] {
+        l["spec"]["strategy"] = json!(bad);
+        let r = c.post(l.clone());
+        assert_status(&r, 422, "Invalid");
+        assert!(
+            r.message().contains(&format!(
+                "spec.strategy.strategy: Invalid value: \"{bad}\": "
+            )),
+            "{bad}: {}",
+            r.text
+        );
+    }
+    // A custom strategy with a preferred holder is kept, and a PUT may change or drop both.
+    l["spec"]["strategy"] = json!("baton.dev/handoff");
+    let r = c.post(l);
+    assert_eq!(r.code, 201, "{}", r.text);
+    assert_eq!(r.body["spec"]["strategy"], "baton.dev/handoff");
+    assert_eq!(r.body["spec"]["preferredHolder"], "y");
+    let mut body = r.body.clone();
+    body["spec"]["preferredHolder"] = json!("z");
+    let r = c.put("pref", body);
+    assert_eq!(r.code, 200, "{}", r.text);
+    assert_eq!(r.body["spec"]["preferredHolder"], "z");
+    let mut body = r.body.clone();
+    let spec = body["spec"].as_object_mut().unwrap();
+    spec.remove("strategy");
+    spec.remove("preferredHolder");
+    let r = c.put("pref", body);
+    assert_eq!(r.code, 200, "{}", r.text);
+    assert!(
+        r.body["spec"].get("preferredHolder").is_none(),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
 fn put_needs_the_current_resource_version() {
     let (_fake, c) = serve();
     let a = c.create("a", "one");

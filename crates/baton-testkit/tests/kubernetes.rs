@@ -63,6 +63,7 @@ impl StoreFactory for FakeFactory {
         Capabilities::new()
             .with_min_ttl(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(2500))
+            .with_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -312,6 +313,146 @@ async fn graceful_handoff_is_pushed_not_polled() {
     );
     b.stop().await.unwrap();
     c.stop().await.unwrap();
+}
+
+/// The next change on `changes` that is not a renewal, within 3 s.
+async fn next_handoff_change(changes: &mut baton::Changes) -> baton::Change {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match changes.next().await.expect("the watch goes on") {
+                baton::Change::Renewed { .. } => {}
+                change => return change,
+            }
+        }
+    })
+    .await
+    .expect("a change within 3 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_and_a_request_are_the_leases_preferred_holder_and_are_pushed() {
+    let base = shared_fake().url();
+    let key = unique("preferred");
+    // A 10 s lease: anything that waited for expiry or a renewal would take seconds.
+    let lease = Duration::from_secs(10);
+    let build = |id: &str| {
+        LeaderElection::builder(KubernetesStore::open(&url_of(&base)).unwrap(), &key)
+            .lease_duration(lease)
+            .renew_interval(lease / 4)
+            .grace_period(lease / 4)
+            .instance_id(id)
+            .listen_for_handoff_requests(true)
+            .build()
+            .unwrap()
+    };
+    let (a, b, c) = (build("a"), build("b"), build("c"));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    c.start().await.unwrap();
+    let observer = KubernetesStore::open(&url_of(&base)).unwrap();
+    let mut changes = observer.watch(&key).await.unwrap().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || b.current_leader_id().as_deref()
+            == Some("a")
+            && c.current_leader_id().as_deref() == Some("a"))
+        .await
+    );
+
+    // A handoff to c: the mark is the freed Lease's preferredHolder, beside Baton's strategy.
+    let first = a.fencing_token().unwrap();
+    a.hand_over(Some("c")).await.unwrap();
+    assert_eq!(
+        next_handoff_change(&mut changes).await,
+        baton::Change::HandedOver {
+            to: Some("c".into())
+        }
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || c.is_leader()).await,
+        "the named follower leads within 2 s"
+    );
+    assert!(!a.is_leader() && !b.is_leader());
+    assert!(c.fencing_token().unwrap() > first);
+    let taken = raw(&base, &key).await;
+    assert_eq!(taken["spec"]["holderIdentity"], "c");
+    assert!(
+        taken["spec"].get("preferredHolder").is_none() && taken["spec"].get("strategy").is_none(),
+        "the acquire clears the mark: {taken}"
+    );
+
+    // A request from another process: the held Lease's preferredHolder, holder untouched.
+    let asked = observer.request_handoff(&key, Some("b")).await.unwrap();
+    assert_eq!(asked.map(|r| r.holder).as_deref(), Some("c"));
+    let mut seen = vec![];
+    let handed = loop {
+        match next_handoff_change(&mut changes).await {
+            change @ baton::Change::HandedOver { .. } => break change,
+            change => seen.push(change),
+        }
+    };
+    assert!(
+        seen.contains(&baton::Change::HandoffRequested {
+            to: Some("b".into())
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(
+        handed,
+        baton::Change::HandedOver {
+            to: Some("b".into())
+        }
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || b.is_leader()).await,
+        "the leader hears of the request by push and hands over"
+    );
+    assert!(!c.is_leader());
+    for e in [&a, &b, &c] {
+        e.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preferred_holder_that_baton_did_not_write_is_foreign_and_left_alone() {
+    let base = shared_fake().url();
+    let key = unique("coordinated");
+    // What Kubernetes' coordinated leader election writes: its strategy, a preferred holder.
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": key},
+        "spec": {
+            "holderIdentity": "kcm-1",
+            "leaseDurationSeconds": 15,
+            "renewTime": "2026-12-06T15:00:00.000000Z",
+            "strategy": "OldestEmulationVersion",
+            "preferredHolder": "kcm-2"
+        }
+    }))
+    .unwrap();
+    let planted = leases(&base)
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let store = KubernetesStore::open(&url_of(&base)).unwrap();
+    assert!(matches!(
+        store.request_handoff(&key, Some("b")).await,
+        Err(Error::ForeignData { .. })
+    ));
+    let mut candidacy = store.join(&key, "b").await.unwrap();
+    assert!(matches!(
+        candidacy.try_acquire(Duration::from_secs(5)).await,
+        Err(Error::ForeignData { .. })
+    ));
+    let now = leases(&base).get(&key).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, planted.metadata.resource_version,
+        "the Lease is untouched"
+    );
+    leases(&base)
+        .delete(&key, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -228,6 +228,54 @@ pub fn dns1123_subdomain_errors(name: &str) -> Vec<String> {
     errs
 }
 
+/// `validation.IsQualifiedName`'s regex message
+/// (`staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go`).
+const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and \
+    must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or \
+    '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// The messages `IsQualifiedName` gives for `value` (`[prefix/]name`); empty when it is valid.
+pub fn qualified_name_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_owned());
+            } else {
+                for msg in dns1123_subdomain_errors(prefix) {
+                    errs.push(format!("prefix part {msg}"));
+                }
+            }
+            *name
+        }
+        _ => {
+            errs.push(format!(
+                "a qualified name {QUALIFIED_NAME_MSG} with an optional DNS subdomain prefix and \
+                 '/' (e.g. 'example.com/MyName')"
+            ));
+            return errs;
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_owned());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_owned());
+    }
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    let matches = !b.is_empty()
+        && alnum(&b[0])
+        && alnum(&b[b.len() - 1])
+        && b.iter()
+            .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'));
+    if !matches {
+        errs.push(format!("name part {QUALIFIED_NAME_MSG}"));
+    }
+    errs
+}
+
 /// `ValidateLease` (create and update: `ValidateObjectMeta` with `NameIsDNSSubdomain`, then
 /// `ValidateLeaseSpec`). `object` is a decoded Lease with its name and namespace filled in.
 pub fn validate(object: &Value) -> Result<(), ApiError> {
@@ -266,16 +314,31 @@ pub fn validate(object: &Value) -> Result<(), ApiError> {
             "must be greater than or equal to 0",
         ));
     }
+    // `ValidateCoordinatedLeaseStrategy`, which names the field `strategy` once more: a
+    // strategy without `/` must be Kubernetes' own, one with `/` a qualified name (a custom
+    // strategy, such as Baton's `baton.dev/handoff`). The field needs the
+    // `CoordinatedLeaderElection` feature gate, which this fake has on.
     let strategy = spec["strategy"].as_str();
-    if let Some(s) = strategy
-        && !s.contains('/')
-        && s != "OldestEmulationVersion"
-    {
-        errs.push(FieldError {
-            field: "spec.strategy.strategy".to_owned(),
-            body: format!("Unsupported value: {s:?}: supported values: \"OldestEmulationVersion\""),
-            reason: "FieldValueNotSupported",
-        });
+    if let Some(s) = strategy {
+        if !s.contains('/') {
+            if s != "OldestEmulationVersion" {
+                errs.push(FieldError {
+                    field: "spec.strategy.strategy".to_owned(),
+                    body: format!(
+                        "Unsupported value: {s:?}: supported values: \"OldestEmulationVersion\""
+                    ),
+                    reason: "FieldValueNotSupported",
+                });
+            }
+        } else {
+            for msg in qualified_name_errors(s) {
+                errs.push(FieldError::invalid(
+                    "spec.strategy.strategy",
+                    &format!("{s:?}"),
+                    &msg,
+                ));
+            }
+        }
     }
     if spec["preferredHolder"]
         .as_str()

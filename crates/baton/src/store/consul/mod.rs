@@ -12,6 +12,9 @@
 //! {"baton":1,"holder":"web-1","token":4711,"lease_ms":15000,"renewal":12}
 //! ```
 //!
+//! with, for a planned handoff, `request_to` or `mark_to` and `mark_window_ms` (see below);
+//! any other field makes the value foreign.
+//!
 //! A pair at that key with other flags (a semaphore, or data of another program) is left alone
 //! and reported as [`Error::ForeignData`], as the Go API's `Lock` answers `ErrLockConflict`. A
 //! lock held by a session whose value is not Baton's record is another client's lock
@@ -65,6 +68,36 @@
 //! writes with the release), then `PUT /v1/session/destroy/SESSION`, as the Go API's
 //! `Unlock` and its session renewer do.
 //!
+//! # Planned handoff: fields of the lock's value
+//!
+//! * **hand over** ([`Candidacy::hand_over`]) is one transaction, `unlock` with the holder's
+//!   session (Consul refuses it unless that session holds the lock: the handoff of a lease
+//!   that is gone is a no-op), writing the record with the mark, `"mark_to"` (the candidate,
+//!   `""` for anyone but the leaver, the record's `holder`) and `"mark_window_ms"`; then the
+//!   session is destroyed, as after a release. Consul KV has no TTL, and a session cannot
+//!   carry the window (at least 10 s, and invalidated only up to `2 × TTL` later), so the mark
+//!   runs out as a Baton lease does: `window` after a candidate first saw the pair's
+//!   `ModifyIndex`, on its own monotonic clock. A candidate that first reads it late waits
+//!   longer, never less. While it runs, an acquire by anyone it does not admit answers
+//!   [`Acquire::Reserved`]; the acquire that succeeds writes a record without it. A mark is
+//!   Baton's only in a free lock's value; in a held one it is foreign.
+//! * **request** ([`LeaseStore::request_handoff`]) writes `"request_to"` (`""` for anyone)
+//!   into the held lock's record with `PUT ?cas=MODIFYINDEX&flags=...`: a plain write keeps
+//!   the lock's session and `LockIndex`, and holder, token and lease stay as they are. Another
+//!   client's lock (`consul lock`) takes no request ([`Error::Config`]): its value is not
+//!   Baton's to write.
+//! * **renewal**: the renewal's transaction checks the `ModifyIndex` of the holder's own last
+//!   write besides its session, so a request written since rolls it back rather than being
+//!   overwritten. The holder then reads the key, renews with the request kept, and answers
+//!   [`Renew::HandoffRequested`]; the request stays in the value until the handoff (or a
+//!   release) clears it. A renewal without a request costs nothing more (one more check in
+//!   the same transaction); one that meets a request costs a rolled-back transaction and a
+//!   read. A leader that listens for requests hears of one on its blocking query at once.
+//! * **push**: the blocking query reports a mark as [`Change::HandedOver`] and a request as
+//!   [`Change::HandoffRequested`].
+//!
+//! A record with the handoff fields is refused as foreign by Baton versions from before them.
+//!
 //! # URLs
 //!
 //! | URL | connects to |
@@ -94,7 +127,8 @@ use tracing::debug;
 use self::agent::{Agent, Kind, Reply};
 use self::url::{escape_path, escape_query, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
+    StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -156,34 +190,63 @@ struct Pair {
 /// What a pair says about the election.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Lock {
-    /// Nobody holds it. The highest token Baton minted on it, if its record is Baton's.
-    Free { high_water: u64 },
+    /// Nobody holds it. The highest token Baton minted on it, if its record is Baton's, and the
+    /// mark a handoff left in it, if any.
+    Free { high_water: u64, mark: Option<Mark> },
     /// A Baton candidate holds it.
     Baton { session: String, record: Record },
     /// Another client (`consul lock`, the Go API) holds it.
     Other { session: String, holder: String },
 }
 
-/// Baton's record, the value of a lock it holds.
+/// A handoff's mark in a freed lock's value: only `to` (or, `None`, anyone but `from`) may lock
+/// it for `window`, counted from when a candidate first saw the pair's `ModifyIndex`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+struct Mark {
+    to: Option<String>,
+    from: String,
+    window: Duration,
+}
+
+/// Baton's record, the value of a lock it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Record {
     holder: String,
     token: u64,
     lease_ms: u64,
     renewal: u64,
+    /// `request_to`: a handoff request left beside the held lock (`Some(None)`: to anyone).
+    request: Option<Option<String>>,
+    /// `mark_to` and `mark_window_ms`: the mark a handoff left in the freed lock's value.
+    mark: Option<(Option<String>, u64)>,
 }
 
 impl Record {
     fn to_value(&self) -> Vec<u8> {
-        json!({
+        let mut v = json!({
             "baton": 1,
             "holder": self.holder,
             "token": self.token,
             "lease_ms": self.lease_ms,
             "renewal": self.renewal,
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some(to) = &self.request {
+            v["request_to"] = json!(to.as_deref().unwrap_or(""));
+        }
+        if let Some((to, window_ms)) = &self.mark {
+            v["mark_to"] = json!(to.as_deref().unwrap_or(""));
+            v["mark_window_ms"] = json!(window_ms);
+        }
+        v.to_string().into_bytes()
+    }
+
+    /// The record without a request or a mark: what a release writes.
+    fn plain(&self) -> Record {
+        Record {
+            request: None,
+            mark: None,
+            ..self.clone()
+        }
     }
 
     fn lease(&self) -> Duration {
@@ -271,8 +334,25 @@ fn parse_lock(kv_key: &str, pair: &Pair) -> Result<Lock> {
     };
     Ok(match (pair.session.is_empty(), record) {
         (true, record) => Lock::Free {
-            high_water: record.map_or(0, |r| r.token),
+            high_water: record.as_ref().map_or(0, |r| r.token),
+            mark: record.and_then(|r| {
+                let (to, window_ms) = r.mark?;
+                Some(Mark {
+                    to,
+                    from: r.holder,
+                    window: Duration::from_millis(window_ms),
+                })
+            }),
         },
+        (false, Some(record)) if record.mark.is_some() => {
+            return Err(foreign(format!(
+                "a lock held with a handoff mark in its value: {}",
+                String::from_utf8_lossy(&pair.value)
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )));
+        }
         (false, Some(record)) => Lock::Baton {
             session: pair.session.clone(),
             record,
@@ -285,16 +365,40 @@ fn parse_lock(kv_key: &str, pair: &Pair) -> Result<Lock> {
 }
 
 fn parse_record(value: &[u8]) -> Option<Record> {
+    const FIELDS: [&str; 8] = [
+        "baton",
+        "holder",
+        "token",
+        "lease_ms",
+        "renewal",
+        "request_to",
+        "mark_to",
+        "mark_window_ms",
+    ];
     let v: Value = serde_json::from_slice(value).ok()?;
     let object = v.as_object()?;
-    if v["baton"] != 1 || object.len() != 5 {
+    if v["baton"] != 1 || !object.keys().all(|k| FIELDS.contains(&k.as_str())) {
         return None;
     }
+    let named = |field: &str| -> Option<Option<Option<String>>> {
+        match object.get(field) {
+            None => Some(None),
+            Some(Value::String(to)) => Some(Some((!to.is_empty()).then(|| to.clone()))),
+            Some(_) => None,
+        }
+    };
+    let mark = match (named("mark_to")?, object.get("mark_window_ms")) {
+        (None, None) => None,
+        (Some(to), Some(window)) => Some((to, window.as_u64()?)),
+        _ => return None,
+    };
     let record = Record {
         holder: v["holder"].as_str()?.to_owned(),
         token: v["token"].as_u64()?,
         lease_ms: v["lease_ms"].as_u64()?,
         renewal: v["renewal"].as_u64()?,
+        request: named("request_to")?,
+        mark,
     };
     (!record.holder.is_empty() && record.token > 0 && record.lease_ms > 0).then_some(record)
 }
@@ -496,6 +600,7 @@ impl LeaseStore for ConsulStore {
             session: None,
             renewed_at: Duration::ZERO,
             held: None,
+            held_index: None,
         }))
     }
 
@@ -509,6 +614,71 @@ impl LeaseStore for ConsulStore {
         Ok(Some(
             watch_changes(self.inner.clone(), lock_key(key)).await?,
         ))
+    }
+
+    /// A `request_to` field in the held lock's value, written with `?cas=` on the
+    /// `ModifyIndex` read (Consul keeps the lock's session on a plain write).
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let kv_key = lock_key(key);
+        for _ in 0..MAX_RACES {
+            let (pair, observed) = self.inner.get(&kv_key, None).await?;
+            let Some(pair) = pair else { return Ok(None) };
+            let record = match parse_lock(&kv_key, &pair)? {
+                Lock::Free { .. } => return Ok(None),
+                Lock::Other { holder, .. } => {
+                    return Err(Error::Config(format!(
+                        "{kv_key} is held by {holder:?}, which is not a Baton candidate: it \
+                         takes no handoff requests"
+                    )));
+                }
+                Lock::Baton { record, .. } => record,
+            };
+            let left = remaining(&observed, &record, boot_time());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let held = LeaseRecord::new(record.holder.clone(), FencingToken(record.token), left);
+            let asked = Some(to.map(str::to_owned));
+            if to == Some(record.holder.as_str()) || record.request == asked {
+                return Ok(Some(held));
+            }
+            let value = Record {
+                request: asked,
+                ..record
+            }
+            .to_value();
+            let path = format!(
+                "/v1/kv/{}?cas={}&flags={LOCK_FLAGS}",
+                escape_path(&kv_key),
+                pair.modify_index
+            );
+            let reply = self
+                .inner
+                .agent
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(value),
+                    Kind::Write,
+                    Some(REQUEST_TIMEOUT),
+                )
+                .await?;
+            if reply.status != StatusCode::OK {
+                return Err(unexpected(&reply, "leaving a handoff request", Kind::Write));
+            }
+            if reply.body.trim_ascii() == b"true" {
+                return Ok(Some(held));
+            }
+            debug!(key = %kv_key, "lost a race to leave a handoff request");
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!(
+                "{}: the lock at {kv_key} changed under every attempt to leave a request",
+                self.inner.agent.location()
+            ),
+            source: None,
+        })
     }
 
     fn info(&self) -> StoreInfo {
@@ -529,6 +699,9 @@ struct ConsulCandidacy {
     renewed_at: Duration,
     /// The record of the term this candidacy holds.
     held: Option<Record>,
+    /// The `ModifyIndex` of the lock as this candidacy last wrote it, while it holds it: a
+    /// renewal checks it, so a request written since (which changed it) is read, not lost.
+    held_index: Option<u64>,
 }
 
 impl std::fmt::Debug for ConsulCandidacy {
@@ -743,6 +916,7 @@ impl ConsulCandidacy {
             }
         }
         self.held = None;
+        self.held_index = None;
         // The session holds no lock now; if it cannot be destroyed, Consul ends it within
         // 2 x TTL (the Go API's renewer ignores this error too).
         if let Err(e) = self.destroy_session().await {
@@ -812,18 +986,27 @@ impl Candidacy for ConsulCandidacy {
                         ttl,
                     )));
                 }
-                Lock::Free { high_water } => (
-                    json!({"KV": {"Verb": "check-index", "Key": self.kv_key, "Index": observed.index}}),
-                    None,
-                    high_water,
-                ),
+                Lock::Free { high_water, mark } => {
+                    if let Some(mark) = mark {
+                        let left = (observed.at + mark.window).saturating_sub(boot_time());
+                        let mark = HandoffMark::new(mark.to, mark.from, left);
+                        if !left.is_zero() && !mark.admits(&self.candidate) {
+                            return Ok(Acquire::Reserved(mark));
+                        }
+                    }
+                    (
+                        json!({"KV": {"Verb": "check-index", "Key": self.kv_key, "Index": observed.index}}),
+                        None,
+                        high_water,
+                    )
+                }
             };
             let session = self.fresh_session(ttl).await?;
             let record = Record {
                 holder: self.candidate.clone(),
                 token: observed.index.max(high_water) + 1,
                 lease_ms,
-                renewal: 0,
+                ..Record::default()
             };
             let mut ops = vec![check];
             if let Some(holder) = &remove {
@@ -846,6 +1029,7 @@ impl Candidacy for ConsulCandidacy {
                         .observe(&self.kv_key, Some(&pair), index, boot_time());
                     let token = FencingToken(record.token);
                     self.held = Some(record);
+                    self.held_index = Some(index);
                     debug!(key = %self.key, token = token.0, took_over = remove.is_some(), "acquired");
                     return Ok(Acquire::Acquired(Lease::new(
                         self.key.clone(),
@@ -914,45 +1098,140 @@ impl Candidacy for ConsulCandidacy {
             }
             self.renewed_at = sent;
         }
-        let next = Record {
-            renewal: record.renewal + 1,
+        let mut record = record;
+        for _ in 0..MAX_RACES {
+            let next = Record {
+                renewal: record.renewal + 1,
+                ..record.clone()
+            };
+            let mut ops = vec![
+                json!({"KV": {"Verb": "check-session", "Key": self.kv_key, "Session": session}}),
+            ];
+            if let Some(index) = self.held_index {
+                ops.push(
+                    json!({"KV": {"Verb": "check-index", "Key": self.kv_key, "Index": index}}),
+                );
+            }
+            ops.push(self.lock_op(&session, &next));
+            match self.txn(Value::Array(ops)).await? {
+                TxnOutcome::Applied(results) => {
+                    let index = results.last().and_then(|r| r["KV"]["ModifyIndex"].as_u64());
+                    if let Some(index) = index {
+                        let pair = Pair {
+                            modify_index: index,
+                            flags: LOCK_FLAGS,
+                            session: session.clone(),
+                            value: next.to_value(),
+                        };
+                        self.inner
+                            .observe(&self.kv_key, Some(&pair), index, boot_time());
+                    }
+                    self.held_index = index;
+                    let request = next.request.clone();
+                    self.held = Some(next);
+                    return Ok(match request {
+                        Some(to) => Renew::HandoffRequested { to },
+                        None => Renew::Renewed,
+                    });
+                }
+                TxnOutcome::RolledBack(what) => {
+                    // The lock changed since this candidacy wrote it: another process left a
+                    // request (kept, and reported), or the lock is no longer ours.
+                    let (pair, _) = self.inner.get(&self.kv_key, None).await?;
+                    let ours = match &pair {
+                        Some(p) if p.session == session => match parse_lock(&self.kv_key, p)? {
+                            Lock::Baton { record: now, .. }
+                                if now.holder == self.candidate && now.token == lease.token.0 =>
+                            {
+                                Some((now, p.modify_index))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let Some((now, index)) = ours else {
+                        debug!(key = %self.key, %what, "renewal refused: the lock is no longer ours");
+                        self.held = None;
+                        self.held_index = None;
+                        return Ok(Renew::Lost(self.current().await?));
+                    };
+                    record = now;
+                    self.held_index = Some(index);
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!(
+                "{}: the lock at {} changed under every renewal",
+                self.inner.agent.location(),
+                self.kv_key
+            ),
+            source: None,
+        })
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        match &self.held {
+            Some(record) if record.token == lease.token.0 && lease.holder == self.candidate => {
+                let value = record.plain().to_value();
+                self.unlock(value).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One transaction: `unlock` with this candidacy's session (refused, a no-op, when the
+    /// session no longer holds the lock) writing the record with the mark; then the session is
+    /// destroyed, as after a release.
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let record = match &self.held {
+            Some(record) if record.token == lease.token.0 && lease.holder == self.candidate => {
+                record.plain()
+            }
+            _ => return Ok(()),
+        };
+        let Some((session, _)) = self.session.clone() else {
+            self.held = None;
+            return Ok(());
+        };
+        let marked = Record {
+            mark: Some((
+                to.map(str::to_owned),
+                u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            )),
             ..record
         };
-        let ops = json!([
-            {"KV": {"Verb": "check-session", "Key": self.kv_key, "Session": session}},
-            self.lock_op(&session, &next),
-        ]);
+        let ops = json!([{"KV": {
+            "Verb": "unlock",
+            "Key": self.kv_key,
+            "Value": base64::engine::general_purpose::STANDARD.encode(marked.to_value()),
+            "Flags": LOCK_FLAGS,
+            "Session": session,
+        }}]);
         match self.txn(ops).await? {
             TxnOutcome::Applied(results) => {
                 if let Some(index) = results.last().and_then(|r| r["KV"]["ModifyIndex"].as_u64()) {
                     let pair = Pair {
                         modify_index: index,
                         flags: LOCK_FLAGS,
-                        session,
-                        value: next.to_value(),
+                        session: String::new(),
+                        value: marked.to_value(),
                     };
                     self.inner
                         .observe(&self.kv_key, Some(&pair), index, boot_time());
                 }
-                self.held = Some(next);
-                Ok(Renew::Renewed)
             }
             TxnOutcome::RolledBack(what) => {
-                debug!(key = %self.key, %what, "renewal refused: the lock is no longer ours");
-                self.held = None;
-                Ok(Renew::Lost(self.current().await?))
+                debug!(key = %self.key, %what, "handoff refused: the lock is no longer ours");
             }
         }
-    }
-
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
-        match &self.held {
-            Some(record) if record.token == lease.token.0 && lease.holder == self.candidate => {
-                let value = record.to_value();
-                self.unlock(value).await
-            }
-            _ => Ok(()),
+        self.held = None;
+        self.held_index = None;
+        if let Err(e) = self.destroy_session().await {
+            debug!(key = %self.key, error = %e, "could not destroy the session after a handoff");
         }
+        Ok(())
     }
 
     async fn leave(&mut self) -> Result<()> {
@@ -1023,8 +1302,37 @@ fn classify(kv_key: &str, before: Option<&Pair>, after: Option<&Pair>) -> Change
         Lock::Other { session, holder } => Some((session.clone(), holder.clone())),
         Lock::Free { .. } => None,
     };
-    let before = lock(before).as_ref().and_then(holder_of);
-    match (after, lock(after)) {
+    let before_lock = lock(before);
+    let after_lock = lock(after);
+    match (&before_lock, &after_lock) {
+        (
+            _,
+            Some(Lock::Free {
+                mark: Some(mark), ..
+            }),
+        ) if !matches!(&before_lock, Some(Lock::Free { mark: Some(m), .. }) if m == mark) => {
+            return Change::HandedOver {
+                to: mark.to.clone(),
+            };
+        }
+        (
+            Some(Lock::Baton {
+                session: s0,
+                record: r0,
+            }),
+            Some(Lock::Baton {
+                session: s1,
+                record: r1,
+            }),
+        ) if s0 == s1 && r1.request.is_some() && r0.request != r1.request => {
+            return Change::HandoffRequested {
+                to: r1.request.clone().flatten(),
+            };
+        }
+        _ => {}
+    }
+    let before = before_lock.as_ref().and_then(holder_of);
+    match (after, after_lock) {
         (None, _) => Change::Released,
         (Some(_), None) => Change::Other,
         (Some(_), Some(after)) => match (before, holder_of(&after)) {
@@ -1053,7 +1361,7 @@ mod tests {
             holder: "web-1".into(),
             token,
             lease_ms: 1500,
-            renewal: 0,
+            ..Record::default()
         }
     }
 
@@ -1117,7 +1425,10 @@ mod tests {
         );
         assert_eq!(
             parse_lock("k/.lock", &pair(LOCK_FLAGS, "", &r.to_value())).unwrap(),
-            Lock::Free { high_water: 42 }
+            Lock::Free {
+                high_water: 42,
+                mark: None
+            }
         );
         // consul lock: no value.
         assert_eq!(
@@ -1136,8 +1447,58 @@ mod tests {
         );
         assert_eq!(
             parse_lock("k/.lock", &pair(LOCK_FLAGS, "", b"anything")).unwrap(),
-            Lock::Free { high_water: 0 }
+            Lock::Free {
+                high_water: 0,
+                mark: None
+            }
         );
+    }
+
+    #[test]
+    fn handoff_requests_and_marks_are_fields_of_the_value() {
+        let asked = Record {
+            request: Some(Some("carol".into())),
+            ..record(42)
+        };
+        let value = asked.to_value();
+        assert_eq!(parse_record(&value), Some(asked.clone()));
+        assert_eq!(
+            parse_lock("k/.lock", &pair(LOCK_FLAGS, "s1", &value)).unwrap(),
+            Lock::Baton {
+                session: "s1".into(),
+                record: asked
+            }
+        );
+        let anyone = Record {
+            request: Some(None),
+            ..record(42)
+        };
+        assert!(String::from_utf8_lossy(&anyone.to_value()).contains("\"request_to\":\"\""));
+        assert_eq!(parse_record(&anyone.to_value()), Some(anyone));
+        let marked = Record {
+            mark: Some((None, 15_000)),
+            ..record(42)
+        };
+        assert_eq!(
+            parse_lock("k/.lock", &pair(LOCK_FLAGS, "", &marked.to_value())).unwrap(),
+            Lock::Free {
+                high_water: 42,
+                mark: Some(Mark {
+                    to: None,
+                    from: "web-1".into(),
+                    window: secs(15),
+                })
+            }
+        );
+        // A mark on a held lock, a mark without its window, an unknown field: not Baton's.
+        assert!(parse_lock("k/.lock", &pair(LOCK_FLAGS, "s1", &marked.to_value())).is_err());
+        for value in [
+            r#"{"baton":1,"holder":"a","token":1,"lease_ms":1,"renewal":0,"mark_to":"b"}"#,
+            r#"{"baton":1,"holder":"a","token":1,"lease_ms":1,"renewal":0,"request_to":7}"#,
+            r#"{"baton":1,"holder":"a","token":1,"lease_ms":1,"renewal":0,"priority":1}"#,
+        ] {
+            assert_eq!(parse_record(value.as_bytes()), None, "{value}");
+        }
     }
 
     #[test]
@@ -1221,6 +1582,41 @@ mod tests {
             }
         );
         assert_eq!(classify(k, None, Some(&pair(0, "", b""))), Change::Other);
+        // A request on the same session, then the renewal that keeps it; a mark.
+        let asked = pair(
+            LOCK_FLAGS,
+            "s1",
+            &Record {
+                request: Some(Some("c".into())),
+                ..record(1)
+            }
+            .to_value(),
+        );
+        assert_eq!(
+            classify(k, Some(&a), Some(&asked)),
+            Change::HandoffRequested {
+                to: Some("c".into())
+            }
+        );
+        assert_eq!(
+            classify(k, Some(&asked), Some(&asked)),
+            Change::Renewed {
+                holder: "web-1".into()
+            }
+        );
+        let marked = pair(
+            LOCK_FLAGS,
+            "",
+            &Record {
+                mark: Some((None, 2000)),
+                ..record(1)
+            }
+            .to_value(),
+        );
+        assert_eq!(
+            classify(k, Some(&asked), Some(&marked)),
+            Change::HandedOver { to: None }
+        );
     }
 
     #[test]

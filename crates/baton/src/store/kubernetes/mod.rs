@@ -76,12 +76,54 @@
 //! reaches them within one watch event; a renewal refreshes their observation, so an idle
 //! follower sends nothing but its watch.
 //!
+//! # Planned handoff: the Lease's preferred holder
+//!
+//! Kubernetes' coordinated leader election (KEP-4355) asks a holder to yield by setting
+//! `spec.preferredHolder`; Baton writes its handoffs and requests the same way. The API server
+//! accepts a preferred holder only beside a `spec.strategy`, so Baton writes its own custom
+//! strategy, `baton.dev/handoff` (a qualified name: Kubernetes' coordinated-election controller
+//! manages only its `OldestEmulationVersion`), and annotations that say the same:
+//!
+//! | annotation | a mark | a request |
+//! |---|---|---|
+//! | `baton.dev/handoff-to` | the candidate, `""` for anyone | the candidate, `""` for anyone |
+//! | `baton.dev/handoff-from` | the leader that handed over | the holder asked |
+//! | `baton.dev/handoff-window-ms` | the window | absent |
+//! | `baton.dev/handoff-at` | the `renewTime` the handoff wrote | absent |
+//!
+//! The annotations decide: an API server without the `CoordinatedLeaderElection` feature gate
+//! drops `strategy` and `preferredHolder` and keeps annotations, and a handoff to anyone names
+//! no preferred holder (the field cannot say "anyone but").
+//!
+//! * **hand over** ([`Candidacy::hand_over`]) is the release's PUT (on the `resourceVersion`
+//!   of the term; a term that is gone makes it a no-op) that also writes the mark. The mark
+//!   runs for its window from when a candidate *saw it appear*, on that candidate's boot clock,
+//!   exactly as a lease runs from its observation: no wall clock is compared. A candidate that
+//!   first reads the Lease later waits longer, never less. While it runs, an acquire by anyone
+//!   it does not admit answers [`Acquire::Reserved`]; the acquire that succeeds writes a new
+//!   term without strategy, preferred holder or handoff annotations. A mark belongs to the
+//!   freed Lease its handoff wrote (`handoff-at` is its `renewTime`): once any elector writes
+//!   the Lease again, what is left of it is ignored.
+//! * **request** ([`LeaseStore::request_handoff`]) is one PUT on the held Lease's
+//!   `resourceVersion` that sets the preferred holder and the annotations and leaves holder,
+//!   times and tokens alone; nothing is written when nobody holds the Lease or `to` does. The
+//!   holder's next renewal conflicts (409) with it, reads the Lease again, renews it with the
+//!   request kept, and answers [`Renew::HandoffRequested`]; its release or handoff clears it.
+//!   A request goes with the holder it names (`handoff-from`): one left for an earlier term is
+//!   ignored.
+//! * **push**: the watch reports a mark as [`Change::HandedOver`] and a request as
+//!   [`Change::HandoffRequested`].
+//!
+//! A client-go elector on the same Lease ignores Baton's mark (it may take a reserved Lease),
+//! as it ignores Baton's tokens; it never overwrites Baton's lease while it runs.
+//!
 //! # Foreign data
 //!
 //! A Lease at the key that is not a leader-election record is left alone and reported as
 //! [`Error::ForeignData`]: one without a `spec.holderIdentity`, one whose holder has no positive
-//! `leaseDurationSeconds`, one managed by coordinated leader election (`spec.strategy` or
-//! `spec.preferredHolder` set), or one whose `baton.dev/` annotations are malformed.
+//! `leaseDurationSeconds`, one managed by coordinated leader election (a `spec.strategy` other
+//! than Baton's, or a `spec.preferredHolder` without Baton's `baton.dev/handoff-to` naming it),
+//! or one whose `baton.dev/` annotations are malformed.
 //!
 //! # URLs
 //!
@@ -124,7 +166,8 @@ use tracing::debug;
 
 use self::url::{Target, check_name, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
+    StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -135,6 +178,21 @@ const STORE: &str = "kubernetes";
 const TOKEN_ANNOTATION: &str = "baton.dev/fencing-token";
 /// The `acquireTime` of the term [`TOKEN_ANNOTATION`] belongs to.
 const TERM_ANNOTATION: &str = "baton.dev/fencing-term";
+/// The custom coordinated-election strategy (KEP-4355: a qualified name with a prefix) Baton
+/// writes with `spec.preferredHolder`: the API server accepts a preferred holder only beside a
+/// strategy, and Kubernetes' own coordinated-election controller manages only its own
+/// strategy (`OldestEmulationVersion`).
+const HANDOFF_STRATEGY: &str = "baton.dev/handoff";
+/// The candidate a handoff or a request names (`""`: anyone). Authoritative: an API server
+/// without the `CoordinatedLeaderElection` feature gate drops `spec.strategy` and
+/// `spec.preferredHolder` but keeps annotations.
+const HANDOFF_TO_ANNOTATION: &str = "baton.dev/handoff-to";
+/// The leader that handed over (a mark), or the holder asked to (a request).
+const HANDOFF_FROM_ANNOTATION: &str = "baton.dev/handoff-from";
+/// A mark's window, in milliseconds.
+const HANDOFF_WINDOW_ANNOTATION: &str = "baton.dev/handoff-window-ms";
+/// The `renewTime` the handoff wrote: a mark belongs to that freed Lease only.
+const HANDOFF_AT_ANNOTATION: &str = "baton.dev/handoff-at";
 /// How long one watch request lasts before it is renewed (the API server closes it then);
 /// kube's own default.
 const WATCH_TIMEOUT_SECS: u32 = 290;
@@ -178,6 +236,22 @@ struct Record {
     token: u64,
     /// The highest token minted on this Lease.
     high_water: u64,
+    /// Baton's handoff mark (on a freed Lease) or request (beside a held one), if any.
+    handoff: Option<Handoff>,
+}
+
+/// A planned handoff as the annotations (and `spec.preferredHolder`) of a Lease keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Handoff {
+    /// Left by a handoff: only `to` (or, `None`, anyone but `from`) may take the Lease for
+    /// `window`, counted from when a candidate saw the mark appear, as a lease's term is.
+    Mark {
+        to: Option<String>,
+        from: String,
+        window: Duration,
+    },
+    /// Left beside the holder's lease by [`LeaseStore::request_handoff`].
+    Request { to: Option<String> },
 }
 
 /// What a store last saw of a Lease, and since when.
@@ -392,9 +466,22 @@ fn parse_record(key: &str, lease: &K8sLease) -> Result<Record> {
         .spec
         .as_ref()
         .ok_or_else(|| foreign("a Lease with no spec".into()))?;
-    if spec.strategy.is_some() || spec.preferred_holder.is_some() {
+    let annotations = lease.metadata.annotations.as_ref();
+    let annotation = |name: &str| annotations.and_then(|a| a.get(name));
+    // Baton's handoff: `baton.dev/handoff-to` is what it wrote as the preferred holder ("" for
+    // anyone); strategy and preferredHolder, when the server keeps them, must agree with it.
+    let handoff_to = annotation(HANDOFF_TO_ANNOTATION);
+    let preferred = spec.preferred_holder.as_deref().filter(|p| !p.is_empty());
+    let batons = match (spec.strategy.as_deref(), preferred) {
+        (None, None) => true,
+        (Some(HANDOFF_STRATEGY), _) => {
+            handoff_to.is_some_and(|to| preferred.is_none_or(|p| p == to))
+        }
+        _ => false,
+    };
+    if !batons {
         return Err(foreign(
-            "a Lease managed by coordinated leader election (spec.strategy or spec.preferredHolder is set)".into(),
+            "a Lease managed by coordinated leader election (spec.strategy or spec.preferredHolder set by another than Baton)".into(),
         ));
     }
     let holder = spec
@@ -407,8 +494,7 @@ fn parse_record(key: &str, lease: &K8sLease) -> Result<Record> {
             "a Lease held by {holder:?} with no positive spec.leaseDurationSeconds"
         )));
     }
-    let annotations = lease.metadata.annotations.as_ref();
-    let annotation = |name: &str| annotations.and_then(|a| a.get(name));
+    let handoff = parse_handoff(&holder, spec, &annotation).map_err(foreign)?;
     let high_water = match annotation(TOKEN_ANNOTATION) {
         None => 0,
         Some(text) => text.parse::<u64>().map_err(|_| {
@@ -439,6 +525,54 @@ fn parse_record(key: &str, lease: &K8sLease) -> Result<Record> {
         transitions: spec.lease_transitions.unwrap_or(0),
         token,
         high_water,
+        handoff,
+    })
+}
+
+/// Baton's handoff annotations on a Lease held by `holder`: a mark, a request, or nothing
+/// (none written, or left over from a term that has ended). `Err` names what is malformed.
+fn parse_handoff<'a>(
+    holder: &str,
+    spec: &LeaseSpec,
+    annotation: &impl Fn(&str) -> Option<&'a String>,
+) -> std::result::Result<Option<Handoff>, String> {
+    let (to, from) = match (
+        annotation(HANDOFF_TO_ANNOTATION),
+        annotation(HANDOFF_FROM_ANNOTATION),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(to), Some(from)) if !from.is_empty() => {
+            ((!to.is_empty()).then(|| to.clone()), from.clone())
+        }
+        _ => {
+            return Err(format!(
+                "the annotations {HANDOFF_TO_ANNOTATION} and {HANDOFF_FROM_ANNOTATION} do not \
+                 go together"
+            ));
+        }
+    };
+    let window = match annotation(HANDOFF_WINDOW_ANNOTATION) {
+        None => None,
+        Some(text) => Some(Duration::from_millis(text.parse::<u64>().map_err(
+            |_| format!("the annotation {HANDOFF_WINDOW_ANNOTATION}: {text:?} is not a number"),
+        )?)),
+    };
+    let at = match annotation(HANDOFF_AT_ANNOTATION) {
+        None => None,
+        Some(text) => Some(text.parse::<Timestamp>().map_err(|_| {
+            format!("the annotation {HANDOFF_AT_ANNOTATION}: {text:?} is not a MicroTime")
+        })?),
+    };
+    let renew = spec.renew_time.as_ref().map(|t| t.0);
+    Ok(match window {
+        // A mark lives on the freed Lease its handoff wrote (same renewTime): another
+        // elector's later release leaves the annotations behind, but not a mark.
+        Some(window) if holder.is_empty() && at.is_some() && at == renew => {
+            Some(Handoff::Mark { to, from, window })
+        }
+        // A request goes with the term of the holder it was left for.
+        None if !holder.is_empty() && from == holder => Some(Handoff::Request { to }),
+        _ => None,
     })
 }
 
@@ -503,7 +637,59 @@ fn set_term(lease: &mut K8sLease, spec: LeaseSpec, token: u64, term: Option<Time
     if let Some(term) = term {
         annotations.insert(TERM_ANNOTATION.into(), format_micro(term));
     }
+    // A new term, a release or a handoff ends any handoff mark or request (a handoff writes
+    // its own mark after this).
+    for name in [
+        HANDOFF_TO_ANNOTATION,
+        HANDOFF_FROM_ANNOTATION,
+        HANDOFF_WINDOW_ANNOTATION,
+        HANDOFF_AT_ANNOTATION,
+    ] {
+        annotations.remove(name);
+    }
     lease.spec = Some(spec);
+}
+
+/// Write a handoff's annotations into `lease` (a mark when `mark` gives its window and the
+/// renewTime written with it; else a request), and the preferred holder beside Baton's strategy
+/// (a handoff to anyone names none: `preferredHolder` cannot say "anyone but").
+fn set_handoff(
+    lease: &mut K8sLease,
+    to: Option<&str>,
+    from: &str,
+    mark: Option<(Duration, Timestamp)>,
+) {
+    let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(HANDOFF_TO_ANNOTATION.into(), to.unwrap_or("").to_owned());
+    annotations.insert(HANDOFF_FROM_ANNOTATION.into(), from.to_owned());
+    match mark {
+        Some((window, at)) => {
+            annotations.insert(
+                HANDOFF_WINDOW_ANNOTATION.into(),
+                window.as_millis().to_string(),
+            );
+            annotations.insert(HANDOFF_AT_ANNOTATION.into(), format_micro(at));
+        }
+        None => {
+            annotations.remove(HANDOFF_WINDOW_ANNOTATION);
+            annotations.remove(HANDOFF_AT_ANNOTATION);
+        }
+    }
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.strategy = to.map(|_| HANDOFF_STRATEGY.to_owned());
+        spec.preferred_holder = to.map(str::to_owned);
+    }
+}
+
+/// The observed Lease's handoff mark while it runs: `window` from when this store first saw it,
+/// as a lease runs from when its record was seen to change.
+fn live_mark(observed: &Observed, now: Duration) -> Option<HandoffMark> {
+    let record = observed.record.as_ref()?;
+    let Some(Handoff::Mark { to, from, window }) = &record.handoff else {
+        return None;
+    };
+    let left = (observed.at + *window).saturating_sub(now);
+    (!left.is_zero()).then(|| HandoffMark::new(to.clone(), from.clone(), left))
 }
 
 /// A MicroTime as the API server writes it: UTC, exactly 6 fractional digits.
@@ -554,6 +740,46 @@ impl LeaseStore for KubernetesStore {
         check_name(key)?;
         Ok(Some(
             watch_changes(self.inner.clone(), key.to_owned()).await?,
+        ))
+    }
+
+    /// The request is the holder's `spec.preferredHolder` (KEP-4355's signal to a holder),
+    /// beside Baton's strategy and annotations, written with one PUT on the resourceVersion
+    /// read; holder and times stay as they are.
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        check_name(key)?;
+        let api = self.inner.api().await?;
+        for _ in 0..MAX_RACES {
+            let Some((mut object, record, observed)) = self.inner.get(&api, key).await? else {
+                return Ok(None);
+            };
+            let Some(held) = lease_record(&observed, boot_time()) else {
+                return Ok(None);
+            };
+            let asked = Handoff::Request {
+                to: to.map(str::to_owned),
+            };
+            if to == Some(record.holder.as_str()) || record.handoff.as_ref() == Some(&asked) {
+                return Ok(Some(held));
+            }
+            set_handoff(&mut object, to, &record.holder, None);
+            match api.replace(key, &PostParams::default(), &object).await {
+                Ok(written) => {
+                    let record = parse_record(key, &written)?;
+                    self.inner
+                        .observe(key, Some(&record), rv_of(&written), boot_time());
+                    return Ok(Some(held));
+                }
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => {
+                    debug!(key, "lost a race to leave a handoff request");
+                }
+                Err(e) => return Err(self.inner.error(e, true)),
+            }
+        }
+        Err(Error::unavailable(
+            STORE,
+            format!("{key}: the Lease keeps changing"),
+            "lost races",
         ))
     }
 
@@ -673,8 +899,14 @@ impl Candidacy for KubernetesCandidacy {
         for _ in 0..MAX_RACES {
             let (mut object, token, transitions) = match self.inner.get(&api, &key).await? {
                 Some((object, record, observed)) => {
-                    if let Some(held) = lease_record(&observed, boot_time()) {
+                    let now = boot_time();
+                    if let Some(held) = lease_record(&observed, now) {
                         return Ok(Acquire::Held(held));
+                    }
+                    if let Some(mark) = live_mark(&observed, now)
+                        && !mark.admits(&self.candidate)
+                    {
+                        return Ok(Acquire::Reserved(mark));
                     }
                     // Free, or expired by this store's observation: take it over the object as
                     // read (a stale read fails on its resourceVersion, and is read again).
@@ -783,8 +1015,17 @@ impl Candidacy for KubernetesCandidacy {
             .await?;
         match written {
             Ok(written) => {
+                // The PUT keeps a request another process left (it conflicted, so the Lease
+                // was read again): the renewal reports it.
+                let request = match parse_record(&self.key, &written)?.handoff {
+                    Some(Handoff::Request { to }) => Some(to),
+                    _ => None,
+                };
                 self.wrote(written)?;
-                Ok(Renew::Renewed)
+                Ok(match request {
+                    Some(to) => Renew::HandoffRequested { to },
+                    None => Renew::Renewed,
+                })
             }
             Err(record) => Ok(Renew::Lost(record)),
         }
@@ -806,6 +1047,35 @@ impl Candidacy for KubernetesCandidacy {
                     lease.token.0,
                     None,
                 );
+            })
+            .await?;
+        if let Ok(written) = written {
+            let record = parse_record(&self.key, &written)?;
+            self.inner
+                .observe(&self.key, Some(&record), rv_of(&written), boot_time());
+            self.written = None;
+        }
+        Ok(())
+    }
+
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let from = self.candidate.clone();
+        let written = self
+            .write_term(lease, |object| {
+                let transitions = object
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0);
+                let now = now_micro();
+                // The release, as client-go writes it, and the mark on the freed Lease.
+                set_term(
+                    object,
+                    spec("", 1, now, now, transitions),
+                    lease.token.0,
+                    None,
+                );
+                set_handoff(object, to, &from, Some((window, now)));
             })
             .await?;
         if let Ok(written) = written {
@@ -886,8 +1156,20 @@ fn classify(seen: Option<&Record>, record: &Record) -> Option<Change> {
     if seen == Some(record) {
         return None;
     }
+    let handoff = |r: Option<&Record>| r.and_then(|r| r.handoff.clone());
+    let fresh = record
+        .handoff
+        .as_ref()
+        .filter(|h| handoff(seen) != Some((*h).clone()));
     Some(if record.holder.is_empty() {
-        Change::Released
+        match fresh {
+            Some(Handoff::Mark { to, .. }) => Change::HandedOver { to: to.clone() },
+            _ => Change::Released,
+        }
+    } else if let Some(Handoff::Request { to }) = fresh
+        && seen.is_some_and(|s| s.holder == record.holder)
+    {
+        Change::HandoffRequested { to: to.clone() }
     } else if seen.map(|s| s.holder.as_str()) != Some(record.holder.as_str()) {
         Change::Acquired {
             holder: record.holder.clone(),
@@ -1114,6 +1396,57 @@ mod tests {
                 "coordinated leader election",
             ),
             (
+                // A coordinated-election controller's preferred holder, even beside Baton's
+                // annotations.
+                lease(
+                    LeaseSpec {
+                        strategy: Some("OldestEmulationVersion".into()),
+                        preferred_holder: Some("b".into()),
+                        ..spec("a", 15, t, t, 0)
+                    },
+                    &[(HANDOFF_TO_ANNOTATION, "b"), (HANDOFF_FROM_ANNOTATION, "a")],
+                ),
+                "coordinated leader election",
+            ),
+            (
+                // Baton's strategy, but a preferred holder Baton did not write.
+                lease(
+                    LeaseSpec {
+                        strategy: Some(HANDOFF_STRATEGY.into()),
+                        preferred_holder: Some("b".into()),
+                        ..spec("a", 15, t, t, 0)
+                    },
+                    &[],
+                ),
+                "coordinated leader election",
+            ),
+            (
+                lease(
+                    LeaseSpec {
+                        strategy: Some(HANDOFF_STRATEGY.into()),
+                        preferred_holder: Some("b".into()),
+                        ..spec("a", 15, t, t, 0)
+                    },
+                    &[(HANDOFF_TO_ANNOTATION, "c"), (HANDOFF_FROM_ANNOTATION, "a")],
+                ),
+                "coordinated leader election",
+            ),
+            (
+                lease(spec("a", 15, t, t, 0), &[(HANDOFF_TO_ANNOTATION, "c")]),
+                "do not go together",
+            ),
+            (
+                lease(
+                    spec("", 1, t, t, 0),
+                    &[
+                        (HANDOFF_TO_ANNOTATION, "c"),
+                        (HANDOFF_FROM_ANNOTATION, "a"),
+                        (HANDOFF_WINDOW_ANNOTATION, "soon"),
+                    ],
+                ),
+                "is not a number",
+            ),
+            (
                 lease(spec("a", 15, t, t, 0), &[(TOKEN_ANNOTATION, "x")]),
                 "not a fencing token",
             ),
@@ -1128,6 +1461,70 @@ mod tests {
                 other => panic!("{why}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn handoff_marks_and_requests() {
+        let t: Timestamp = "2026-12-06T15:00:00.5Z".parse().unwrap();
+        let later: Timestamp = "2026-12-06T15:00:09Z".parse().unwrap();
+        let marked = |renew: Timestamp, strategy: bool| {
+            let mut object = lease(spec("", 1, t, renew, 3), &[]);
+            set_handoff(&mut object, Some("carol"), "alice", Some((secs(15), t)));
+            if !strategy {
+                // An API server without the CoordinatedLeaderElection gate drops both fields.
+                let spec = object.spec.as_mut().unwrap();
+                (spec.strategy, spec.preferred_holder) = (None, None);
+            }
+            parse_record("k", &object).unwrap().handoff
+        };
+        let mark = Some(Handoff::Mark {
+            to: Some("carol".into()),
+            from: "alice".into(),
+            window: secs(15),
+        });
+        assert_eq!(marked(t, true), mark);
+        assert_eq!(marked(t, false), mark);
+        // Another elector released the Lease since: what is left is no mark.
+        assert_eq!(marked(later, true), None);
+
+        let mut object = lease(spec("alice", 15, t, t, 3), &[(TOKEN_ANNOTATION, "9")]);
+        set_handoff(&mut object, None, "alice", None);
+        assert_eq!(object.spec.as_ref().unwrap().preferred_holder, None);
+        let record = parse_record("k", &object).unwrap();
+        assert_eq!(record.handoff, Some(Handoff::Request { to: None }));
+        set_handoff(&mut object, Some("bob"), "alice", None);
+        let spec_written = object.spec.clone().unwrap();
+        assert_eq!(
+            (
+                spec_written.strategy.as_deref(),
+                spec_written.preferred_holder.as_deref()
+            ),
+            (Some(HANDOFF_STRATEGY), Some("bob"))
+        );
+        let record = parse_record("k", &object).unwrap();
+        assert_eq!(
+            record.handoff,
+            Some(Handoff::Request {
+                to: Some("bob".into())
+            })
+        );
+        // A request left for an earlier holder is not this holder's.
+        object.spec.as_mut().unwrap().holder_identity = Some("go".into());
+        assert_eq!(parse_record("k", &object).unwrap().handoff, None);
+        // A new term clears it all.
+        set_term(
+            &mut object,
+            spec("dave", 15, later, later, 4),
+            10,
+            Some(later),
+        );
+        let annotations = object.metadata.annotations.as_ref().unwrap();
+        assert!(
+            annotations
+                .keys()
+                .all(|k| !k.starts_with("baton.dev/handoff"))
+        );
+        assert_eq!(object.spec.as_ref().unwrap().strategy, None);
     }
 
     #[test]
