@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use baton::store::sql::mysql::MysqlStore;
 use baton::store::sql::postgres::PostgresStore;
 use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, Result};
-use baton_testkit::conformance::{ForeignWriter, StoreFactory};
+use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::mariadb_server::{MariaDbServer, shared_mariadb_tls};
 use baton_testkit::tls::TestCa;
 use sqlx::Executor;
@@ -164,6 +164,9 @@ impl StoreFactory for SqlFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_handoff(true)
     }
 }
 
@@ -1600,6 +1603,9 @@ impl StoreFactory for AppPoolFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         self.0.foreign_writer()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
     }
 }
 
