@@ -4,7 +4,9 @@
 //! Both keep one row per election key in one lease table, write with one atomic statement per
 //! step, judge expiry by the database server's clock, and reach the server through an sqlx pool.
 //! What they share lives here: the URL options Baton reads itself, the table-name rule, change
-//! notices, and how sqlx errors map onto Baton's [`Error`].
+//! notices, the rule for the planned-handoff columns (`handoff_to`, `handoff_from`,
+//! `handoff_until`: empty, a mark on a freed row, or a request beside a held lease; anything
+//! else is [`Error::ForeignData`]), and how sqlx errors map onto Baton's [`Error`].
 //!
 //! # URL options
 //!

@@ -853,7 +853,7 @@ impl Inner {
                 })
                 .collect();
             return Err(foreign(format!(
-                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                "a table {table} with columns ({}) where Baton expects ({}); Baton alters no table but its own from before planned handoffs, to add their columns: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
                 found.join(", "),
                 expected.join(", ")
             )));
@@ -906,11 +906,14 @@ impl Inner {
                 .await
         }
         .await;
-        // A connection that failed let the lock go with it.
-        let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        let released = sqlx::query("SELECT RELEASE_LOCK(?)")
             .bind(&lock)
             .execute(&mut *conn)
             .await;
+        if released.is_err() {
+            // Closing the session lets the lock go with it.
+            conn.close_on_drop();
+        }
         match added {
             Ok(columns) => Ok(columns),
             Err(e) if matches!(error_number(&e), Some(1142 | 1044 | 1227)) => {

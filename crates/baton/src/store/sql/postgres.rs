@@ -355,7 +355,15 @@ async fn prepare_election(conn: &mut PgConnection, sql: &Sql, ready: &AtomicBool
     if !ready.load(Ordering::Acquire) {
         return;
     }
-    for statement in [&sql.acquire, &sql.select, &sql.renew, &sql.release] {
+    // The handoff too: the leaderless gap of a planned handoff runs from its statement to the
+    // next leader's acquire.
+    for statement in [
+        &sql.acquire,
+        &sql.select,
+        &sql.renew,
+        &sql.release,
+        &sql.hand_over,
+    ] {
         if let Err(e) = conn.prepare(q(statement).into_sql_str()).await {
             debug!(error = %e, "cannot prepare the election's statements; they run unprepared");
             return;
@@ -455,7 +463,7 @@ impl PostgresStore {
             // A connection that was on its way back to the pool (sqlx returns them from a task
             // of their own) when the table became ready missed both the above and `ready()`'s
             // round of the idle ones: prepare it as it is handed out. On a prepared connection
-            // this finds the four statements in sqlx's cache and sends nothing.
+            // this finds the statements in sqlx's cache and sends nothing.
             .before_acquire({
                 let (sql, ready) = (Arc::clone(&sql), Arc::clone(&table_ready));
                 move |conn, _| {
@@ -693,7 +701,7 @@ impl Inner {
                     .join(", ")
             };
             return Err(foreign(format!(
-                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                "a table {table} with columns ({}) where Baton expects ({}); Baton alters no table but its own from before planned handoffs, to add their columns: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
                 show(&columns),
                 show(&expected)
             )));
