@@ -1380,6 +1380,16 @@ async fn batched_renewals_answer_each_lease_with_its_own_request(db: Db) {
     asker.request_handoff("k3", None).await.unwrap();
     // Asking the holder for itself writes nothing.
     asker.request_handoff("k4", Some("c4")).await.unwrap();
+    use baton::Renew::{HandoffRequested, Lost, Renewed};
+    let expected = [
+        Renewed,
+        HandoffRequested {
+            to: Some("z".into()),
+        },
+        Renewed,
+        HandoffRequested { to: None },
+        Renewed,
+    ];
     let renewals = candidacies
         .iter_mut()
         .zip(&leases)
@@ -1389,27 +1399,27 @@ async fn batched_renewals_answer_each_lease_with_its_own_request(db: Db) {
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
-    use baton::Renew::{HandoffRequested, Renewed};
-    assert_eq!(
-        answers,
-        [
-            Renewed,
-            HandoffRequested {
-                to: Some("z".into())
-            },
-            Renewed,
-            HandoffRequested { to: None },
-            Renewed,
-        ]
-    );
-    // Renewing again keeps the request (the holder has not acted on it yet) ...
-    assert_eq!(
-        candidacies[1].renew(&leases[1], ttl).await.unwrap(),
-        HandoffRequested {
-            to: Some("z".into())
-        }
-    );
-    // ... and a release clears it.
+    assert_eq!(answers, expected);
+    // Again, with a lease that no longer holds its key in the batch (MySQL then renews each
+    // lease of it on its own): the requests stay until the holder acts on them.
+    let mut stale = store.join("k2", "c2").await.unwrap();
+    let stale_lease = baton::Lease::new("k2", "c2", baton::FencingToken(leases[2].token.0 + 9));
+    let renewals = candidacies
+        .iter_mut()
+        .zip(&leases)
+        .map(|(c, l)| c.renew(l, ttl))
+        .chain([stale.renew(&stale_lease, ttl)]);
+    let mut answers: Vec<baton::Renew> = futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    match answers.pop() {
+        Some(Lost(Some(record))) => assert_eq!(record.token, leases[2].token),
+        other => panic!("a stale lease must be lost to the holder's, got {other:?}"),
+    }
+    assert_eq!(answers, expected);
+    // A release clears a request.
     candidacies[1].release(&leases[1]).await.unwrap();
     let mut z = store.join("k1", "z").await.unwrap();
     let zs = acquired(z.try_acquire(ttl).await.unwrap());

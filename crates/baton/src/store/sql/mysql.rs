@@ -620,20 +620,19 @@ impl Inner {
                             chunk.iter().map(|&i| batch[i].key.as_str()).collect();
                         self.requests(&keys).await
                     }
-                    _ => Ok(HashMap::new()),
+                    _ => HashMap::new(),
                 };
                 for &i in chunk {
                     let r = &batch[i];
-                    results[i] = Some(match (&all, &asked) {
-                        (Ok((true, _)), Ok(asked)) => Ok(Some(
+                    results[i] = Some(match &all {
+                        Ok((true, _)) => Ok(Some(
                             match asked.get(&(r.key.clone(), r.holder.clone(), r.token)) {
                                 Some(to) => Renew::HandoffRequested { to: anyone(to) },
                                 None => Renew::Renewed,
                             },
                         )),
-                        (Ok((true, _)), Err(e)) => Err(e.again()),
-                        (Ok((false, _)), _) => self.renew_one(r).await,
-                        (Err(e), _) => Err(e.again()),
+                        Ok((false, _)) => self.renew_one(r).await,
+                        Err(e) => Err(e.again()),
                     });
                 }
             }
@@ -681,8 +680,9 @@ impl Inner {
     }
 
     /// The handoff requests (`handoff_to`) beside the leases at `keys`, by key, holder and
-    /// token.
-    async fn requests(&self, keys: &[&str]) -> Result<HashMap<(String, String, i64), String>> {
+    /// token. A read that fails finds none: the renewals it follows did renew, and the next
+    /// renewal flags the requests again.
+    async fn requests(&self, keys: &[&str]) -> HashMap<(String, String, i64), String> {
         let size = keys.len().next_power_of_two();
         let sql = &self.sql.requests[size.trailing_zeros() as usize];
         let rows: Vec<(String, String, i64, String)> = retrying(Effect::None, || {
@@ -693,14 +693,13 @@ impl Inner {
             query.fetch_all(&self.pool)
         })
         .await
-        .map_err(|e| {
-            let doing = format!("reading the handoffs asked at keys {:?}, ...", keys[0]);
-            self.error(&doing, Effect::None, e)
-        })?;
-        Ok(rows
-            .into_iter()
+        .unwrap_or_else(|e| {
+            debug!(error = %e, key = keys[0], "cannot read the handoffs asked; the next renewal will");
+            Vec::new()
+        });
+        rows.into_iter()
             .map(|(key, holder, token, to)| ((key, holder, token), to))
-            .collect())
+            .collect()
     }
 
     /// [`RENEW`] for one lease: `None` if it was not renewed, else [`Renew::Renewed`] or the
@@ -725,7 +724,7 @@ impl Inner {
         if done.last_insert_id() == 0 {
             return Ok(Some(Renew::Renewed));
         }
-        let asked = self.requests(&[r.key.as_str()]).await?;
+        let asked = self.requests(&[r.key.as_str()]).await;
         Ok(Some(
             match asked.get(&(r.key.clone(), r.holder.clone(), r.token)) {
                 Some(to) => Renew::HandoffRequested { to: anyone(to) },
