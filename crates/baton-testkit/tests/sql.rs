@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use baton::store::sql::mysql::MysqlStore;
 use baton::store::sql::postgres::PostgresStore;
 use baton::{Acquire, BoxError, Error, Event, LeaderElection, LeaseStore, Result};
-use baton_testkit::conformance::{ForeignWriter, StoreFactory};
+use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
 use baton_testkit::mariadb_server::{MariaDbServer, shared_mariadb_tls};
 use baton_testkit::tls::TestCa;
 use sqlx::Executor;
@@ -164,6 +164,9 @@ impl StoreFactory for SqlFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_handoff(true)
     }
 }
 
@@ -1021,6 +1024,485 @@ async fn mysql_no_right_to_create_points_to_the_sql_file() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Planned handoff (#18): the handoff columns, their migration, foreign values, batches, push.
+
+impl Scratch {
+    /// Run `sql` as the superuser.
+    async fn exec(&self, sql: String) {
+        match self.db {
+            Db::Postgres => {
+                self.pg()
+                    .await
+                    .execute(sqlx::AssertSqlSafe(sql.clone()))
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            Db::Mysql => {
+                self.my()
+                    .await
+                    .execute(sqlx::AssertSqlSafe(sql.clone()))
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+
+    /// The table's columns, in order.
+    async fn columns(&self) -> Vec<String> {
+        match self.db {
+            Db::Postgres => sqlx::query_scalar(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_name = $1 ORDER BY ordinal_position",
+            )
+            .bind(&self.table)
+            .fetch_all(&self.pg().await)
+            .await
+            .unwrap(),
+            Db::Mysql => sqlx::query_scalar(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+                 WHERE table_schema = 'test' AND table_name = ? ORDER BY ordinal_position",
+            )
+            .bind(&self.table)
+            .fetch_all(&self.my().await)
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// The row at `key` as text, every column, for "untouched" checks (times to the
+    /// microsecond).
+    async fn row(&self, key: &str) -> String {
+        self.row_of(key, "handoff_to, handoff_from, handoff_until, ")
+            .await
+    }
+
+    /// The row at `key` as text; on MySQL with the columns of Baton's table from before
+    /// planned handoffs, and `handoff` (more columns, each followed by a comma).
+    async fn row_of(&self, key: &str, handoff: &str) -> String {
+        let t = &self.table;
+        match self.db {
+            Db::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(r)::text FROM {t} r WHERE key = $1"
+            )))
+            .bind(key)
+            .fetch_one(&self.pg().await)
+            .await
+            .unwrap(),
+            Db::Mysql => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST(CONCAT_WS('|', holder, token, expires_at, acquired_at, renewed_at, \
+                 {handoff} 'end') AS CHAR) FROM {t} WHERE `key` = ?"
+            )))
+            .bind(key)
+            .fetch_one(&self.my().await)
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// Create the lease table as Baton made it before planned handoffs, with a free row at
+    /// `free` (token 5) and a row held by `old` (token 3, for an hour) at `held`.
+    async fn create_table_before_handoff(&self) {
+        let t = &self.table;
+        let (create, rows) = match self.db {
+            Db::Postgres => (
+                format!(
+                    "CREATE TABLE {t} (key text PRIMARY KEY, holder text, token bigint NOT NULL, \
+                     expires_at timestamptz, acquired_at timestamptz, renewed_at timestamptz)"
+                ),
+                format!(
+                    "INSERT INTO {t} VALUES ('free', NULL, 5, NULL, now(), now()), \
+                     ('held', 'old', 3, clock_timestamp() + interval '1 hour', now(), now())"
+                ),
+            ),
+            Db::Mysql => (
+                format!(
+                    "CREATE TABLE {t} (\
+                     `key` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+                     holder VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, \
+                     token BIGINT NOT NULL, expires_at DATETIME(6) NULL, \
+                     acquired_at DATETIME(6) NULL, renewed_at DATETIME(6) NULL) ENGINE=InnoDB"
+                ),
+                format!(
+                    "INSERT INTO {t} VALUES ('free', NULL, 5, NULL, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6)), \
+                     ('held', 'old', 3, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+                ),
+            ),
+        };
+        self.exec(create).await;
+        self.exec(rows).await;
+    }
+}
+
+const HANDOFF_COLUMNS: [&str; 3] = ["handoff_to", "handoff_from", "handoff_until"];
+
+/// A table from before planned handoffs gets the three columns when stores open it, two at
+/// once included; its rows are not rewritten, and it then works as a new one, handoffs too.
+async fn an_older_table_gets_the_handoff_columns(db: Db) {
+    let s = Scratch::new(db);
+    s.create_table_before_handoff().await;
+    let before = (s.row_of("free", "").await, s.row_of("held", "").await);
+    let (a, b) = (s.store(), s.store());
+    let (read_a, read_b) = tokio::join!(a.read("held"), b.read("held"));
+    for read in [read_a, read_b] {
+        let record = read
+            .expect("a store opening an older table")
+            .expect("the held row is still held");
+        assert_eq!((record.holder.as_str(), record.token.0), ("old", 3));
+    }
+    let columns = s.columns().await;
+    assert_eq!(columns.len(), 9, "{columns:?}");
+    assert_eq!(&columns[6..], HANDOFF_COLUMNS, "{columns:?}");
+    let after = (s.row_of("free", "").await, s.row_of("held", "").await);
+    let with_handoff = (s.row("free").await, s.row("held").await);
+    match db {
+        // row_to_json shows the new columns, NULL.
+        Db::Postgres => {
+            for (old, new) in [(&before.0, &after.0), (&before.1, &after.1)] {
+                assert_eq!(
+                    new.as_str(),
+                    format!(
+                        "{},\"handoff_to\":null,\"handoff_from\":null,\"handoff_until\":null}}",
+                        old.trim_end_matches('}')
+                    ),
+                    "the old row must be intact"
+                );
+            }
+        }
+        // CONCAT_WS skips NULLs.
+        Db::Mysql => {
+            assert_eq!(after, before, "the old rows must be intact");
+            assert_eq!(with_handoff, before, "the new columns must be NULL");
+        }
+    }
+    let lease = Duration::from_secs(5);
+    let mut alice = a.join("free", "alice").await.unwrap();
+    let mut bob = b.join("held", "bob").await.unwrap();
+    match bob.try_acquire(lease).await.unwrap() {
+        Acquire::Held(record) => assert_eq!((record.holder.as_str(), record.token.0), ("old", 3)),
+        other => panic!("the old holder's lease must stand, got {other:?}"),
+    }
+    let mine = acquired(alice.try_acquire(lease).await.unwrap());
+    assert_eq!(mine.token.0, 6, "the token goes on from the old row's");
+    alice.hand_over(&mine, Some("carol"), lease).await.unwrap();
+    let mut dave = b.join("free", "dave").await.unwrap();
+    match dave.try_acquire(lease).await.unwrap() {
+        Acquire::Reserved(mark) => assert_eq!(mark.to.as_deref(), Some("carol")),
+        other => panic!("a migrated table must keep the mark, got {other:?}"),
+    }
+    let mut carol = a.join("free", "carol").await.unwrap();
+    assert_eq!(acquired(carol.try_acquire(lease).await.unwrap()).token.0, 7);
+    // Opening it again changes nothing.
+    assert!(s.store().read("held").await.unwrap().is_some());
+    assert_eq!(s.columns().await, columns);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_an_older_table_gets_the_handoff_columns() {
+    an_older_table_gets_the_handoff_columns(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_an_older_table_gets_the_handoff_columns() {
+    an_older_table_gets_the_handoff_columns(Db::Mysql).await;
+}
+
+/// A user that may read and write the older table but not alter it gets a configuration error
+/// quoting the statement to have run; the table stays as it was.
+async fn no_right_to_alter_an_older_table_says_what_to_run(db: Db) {
+    let mut s = Scratch::new(db);
+    s.create_table_before_handoff().await;
+    let role = format!("baton_na_{:08x}", fastrand::u32(..));
+    let t = s.table.clone();
+    let (url, file) = match db {
+        Db::Postgres => {
+            s.exec(format!("CREATE ROLE {role} LOGIN")).await;
+            s.drop_roles.push(role.clone());
+            s.exec(format!("GRANT SELECT, INSERT, UPDATE ON {t} TO {role}"))
+                .await;
+            (
+                format!("postgres://{role}@127.0.0.1:5432/test?table={t}"),
+                "postgres.sql",
+            )
+        }
+        Db::Mysql => {
+            s.exec(format!("CREATE USER '{role}'@'%'")).await;
+            s.drop_roles.push(role.clone());
+            s.exec(format!(
+                "GRANT SELECT, INSERT, UPDATE ON test.* TO '{role}'@'%'"
+            ))
+            .await;
+            (
+                format!("mysql://{role}@127.0.0.1:3306/test?table={t}"),
+                "mysql.sql",
+            )
+        }
+    };
+    match s.store_at(&url).read("held").await {
+        Err(Error::Config(msg)) => {
+            assert!(
+                msg.contains("ALTER TABLE") && msg.contains("handoff_until"),
+                "{msg}"
+            );
+            assert!(msg.contains(file) && msg.contains(&t), "{msg}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    assert_eq!(s.columns().await.len(), 6, "the table must stay as it was");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_no_right_to_alter_an_older_table_says_what_to_run() {
+    no_right_to_alter_an_older_table_says_what_to_run(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_no_right_to_alter_an_older_table_says_what_to_run() {
+    no_right_to_alter_an_older_table_says_what_to_run(Db::Mysql).await;
+}
+
+/// Handoff columns Baton could not have written are foreign data: every call on the row
+/// says so (or, for the holder's release and handoff, does nothing), and none writes to it.
+async fn foreign_handoff_columns_are_reported_and_left_alone(db: Db) {
+    let s = Scratch::new(db);
+    let store = s.store();
+    let lease = Duration::from_secs(30);
+    let mut alice = store.join("marked-lease", "alice").await.unwrap();
+    let held = acquired(alice.try_acquire(lease).await.unwrap());
+    let t = &s.table;
+    let (later, insert) = match db {
+        Db::Postgres => (
+            "clock_timestamp() + interval '1 hour'",
+            "INSERT INTO {t} (key, holder, token, expires_at, handoff_to, handoff_from, handoff_until)",
+        ),
+        Db::Mysql => (
+            "UTC_TIMESTAMP(6) + INTERVAL 1 HOUR",
+            "INSERT INTO {t} (`key`, holder, token, expires_at, handoff_to, handoff_from, handoff_until)",
+        ),
+    };
+    let insert = insert.replace("{t}", t);
+    // A mark beside a lease that is held; a request on a free row; a request naming another
+    // holder; an end alone; half a mark.
+    s.exec(format!(
+        "{insert} VALUES ('mark-beside-holder', 'h', 2, {later}, 'x', 'h', {later}), \
+         ('request-on-free-row', NULL, 2, NULL, 'x', 'h', NULL), \
+         ('request-of-another', 'h', 2, {later}, 'x', 'someone', NULL), \
+         ('until-alone', NULL, 2, NULL, NULL, NULL, {later}), \
+         ('to-without-from', NULL, 2, NULL, 'x', NULL, {later})"
+    ))
+    .await;
+    // And one on alice's own lease, under her.
+    let key_col = if db == Db::Postgres { "key" } else { "`key`" };
+    s.exec(format!(
+        "UPDATE {t} SET handoff_until = {later} WHERE {key_col} = 'marked-lease'"
+    ))
+    .await;
+    let keys = [
+        "mark-beside-holder",
+        "request-on-free-row",
+        "request-of-another",
+        "until-alone",
+        "to-without-from",
+        "marked-lease",
+    ];
+    let mut before = Vec::new();
+    for key in keys {
+        before.push(s.row(key).await);
+    }
+    let foreign = |what: &str, key: &str, r: Result<String>| match r {
+        Err(Error::ForeignData { key: k, found }) => {
+            assert_eq!(k, key);
+            assert!(found.contains("handoff"), "{what} {key}: {found}");
+        }
+        other => panic!("{what} {key}: expected ForeignData, got {other:?}"),
+    };
+    for key in keys {
+        foreign("read", key, store.read(key).await.map(|r| format!("{r:?}")));
+        let mut x = store.join(key, "x").await.unwrap();
+        foreign(
+            "try_acquire",
+            key,
+            x.try_acquire(lease).await.map(|a| format!("{a:?}")),
+        );
+        foreign(
+            "request_handoff",
+            key,
+            store
+                .request_handoff(key, Some("y"))
+                .await
+                .map(|r| format!("{r:?}")),
+        );
+    }
+    foreign(
+        "renew",
+        "marked-lease",
+        alice.renew(&held, lease).await.map(|r| format!("{r:?}")),
+    );
+    alice.hand_over(&held, Some("x"), lease).await.unwrap();
+    alice.release(&held).await.unwrap();
+    for (key, old) in keys.iter().zip(&before) {
+        assert_eq!(
+            &s.row(key).await,
+            old,
+            "{key}: the row must be left as it was"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_foreign_handoff_columns_are_reported_and_left_alone() {
+    foreign_handoff_columns_are_reported_and_left_alone(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_foreign_handoff_columns_are_reported_and_left_alone() {
+    foreign_handoff_columns_are_reported_and_left_alone(Db::Mysql).await;
+}
+
+/// Renewals that go as one batch (D126) each answer with the request made of their own lease;
+/// a release clears a request, so the next holder's renewal answers plainly.
+async fn batched_renewals_answer_each_lease_with_its_own_request(db: Db) {
+    let s = Scratch::new(db);
+    let store = s.store();
+    let ttl = Duration::from_secs(10);
+    let mut candidacies = Vec::new();
+    let mut leases = Vec::new();
+    for i in 0..5 {
+        let mut c = store
+            .join(&format!("k{i}"), &format!("c{i}"))
+            .await
+            .unwrap();
+        leases.push(acquired(c.try_acquire(ttl).await.unwrap()));
+        candidacies.push(c);
+    }
+    let asker = s.store();
+    let asked = asker.request_handoff("k1", Some("z")).await.unwrap();
+    assert_eq!(asked.map(|r| r.holder), Some("c1".to_owned()));
+    asker.request_handoff("k3", None).await.unwrap();
+    // Asking the holder for itself writes nothing.
+    asker.request_handoff("k4", Some("c4")).await.unwrap();
+    use baton::Renew::{HandoffRequested, Lost, Renewed};
+    let expected = [
+        Renewed,
+        HandoffRequested {
+            to: Some("z".into()),
+        },
+        Renewed,
+        HandoffRequested { to: None },
+        Renewed,
+    ];
+    let renewals = candidacies
+        .iter_mut()
+        .zip(&leases)
+        .map(|(c, l)| c.renew(l, ttl));
+    let answers: Vec<baton::Renew> = futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(answers, expected);
+    // Again, with a lease that no longer holds its key in the batch (MySQL then renews each
+    // lease of it on its own): the requests stay until the holder acts on them.
+    let mut stale = store.join("k2", "c2").await.unwrap();
+    let stale_lease = baton::Lease::new("k2", "c2", baton::FencingToken(leases[2].token.0 + 9));
+    let renewals = candidacies
+        .iter_mut()
+        .zip(&leases)
+        .map(|(c, l)| c.renew(l, ttl))
+        .chain([stale.renew(&stale_lease, ttl)]);
+    let mut answers: Vec<baton::Renew> = futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    match answers.pop() {
+        Some(Lost(Some(record))) => assert_eq!(record.token, leases[2].token),
+        other => panic!("a stale lease must be lost to the holder's, got {other:?}"),
+    }
+    assert_eq!(answers, expected);
+    // A release clears a request.
+    candidacies[1].release(&leases[1]).await.unwrap();
+    let mut z = store.join("k1", "z").await.unwrap();
+    let zs = acquired(z.try_acquire(ttl).await.unwrap());
+    assert_eq!(z.renew(&zs, ttl).await.unwrap(), Renewed);
+    // Nobody holds a released key: nothing to ask, nothing written.
+    z.release(&zs).await.unwrap();
+    let row = s.row("k1").await;
+    assert!(
+        asker
+            .request_handoff("k1", Some("q"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.row("k1").await, row);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_batched_renewals_answer_each_lease_with_its_own_request() {
+    batched_renewals_answer_each_lease_with_its_own_request(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_batched_renewals_answer_each_lease_with_its_own_request() {
+    batched_renewals_answer_each_lease_with_its_own_request(Db::Mysql).await;
+}
+
+/// The next change from `changes` that is not a lease's acquisition or renewal, within 5 s.
+async fn next_handoff_change(changes: &mut baton::Changes) -> baton::Change {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, changes.next()).await {
+            Ok(Some(baton::Change::Acquired { .. } | baton::Change::Renewed { .. })) => {}
+            Ok(Some(change)) => return change,
+            Ok(None) => panic!("the change stream ended"),
+            Err(_) => panic!("no handoff change within 5 s"),
+        }
+    }
+}
+
+/// A request and a handoff reach a watcher of another store: PostgreSQL's NOTIFY carries both;
+/// on MySQL the store that wrote the request tells its own watchers, and the handoff reaches
+/// the other store's poller through the leader's term lock.
+async fn a_request_and_a_handoff_reach_a_watcher(db: Db) {
+    let s = Scratch::new(db);
+    let (leader, other) = (s.store(), s.store());
+    let ttl = Duration::from_secs(30);
+    let mut alice = leader.join("k", "alice").await.unwrap();
+    let lease = acquired(alice.try_acquire(ttl).await.unwrap());
+    let mut changes = other
+        .watch("k")
+        .await
+        .unwrap()
+        .expect("the SQL stores watch");
+    other.request_handoff("k", Some("bob")).await.unwrap();
+    assert_eq!(
+        next_handoff_change(&mut changes).await,
+        baton::Change::HandoffRequested {
+            to: Some("bob".into())
+        }
+    );
+    alice.hand_over(&lease, Some("bob"), ttl).await.unwrap();
+    assert_eq!(
+        next_handoff_change(&mut changes).await,
+        baton::Change::HandedOver {
+            to: Some("bob".into())
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_request_and_a_handoff_reach_a_watcher() {
+    a_request_and_a_handoff_reach_a_watcher(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_request_and_a_handoff_reach_a_watcher() {
+    a_request_and_a_handoff_reach_a_watcher(Db::Mysql).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors the server gives.
 
 /// The error chain of `e`, as an application printing every source would show it.
@@ -1600,6 +2082,9 @@ impl StoreFactory for AppPoolFactory {
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         self.0.foreign_writer()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
     }
 }
 

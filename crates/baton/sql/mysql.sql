@@ -9,10 +9,16 @@
 -- For another table name (the URL's ?table=NAME), replace baton_leases below. Baton checks
 -- the columns, their types (DATETIME(6): leases can be sub-second), the binary collation
 -- (keys are compared exactly: "Jobs" and "jobs" are different elections) and the primary
--- key; it never alters or drops a table.
+-- key; it never drops a table or changes a column.
 --
 -- One row per election key. A release clears holder and expires_at and keeps the row, so the
 -- fencing token keeps increasing. Times are UTC from the server's clock (UTC_TIMESTAMP(6)).
+--
+-- The handoff_ columns hold a planned handoff: after `baton handoff` (or
+-- LeaderElection::hand_over) the freed row carries a mark, and until handoff_until only
+-- handoff_to may take the key ('' in handoff_to: anyone but handoff_from); a request from
+-- another process is handoff_to and handoff_from (the holder) beside a held lease, with
+-- handoff_until NULL.
 
 CREATE TABLE IF NOT EXISTS baton_leases (
     `key`       VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
@@ -20,8 +26,22 @@ CREATE TABLE IF NOT EXISTS baton_leases (
     token       BIGINT NOT NULL,       -- the last fencing token minted (0: never acquired)
     expires_at  DATETIME(6) NULL,      -- end of the lease, UTC; NULL when free
     acquired_at DATETIME(6) NULL,      -- last acquisition, UTC, for humans
-    renewed_at  DATETIME(6) NULL       -- last renewal, UTC, for humans
+    renewed_at  DATETIME(6) NULL,      -- last renewal, UTC, for humans
+    -- planned handoff: the candidate ('' for anyone), the leader that handed over (or is
+    -- asked to), and the end of the mark (UTC; NULL for a request)
+    handoff_to    VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    handoff_from  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    handoff_until DATETIME(6) NULL
 ) ENGINE=InnoDB;
+
+-- A table made by a Baton from before planned handoffs (six columns) gets the three handoff_
+-- columns when a store opens it. If Baton's user may not alter the table, a DBA runs this
+-- once instead (no row is rewritten):
+--
+--     ALTER TABLE baton_leases
+--         ADD COLUMN handoff_to VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+--         ADD COLUMN handoff_from VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+--         ADD COLUMN handoff_until DATETIME(6) NULL;
 
 -- Who leads, and for how much longer:
 --     SELECT `key`, holder, token, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS remaining_s

@@ -4,7 +4,9 @@
 //! Both keep one row per election key in one lease table, write with one atomic statement per
 //! step, judge expiry by the database server's clock, and reach the server through an sqlx pool.
 //! What they share lives here: the URL options Baton reads itself, the table-name rule, change
-//! notices, and how sqlx errors map onto Baton's [`Error`].
+//! notices, the rule for the planned-handoff columns (`handoff_to`, `handoff_from`,
+//! `handoff_until`: empty, a mark on a freed row, or a request beside a held lease; anything
+//! else is [`Error::ForeignData`]), and how sqlx errors map onto Baton's [`Error`].
 //!
 //! # URL options
 //!
@@ -48,7 +50,7 @@ use std::time::Duration;
 
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::wake::{Route, Subscription};
-use super::{Change, Changes};
+use super::{Change, Changes, HandoffMark};
 use crate::connect::redact;
 use crate::{Error, Result};
 
@@ -215,6 +217,103 @@ pub(crate) fn validate_table(name: &str) -> Result<String> {
         Err(Error::Config(format!(
             "{name:?} is not a valid lease table name: use lowercase letters, digits and _, starting with a letter or _, at most 63 characters (e.g. table=baton_leases)"
         )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planned handoff: the mark and the request (D133), in three nullable columns.
+
+/// The condition, in SQL both databases read, that a row's handoff columns are empty, a mark
+/// or a request, as Baton writes them (`prefix` qualifies the columns, e.g. `"l."`). Every
+/// write's `WHERE` includes it, so a row with handoff columns Baton could not have written is
+/// never written to; [`parse_handoff`] says what is wrong with such a row.
+///
+/// * nothing: `handoff_to`, `handoff_from` and `handoff_until` all `NULL`;
+/// * a mark, left by a handoff on the row it freed: all three set, `holder` `NULL`;
+/// * a request, beside a held lease: `handoff_to` and `handoff_from` (= `holder`) set,
+///   `handoff_until` `NULL`.
+pub(crate) fn handoff_shape(prefix: &str) -> String {
+    let p = prefix;
+    format!(
+        "({p}handoff_to IS NULL) = ({p}handoff_from IS NULL) \
+         AND ({p}handoff_until IS NULL OR ({p}holder IS NULL AND {p}handoff_to IS NOT NULL)) \
+         AND ({p}handoff_to IS NULL OR {p}handoff_until IS NOT NULL OR {p}handoff_from = {p}holder)"
+    )
+}
+
+/// The handoff columns of a row as Baton writes them. `handoff_to` is `''` for "anyone".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Handoff {
+    /// A planned handoff's mark on a freed row: only `to` (or, for `''`, anyone but `from`)
+    /// may take the key for `left_us` more microseconds by the server's clock.
+    Mark {
+        to: String,
+        from: String,
+        left_us: i64,
+    },
+    /// A handoff asked of the holder ([`LeaseStore::request_handoff`](crate::LeaseStore::request_handoff)).
+    Request { to: String },
+}
+
+impl Handoff {
+    /// The mark, if it is live and does not admit `candidate`: what `try_acquire` answers.
+    pub fn reserved(&self, candidate: &str) -> Option<HandoffMark> {
+        let mark = self.live_mark()?;
+        (!mark.admits(candidate)).then_some(mark)
+    }
+
+    /// The mark, if this is one and it has not run out.
+    pub fn live_mark(&self) -> Option<HandoffMark> {
+        match self {
+            Handoff::Mark { to, from, left_us } if *left_us > 0 => {
+                Some(HandoffMark::new(anyone(to), from.clone(), left(*left_us)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `to` as stored (`''` for anyone) as the contract has it.
+pub(crate) fn anyone(to: &str) -> Option<String> {
+    (!to.is_empty()).then(|| to.to_owned())
+}
+
+/// Check a row's handoff columns (`to`, `from`, whether `handoff_until` is set, and the
+/// microseconds it has left) beside its `holder`: `Err` describes columns that are neither
+/// empty, a mark nor a request as Baton writes them (see [`handoff_shape`]).
+pub(crate) fn parse_handoff(
+    holder: Option<&str>,
+    to: Option<String>,
+    from: Option<String>,
+    has_until: bool,
+    left_us: Option<i64>,
+) -> std::result::Result<Option<Handoff>, String> {
+    match (to, from, has_until) {
+        (None, None, false) => Ok(None),
+        // Baton leaves a mark only on a row it frees.
+        (Some(to), Some(from), true) if holder.is_none() => Ok(Some(Handoff::Mark {
+            to,
+            from,
+            left_us: left_us.unwrap_or(0),
+        })),
+        // A request names the holder it was made of.
+        (Some(to), Some(from), false) if holder == Some(from.as_str()) => {
+            Ok(Some(Handoff::Request { to }))
+        }
+        (to, from, has_until) => {
+            let show = |v: &Option<String>| match v {
+                Some(s) => format!("{s:?}"),
+                None => "NULL".to_owned(),
+            };
+            Err(format!(
+                "handoff columns are not a mark or a request Baton could have left \
+                 (handoff_to {}, handoff_from {}, handoff_until {}, holder {})",
+                show(&to),
+                show(&from),
+                if has_until { "set" } else { "NULL" },
+                holder.map_or_else(|| "NULL".to_owned(), |h| format!("{h:?}")),
+            ))
+        }
     }
 }
 
@@ -692,6 +791,45 @@ mod tests {
         let source = std::error::Error::source(&e).unwrap().to_string();
         assert_eq!(source, "busy (SQLSTATE 53300)");
         assert!(!e.to_string().contains("at line"), "{e}");
+    }
+
+    /// Handoff columns are empty, a mark on a freed row or a request naming the holder;
+    /// anything else is described as foreign.
+    #[test]
+    fn handoff_columns_baton_could_not_have_written_are_foreign() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(parse_handoff(Some("a"), None, None, false, None), Ok(None));
+        let mark = parse_handoff(None, s(""), s("a"), true, Some(5_000_000))
+            .unwrap()
+            .unwrap();
+        let live = mark.live_mark().unwrap();
+        assert_eq!((live.to, live.from.as_str()), (None, "a"));
+        assert_eq!(live.ttl, Duration::from_secs(5));
+        assert!(mark.reserved("a").is_some() && mark.reserved("b").is_none());
+        let spent = parse_handoff(None, s("b"), s("a"), true, Some(-3))
+            .unwrap()
+            .unwrap();
+        assert!(spent.live_mark().is_none() && spent.reserved("c").is_none());
+        assert_eq!(
+            parse_handoff(Some("a"), s("b"), s("a"), false, None),
+            Ok(Some(Handoff::Request { to: "b".into() }))
+        );
+        for (holder, to, from, until) in [
+            // A mark beside a holder.
+            (Some("a"), s("b"), s("a"), true),
+            // A request on a free row, or naming someone else.
+            (None, s("b"), s("a"), false),
+            (Some("c"), s("b"), s("a"), false),
+            // An end without the rest; half a mark.
+            (None, None, None, true),
+            (None, s("b"), None, true),
+            (None, None, s("a"), true),
+            (Some("a"), None, s("a"), false),
+        ] {
+            let e = parse_handoff(holder, to.clone(), from.clone(), until, Some(1))
+                .expect_err(&format!("{holder:?} {to:?} {from:?} {until}"));
+            assert!(e.contains("handoff columns"), "{e}");
+        }
     }
 
     #[test]

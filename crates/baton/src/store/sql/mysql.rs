@@ -15,6 +15,9 @@
 //! | `expires_at` | `DATETIME(6)`, `NULL` when free | when the lease ends, UTC, by the server's clock |
 //! | `acquired_at` | `DATETIME(6)` | when it was last acquired (UTC), for humans |
 //! | `renewed_at` | `DATETIME(6)` | when it was last renewed (UTC), for humans |
+//! | `handoff_to` | `VARCHAR(255) ... COLLATE utf8mb4_bin` | a planned handoff's candidate (`''`: anyone but `handoff_from`) |
+//! | `handoff_from` | `VARCHAR(255) ... COLLATE utf8mb4_bin` | the leader that handed over, or is asked to |
+//! | `handoff_until` | `DATETIME(6)` | when the handoff's mark runs out (UTC, server's clock); `NULL` for a request |
 //!
 //! The binary collation matters: with MySQL's default case-insensitive one, keys `Jobs` and
 //! `jobs` would be one election. A release sets `holder` and `expires_at` to `NULL` and keeps
@@ -22,14 +25,47 @@
 //! both `NULL`, or whose `token` is negative, were not written by Baton: they give
 //! [`Error::ForeignData`] and are never written to.
 //!
+//! # Planned handoff
+//!
+//! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
+//! `handoff_` columns: the *mark*, with `handoff_until` the server's `UTC_TIMESTAMP(6)` plus
+//! the window. Until then only `handoff_to` (or, for `''`, anyone but `handoff_from`) acquires:
+//! the acquire's `UPDATE` matches no row for anyone else, and the read that follows (as for a
+//! held key) answers [`Acquire::Reserved`] with the time the mark has left by the server's
+//! clock. The acquisition that succeeds clears the columns in the same `UPDATE`, so a
+//! successful acquire is still one statement. A mark that ran out is ignored. The handoff
+//! drops the term lock like a release, and a woken follower's poller reports
+//! [`Change::HandedOver`].
+//!
+//! A handoff asked for by any process ([`LeaseStore::request_handoff`], `baton handoff`) is
+//! the same columns without an end on the held row (`handoff_from` = the holder), written by
+//! one `UPDATE` matched on the holder and token just read, which does not touch holder, token
+//! or expiry, and writes nothing when nobody holds the key or `to` already does. The renewal
+//! learns of it without another statement in the usual case: its `UPDATE` calls
+//! `LAST_INSERT_ID(1)` for a renewed row that carries a request, so its last insert id is 1
+//! only then, and only then are the requests read ([`Renew::HandoffRequested`]). A release, a
+//! handoff and the next acquisition clear a request. The request is pushed
+//! ([`Change::HandoffRequested`]) to the candidates of the store that wrote it; a leader in
+//! another process reads it at its next renewal (MySQL has no `NOTIFY`).
+//!
+//! Handoff columns Baton could not have written (a mark beside a holder, a request on a free
+//! row or naming another holder, `handoff_until` without the others, ...) make the row
+//! foreign: [`Error::ForeignData`], and every write's `WHERE` leaves such a row alone.
+//!
 //! # Setup
 //!
 //! As for PostgreSQL: on first use the table is looked up in `information_schema` and created
 //! if missing (unless `create=false`); a user without `CREATE` gets a configuration error
 //! pointing to the SQL file; an existing table must have exactly these columns (types,
 //! nullability, primary key, `DATETIME(6)`, a `_bin` collation) or every call fails with
-//! [`Error::ForeignData`] naming the difference. Baton never alters or drops a table. The user
-//! needs `SELECT, INSERT, UPDATE` on the table.
+//! [`Error::ForeignData`] naming the difference. The one exception is Baton's own table from
+//! before planned handoffs (the first six columns, exactly): the store adds the three
+//! `handoff_` columns with one `ALTER TABLE ... ADD COLUMN`, under the named lock
+//! `baton.<hash>.migrate` and after reading the columns again under it, so that of two stores
+//! opening the table at once one adds them and the other finds them. No row is rewritten. A
+//! user without `ALTER` on the table gets a configuration error quoting the statement to have
+//! run. Baton never drops a table or changes a column. The user needs
+//! `SELECT, INSERT, UPDATE` on the table.
 //!
 //! # Writes and time
 //!
@@ -93,8 +129,13 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
 use tracing::debug;
 
-use super::mysql_lock::{LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name};
-use super::{Effect, Feed, SqlUrl, left, lock, map_error, retrying, ttl_us};
+use super::mysql_lock::{
+    LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name, migration_lock_name,
+};
+use super::{
+    Effect, Feed, Handoff, SqlUrl, anyone, handoff_shape, left, lock, map_error, parse_handoff,
+    retrying, ttl_us,
+};
 use crate::store::batch::{self, Batcher};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
@@ -122,18 +163,40 @@ CREATE TABLE IF NOT EXISTS {t} (
     token       BIGINT NOT NULL,
     expires_at  DATETIME(6) NULL,
     acquired_at DATETIME(6) NULL,
-    renewed_at  DATETIME(6) NULL
+    renewed_at  DATETIME(6) NULL,
+    handoff_to    VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    handoff_from  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    handoff_until DATETIME(6) NULL
 ) ENGINE=InnoDB";
 
-/// The columns [`CREATE_TABLE`] makes: name, `COLUMN_TYPE` prefix, nullable, primary key.
-const COLUMNS: [(&str, &str, bool, bool); 6] = [
+/// The columns [`CREATE_TABLE`] makes: name, `COLUMN_TYPE` prefix, nullable, primary key. A
+/// table with only the first six (Baton's before planned handoffs) gets the last three added
+/// ([`ADD_HANDOFF_COLUMNS`]).
+const COLUMNS: [(&str, &str, bool, bool); 9] = [
     ("key", "varchar(255)", false, true),
     ("holder", "varchar(255)", true, false),
     ("token", "bigint", false, false),
     ("expires_at", "datetime(6)", true, false),
     ("acquired_at", "datetime(6)", true, false),
     ("renewed_at", "datetime(6)", true, false),
+    ("handoff_to", "varchar(255)", true, false),
+    ("handoff_from", "varchar(255)", true, false),
+    ("handoff_until", "datetime(6)", true, false),
 ];
+
+/// How many of [`COLUMNS`] a table made before planned handoffs has.
+const COLUMNS_BEFORE_HANDOFF: usize = 6;
+
+/// Add the handoff columns to a table made before them (D133), in one statement. Run under a
+/// named lock after reading the columns again, so two stores opening the table at once do not
+/// both add them. No row is rewritten.
+const ADD_HANDOFF_COLUMNS: &str = "ALTER TABLE {t} \
+ADD COLUMN handoff_to VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, \
+ADD COLUMN handoff_from VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, \
+ADD COLUMN handoff_until DATETIME(6) NULL";
+
+/// How long a store waits for another store's migration of the table (the named lock).
+const MIGRATION_WAIT_S: i64 = 30;
 
 /// The current database, and what kind of object table `?` is in it.
 const TABLE_KIND: &str = "
@@ -149,34 +212,55 @@ FROM information_schema.columns
 WHERE table_schema = DATABASE() AND table_name = ?
 ORDER BY ordinal_position";
 
-/// The row at key `?`: holder, token, whether it has an expiry, microseconds left.
+/// The row at key `?`: holder, token, whether it has an expiry, microseconds left; then the
+/// handoff columns, with the microseconds the mark has left.
 const SELECT_LEASE: &str = "
 SELECT holder, token, CAST(expires_at IS NOT NULL AS SIGNED),
-       CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED)
+       CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED),
+       handoff_to, handoff_from, CAST(handoff_until IS NOT NULL AS SIGNED),
+       CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), handoff_until) AS SIGNED)
 FROM {t} WHERE `key` = ?";
 
 /// A free row for key `?` with token 0, unless the key has a row.
 const ENSURE_ROW: &str =
     "INSERT INTO {t} (`key`, token) VALUES (?, 0) ON DUPLICATE KEY UPDATE token = token";
 
-/// Take the row of key `?3` for candidate `?1` for `?2` µs if it is free or expired, bumping
-/// the token; the new token comes back as the statement's last insert id.
+/// Take the row of key `?3` for candidate `?1` for `?2` µs if it is free or expired and no
+/// live handoff mark keeps the candidate (`?4`, `?5`) out, bumping the token and clearing the
+/// handoff columns; the new token comes back as the statement's last insert id. (`WHERE` sees
+/// the row as it was; the assignments run left to right.)
 const ACQUIRE: &str = "
 UPDATE {t}
 SET token       = LAST_INSERT_ID(token + 1),
     holder      = ?,
     expires_at  = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
     acquired_at = UTC_TIMESTAMP(6),
-    renewed_at  = UTC_TIMESTAMP(6)
+    renewed_at  = UTC_TIMESTAMP(6),
+    handoff_to    = NULL,
+    handoff_from  = NULL,
+    handoff_until = NULL
 WHERE `key` = ? AND token >= 0
   AND (holder IS NULL) = (expires_at IS NULL)
-  AND (holder IS NULL OR expires_at <= UTC_TIMESTAMP(6))";
+  AND (holder IS NULL OR expires_at <= UTC_TIMESTAMP(6))
+  AND {shape}
+  AND (handoff_until IS NULL OR handoff_until <= UTC_TIMESTAMP(6)
+       OR handoff_to = ? OR (handoff_to = '' AND handoff_from <> ?))";
 
-/// Extend the lease by `?` µs if holder and token still hold key `?` unexpired.
+/// The assignment a renewal adds to tell its caller that one of the rows it renewed carries a
+/// handoff request, without a second statement: it leaves `handoff_to` as it is, but calls
+/// `LAST_INSERT_ID(1)` for such a row, so the statement's last insert id is 1 (otherwise 0:
+/// an `UPDATE` reports 0 unless it called `LAST_INSERT_ID(expr)`). Only then are the requests
+/// read ([`Inner::requests`]).
+const FLAG_REQUEST: &str = "handoff_to = CASE WHEN handoff_to IS NULL THEN NULL \
+WHEN LAST_INSERT_ID(1) = 1 THEN handoff_to ELSE handoff_to END";
+
+/// Extend the lease by `?` µs if holder and token still hold key `?` unexpired (flagging a
+/// request, see [`FLAG_REQUEST`]).
 const RENEW: &str = "
 UPDATE {t}
-SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6)
-WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6)";
+SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6),
+    {flag}
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6) AND {shape}";
 
 /// The most leases one [`renew_many_sql`] statement renews; larger batches are split.
 const MAX_RENEW_BATCH: usize = 128;
@@ -189,17 +273,44 @@ const MAX_RENEW_BATCH: usize = 128;
 fn renew_many_sql(table: &str, n: usize) -> String {
     let keys = vec!["?"; n].join(", ");
     let leases = vec!["(`key` = ? AND holder = ? AND token = ?)"; n].join(" OR ");
+    let shape = handoff_shape("");
     format!(
         "UPDATE {table}
-SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6)
-WHERE `key` IN ({keys}) AND expires_at > UTC_TIMESTAMP(6) AND ({leases})"
+SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6),
+    {FLAG_REQUEST}
+WHERE `key` IN ({keys}) AND expires_at > UTC_TIMESTAMP(6) AND {shape} AND ({leases})"
     )
 }
 
-/// Free the key if holder and token hold it; the row and its token stay.
+/// The requests beside the leases of `n` keys, read after a renewal flagged one
+/// ([`FLAG_REQUEST`]); padded to a power of two as [`renew_many_sql`] is.
+fn requests_sql(table: &str, n: usize) -> String {
+    let keys = vec!["?"; n].join(", ");
+    format!(
+        "SELECT `key`, holder, token, handoff_to FROM {table}
+WHERE `key` IN ({keys}) AND holder IS NOT NULL AND handoff_to IS NOT NULL AND handoff_until IS NULL"
+    )
+}
+
+/// Free the key if holder and token hold it, with any handoff asked of it; the row and its
+/// token stay.
 const RELEASE: &str = "
-UPDATE {t} SET holder = NULL, expires_at = NULL
-WHERE `key` = ? AND holder = ? AND token = ? AND expires_at IS NOT NULL";
+UPDATE {t} SET holder = NULL, expires_at = NULL, handoff_to = NULL, handoff_from = NULL
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at IS NOT NULL AND {shape}";
+
+/// Hand the key (`?4`) over if holder `?5` and token `?6` hold it: free it as [`RELEASE`]
+/// does and leave the mark (to `?1`, `''` for anyone; from `?2`, the holder; until the
+/// server's clock plus `?3` µs).
+const HAND_OVER: &str = "
+UPDATE {t} SET holder = NULL, expires_at = NULL,
+    handoff_to = ?, handoff_from = ?, handoff_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at IS NOT NULL AND {shape}";
+
+/// Ask the holder (`?3`, token `?4`) of key `?2` to hand over to `?1` (`''` for anyone),
+/// while its lease lasts: the request goes beside the lease, which is not touched.
+const REQUEST_HANDOFF: &str = "
+UPDATE {t} SET handoff_to = ?, handoff_from = holder
+WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6) AND {shape}";
 
 #[derive(Debug)]
 struct Sql {
@@ -210,23 +321,44 @@ struct Sql {
     renew: Arc<str>,
     /// [`renew_many_sql`] for 2, 4, 8, ... [`MAX_RENEW_BATCH`] leases.
     renew_many: Vec<Arc<str>>,
+    /// [`requests_sql`] for 1, 2, 4, ... [`MAX_RENEW_BATCH`] keys.
+    requests: Vec<Arc<str>>,
     release: Arc<str>,
+    hand_over: Arc<str>,
+    request: Arc<str>,
+    add_handoff_columns: Arc<str>,
 }
 
 impl Sql {
     fn for_table(table: &str) -> Sql {
-        let fill = |sql: &str| Arc::from(sql.replace("{t}", table));
+        let shape = handoff_shape("");
+        let fill = |sql: &str| {
+            Arc::from(
+                sql.replace("{t}", table)
+                    .replace("{shape}", &shape)
+                    .replace("{flag}", FLAG_REQUEST),
+            )
+        };
+        let sizes = |first: usize| {
+            std::iter::successors(Some(first), |n| Some(n * 2))
+                .take_while(|&n| n <= MAX_RENEW_BATCH)
+        };
         Sql {
             create: fill(CREATE_TABLE),
             select: fill(SELECT_LEASE),
             ensure: fill(ENSURE_ROW),
             acquire: fill(ACQUIRE),
             renew: fill(RENEW),
-            renew_many: std::iter::successors(Some(2), |n| Some(n * 2))
-                .take_while(|&n| n <= MAX_RENEW_BATCH)
+            renew_many: sizes(2)
                 .map(|n| Arc::from(renew_many_sql(table, n)))
                 .collect(),
+            requests: sizes(1)
+                .map(|n| Arc::from(requests_sql(table, n)))
+                .collect(),
             release: fill(RELEASE),
+            hand_over: fill(HAND_OVER),
+            request: fill(REQUEST_HANDOFF),
+            add_handoff_columns: fill(ADD_HANDOFF_COLUMNS),
         }
     }
 }
@@ -271,8 +403,8 @@ struct Inner {
     term_locks: OnceLock<TermLocks>,
     /// Connections to wait on term locks: one per watched key, at most `MAX_WAITING_KEYS`.
     waiting: Arc<tokio::sync::Semaphore>,
-    /// Renewals gathered into one statement per window (D126).
-    renewals: Arc<Batcher<Renewal, bool>>,
+    /// Renewals gathered into one statement per window (D126); `None` for a lease not renewed.
+    renewals: Arc<Batcher<Renewal, Option<Renew>>>,
 }
 
 /// One lease to renew.
@@ -427,6 +559,23 @@ impl MysqlStore {
     }
 }
 
+/// A column as `TABLE_COLUMNS` reads it: name, type, nullable, key, collation.
+type Column = (String, String, String, String, String);
+
+/// Whether `columns` are `want` (name, type, nullability, primary key, a binary collation for
+/// text).
+fn layout(columns: &[Column], want: &[(&str, &str, bool, bool)]) -> bool {
+    columns.len() == want.len()
+        && columns.iter().zip(want).all(|(found, want)| {
+            let (name, ty, nullable, key, collation) = found;
+            name == want.0
+                && ty.to_ascii_lowercase().starts_with(want.1)
+                && (nullable == "YES") == want.2
+                && (key == "PRI") == want.3
+                && (!want.1.starts_with("varchar") || collation.ends_with("_bin"))
+        })
+}
+
 fn check_len(what: &str, value: &str) -> Result<()> {
     if value.chars().count() > MAX_LEN {
         return Err(Error::Config(format!(
@@ -448,10 +597,10 @@ fn error_number(e: &sqlx::Error) -> Option<u16> {
 impl Inner {
     /// Renew `batch`: one statement per [`MAX_RENEW_BATCH`] leases of one TTL. When such a
     /// statement renews fewer rows than it has leases, it cannot say which, so each of its
-    /// leases is renewed again on its own (repeating a renewal is harmless): whether each
-    /// lease was renewed.
-    async fn renew_many(&self, batch: Vec<Renewal>) -> Vec<Result<bool>> {
-        let mut results: Vec<Option<Result<bool>>> = batch.iter().map(|_| None).collect();
+    /// leases is renewed again on its own (repeating a renewal is harmless). For each lease:
+    /// `None` if it was not renewed, else [`Renew::Renewed`] or the handoff asked of it.
+    async fn renew_many(&self, batch: Vec<Renewal>) -> Vec<Result<Option<Renew>>> {
+        let mut results: Vec<Option<Result<Option<Renew>>>> = batch.iter().map(|_| None).collect();
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|&a, &b| {
             (batch[a].ttl_us, &batch[a].key).cmp(&(batch[b].ttl_us, &batch[b].key))
@@ -461,26 +610,39 @@ impl Inner {
                 let all = if chunk.len() > 1 {
                     self.renew_chunk(&batch, chunk).await
                 } else {
-                    Ok(false)
+                    Ok((false, false))
+                };
+                // The requests beside the chunk's leases, read only when the renewal said
+                // there is one.
+                let asked = match &all {
+                    Ok((true, true)) => {
+                        let keys: Vec<&str> =
+                            chunk.iter().map(|&i| batch[i].key.as_str()).collect();
+                        self.requests(&keys).await
+                    }
+                    _ => HashMap::new(),
                 };
                 for &i in chunk {
+                    let r = &batch[i];
                     results[i] = Some(match &all {
-                        Ok(true) => Ok(true),
-                        Ok(false) => self.renew_one(&batch[i]).await,
+                        Ok((true, _)) => Ok(Some(
+                            match asked.get(&(r.key.clone(), r.holder.clone(), r.token)) {
+                                Some(to) => Renew::HandoffRequested { to: anyone(to) },
+                                None => Renew::Renewed,
+                            },
+                        )),
+                        Ok((false, _)) => self.renew_one(r).await,
                         Err(e) => Err(e.again()),
                     });
                 }
             }
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Ok(false)))
-            .collect()
+        results.into_iter().map(|r| r.unwrap_or(Ok(None))).collect()
     }
 
     /// Renew the leases `chunk` (indices into `batch`, one TTL) in one statement: whether it
-    /// renewed all of them.
-    async fn renew_chunk(&self, batch: &[Renewal], chunk: &[usize]) -> Result<bool> {
+    /// renewed all of them, and whether one of the rows it renewed carries a request.
+    async fn renew_chunk(&self, batch: &[Renewal], chunk: &[usize]) -> Result<(bool, bool)> {
         let size = chunk.len().next_power_of_two();
         let sql = &self.sql.renew_many[size.trailing_zeros() as usize - 1];
         let padded = || {
@@ -511,11 +673,38 @@ impl Inner {
             );
             self.error(&doing, Effect::None, e)
         })?;
-        Ok(done.rows_affected() == chunk.len() as u64)
+        Ok((
+            done.rows_affected() == chunk.len() as u64,
+            done.last_insert_id() != 0,
+        ))
     }
 
-    /// [`RENEW`] for one lease: whether it was renewed.
-    async fn renew_one(&self, r: &Renewal) -> Result<bool> {
+    /// The handoff requests (`handoff_to`) beside the leases at `keys`, by key, holder and
+    /// token. A read that fails finds none: the renewals it follows did renew, and the next
+    /// renewal flags the requests again.
+    async fn requests(&self, keys: &[&str]) -> HashMap<(String, String, i64), String> {
+        let size = keys.len().next_power_of_two();
+        let sql = &self.sql.requests[size.trailing_zeros() as usize];
+        let rows: Vec<(String, String, i64, String)> = retrying(Effect::None, || {
+            let mut query = sqlx::query_as(q(sql));
+            for i in 0..size {
+                query = query.bind(keys[i.min(keys.len() - 1)]);
+            }
+            query.fetch_all(&self.pool)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            debug!(error = %e, key = keys[0], "cannot read the handoffs asked; the next renewal will");
+            Vec::new()
+        });
+        rows.into_iter()
+            .map(|(key, holder, token, to)| ((key, holder, token), to))
+            .collect()
+    }
+
+    /// [`RENEW`] for one lease: `None` if it was not renewed, else [`Renew::Renewed`] or the
+    /// handoff asked of it.
+    async fn renew_one(&self, r: &Renewal) -> Result<Option<Renew>> {
         let done = retrying(Effect::None, || {
             sqlx::query(q(&self.sql.renew))
                 .bind(r.ttl_us)
@@ -529,7 +718,19 @@ impl Inner {
             let doing = format!("renewing the lease at key {:?}", r.key);
             self.error(&doing, Effect::None, e)
         })?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        if done.last_insert_id() == 0 {
+            return Ok(Some(Renew::Renewed));
+        }
+        let asked = self.requests(&[r.key.as_str()]).await;
+        Ok(Some(
+            match asked.get(&(r.key.clone(), r.holder.clone(), r.token)) {
+                Some(to) => Renew::HandoffRequested { to: anyone(to) },
+                None => Renew::Renewed,
+            },
+        ))
     }
 
     fn error(&self, doing: &str, effect: Effect, e: sqlx::Error) -> Error {
@@ -606,23 +807,18 @@ impl Inner {
                 });
             }
         }
-        let columns: Vec<(String, String, String, String, String)> = retrying(Effect::None, || {
+        let mut columns: Vec<Column> = retrying(Effect::None, || {
             sqlx::query_as(TABLE_COLUMNS)
                 .bind(table)
                 .fetch_all(&self.pool)
         })
         .await
         .map_err(|e| self.error(doing, Effect::None, e))?;
-        let matches = columns.len() == COLUMNS.len()
-            && columns.iter().zip(COLUMNS).all(|(found, want)| {
-                let (name, ty, nullable, key, collation) = found;
-                name == want.0
-                    && ty.to_ascii_lowercase().starts_with(want.1)
-                    && (nullable == "YES") == want.2
-                    && (key == "PRI") == want.3
-                    && (!want.1.starts_with("varchar") || collation.ends_with("_bin"))
-            });
-        if !matches {
+        if layout(&columns, &COLUMNS[..COLUMNS_BEFORE_HANDOFF]) {
+            // Baton's table from before planned handoffs.
+            columns = self.add_handoff_columns(&database).await?;
+        }
+        if !layout(&columns, &COLUMNS) {
             let found: Vec<String> = columns
                 .iter()
                 .map(|(name, ty, nullable, key, collation)| {
@@ -656,12 +852,81 @@ impl Inner {
                 })
                 .collect();
             return Err(foreign(format!(
-                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                "a table {table} with columns ({}) where Baton expects ({}); Baton alters no table but its own from before planned handoffs, to add their columns: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
                 found.join(", "),
                 expected.join(", ")
             )));
         }
         Ok(())
+    }
+
+    /// Add the handoff columns to Baton's table from before them ([`ADD_HANDOFF_COLUMNS`]),
+    /// under a named lock, after reading the columns again under it: of two stores opening
+    /// the table at once, one adds them and the other finds them. Returns the columns then.
+    /// A user that may not alter the table gets a configuration error with the statement to
+    /// have run.
+    async fn add_handoff_columns(&self, database: &str) -> Result<Vec<Column>> {
+        let doing = "adding the handoff columns to the lease table";
+        let table = &self.url.table;
+        let fail = |e| self.error(doing, Effect::None, e);
+        let mut conn = self.pool.acquire().await.map_err(fail)?;
+        let lock = migration_lock_name(database, table);
+        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(&lock)
+            .bind(MIGRATION_WAIT_S)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(fail)?;
+        if locked != Some(1) {
+            return Err(Error::Unavailable {
+                store: STORE,
+                message: format!(
+                    "{doing} {table} in {}: another session held the lock {lock} for {MIGRATION_WAIT_S} s; try again",
+                    self.url.redacted
+                ),
+                source: None,
+            });
+        }
+        let added = async {
+            let columns: Vec<Column> = sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !layout(&columns, &COLUMNS[..COLUMNS_BEFORE_HANDOFF]) {
+                return Ok(columns);
+            }
+            sqlx::query(q(&self.sql.add_handoff_columns))
+                .execute(&mut *conn)
+                .await?;
+            debug!(table, "added the handoff columns to the lease table");
+            sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&mut *conn)
+                .await
+        }
+        .await;
+        let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&lock)
+            .execute(&mut *conn)
+            .await;
+        if released.is_err() {
+            // Closing the session lets the lock go with it.
+            conn.close_on_drop();
+        }
+        match added {
+            Ok(columns) => Ok(columns),
+            Err(e) if matches!(error_number(&e), Some(1142 | 1044 | 1227)) => {
+                Err(Error::Config(format!(
+                    "the lease table {table} in database {database} ({}) was made by an earlier Baton, without the columns of planned handoffs, and this user may not add them ({}): have a DBA run `{}` (see {SQL_FILE}), or grant ALTER on the table",
+                    self.url.redacted,
+                    e.as_database_error()
+                        .map(|d| d.message().to_owned())
+                        .unwrap_or_default(),
+                    self.sql.add_handoff_columns
+                )))
+            }
+            Err(e) => Err(fail(e)),
+        }
     }
 
     async fn select(&self, key: &str, doing: &str) -> Result<Option<Stored>> {
@@ -678,6 +943,10 @@ impl Inner {
         let token: i64 = row.try_get(1).map_err(decode)?;
         let has_expiry: i64 = row.try_get(2).map_err(decode)?;
         let left_us: Option<i64> = row.try_get(3).map_err(decode)?;
+        let handoff_to: Option<String> = row.try_get(4).map_err(decode)?;
+        let handoff_from: Option<String> = row.try_get(5).map_err(decode)?;
+        let has_until: i64 = row.try_get(6).map_err(decode)?;
+        let until_us: Option<i64> = row.try_get(7).map_err(decode)?;
         let foreign = |what: String| Error::ForeignData {
             key: key.to_owned(),
             found: format!("a row in table {} whose {what}", self.url.table),
@@ -694,11 +963,20 @@ impl Inner {
                 "expires_at is set but holder is NULL".to_owned()
             }));
         }
+        let handoff = parse_handoff(
+            holder.as_deref(),
+            handoff_to,
+            handoff_from,
+            has_until != 0,
+            until_us,
+        )
+        .map_err(foreign)?;
         Ok(Some(Stored {
             holder,
             token: u64::try_from(token).unwrap_or_default(),
             has_expiry: has_expiry != 0,
             left_us: left_us.unwrap_or(0),
+            handoff,
         }))
     }
 }
@@ -710,6 +988,8 @@ struct Stored {
     token: u64,
     has_expiry: bool,
     left_us: i64,
+    /// A planned handoff's mark (on a freed row) or a handoff asked of the holder.
+    handoff: Option<Handoff>,
 }
 
 impl Stored {
@@ -751,6 +1031,57 @@ impl LeaseStore for MysqlStore {
     async fn watch(&self, key: &str) -> Result<Option<Changes>> {
         check_len("key", key)?;
         self.subscribe(key, false).await.map(Some)
+    }
+
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        check_len("key", key)?;
+        if let Some(to) = to {
+            check_len("candidate id", to)?;
+        }
+        let inner = &self.inner;
+        inner.ready().await?;
+        let doing = format!("asking for a handoff at key {key:?}");
+        // The request is written only beside the lease just read (its holder and token, still
+        // unexpired); if that changed in between, read again.
+        for _ in 0..3 {
+            let Some(record) = inner.select(key, &doing).await?.and_then(|s| s.live()) else {
+                return Ok(None);
+            };
+            if Some(record.holder.as_str()) == to {
+                return Ok(Some(record));
+            }
+            let Ok(token) = i64::try_from(record.token.0) else {
+                return Ok(None);
+            };
+            // `rows_affected` counts the rows matched (sqlx asks for CLIENT_FOUND_ROWS), so
+            // the same request again is not taken for a lease that changed.
+            let done = retrying(Effect::None, || {
+                sqlx::query(q(&inner.sql.request))
+                    .bind(to.unwrap_or(""))
+                    .bind(key)
+                    .bind(&record.holder)
+                    .bind(token)
+                    .execute(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::None, e))?;
+            if done.rows_affected() == 1 {
+                // Tells this store's candidates; a leader in another store reads the request
+                // at its next renewal.
+                inner.feed.publish(
+                    Some(key),
+                    Change::HandoffRequested {
+                        to: to.map(str::to_owned),
+                    },
+                );
+                return Ok(Some(record));
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!("{doing}: the key kept changing hands; try again"),
+            source: None,
+        })
     }
 
     fn info(&self) -> StoreInfo {
@@ -825,6 +1156,8 @@ impl Candidacy for MysqlCandidacy {
                     .bind(&self.candidate)
                     .bind(ttl_us(ttl))
                     .bind(&self.key)
+                    .bind(&self.candidate)
+                    .bind(&self.candidate)
                     .execute(&inner.pool)
             })
             .await
@@ -848,6 +1181,13 @@ impl Candidacy for MysqlCandidacy {
                 Some(stored) => {
                     if let Some(record) = stored.live() {
                         return Ok(Acquire::Held(record));
+                    }
+                    if let Some(mark) = stored
+                        .handoff
+                        .as_ref()
+                        .and_then(|h| h.reserved(&self.candidate))
+                    {
+                        return Ok(Acquire::Reserved(mark));
                     }
                 }
                 None => {
@@ -888,8 +1228,8 @@ impl Candidacy for MysqlCandidacy {
                     move |batch| async move { Ok(batch_inner.renew_many(batch).await) },
                 )
                 .await?;
-            if renewed {
-                return Ok(Renew::Renewed);
+            if let Some(renewed) = renewed {
+                return Ok(renewed);
             }
         }
         // Lost (rare): only now is the description for errors worth building.
@@ -923,6 +1263,43 @@ impl Candidacy for MysqlCandidacy {
         Ok(())
     }
 
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let inner = &self.store.inner;
+        if let Some(to) = to {
+            check_len("candidate id", to)?;
+        }
+        inner.ready().await?;
+        let Ok(token) = i64::try_from(lease.token.0) else {
+            return Ok(());
+        };
+        let doing = format!("handing over the lease at key {:?}", lease.key);
+        // Repeats harmlessly: a second run finds the lease gone and writes nothing.
+        let done = retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.hand_over))
+                .bind(to.unwrap_or(""))
+                .bind(&lease.holder)
+                .bind(ttl_us(window))
+                .bind(&lease.key)
+                .bind(&lease.holder)
+                .bind(token)
+                .execute(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        if done.rows_affected() == 1 {
+            inner.feed.publish(
+                Some(&lease.key),
+                Change::HandedOver {
+                    to: to.map(str::to_owned),
+                },
+            );
+        }
+        // After the mark is written: the followers this wakes find it (and their pollers
+        // tell them it is a handoff).
+        self.drop_term_lock().await;
+        Ok(())
+    }
+
     async fn watch(&mut self) -> Result<Option<Changes>> {
         self.store.subscribe(&self.key, true).await.map(Some)
     }
@@ -951,8 +1328,15 @@ impl Drop for Poller {
 /// What a poll saw at a key, for telling changes apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
-    Held { holder: String, token: u64 },
-    Free { released: bool },
+    Held {
+        holder: String,
+        token: u64,
+    },
+    /// `handed_to`: the live mark's candidate (`''` for anyone), if a handoff left one.
+    Free {
+        released: bool,
+        handed_to: Option<String>,
+    },
 }
 
 impl Seen {
@@ -964,8 +1348,15 @@ impl Seen {
             },
             Some(s) => Seen::Free {
                 released: !s.has_expiry,
+                handed_to: match &s.handoff {
+                    Some(Handoff::Mark { to, left_us, .. }) if *left_us > 0 => Some(to.clone()),
+                    _ => None,
+                },
             },
-            None => Seen::Free { released: true },
+            None => Seen::Free {
+                released: true,
+                handed_to: None,
+            },
         }
     }
 }
@@ -1098,12 +1489,22 @@ impl MysqlStore {
                         (_, Seen::Held { holder, .. }) => Change::Acquired {
                             holder: holder.clone(),
                         },
-                        (Some(Seen::Held { .. }), Seen::Free { released: true }) => {
+                        (
+                            _,
+                            Seen::Free {
+                                handed_to: Some(to),
+                                ..
+                            },
+                        ) => Change::HandedOver { to: anyone(to) },
+                        (Some(Seen::Held { .. }), Seen::Free { released: true, .. }) => {
                             Change::Released
                         }
-                        (Some(Seen::Held { .. }), Seen::Free { released: false }) => {
-                            Change::Expired
-                        }
+                        (
+                            Some(Seen::Held { .. }),
+                            Seen::Free {
+                                released: false, ..
+                            },
+                        ) => Change::Expired,
                         _ => Change::Other,
                     };
                     inner.feed.publish(Some(&owned_key), change);

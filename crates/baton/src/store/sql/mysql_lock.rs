@@ -49,6 +49,17 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// table and the key. Named locks are server-wide, and MySQL allows at most 64 characters; this
 /// is at most 43. A hash collision (another key, the same token) costs only a spurious wake-up.
 pub(crate) fn lock_name(database: &str, table: &str, key: &str, token: u64) -> String {
+    format!("baton.{:016x}.{token}", hash(database, table, key))
+}
+
+/// The name of the lock under which a store adds the handoff columns to an older lease
+/// table: `baton.<16 hex digits of the database and table>.migrate` (no term lock ends so).
+pub(crate) fn migration_lock_name(database: &str, table: &str) -> String {
+    format!("baton.{:016x}.migrate", hash(database, table, ""))
+}
+
+/// The 64-bit FNV-1a hash of the database, the table and the key.
+fn hash(database: &str, table: &str, key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in [database, table, key].iter().enumerate() {
         if i > 0 {
@@ -59,7 +70,7 @@ pub(crate) fn lock_name(database: &str, table: &str, key: &str, token: u64) -> S
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("baton.{hash:016x}.{token}")
+    hash
 }
 
 async fn connect(options: &MySqlConnectOptions) -> Result<MySqlConnection, sqlx::Error> {

@@ -14,11 +14,35 @@
 //! | `expires_at` | `timestamptz`, `NULL` when released | when the lease ends, by the server's clock |
 //! | `acquired_at` | `timestamptz` | when the lease was last acquired, for humans |
 //! | `renewed_at` | `timestamptz` | when it was last renewed, for humans |
+//! | `handoff_to` | `text` | a planned handoff's candidate (`''`: anyone but `handoff_from`) |
+//! | `handoff_from` | `text` | the leader that handed over, or is asked to |
+//! | `handoff_until` | `timestamptz` | when the handoff's mark runs out, by the server's clock; `NULL` for a request |
 //!
 //! A release sets `holder` and `expires_at` to `NULL` and keeps the row, so `token` survives it
 //! and every later acquisition gets a larger one. Rows in which `holder` and `expires_at` are
 //! not both set or both `NULL`, or whose `token` is below 1, were not written by Baton: they
 //! give [`Error::ForeignData`] and are never written to.
+//!
+//! # Planned handoff
+//!
+//! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
+//! `handoff_` columns: the *mark*, with `handoff_until` the server's `clock_timestamp()` plus
+//! the window. Until then only `handoff_to` (or, for `''`, anyone but `handoff_from`) acquires:
+//! the acquire's upsert declines anyone else, and the read that follows a declined upsert (as
+//! for a held key) answers [`Acquire::Reserved`] with the time the mark has left by the
+//! server's clock. The acquisition that succeeds clears the columns in the same statement, so
+//! a successful acquire is still one statement. A mark that ran out is ignored.
+//!
+//! A handoff asked for by any process ([`LeaseStore::request_handoff`], `baton handoff`) is
+//! the same columns without an end, on the held row (`handoff_from` = the holder): one
+//! `UPDATE` that does not touch holder, token or expiry, and that writes nothing when nobody
+//! holds the key or `to` already does. The renewal returns `handoff_to` with each lease it
+//! renewed, so the holder learns of the request without another statement
+//! ([`Renew::HandoffRequested`]); a release, a handoff and the next acquisition clear it.
+//!
+//! Handoff columns Baton could not have written (a mark beside a holder, a request on a free
+//! row or naming another holder, `handoff_until` without the others, ...) make the row
+//! foreign: [`Error::ForeignData`], and every write's `WHERE` leaves such a row alone.
 //!
 //! # Setup
 //!
@@ -27,13 +51,19 @@
 //! it; a user without the right to (`42501`) gets a configuration error that points to the SQL
 //! file, which a DBA can run instead. An existing table must have exactly the columns above,
 //! with those types, and a unique index on `key`; otherwise every call fails with
-//! [`Error::ForeignData`] naming what differs. Baton never alters or drops a table.
+//! [`Error::ForeignData`] naming what differs. The one exception is Baton's own table from
+//! before planned handoffs (the first six columns, exactly): the store adds the three
+//! `handoff_` columns with one `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (two stores doing so
+//! at once: one adds them, the other finds them), which rewrites no row. A role that may not
+//! (it does not own the table) gets a configuration error quoting the statement to have run.
+//! Baton never drops a table or changes a column.
 //! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the table (and `CREATE` on the
 //! schema only if Baton is to create it).
 //!
 //! # Writes and time
 //!
-//! Every write is one statement, atomic on its own (`ACQUIRE`, `RENEW`, `RELEASE`). The
+//! Every write is one statement, atomic on its own (`ACQUIRE`, `RENEW`, `RELEASE`,
+//! `HAND_OVER`, `REQUEST_HANDOFF`). The
 //! acquire takes the row only if it is free or expired, bumps `token` in the same statement and
 //! returns it. Renew and release match on `holder` **and** `token`. The renewals of a store's
 //! elections that fall due within a short window (at most 20 ms) go as one `RENEW` statement
@@ -44,8 +74,10 @@
 //!
 //! # Push
 //!
-//! Acquire, renew and release call `pg_notify` in the same statement as the write, so a notice
-//! is sent exactly when the write commits, on the channel named like the table. A follower that
+//! Acquire, renew, release, handoff and a handoff request call `pg_notify` in the same
+//! statement as the write, so a notice is sent exactly when the write commits, on the channel
+//! named like the table ([`Change::HandedOver`] and [`Change::HandoffRequested`] for the last
+//! two, so a leader that listens hears of a request from any process at once). A follower that
 //! hears of an acquire or a renewal waits out that fresh lease without asking the server, so
 //! idle followers send no statements while the leader renews (the cost is one notice per
 //! renewal to each listening connection). A store listens
@@ -86,7 +118,10 @@ use sqlx::{AssertSqlSafe, Executor, Row, SqlSafeStr};
 use tokio::sync::{Mutex, OnceCell, oneshot};
 use tracing::debug;
 
-use super::{Effect, Feed, Notice, SqlUrl, left, map_error, retrying, ttl_us};
+use super::{
+    Effect, Feed, Handoff, Notice, SqlUrl, anyone, handoff_shape, left, map_error, parse_handoff,
+    retrying, ttl_us,
+};
 use crate::store::batch::{self, Batcher};
 use crate::store::{
     Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
@@ -107,18 +142,37 @@ CREATE TABLE IF NOT EXISTS {t} (
     token       bigint NOT NULL,
     expires_at  timestamptz,
     acquired_at timestamptz,
-    renewed_at  timestamptz
+    renewed_at  timestamptz,
+    handoff_to    text,
+    handoff_from  text,
+    handoff_until timestamptz
 )";
 
-/// The columns [`CREATE_TABLE`] makes: name, `format_type`, NOT NULL.
-const COLUMNS: [(&str, &str, bool); 6] = [
+/// The columns [`CREATE_TABLE`] makes: name, `format_type`, NOT NULL. A table with only the
+/// first six (Baton's before planned handoffs) gets the last three added
+/// ([`ADD_HANDOFF_COLUMNS`]).
+const COLUMNS: [(&str, &str, bool); 9] = [
     ("key", "text", true),
     ("holder", "text", false),
     ("token", "bigint", true),
     ("expires_at", "timestamp with time zone", false),
     ("acquired_at", "timestamp with time zone", false),
     ("renewed_at", "timestamp with time zone", false),
+    ("handoff_to", "text", false),
+    ("handoff_from", "text", false),
+    ("handoff_until", "timestamp with time zone", false),
 ];
+
+/// How many of [`COLUMNS`] a table made before planned handoffs has.
+const COLUMNS_BEFORE_HANDOFF: usize = 6;
+
+/// Add the handoff columns to a table made before them (D133): one statement, so it is all
+/// or nothing, and `IF NOT EXISTS`, so two stores opening the table at once both succeed
+/// (the second waits for the first's lock, then finds the columns). No row is rewritten.
+const ADD_HANDOFF_COLUMNS: &str = "ALTER TABLE {t} \
+ADD COLUMN IF NOT EXISTS handoff_to text, \
+ADD COLUMN IF NOT EXISTS handoff_from text, \
+ADD COLUMN IF NOT EXISTS handoff_until timestamptz";
 
 /// What kind of relation `$1` is (`r` for a table), if it exists.
 const RELATION_KIND: &str = "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)";
@@ -139,16 +193,20 @@ SELECT EXISTS (
     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 1
       AND i.indpred IS NULL AND a.attname = 'key')";
 
-/// The row at key `$1`: holder, token, and microseconds left by the server's clock.
+/// The row at key `$1`: holder, token, and microseconds left by the server's clock; then the
+/// handoff columns, with the microseconds the mark has left.
 const SELECT_LEASE: &str = "
 SELECT holder, token, expires_at IS NOT NULL,
-       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint,
+       handoff_to, handoff_from, handoff_until IS NOT NULL,
+       (extract(epoch FROM handoff_until - clock_timestamp()) * 1000000)::bigint
 FROM {t} WHERE key = $1";
 
-/// Take key `$1` for candidate `$2` for `$3` µs if it is free (no row, released, or expired),
-/// minting the next token in the same statement, and notify channel `$4`
-/// (`a <holder length> <holder><key>`). Returns the new token, or no row if the key is held or
-/// holds a row Baton did not write.
+/// Take key `$1` for candidate `$2` for `$3` µs if it is free (no row, released, or expired)
+/// and no live handoff mark keeps `$2` out, minting the next token and clearing the handoff
+/// columns in the same statement, and notify channel `$4` (`a <holder length> <holder><key>`).
+/// Returns the new token, or no row if the key is held, reserved, or holds a row Baton did not
+/// write.
 const ACQUIRE: &str = "
 WITH won AS (
     INSERT INTO {t} AS l (key, holder, token, expires_at, acquired_at, renewed_at)
@@ -159,10 +217,17 @@ WITH won AS (
         token       = l.token + 1,
         expires_at  = excluded.expires_at,
         acquired_at = excluded.acquired_at,
-        renewed_at  = excluded.renewed_at
+        renewed_at  = excluded.renewed_at,
+        handoff_to    = NULL,
+        handoff_from  = NULL,
+        handoff_until = NULL
     WHERE l.token >= 1
       AND (l.holder IS NULL) = (l.expires_at IS NULL)
       AND (l.holder IS NULL OR l.expires_at <= clock_timestamp())
+      AND {shape_l}
+      AND (l.handoff_until IS NULL OR l.handoff_until <= clock_timestamp()
+           OR l.handoff_to = excluded.holder
+           OR (l.handoff_to = '' AND l.handoff_from <> excluded.holder))
     RETURNING key, holder, token
 )
 SELECT won.token FROM won
@@ -175,7 +240,8 @@ CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(won.key) + octet_length(
 /// order). Notifies channel `$5` for each (`n <holder length> <holder><key>`), so idle
 /// followers wait out the fresh lease without asking; no notice for keys too long for a
 /// payload: the followers of those ask at the lease's end instead. Returns the key and token
-/// of each lease it renewed.
+/// of each lease it renewed, and the handoff asked of it (`handoff_to`, `NULL` for none: a
+/// held row has no mark).
 const RENEW: &str = "
 WITH renewed AS (
     UPDATE {t} AS l
@@ -183,26 +249,57 @@ WITH renewed AS (
         renewed_at = clock_timestamp()
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS i(key, holder, token, ttl_us)
     WHERE l.key = i.key AND l.holder = i.holder AND l.token = i.token
-      AND l.expires_at > clock_timestamp()
-    RETURNING l.key, l.holder, l.token
+      AND l.expires_at > clock_timestamp() AND {shape_l}
+    RETURNING l.key, l.holder, l.token, l.handoff_to
 )
-SELECT renewed.key, renewed.token FROM renewed
+SELECT renewed.key, renewed.token, renewed.handoff_to FROM renewed
 LEFT JOIN LATERAL (
     SELECT pg_notify($5, 'n ' || length(renewed.holder) || ' ' || renewed.holder || renewed.key)
     WHERE octet_length(renewed.key) + octet_length(renewed.holder) < 7000
 ) AS n ON true";
 
-/// Free key `$1` if holder `$2` with token `$3` holds it (the row and its token stay), and
-/// notify channel `$4` (`r <key>`).
+/// Free key `$1` if holder `$2` with token `$3` holds it (the row and its token stay), with
+/// any handoff asked of it, and notify channel `$4` (`r <key>`).
 const RELEASE: &str = "
 WITH freed AS (
-    UPDATE {t} SET holder = NULL, expires_at = NULL
-    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at IS NOT NULL
+    UPDATE {t} SET holder = NULL, expires_at = NULL, handoff_to = NULL, handoff_from = NULL
+    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at IS NOT NULL AND {shape}
     RETURNING key
 )
 SELECT 1 FROM freed
 CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(freed.key) < 7000
     THEN 'r ' || freed.key ELSE '' END) AS n";
+
+/// Hand key `$1` over if holder `$2` with token `$3` holds it: free it as [`RELEASE`] does and
+/// leave the mark (to `$5`, `''` for anyone; from `$2`; until the server's clock plus `$6`
+/// µs), and notify channel `$4` (`h <to length> <to><key>`).
+const HAND_OVER: &str = "
+WITH freed AS (
+    UPDATE {t} SET holder = NULL, expires_at = NULL,
+        handoff_to = $5::text, handoff_from = $2,
+        handoff_until = clock_timestamp() + $6::bigint * interval '1 microsecond'
+    WHERE key = $1 AND holder = $2 AND token = $3 AND expires_at IS NOT NULL AND {shape}
+    RETURNING key
+)
+SELECT 1 FROM freed
+CROSS JOIN LATERAL pg_notify($4, CASE WHEN octet_length(freed.key) + octet_length($5::text) < 7000
+    THEN 'h ' || length($5::text) || ' ' || $5::text || freed.key ELSE '' END) AS n";
+
+/// Ask the holder of key `$1` to hand over to `$2` (`''` for anyone), if someone other than
+/// `$2` holds it unexpired: the request goes beside the lease (`handoff_from` = the holder),
+/// which is not touched; notify channel `$3` (`q <to length> <to><key>`). Returns the holder,
+/// its token and the microseconds its lease has left; no row when nothing was written.
+const REQUEST_HANDOFF: &str = "
+WITH asked AS (
+    UPDATE {t} SET handoff_to = $2::text, handoff_from = holder
+    WHERE key = $1 AND holder IS NOT NULL AND holder <> $2::text
+      AND expires_at > clock_timestamp() AND token >= 1 AND {shape}
+    RETURNING key, holder, token,
+        (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint AS left_us
+)
+SELECT asked.holder, asked.token, asked.left_us FROM asked
+CROSS JOIN LATERAL pg_notify($3, CASE WHEN octet_length(asked.key) + octet_length($2::text) < 7000
+    THEN 'q ' || length($2::text) || ' ' || $2::text || asked.key ELSE '' END) AS n";
 
 /// The SQL of one table: the constants above with its name filled in.
 #[derive(Debug)]
@@ -212,17 +309,30 @@ struct Sql {
     acquire: Arc<str>,
     renew: Arc<str>,
     release: Arc<str>,
+    hand_over: Arc<str>,
+    request: Arc<str>,
+    add_handoff_columns: Arc<str>,
 }
 
 impl Sql {
     fn for_table(table: &str) -> Sql {
-        let fill = |sql: &str| Arc::from(sql.replace("{t}", table));
+        let (shape, shape_l) = (handoff_shape(""), handoff_shape("l."));
+        let fill = |sql: &str| {
+            Arc::from(
+                sql.replace("{t}", table)
+                    .replace("{shape_l}", &shape_l)
+                    .replace("{shape}", &shape),
+            )
+        };
         Sql {
             create: fill(CREATE_TABLE),
             select: fill(SELECT_LEASE),
             acquire: fill(ACQUIRE),
             renew: fill(RENEW),
             release: fill(RELEASE),
+            hand_over: fill(HAND_OVER),
+            request: fill(REQUEST_HANDOFF),
+            add_handoff_columns: fill(ADD_HANDOFF_COLUMNS),
         }
     }
 }
@@ -245,7 +355,15 @@ async fn prepare_election(conn: &mut PgConnection, sql: &Sql, ready: &AtomicBool
     if !ready.load(Ordering::Acquire) {
         return;
     }
-    for statement in [&sql.acquire, &sql.select, &sql.renew, &sql.release] {
+    // The handoff too: the leaderless gap of a planned handoff runs from its statement to the
+    // next leader's acquire.
+    for statement in [
+        &sql.acquire,
+        &sql.select,
+        &sql.renew,
+        &sql.release,
+        &sql.hand_over,
+    ] {
         if let Err(e) = conn.prepare(q(statement).into_sql_str()).await {
             debug!(error = %e, "cannot prepare the election's statements; they run unprepared");
             return;
@@ -283,8 +401,8 @@ struct Inner {
     feed: Arc<Feed>,
     /// The listener task, once a watch started it.
     listener: Mutex<Option<ListenerTask>>,
-    /// Renewals gathered into one statement per window (D126).
-    renewals: Arc<Batcher<Renewal, bool>>,
+    /// Renewals gathered into one statement per window (D126); `None` for a lease not renewed.
+    renewals: Arc<Batcher<Renewal, Option<Renew>>>,
 }
 
 /// One lease to renew, for [`RENEW`].
@@ -345,7 +463,7 @@ impl PostgresStore {
             // A connection that was on its way back to the pool (sqlx returns them from a task
             // of their own) when the table became ready missed both the above and `ready()`'s
             // round of the idle ones: prepare it as it is handed out. On a prepared connection
-            // this finds the four statements in sqlx's cache and sends nothing.
+            // this finds the statements in sqlx's cache and sends nothing.
             .before_acquire({
                 let (sql, ready) = (Arc::clone(&sql), Arc::clone(&table_ready));
                 move |conn, _| {
@@ -425,15 +543,16 @@ impl Inner {
         map_error(STORE, &self.url.redacted, doing, effect, e)
     }
 
-    /// Renew `batch` in one statement ([`RENEW`]): whether each lease was renewed.
-    async fn renew_many(&self, batch: Vec<Renewal>) -> Result<Vec<Result<bool>>> {
+    /// Renew `batch` in one statement ([`RENEW`]): for each lease, `None` if it was not
+    /// renewed, else [`Renew::Renewed`] or the handoff asked of it.
+    async fn renew_many(&self, batch: Vec<Renewal>) -> Result<Vec<Result<Option<Renew>>>> {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|&a, &b| batch[a].key.cmp(&batch[b].key));
         let keys: Vec<&str> = order.iter().map(|&i| batch[i].key.as_str()).collect();
         let holders: Vec<&str> = order.iter().map(|&i| batch[i].holder.as_str()).collect();
         let tokens: Vec<i64> = order.iter().map(|&i| batch[i].token).collect();
         let ttls: Vec<i64> = order.iter().map(|&i| batch[i].ttl_us).collect();
-        let rows: Vec<(String, i64)> = retrying(Effect::None, || {
+        let rows: Vec<(String, i64, Option<String>)> = retrying(Effect::None, || {
             sqlx::query_as(q(&self.sql.renew))
                 .bind(&keys)
                 .bind(&holders)
@@ -455,11 +574,20 @@ impl Inner {
             };
             self.error(&doing, Effect::None, e)
         })?;
-        let renewed: std::collections::HashSet<(&str, i64)> =
-            rows.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        let renewed: std::collections::HashMap<(&str, i64), Option<&str>> = rows
+            .iter()
+            .map(|(k, t, to)| ((k.as_str(), *t), to.as_deref()))
+            .collect();
         Ok(batch
             .iter()
-            .map(|r| Ok(renewed.contains(&(r.key.as_str(), r.token))))
+            .map(|r| {
+                Ok(renewed
+                    .get(&(r.key.as_str(), r.token))
+                    .map(|asked| match asked {
+                        None => Renew::Renewed,
+                        Some(to) => Renew::HandoffRequested { to: anyone(to) },
+                    }))
+            })
             .collect())
     }
 
@@ -546,17 +674,25 @@ impl Inner {
                 });
             }
         }
-        let columns: Vec<(String, String, bool)> = retrying(Effect::None, || {
-            sqlx::query_as(TABLE_COLUMNS)
-                .bind(table)
-                .fetch_all(&self.pool)
-        })
-        .await
-        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let read_columns = || async {
+            retrying(Effect::None, || {
+                sqlx::query_as::<_, (String, String, bool)>(TABLE_COLUMNS)
+                    .bind(table)
+                    .fetch_all(&self.pool)
+            })
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))
+        };
         let expected: Vec<(String, String, bool)> = COLUMNS
             .iter()
             .map(|(n, t, nn)| ((*n).to_owned(), (*t).to_owned(), *nn))
             .collect();
+        let mut columns = read_columns().await?;
+        if columns == expected[..COLUMNS_BEFORE_HANDOFF] {
+            // Baton's table from before planned handoffs.
+            self.add_handoff_columns().await?;
+            columns = read_columns().await?;
+        }
         if columns != expected {
             let show = |cols: &[(String, String, bool)]| {
                 cols.iter()
@@ -565,7 +701,7 @@ impl Inner {
                     .join(", ")
             };
             return Err(foreign(format!(
-                "a table {table} with columns ({}) where Baton expects ({}); Baton never alters a table: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
+                "a table {table} with columns ({}) where Baton expects ({}); Baton alters no table but its own from before planned handoffs, to add their columns: choose another with ?table=NAME, or recreate it from {SQL_FILE}",
                 show(&columns),
                 show(&expected)
             )));
@@ -585,6 +721,36 @@ impl Inner {
         Ok(())
     }
 
+    /// Add the handoff columns to Baton's table from before them ([`ADD_HANDOFF_COLUMNS`]).
+    /// A role that may not alter the table (it is not its owner) gets a configuration error
+    /// with the statement to have run.
+    async fn add_handoff_columns(&self) -> Result<()> {
+        let table = &self.url.table;
+        let added = retrying(Effect::None, || {
+            sqlx::query(q(&self.sql.add_handoff_columns)).execute(&self.pool)
+        })
+        .await;
+        match added {
+            Ok(_) => {
+                debug!(table, "added the handoff columns to the lease table");
+                Ok(())
+            }
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                Err(Error::Config(format!(
+                    "the lease table {table} in {} was made by an earlier Baton, without the columns of planned handoffs, and this role may not add them ({}): have the table's owner run `{}` (see {SQL_FILE}), or connect as the owner once",
+                    self.url.redacted,
+                    db.message(),
+                    self.sql.add_handoff_columns
+                )))
+            }
+            Err(e) => Err(self.error(
+                "adding the handoff columns to the lease table",
+                Effect::None,
+                e,
+            )),
+        }
+    }
+
     /// The row at `key`: `Ok(None)` if there is none, the live record if held, and
     /// [`Error::ForeignData`] for a row Baton did not write.
     async fn select(&self, key: &str, doing: &str) -> Result<Option<Stored>> {
@@ -601,6 +767,10 @@ impl Inner {
         let token: i64 = row.try_get(1).map_err(decode)?;
         let has_expiry: bool = row.try_get(2).map_err(decode)?;
         let left_us: Option<i64> = row.try_get(3).map_err(decode)?;
+        let handoff_to: Option<String> = row.try_get(4).map_err(decode)?;
+        let handoff_from: Option<String> = row.try_get(5).map_err(decode)?;
+        let has_until: bool = row.try_get(6).map_err(decode)?;
+        let until_us: Option<i64> = row.try_get(7).map_err(decode)?;
         let foreign = |what: String| Error::ForeignData {
             key: key.to_owned(),
             found: format!("a row in table {} whose {what}", self.url.table),
@@ -617,10 +787,19 @@ impl Inner {
                 "expires_at is set but holder is NULL".to_owned()
             }));
         }
+        let handoff = parse_handoff(
+            holder.as_deref(),
+            handoff_to,
+            handoff_from,
+            has_until,
+            until_us,
+        )
+        .map_err(foreign)?;
         Ok(Some(Stored {
             holder,
             token: u64::try_from(token).unwrap_or_default(),
             left_us: left_us.unwrap_or(0),
+            handoff,
         }))
     }
 }
@@ -630,6 +809,8 @@ struct Stored {
     holder: Option<String>,
     token: u64,
     left_us: i64,
+    /// A planned handoff's mark (on a freed row) or a handoff asked of the holder.
+    handoff: Option<Handoff>,
 }
 
 impl Stored {
@@ -666,6 +847,43 @@ impl LeaseStore for PostgresStore {
         self.subscribe(key, false).await
     }
 
+    async fn request_handoff(&self, key: &str, to: Option<&str>) -> Result<Option<LeaseRecord>> {
+        let inner = &self.inner;
+        inner.ready().await?;
+        let doing = format!("asking for a handoff at key {key:?}");
+        // The lease read when nothing was written may have changed hands in between: try again.
+        for _ in 0..3 {
+            let asked: Option<(String, i64, Option<i64>)> = retrying(Effect::None, || {
+                sqlx::query_as(q(&inner.sql.request))
+                    .bind(key)
+                    .bind(to.unwrap_or(""))
+                    .bind(&inner.url.table)
+                    .fetch_optional(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::None, e))?;
+            if let Some((holder, token, left_us)) = asked {
+                return Ok(Some(LeaseRecord {
+                    holder,
+                    token: FencingToken(u64::try_from(token).unwrap_or_default()),
+                    ttl: left(left_us.unwrap_or(0)),
+                }));
+            }
+            // Nothing written: nobody holds the key, `to` does, or the row is not Baton's
+            // (which `select` reports).
+            match inner.select(key, &doing).await?.and_then(|s| s.live()) {
+                None => return Ok(None),
+                Some(record) if Some(record.holder.as_str()) == to => return Ok(Some(record)),
+                Some(_) => {}
+            }
+        }
+        Err(Error::Unavailable {
+            store: STORE,
+            message: format!("{doing}: the key kept changing hands; try again"),
+            source: None,
+        })
+    }
+
     fn info(&self) -> StoreInfo {
         StoreInfo {
             name: STORE,
@@ -692,7 +910,8 @@ impl Candidacy for PostgresCandidacy {
         let inner = &self.store.inner;
         inner.ready().await?;
         let doing = format!("acquiring the lease at key {:?}", self.key);
-        // The held row is read after the upsert declined; if it was freed in between, try again.
+        // The held or reserved row is read after the upsert declined; if it was freed (or its
+        // mark ran out) in between, try again.
         for _ in 0..3 {
             let token: Option<i64> = retrying(Effect::Maybe, || {
                 sqlx::query_scalar(q(&inner.sql.acquire))
@@ -711,12 +930,18 @@ impl Candidacy for PostgresCandidacy {
                     FencingToken(u64::try_from(token).unwrap_or_default()),
                 )));
             }
-            if let Some(record) = inner
-                .select(&self.key, &doing)
-                .await?
-                .and_then(|s| s.live())
-            {
+            let Some(stored) = inner.select(&self.key, &doing).await? else {
+                continue;
+            };
+            if let Some(record) = stored.live() {
                 return Ok(Acquire::Held(record));
+            }
+            if let Some(mark) = stored
+                .handoff
+                .as_ref()
+                .and_then(|h| h.reserved(&self.candidate))
+            {
+                return Ok(Acquire::Reserved(mark));
             }
         }
         Err(Error::Unavailable {
@@ -746,8 +971,8 @@ impl Candidacy for PostgresCandidacy {
                     move |batch| async move { batch_inner.renew_many(batch).await },
                 )
                 .await?;
-            if renewed {
-                return Ok(Renew::Renewed);
+            if let Some(renewed) = renewed {
+                return Ok(renewed);
             }
         }
         // Lost (rare): only now is the description for errors worth building.
@@ -769,6 +994,29 @@ impl Candidacy for PostgresCandidacy {
                 .bind(&lease.holder)
                 .bind(token)
                 .bind(&inner.url.table)
+                .fetch_all(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        Ok(())
+    }
+
+    async fn hand_over(&mut self, lease: &Lease, to: Option<&str>, window: Duration) -> Result<()> {
+        let inner = &self.store.inner;
+        inner.ready().await?;
+        let Ok(token) = i64::try_from(lease.token.0) else {
+            return Ok(());
+        };
+        let doing = format!("handing over the lease at key {:?}", lease.key);
+        // Repeats harmlessly: a second run finds the lease gone and writes nothing.
+        retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.hand_over))
+                .bind(&lease.key)
+                .bind(&lease.holder)
+                .bind(token)
+                .bind(&inner.url.table)
+                .bind(to.unwrap_or(""))
+                .bind(ttl_us(window))
                 .fetch_all(&inner.pool)
         })
         .await
@@ -870,9 +1118,10 @@ async fn listen(
     }
 }
 
-/// `r <key>`, `a <holder length in characters> <holder><key>` (acquired) or
-/// `n <holder length> <holder><key>` (renewed); anything else (an empty payload for very long
-/// keys) concerns every key.
+/// `r <key>` (released), `a <holder length in characters> <holder><key>` (acquired),
+/// `n <holder length> <holder><key>` (renewed), `h <to length> <to><key>` (handed over; an
+/// empty `to` for anyone) or `q <to length> <to><key>` (a handoff requested); anything else (an
+/// empty payload for very long keys) concerns every key.
 fn parse_payload(payload: &str) -> Notice {
     let other = Notice {
         key: None,
@@ -884,10 +1133,8 @@ fn parse_payload(payload: &str) -> Notice {
             change: Change::Released,
         };
     }
-    let (rest, renewed) = match (payload.strip_prefix("a "), payload.strip_prefix("n ")) {
-        (Some(rest), _) => (rest, false),
-        (None, Some(rest)) => (rest, true),
-        (None, None) => return other,
+    let Some((kind @ ("a" | "n" | "h" | "q"), rest)) = payload.split_once(' ') else {
+        return other;
     };
     let Some((len, rest)) = rest.split_once(' ') else {
         return other;
@@ -896,14 +1143,15 @@ fn parse_payload(payload: &str) -> Notice {
         return other;
     };
     let split = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
-    let (holder, key) = rest.split_at(split);
-    let holder = holder.to_owned();
+    let (name, key) = rest.split_at(split);
+    let name = name.to_owned();
     Notice {
         key: Some(key.into()),
-        change: if renewed {
-            Change::Renewed { holder }
-        } else {
-            Change::Acquired { holder }
+        change: match kind {
+            "a" => Change::Acquired { holder: name },
+            "n" => Change::Renewed { holder: name },
+            "h" => Change::HandedOver { to: anyone(&name) },
+            _ => Change::HandoffRequested { to: anyone(&name) },
         },
     }
 }
@@ -935,6 +1183,30 @@ mod tests {
                 holder: "alice".to_owned()
             }
         );
+        let n = parse_payload("h 5 carolj obs");
+        assert_eq!(n.key.as_deref(), Some("j obs"));
+        assert_eq!(
+            n.change,
+            Change::HandedOver {
+                to: Some("carol".to_owned())
+            }
+        );
+        let n = parse_payload("h 0 jobs");
+        assert_eq!(
+            (n.key.as_deref(), n.change),
+            (Some("jobs"), Change::HandedOver { to: None })
+        );
+        let n = parse_payload("q 3 bobjobs");
+        assert_eq!(
+            (n.key.as_deref(), n.change),
+            (
+                Some("jobs"),
+                Change::HandoffRequested {
+                    to: Some("bob".to_owned())
+                }
+            )
+        );
         assert_eq!(parse_payload("").key, None);
+        assert_eq!(parse_payload("x 1 ab").key, None);
     }
 }
