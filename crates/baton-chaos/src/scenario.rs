@@ -93,8 +93,9 @@ pub enum Scenario {
     RollingRestart,
     /// `baton handoff` from a process of its own: to a running follower, to anyone, or to a
     /// candidate that is not running; a third of the handoffs to a follower SIGKILL that
-    /// follower at a random moment while the handoff is under way. Only on the stores that
-    /// take handoff requests (SQLite, Redis).
+    /// follower at a random moment while the handoff is under way. Every store takes handoff
+    /// requests; a handoff to a candidate that is not running is refused at once (exit 2)
+    /// where the store keeps presence records, and otherwise leaves a mark that runs out.
     Handoff,
 }
 
@@ -136,9 +137,6 @@ impl Scenario {
     /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
     pub fn applies_to(self, store: Store) -> bool {
-        if self == Scenario::Handoff {
-            return matches!(store, Store::Sqlite | Store::Redis);
-        }
         match store {
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 true
@@ -149,6 +147,7 @@ impl Scenario {
                     | Scenario::SlowStore
                     | Scenario::PauseLeader
                     | Scenario::RollingRestart
+                    | Scenario::Handoff
             ),
         }
     }
@@ -227,12 +226,10 @@ mod tests {
         };
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
-        for store in ["postgres", "etcd", "kubernetes", "consul"] {
+        for store in ["redis", "postgres", "etcd", "kubernetes", "consul"] {
             for s in Scenario::ALL {
-                // Handoff requests are taken by SQLite and Redis only, so far.
-                assert_eq!(
+                assert!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
-                    s != Scenario::Handoff,
                     "{store} {s}"
                 );
             }
