@@ -473,6 +473,7 @@ fn run(args: &Args) -> BoxResult<()> {
     let redis = RedisServer::start();
     let etcd = [
         Figure::CliHandoff,
+        Figure::PlannedHandoff,
         Figure::Observer,
         Figure::Contention,
         Figure::Scale,
@@ -618,6 +619,7 @@ async fn measure(
             servers.baton_checked()?,
             redis_url,
             &mut admin,
+            servers.etcd.ok_or("no etcd server")?,
             dir,
             profile.planned_handoff,
         )

@@ -1,5 +1,5 @@
-//! Planned handoff across processes (`baton handoff`), on the stores that take handoff
-//! requests (SQLite and Redis): two `baton campaign --json` processes, and for each handoff a
+//! Planned handoff across processes (`baton handoff`), on every store (the Kubernetes API
+//! server and the Consul agent are Baton's fakes): two `baton campaign --json` processes, and for each handoff a
 //! `baton handoff --to <follower> --json` process of its own. Two figures per handoff, both on
 //! `CLOCK_BOOTTIME` (one clock for every process on the machine):
 //!
@@ -19,7 +19,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use baton_testkit::etcd_server::EtcdServer;
+use baton_testkit::fake_consul::{FakeConsul, FakeConsulOptions};
+use baton_testkit::fake_k8s::{FakeK8s, FakeK8sOptions};
+
 use crate::BoxResult;
+use crate::dbs::Server;
 use crate::procs::{self, FOLLOWER_SETTLE, Proc, STEP, is_event, parse, since};
 use crate::redis_admin::Admin;
 use crate::report::{Context, Row, Samples, display_name, ms, target_ms, verdict};
@@ -146,35 +151,89 @@ fn handoffs(
     Ok(out)
 }
 
+/// The stores, in report order: every store takes handoff requests (D133, D135 to D138).
+pub const STORES: [&str; 7] = [
+    "sqlite",
+    "redis",
+    "postgres",
+    "mysql",
+    "etcd",
+    "kubernetes",
+    "consul",
+];
+
 pub async fn measure(
     baton: &Path,
     redis_url: &str,
     admin: &mut Admin,
+    etcd: &EtcdServer,
     dir: &Path,
     p: Params,
 ) -> BoxResult<Run> {
     let mut stores = Vec::new();
-    for store in ["sqlite", "redis"] {
+    for store in STORES {
         eprintln!(
             "planned-handoff: {store}, {} handoffs and {} graceful stops",
             p.rounds, p.rounds
         );
-        let (url, url_shape) = if store == "sqlite" {
-            (
+        // What must outlive the rounds: a SQL table (dropped afterwards), a fake server.
+        let mut sql = None;
+        let mut _k8s = None;
+        let mut _consul = None;
+        let (url, url_shape) = match store {
+            "sqlite" => (
                 format!("sqlite:{}", dir.join("planned-handoff.db").display()),
                 "sqlite:<temp file>",
-            )
-        } else {
-            admin.wait_past_restart_guard(p.timing.lease).await?;
-            (redis_url.to_owned(), "redis://127.0.0.1:<port>")
+            ),
+            "redis" => {
+                admin.wait_past_restart_guard(p.timing.lease).await?;
+                (redis_url.to_owned(), "redis://127.0.0.1:<port>")
+            }
+            "postgres" | "mysql" => {
+                let server = if store == "postgres" {
+                    Server::postgres().await?
+                } else {
+                    Server::mysql().await?
+                };
+                let url = server.store_url();
+                sql = Some(server);
+                (
+                    url,
+                    if store == "postgres" {
+                        "postgres://postgres@127.0.0.1:5432/test?table=<own table>"
+                    } else {
+                        "mysql://root@127.0.0.1:3306/test?table=<own table>"
+                    },
+                )
+            }
+            "etcd" => (etcd.url(), "etcd://127.0.0.1:<port>"),
+            "kubernetes" => {
+                let fake = FakeK8s::serve(FakeK8sOptions::default());
+                let url = crate::kubernetes::store_url(&fake);
+                _k8s = Some(fake);
+                (
+                    url,
+                    "kubernetes+http://127.0.0.1:<port>?namespace=bench (the fake API server)",
+                )
+            }
+            _ => {
+                let fake = FakeConsul::serve(FakeConsulOptions::default());
+                let url = fake.store_url();
+                _consul = Some(fake);
+                (url, "consul://127.0.0.1:<port> (the fake agent)")
+            }
         };
         let baton = baton.to_owned();
-        let (handed, stops) = tokio::task::spawn_blocking(move || -> BoxResult<_> {
+        let measured = tokio::task::spawn_blocking(move || -> BoxResult<_> {
             let handed = handoffs(&baton, &url, p.timing, p.rounds)?;
             let stops = procs::baton_rounds(&baton, &url, KEY, p.timing, p.rounds, false)?;
             Ok((handed, stops))
         })
-        .await??;
+        .await?;
+        if let Some(server) = sql {
+            server.cleanup().await;
+        }
+        let (handed, stops) = measured?;
         stores.push(StoreRun {
             store,
             url_shape,
@@ -247,8 +306,9 @@ impl Run {
              follower has printed `leader_changed`, plus a random part of the renew interval, \
              the bench reads `CLOCK_BOOTTIME` and runs `baton --store URL --key {KEY} handoff \
              --to <the follower> --json` (the process's start is in the figure). The request \
-             goes through the store; the leader hears of it through the store's push (Redis) \
-             or reads it at its next renewal (SQLite across processes), ends its term as a \
+             goes through the store; the leader hears of it through the store's push \
+             (Redis, PostgreSQL, etcd, Kubernetes, Consul) or reads it at its next renewal \
+             (SQLite and MySQL across processes), ends its term as a \
              graceful stop does (its \
              `lost_leadership` says `handed_over`), and leaves the key reserved for the \
              follower, which its store wakes. Then the roles swap. *Request to leader* ends at \
@@ -256,8 +316,10 @@ impl Run {
              `lost_leadership` to that one: how long nobody leads. The same run then times as \
              many graceful stops (SIGINT to the leader, as in the cross-process handoff \
              section) on the same store: their gap, from the leader's `lost_leadership` to the \
-             follower's `became_leader`, is what just stopping the leader costs. Only SQLite \
-             and Redis take handoff requests so far (docs/decisions.md D133).\n",
+             follower's `became_leader`, is what just stopping the leader costs. The \
+             Kubernetes API server and the Consul agent are Baton's fakes \
+             (`baton_testkit::fake_k8s`, `baton_testkit::fake_consul`), in the bench's process: \
+             their figures show Baton's path, not a real server's.\n",
             procs::campaign_args("URL", KEY, p.timing),
             baton::fmt_duration(FOLLOWER_SETTLE),
         );
@@ -349,7 +411,7 @@ impl Run {
             );
         }
         out.push('\n');
-        out.push_str(&ctx.footer(&["sqlite", "redis"]));
+        out.push_str(&ctx.footer(&STORES));
         out
     }
 }

@@ -159,6 +159,9 @@ impl Context {
                     "Kubernetes via kube {} against a fake API server (`baton_testkit::fake_k8s`, in the bench's process; not a real one)",
                     env!("BENCH_KUBE_VERSION")
                 )),
+                "consul" => versions.push(
+                    "Consul against a fake agent (`baton_testkit::fake_consul`, in the bench's process; not a real one)".to_owned(),
+                ),
                 other => versions.push(other.to_owned()),
             }
         }
