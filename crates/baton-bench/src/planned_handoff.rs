@@ -220,7 +220,7 @@ pub async fn measure(
                 let fake = FakeConsul::serve(FakeConsulOptions::default());
                 let url = fake.store_url();
                 _consul = Some(fake);
-                (url, "consul://127.0.0.1:<port> (the fake agent)")
+                (url, "consul://127.0.0.1:<port>")
             }
         };
         let baton = baton.to_owned();

@@ -235,6 +235,7 @@ pub fn display_name(store: &str) -> &'static str {
         "mysql" => "MySQL/MariaDB",
         "etcd" => "etcd",
         "kubernetes" => "Kubernetes (fake API server)",
+        "consul" => "Consul (fake agent)",
         _ => "?",
     }
 }
