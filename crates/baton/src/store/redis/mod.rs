@@ -37,7 +37,9 @@
 //!   this lease's token: two processes that share an id never renew each other's lease.
 //!   Renewals of one store are batched: those asked for within 5 ms of each other go out as one
 //!   script that checks and extends each lease on its own (not on Redis Cluster), so a process
-//!   with thousands of elections sends a few calls per second, not one per lease.
+//!   with thousands of elections sends a few calls per second, not one per lease. The renewal a
+//!   leader sends at once on hearing of a handoff request (`handoff_requested:<to>`) skips the
+//!   batch window: it is on the path of a planned handoff.
 //! * **release** deletes `K` under the same check and publishes `released`.
 //! * **request a handoff** (another process, `baton handoff`, [`LeaseStore::request_handoff`])
 //!   writes `handoff_to` (empty for anyone) and `handoff_from` (the holder) into the companion
@@ -176,17 +178,19 @@ mod conn;
 mod target;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::{mpsc, oneshot};
 
 use self::conn::{Connection, PubSub};
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::{
-    Acquire, Candidacy, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, PendingHandoff,
-    Presence, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -981,6 +985,7 @@ impl LeaseStore for RedisStore {
             store: self.clone(),
             key: key.to_owned(),
             candidate: candidate.to_owned(),
+            urgent: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -1074,6 +1079,11 @@ struct RedisCandidacy {
     store: RedisStore,
     key: String,
     candidate: String,
+    /// Set when this candidacy's change stream brings a handoff request: the leader renews at
+    /// once to read it, and that renewal skips the batch window (up to 5 ms that a planned
+    /// handoff would otherwise wait), as the leaderless moments of a handoff are what its
+    /// caller is timing.
+    urgent: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -1136,8 +1146,9 @@ impl Candidacy for RedisCandidacy {
 
     async fn renew(&mut self, lease: &Lease, ttl: Duration) -> Result<Renew> {
         let token = lease.token.to_string();
+        let urgent = self.urgent.swap(false, Ordering::AcqRel);
         let reply = match &self.store.inner.renewals {
-            Some(renewals) => {
+            Some(renewals) if !urgent => {
                 let (reply, replied) = oneshot::channel();
                 let pending = batch::Pending {
                     key: lease.key.clone(),
@@ -1159,7 +1170,7 @@ impl Candidacy for RedisCandidacy {
                 renewals.send(pending).map_err(|_| gone())?;
                 replied.await.map_err(|_| gone())??
             }
-            None => {
+            _ => {
                 self.store
                     .script(
                         &self.store.inner.renew,
@@ -1222,7 +1233,13 @@ impl Candidacy for RedisCandidacy {
     }
 
     async fn watch(&mut self) -> Result<Option<Changes>> {
-        self.store.subscribe(&self.key, true).await.map(Some)
+        let changes = self.store.subscribe(&self.key, true).await?;
+        let urgent = Arc::clone(&self.urgent);
+        Ok(Some(Box::pin(changes.inspect(move |change| {
+            if matches!(change, Change::HandoffRequested { .. }) {
+                urgent.store(true, Ordering::Release);
+            }
+        }))))
     }
 }
 
