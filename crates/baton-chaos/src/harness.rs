@@ -779,7 +779,16 @@ impl<'h> Run<'h> {
     /// healed.
     fn inject(&mut self, slot: usize, writer: RegisterEntry) -> Result<Duration, String> {
         let id = writer.candidate.clone();
-        match self.spec.scenario {
+        let scenario = match self.spec.scenario {
+            Scenario::Mixed => {
+                let classes = Scenario::mixed_on(self.spec.store);
+                let drawn = classes[self.rng.usize(0..classes.len())];
+                self.note(format!("mixed: this episode is {drawn}"));
+                drawn
+            }
+            scenario => scenario,
+        };
+        match scenario {
             Scenario::KillLeader => {
                 let candidate = self.slots[slot].current.as_mut().expect("the leader runs");
                 let pid = candidate.pid();
@@ -866,6 +875,7 @@ impl<'h> Run<'h> {
                 Ok(resume)
             }
             Scenario::Handoff => self.handoff(slot, &id),
+            Scenario::Mixed => unreachable!("a mixed run draws one of the other classes"),
             Scenario::RollingRestart => {
                 let mut order: Vec<usize> = (0..self.slots.len()).collect();
                 self.rng.shuffle(&mut order);

@@ -97,11 +97,15 @@ pub enum Scenario {
     /// requests; a handoff to a candidate that is not running is refused at once (exit 2)
     /// where the store keeps presence records, and otherwise leaves a mark that runs out.
     Handoff,
+    /// Every fault in turn at random: each episode draws one of the other classes that apply
+    /// to the store (handoff requests among them), so faults of different kinds follow each
+    /// other within one run, before the previous one's effects have all settled.
+    Mixed,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::KillLeader,
         Scenario::PartitionLeader,
         Scenario::ResetConnections,
@@ -110,7 +114,16 @@ impl Scenario {
         Scenario::PauseLeader,
         Scenario::RollingRestart,
         Scenario::Handoff,
+        Scenario::Mixed,
     ];
+
+    /// The classes a [`Scenario::Mixed`] run draws from on `store`.
+    pub fn mixed_on(store: Store) -> Vec<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| *s != Scenario::Mixed && s.applies_to(store))
+            .collect()
+    }
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -123,6 +136,7 @@ impl Scenario {
             Scenario::PauseLeader => "pause-leader",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Handoff => "handoff",
+            Scenario::Mixed => "mixed",
         }
     }
 
@@ -148,6 +162,7 @@ impl Scenario {
                     | Scenario::PauseLeader
                     | Scenario::RollingRestart
                     | Scenario::Handoff
+                    | Scenario::Mixed
             ),
         }
     }
