@@ -122,8 +122,9 @@ pub(crate) struct Term {
 pub(crate) struct Control {
     /// Stops the current run: `stop()`, or the last handle dropped.
     pub stop: Option<driver::Stopper>,
-    /// Stops the current run's presence task ([`presence::keep`]).
-    pub presence: Option<CancellationToken>,
+    /// Stops the current run's presence task ([`presence::keep`]), and the task, which ends
+    /// once it has removed the record.
+    pub presence: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 /// Fail with [`Error::NoSuchCandidate`] when `store` can tell that `to` is not a live
@@ -252,7 +253,7 @@ impl Drop for DropGuard {
             // The engine task releases the lease in the background, if the runtime lives on.
             stop.cancel();
         }
-        if let Some(presence) = &control.presence {
+        if let Some((presence, _)) = &control.presence {
             presence.cancel();
         }
     }
@@ -499,6 +500,19 @@ impl LeaderElection {
             }
             restart
         });
+        // The last run's presence record is removed before this run writes its own, so that
+        // a late removal cannot undo the new record.
+        let previous = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .presence
+            .take();
+        if let Some((previous, task)) = previous {
+            previous.cancel();
+            let _ = task.await;
+        }
         self.shared.running.store(true, Ordering::Release);
         let (stop, handle) = driver::start(self.shared.clone(), first_tx);
         self.shared
@@ -508,17 +522,12 @@ impl LeaderElection {
             .stop = Some(stop);
         if self.shared.config.presence {
             let done = CancellationToken::new();
-            let previous = self
-                .shared
+            let task = tokio::spawn(presence::keep(self.shared.clone(), done.clone()));
+            self.shared
                 .control
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .presence
-                .replace(done.clone());
-            if let Some(previous) = previous {
-                previous.cancel();
-            }
-            tokio::spawn(presence::keep(self.shared.clone(), done));
+                .presence = Some((done, task));
         }
         let task = run.insert(handle);
         // The first outcome comes before the engine's first wait, within one store call's
@@ -563,15 +572,18 @@ impl LeaderElection {
         {
             stop.cancel();
         }
-        if let Some(presence) = self
+        let presence = self
             .shared
             .control
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .presence
-            .take()
-        {
+            .take();
+        if let Some((presence, task)) = presence {
+            // The record goes with the election: `stop` returns once it is removed (or its
+            // removal timed out: it then runs out within one lease).
             presence.cancel();
+            let _ = task.await;
         }
         let Some(task) = run.as_mut() else {
             return Ok(());
