@@ -30,15 +30,20 @@ const REQUEST_TAG: &str = "baton-handoff-request";
 /// assert_eq!(handoff_prefix("services/api"), "baton-handoff:services%2Fapi:");
 /// ```
 pub fn handoff_prefix(key: &str) -> String {
-    let mut out = String::from(NAMESPACE);
-    for b in key.bytes() {
+    format!("{NAMESPACE}{}:", escape(key))
+}
+
+/// `text` escaped as a URL path segment is, `/` and `:` included: the result holds only ASCII
+/// letters, digits, `-`, `.`, `_`, `~` and `%XX`, and tells any two texts apart.
+pub(super) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out.push(':');
     out
 }
 
@@ -129,7 +134,7 @@ impl HandoffRequest {
     }
 }
 
-fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
+pub(super) fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
     Error::ForeignData {
         key: key.to_owned(),
         found: format!(
@@ -146,7 +151,7 @@ fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
 }
 
 /// One field of a value: `-` for none, else `<length in bytes>:<text>`, so any text fits.
-fn field(value: Option<&str>) -> String {
+pub(super) fn field(value: Option<&str>) -> String {
     match value {
         None => "-".to_owned(),
         Some(text) => format!("{}:{text}", text.len()),
@@ -154,7 +159,7 @@ fn field(value: Option<&str>) -> String {
 }
 
 /// The fields of a value tagged `tag`, or `None` when it is not one.
-fn parse(value: &[u8], tag: &str) -> Option<Vec<Option<String>>> {
+pub(super) fn parse(value: &[u8], tag: &str) -> Option<Vec<Option<String>>> {
     let text = std::str::from_utf8(value).ok()?;
     let mut rest = text.strip_prefix(tag)?;
     let mut fields = Vec::new();

@@ -201,6 +201,7 @@ mod handoff;
 #[rustfmt::skip]
 #[allow(clippy::all, dead_code, missing_docs, rustdoc::all)]
 mod pb;
+mod presence;
 mod queue;
 mod session;
 mod url;
@@ -232,8 +233,8 @@ use self::session::{Session, Sessions};
 use self::url::parse_url;
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -287,6 +288,8 @@ struct Inner {
     client: OnceCell<Client>,
     /// The session leases its candidacies share, and their renewals' batcher.
     sessions: Sessions,
+    /// The leases of the presence records it announces.
+    presence: presence::Leases,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -356,6 +359,7 @@ impl EtcdStore {
                 location,
                 client: OnceCell::new(),
                 sessions: Sessions::default(),
+                presence: presence::Leases::default(),
             }),
         })
     }
@@ -377,6 +381,7 @@ impl EtcdStore {
                 location: "etcd (the application's channel)".to_owned(),
                 client: OnceCell::new_with(Some(Client::on_channel(channel))),
                 sessions: Sessions::default(),
+                presence: presence::Leases::default(),
             }),
         }
     }
@@ -446,11 +451,7 @@ impl EtcdStore {
         check_entry(key, kv)?;
         let client = self.client().await?;
         let ttl = match client.lease_time_to_live(kv.lease).await {
-            Ok(resp) if resp.ttl >= 0 => {
-                let reported = Duration::from_secs(resp.ttl as u64) + Duration::from_millis(500);
-                let granted = Duration::from_secs(resp.granted_ttl.max(1) as u64);
-                reported.min(granted)
-            }
+            Ok(resp) if resp.ttl >= 0 => time_left(resp.ttl, resp.granted_ttl),
             Ok(_) => return Ok(None),
             Err(e) if lease_not_found(&e) => return Ok(None),
             Err(e) => return Err(self.error(e, "reading the leader's lease", false)),
@@ -571,10 +572,7 @@ impl EtcdStore {
     async fn mark_ttl(&self, lease: i64) -> Result<Duration> {
         let client = self.client().await?;
         match client.lease_time_to_live(lease).await {
-            Ok(resp) if resp.ttl >= 0 => {
-                let reported = Duration::from_secs(resp.ttl as u64) + Duration::from_millis(500);
-                Ok(reported.min(Duration::from_secs(resp.granted_ttl.max(1) as u64)))
-            }
+            Ok(resp) if resp.ttl >= 0 => Ok(time_left(resp.ttl, resp.granted_ttl)),
             Ok(_) => Ok(Duration::ZERO),
             Err(e) if lease_not_found(&e) => Ok(Duration::ZERO),
             Err(e) => Err(self.error(e, "reading the handoff mark's lease", false)),
@@ -649,6 +647,13 @@ fn tls_problem(e: &Status) -> Option<String> {
         }
     };
     Some(format!("{text}; {fix}"))
+}
+
+/// The time a lease has left, from what `LeaseTimeToLive` answers (`ttl` >= 0, whole seconds,
+/// rounded down): half a second more, at most its granted TTL.
+fn time_left(ttl: i64, granted_ttl: i64) -> Duration {
+    let reported = Duration::from_secs(ttl.max(0).unsigned_abs()) + Duration::from_millis(500);
+    reported.min(Duration::from_secs(granted_ttl.max(1).unsigned_abs()))
 }
 
 /// Whether etcd answered that a lease does not exist (expired or revoked).
@@ -792,6 +797,57 @@ impl LeaseStore for EtcdStore {
             ),
             source: None,
         })
+    }
+
+    /// A live mark is `Reserved`; else a request counts while it names the fencing token of
+    /// the head of the queue (the holder), read in the same transaction.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let found = self.head_and_handoff(key).await?;
+        if let Some(kv) = &found.mark {
+            let mark = Mark::read(key, kv)?;
+            let ttl = self.mark_ttl(kv.lease).await?;
+            if !ttl.is_zero() {
+                return Ok(Some(PendingHandoff::Reserved(HandoffMark::new(
+                    mark.to, mark.from, ttl,
+                ))));
+            }
+            // It just ran out: ignored.
+        }
+        let (Some(head), Some(request)) = (&found.head, &found.request) else {
+            return Ok(None);
+        };
+        check_entry(key, head)?;
+        let request = HandoffRequest::read(key, request)?;
+        if request.token != head.create_revision {
+            // Left for an earlier term.
+            return Ok(None);
+        }
+        Ok(Some(PendingHandoff::Requested {
+            holder: String::from_utf8_lossy(&head.value).into_owned(),
+            to: request.to,
+        }))
+    }
+
+    /// The record is the key `baton-handoff:<key escaped>:candidate:<candidate escaped>`, on a
+    /// lease of its own of `ttl` (see the module docs, *Presence records*).
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        self.announce_presence(key, candidate, priority, ttl)
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        self.presence_records(key).await.map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        self.withdraw_presence(key, candidate).await
     }
 
     fn info(&self) -> StoreInfo {
