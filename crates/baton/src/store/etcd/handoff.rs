@@ -1,10 +1,11 @@
 //! Where a planned handoff's mark and a handoff request live, beside the election's queue, and
 //! what they hold (see the module docs of the store, *Planned handoff*).
 //!
-//! Both keys are under `baton-handoff:<election name, escaped>:`. The name is escaped so that
-//! the keys contain no `/`: a key without a `/` is under no election's prefix (`NAME/`), so
-//! neither a `concurrency.Election` peer of this election nor one of any other election ever
-//! sees them in its queue, whatever the election names are.
+//! Both keys (and the presence records, `presence.rs`) are under
+//! `baton-handoff:<election name, escaped>:`. The name is escaped so that the keys contain no
+//! `/`: a key without a `/` is under no election's prefix (`NAME/`), so neither a
+//! `concurrency.Election` peer of this election nor one of any other election ever sees them
+//! in its queue, whatever the election names are.
 
 use super::pb::mvccpb::KeyValue;
 use crate::{Error, Result};
@@ -18,9 +19,9 @@ const MARK_TAG: &str = "baton-handoff-mark";
 /// The first word of a request's value.
 const REQUEST_TAG: &str = "baton-handoff-request";
 
-/// The prefix of election `key`'s handoff keys, `baton-handoff:<key escaped>:`: the range a
-/// user's role must be allowed to read and write (besides the election's prefix `key/`) for
-/// planned handoffs. The name is escaped as a URL path segment is, except that `/` and `:`
+/// The prefix of election `key`'s handoff keys and presence records,
+/// `baton-handoff:<key escaped>:`: the range a user's role must be allowed to read and write
+/// (besides the election's prefix `key/`) for planned handoffs and presence. The name is escaped as a URL path segment is, except that `/` and `:`
 /// are escaped too (`services/api` gives `baton-handoff:services%2Fapi:`), so the prefix
 /// covers the keys of this election and of no other.
 ///
