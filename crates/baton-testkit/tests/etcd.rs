@@ -38,6 +38,8 @@ impl StoreFactory for EtcdFactory {
             .with_min_ttl(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(2500))
             .with_handoff(true)
+            .with_presence(true)
+            .with_shows_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -832,6 +834,21 @@ async fn an_election_runs_with_auth_and_a_wrong_password_is_a_clear_error() {
         .unwrap()
         .expect("b holds the key");
     assert_eq!(asked.holder, "b");
+    // It may show the handoff under way (a request, or b's mark once b answered it), and keep
+    // presence records, under the same prefix: announce, read them with their leases' time
+    // left, and withdraw (which revokes the record's lease).
+    let presence = EtcdStore::open(&url).unwrap();
+    let shown = presence.pending_handoff(&name).await.unwrap();
+    assert!(shown.is_some(), "{shown:?}");
+    let live = presence
+        .announce(&name, "c", 7, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(names(&presence, &name).await, [("c".to_owned(), 7)]);
+    presence.withdraw(&name, "c").await.unwrap();
+    assert_eq!(names(&presence, &name).await, []);
     b.stop().await.unwrap();
 
     // A wrong password: a configuration error naming the store, without the password.
@@ -1582,4 +1599,243 @@ async fn foreign_data_at_the_mark_key_is_reported_and_never_overwritten() {
     );
     alice.release(&lease).await.unwrap();
     assert_eq!(store.read(&name).await.unwrap(), None);
+}
+
+// Presence records
+
+/// The live candidates at `name`, sorted, without their TTLs.
+async fn names(store: &EtcdStore, name: &str) -> Vec<(String, u32)> {
+    let mut live: Vec<(String, u32)> = store
+        .candidates(name)
+        .await
+        .unwrap()
+        .expect("etcd keeps presence records")
+        .into_iter()
+        .map(|p| (p.candidate, p.priority))
+        .collect();
+    live.sort();
+    live
+}
+
+/// Presence records sit beside the queue: a candidate's announces write nothing while nothing
+/// changes (etcd's revision stands still under a leader and a follower that both announce),
+/// cost a keepalive and one read each, open no watch, and stopping removes the record at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn announces_write_nothing_while_nothing_changes_and_open_no_watch() {
+    // A server of the test's own: its revision, counters and watchers are this test's alone.
+    let server = EtcdServer::start();
+    let name = unique("presence");
+    let store = EtcdStore::open(&server.url()).unwrap();
+    let election = |id: &str| {
+        LeaderElection::builder(store.clone(), name.as_str())
+            .lease_duration(Duration::from_secs(3))
+            .renew_interval(Duration::from_millis(750))
+            .grace_period(Duration::from_millis(750))
+            .instance_id(id)
+            .announce_presence(true)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (election("a"), election("b"));
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a.is_leader()).await);
+    b.start().await.unwrap();
+    let both = vec![("a".to_owned(), 0), ("b".to_owned(), 0)];
+    let start = Instant::now();
+    while names(&store, &name).await != both {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "both records show"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The follower watches the queue and the mark, as without presence; nothing watches the
+    // records.
+    assert!(wait_until(Duration::from_secs(3), || server.watchers() == 2).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (before, calls) = (revision(&server), server.grpc_messages_received());
+    // Four renew intervals of each: eight announces, four renewals, the follower's keepalives.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, now) = (revision(&server), server.grpc_messages_received());
+    assert_eq!(
+        after, before,
+        "announcing a record that is already as it should be writes nothing"
+    );
+    let delta = |method: &str| {
+        now.get(method).copied().unwrap_or(0) - calls.get(method).copied().unwrap_or(0)
+    };
+    // Each announce is one keepalive and one read-only `Txn`: no grants, no puts, no lease
+    // lookups (`announce` reports the others' TTL from their records). (The one `Range` is
+    // etcdctl's, reading the revision.)
+    assert_eq!(delta("Range"), 1, "{now:?} after {calls:?}");
+    for method in ["LeaseGrant", "Put", "LeaseTimeToLive", "Watch"] {
+        assert_eq!(delta(method), 0, "{method}: {now:?} after {calls:?}");
+    }
+    assert!(delta("Txn") >= 8 && delta("LeaseKeepAlive") >= 8, "{now:?}");
+    assert_eq!(server.watchers(), 2);
+    assert!(a.is_leader() && !b.is_leader());
+
+    // Stopping withdraws the record at once (its lease is revoked).
+    b.stop().await.unwrap();
+    assert_eq!(names(&store, &name).await, [("a".to_owned(), 0)]);
+    a.stop().await.unwrap();
+    assert_eq!(names(&store, &name).await, []);
+    let records = server.ctl(&[
+        "get",
+        "--prefix",
+        &baton::store::etcd::handoff_prefix(&name),
+        "--keys-only",
+    ]);
+    assert_eq!(records, "", "nothing is left beside the queue");
+}
+
+/// A follower with a higher priority than the leader asks for the lease through its presence
+/// record and the handoff request, and the leader hands over to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_with_a_higher_priority_takes_the_lease_by_a_handoff() {
+    let url = shared_etcd().url();
+    let name = unique("priority");
+    let election = |id: &str, priority: u32| {
+        LeaderElection::builder(EtcdStore::open(&url).unwrap(), name.as_str())
+            .lease_duration(Duration::from_secs(3))
+            .renew_interval(Duration::from_millis(750))
+            .grace_period(Duration::from_millis(750))
+            .instance_id(id)
+            .priority(priority)
+            .build()
+            .unwrap()
+    };
+    let low = election("low", 1);
+    low.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || low.is_leader()).await);
+    let token = low.fencing_token().expect("the leader's token");
+    let high = election("high", 5);
+    high.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || high.is_leader()).await,
+        "the follower with the higher priority leads"
+    );
+    assert!(!low.is_leader());
+    assert!(high.fencing_token().expect("the new leader's token") > token);
+    let store = EtcdStore::open(&url).unwrap();
+    assert_eq!(store.read(&name).await.unwrap().unwrap().holder, "high");
+    assert_eq!(store.pending_handoff(&name).await.unwrap(), None);
+    high.stop().await.unwrap();
+    low.stop().await.unwrap();
+}
+
+/// Anything Baton did not write under an election's presence records is `ForeignData` for
+/// `announce`, `candidates` and `withdraw`, and is never overwritten or deleted; so is a value
+/// that is not Baton's at the request key for `pending_handoff`.
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_data_among_the_presence_records_is_reported_and_never_overwritten() {
+    let server = shared_etcd();
+    let name = unique("presence-foreign");
+    let ttl = Duration::from_secs(5);
+    let store = EtcdStore::open(&server.url()).unwrap();
+    let prefix = baton::store::etcd::handoff_prefix(&name);
+    let alice_key = format!("{prefix}candidate:alice");
+    let mallory_key = format!("{prefix}candidate:mallory");
+
+    // At the candidate's own key.
+    server.ctl(&["put", &alice_key, "not baton's"]);
+    let err = store.announce(&name, "alice", 1, ttl).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    // The store that tried revokes the lease it granted for the record, which carries
+    // nothing; another store finds the key is not Baton's record. Neither deletes it.
+    store.withdraw(&name, "alice").await.unwrap();
+    let err = EtcdStore::open(&server.url())
+        .unwrap()
+        .withdraw(&name, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    assert_eq!(
+        server.ctl(&["get", &alice_key, "--print-value-only"]),
+        "not baton's"
+    );
+    server.ctl(&["del", &alice_key]);
+
+    // At another candidate's key: Baton's own record is written, but the list is refused.
+    let live = store
+        .announce(&name, "alice", 1, ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    // A record of Baton's shape without a lease is not Baton's either.
+    let shaped = "baton-presence 1:0 1:5 7:mallory";
+    server.ctl(&["put", &mallory_key, shaped]);
+    for err in [
+        store.announce(&name, "alice", 1, ttl).await.unwrap_err(),
+        store.candidates(&name).await.unwrap_err(),
+        store.withdraw(&name, "mallory").await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    }
+    assert_eq!(
+        server.ctl(&["get", &mallory_key, "--print-value-only"]),
+        shaped
+    );
+    server.ctl(&["del", &mallory_key]);
+    assert_eq!(names(&store, &name).await, [("alice".to_owned(), 1)]);
+    store.withdraw(&name, "alice").await.unwrap();
+    assert_eq!(names(&store, &name).await, []);
+
+    // pending_handoff reads the request key: a value there Baton did not write is refused.
+    let mut holder = store.join(&name, "holder").await.unwrap();
+    let lease = match holder.try_acquire(ttl).await.unwrap() {
+        baton::Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let request_key = format!("{prefix}request");
+    server.ctl(&["put", &request_key, "not baton's"]);
+    let err = store.pending_handoff(&name).await.unwrap_err();
+    assert!(matches!(err, Error::ForeignData { .. }), "{err:?}");
+    server.ctl(&["del", &request_key]);
+    assert_eq!(store.pending_handoff(&name).await.unwrap(), None);
+    holder.release(&lease).await.unwrap();
+}
+
+/// A record another store announced (another process) is withdrawn by name, as on every
+/// store, and a record a restarted process announces again under the same id replaces the old
+/// one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_is_replaced_by_a_new_process_and_withdrawn_from_any() {
+    let url = shared_etcd().url();
+    let name = unique("presence-processes");
+    let ttl = Duration::from_secs(30);
+    let (first, second) = (
+        EtcdStore::open(&url).unwrap(),
+        EtcdStore::open(&url).unwrap(),
+    );
+    first.announce(&name, "web", 1, ttl).await.unwrap();
+    // A restart: the same id from another client, with another priority, on its own lease.
+    let live = second
+        .announce(&name, "web", 2, ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].candidate.as_str(), live[0].priority), ("web", 2));
+    // The first client's lease no longer carries the record: its withdraw leaves it.
+    first.withdraw(&name, "web").await.unwrap();
+    assert_eq!(names(&first, &name).await, [("web".to_owned(), 2)]);
+    let left = first.candidates(&name).await.unwrap().unwrap()[0].ttl;
+    assert!(
+        left > Duration::from_secs(25) && left <= ttl,
+        "the time left comes from the record's lease: {left:?}"
+    );
+    // A client that did not announce it removes it by name.
+    EtcdStore::open(&url)
+        .unwrap()
+        .withdraw(&name, "web")
+        .await
+        .unwrap();
+    assert_eq!(names(&second, &name).await, []);
+    // The announcing client's next announce writes it again, on the lease it kept alive.
+    second.announce(&name, "web", 2, ttl).await.unwrap();
+    assert_eq!(names(&first, &name).await, [("web".to_owned(), 2)]);
+    second.withdraw(&name, "web").await.unwrap();
+    assert_eq!(names(&first, &name).await, []);
 }

@@ -522,6 +522,17 @@ pub(super) fn lease_is(key: &str, lease: i64) -> Compare {
     }
 }
 
+/// A transaction's compare: `key` holds `value` (false when it does not exist).
+pub(super) fn value_is(key: &str, value: &str) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(compare::TargetUnion::Value(value.as_bytes().to_vec())),
+    }
+}
+
 /// A transaction's compare: every key under `prefix` was created at revision `rev` or later,
 /// so a key created at `rev` is the oldest, the head of the queue.
 pub(super) fn none_created_before(prefix: &str, rev: i64) -> Compare {

@@ -1,10 +1,11 @@
 //! Where a planned handoff's mark and a handoff request live, beside the election's queue, and
 //! what they hold (see the module docs of the store, *Planned handoff*).
 //!
-//! Both keys are under `baton-handoff:<election name, escaped>:`. The name is escaped so that
-//! the keys contain no `/`: a key without a `/` is under no election's prefix (`NAME/`), so
-//! neither a `concurrency.Election` peer of this election nor one of any other election ever
-//! sees them in its queue, whatever the election names are.
+//! Both keys (and the presence records, `presence.rs`) are under
+//! `baton-handoff:<election name, escaped>:`. The name is escaped so that the keys contain no
+//! `/`: a key without a `/` is under no election's prefix (`NAME/`), so neither a
+//! `concurrency.Election` peer of this election nor one of any other election ever sees them
+//! in its queue, whatever the election names are.
 
 use super::pb::mvccpb::KeyValue;
 use crate::{Error, Result};
@@ -18,9 +19,9 @@ const MARK_TAG: &str = "baton-handoff-mark";
 /// The first word of a request's value.
 const REQUEST_TAG: &str = "baton-handoff-request";
 
-/// The prefix of election `key`'s handoff keys, `baton-handoff:<key escaped>:`: the range a
-/// user's role must be allowed to read and write (besides the election's prefix `key/`) for
-/// planned handoffs. The name is escaped as a URL path segment is, except that `/` and `:`
+/// The prefix of election `key`'s handoff keys and presence records,
+/// `baton-handoff:<key escaped>:`: the range a user's role must be allowed to read and write
+/// (besides the election's prefix `key/`) for planned handoffs and presence. The name is escaped as a URL path segment is, except that `/` and `:`
 /// are escaped too (`services/api` gives `baton-handoff:services%2Fapi:`), so the prefix
 /// covers the keys of this election and of no other.
 ///
@@ -30,15 +31,20 @@ const REQUEST_TAG: &str = "baton-handoff-request";
 /// assert_eq!(handoff_prefix("services/api"), "baton-handoff:services%2Fapi:");
 /// ```
 pub fn handoff_prefix(key: &str) -> String {
-    let mut out = String::from(NAMESPACE);
-    for b in key.bytes() {
+    format!("{NAMESPACE}{}:", escape(key))
+}
+
+/// `text` escaped as a URL path segment is, `/` and `:` included: the result holds only ASCII
+/// letters, digits, `-`, `.`, `_`, `~` and `%XX`, and tells any two texts apart.
+pub(super) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out.push(':');
     out
 }
 
@@ -129,7 +135,7 @@ impl HandoffRequest {
     }
 }
 
-fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
+pub(super) fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
     Error::ForeignData {
         key: key.to_owned(),
         found: format!(
@@ -146,7 +152,7 @@ fn foreign(key: &str, kv: &KeyValue, what: &str) -> Error {
 }
 
 /// One field of a value: `-` for none, else `<length in bytes>:<text>`, so any text fits.
-fn field(value: Option<&str>) -> String {
+pub(super) fn field(value: Option<&str>) -> String {
     match value {
         None => "-".to_owned(),
         Some(text) => format!("{}:{text}", text.len()),
@@ -154,7 +160,7 @@ fn field(value: Option<&str>) -> String {
 }
 
 /// The fields of a value tagged `tag`, or `None` when it is not one.
-fn parse(value: &[u8], tag: &str) -> Option<Vec<Option<String>>> {
+pub(super) fn parse(value: &[u8], tag: &str) -> Option<Vec<Option<String>>> {
     let text = std::str::from_utf8(value).ok()?;
     let mut rest = text.strip_prefix(tag)?;
     let mut fields = Vec::new();

@@ -12,6 +12,7 @@
 //! | `K/<lease id in hex>` | the candidate id (`etcdctl elect`: the proposal) | the candidate's session lease, shared with the store's candidacies of other elections | its create revision |
 //! | `baton-handoff:<K escaped>:mark` | a planned handoff's mark (see [Planned handoff](#planned-handoff)), only between a handoff and the next acquire | a lease of its own, whose TTL is the handoff's window | |
 //! | `baton-handoff:<K escaped>:request` | a handoff request for the holder's term | the holder's session lease | |
+//! | `baton-handoff:<K escaped>:candidate:<id escaped>` | a candidate's presence record (see [Presence records](#presence-records)) | a lease of its own per candidate, whose TTL is the record's | |
 //!
 //! The entry with the lowest create revision leads; its create revision is the fencing token.
 //! Revisions are etcd's global, persisted counter, so tokens strictly increase across releases,
@@ -114,6 +115,43 @@
 //!
 //! [`listen_for_handoff_requests`]: crate::LeaderElectionBuilder::listen_for_handoff_requests
 //!
+//! # Presence records
+//!
+//! A candidate's presence record ([`LeaseStore::announce`], `docs/decisions.md` D134) is the
+//! key `baton-handoff:<K escaped>:candidate:<id escaped>` (the id escaped as `K` is), under
+//! the same per-election prefix as the mark and the request, so it needs no permission the
+//! election does not already need, and no election's queue sees it. Its value is
+//! `baton-presence <priority> <TTL in s> <id>` (each field `<length>:<text>`), and it is
+//! attached to a lease of its own, one per store, election and candidate, so etcd deletes it
+//! by etcd's clock when it is not renewed:
+//!
+//! * **Announce**: the first grants the lease (the TTL in whole seconds, rounded up, as
+//!   [`granted_ttl`]); each next one sends it one keepalive, then one transaction that, when
+//!   the record is already on that lease with that value, only reads every record of the
+//!   election (no write, so no revision and no event), and otherwise writes it, on its key
+//!   being as read, and reads them all. Two requests per renew interval, neither on the
+//!   election's own keys or the candidate's session lease: a presence write never delays or
+//!   conflicts with a renewal, and no change stream watches the records. A lease that ran
+//!   out, or a new TTL, gets a new lease (the old one is revoked once the record moved).
+//!   `announce` reports the own record's time left from the keepalive, and the others' as the
+//!   TTL their values name (at most that much is left; asking etcd would cost a request per
+//!   candidate on every announce).
+//! * **Candidates** reads the records, then asks etcd for each lease's time left (all at
+//!   once), and leaves out those whose lease has just run out.
+//! * **Withdraw** revokes the record's lease, which deletes the record in the same write. A
+//!   store that did not announce it deletes Baton's record on its key being as read.
+//! * A candidate killed with SIGKILL leaves its record for at most its TTL (plus etcd's
+//!   expiry sweep, up to 500 ms). A restarted process with the same id replaces the record.
+//! * **Foreign data.** A record is Baton's when it has a lease, that shape, and the key of the
+//!   id it names. Anything else under `baton-handoff:<K escaped>:candidate:` is
+//!   [`Error::ForeignData`] for `announce`, `candidates` and `withdraw`, and is never
+//!   overwritten or deleted.
+//!
+//! [`LeaseStore::pending_handoff`] reads the head of the queue, the mark and the request in
+//! one read-only transaction: a live mark is [`PendingHandoff::Reserved`] (its time left from
+//! its lease), and a request naming the head's fencing token is
+//! [`PendingHandoff::Requested`]; a request for an earlier term counts for nothing.
+//!
 //! # Sessions
 //!
 //! The candidacies of one store share one session lease per TTL, as the `Election`s of one
@@ -176,8 +214,8 @@
 //!
 //! With a user and password, Baton authenticates (etcd's `auth enable`) and refreshes the token
 //! when it expires; the user needs read and write permission on the prefix `K/` and on the
-//! prefix of the election's handoff keys, [`handoff_prefix`]`(K)` (every attempt reads the
-//! mark, and every renewal the request):
+//! prefix of the election's handoff keys and presence records, [`handoff_prefix`]`(K)`
+//! (every attempt reads the mark, every renewal the request, every announce the records):
 //! `etcdctl role grant-permission ROLE --prefix=true readwrite K/` and the same for
 //! `baton-handoff:<K escaped>:` (`baton-handoff:api:` for `api`). IPv6 addresses
 //! go in brackets (`[::1]:2379`). Over TLS, the server's certificate must chain to the CA given
@@ -201,6 +239,7 @@ mod handoff;
 #[rustfmt::skip]
 #[allow(clippy::all, dead_code, missing_docs, rustdoc::all)]
 mod pb;
+mod presence;
 mod queue;
 mod session;
 mod url;
@@ -232,8 +271,8 @@ use self::session::{Session, Sessions};
 use self::url::parse_url;
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS, chain_text};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result, connect::redact};
 
@@ -287,6 +326,8 @@ struct Inner {
     client: OnceCell<Client>,
     /// The session leases its candidacies share, and their renewals' batcher.
     sessions: Sessions,
+    /// The leases of the presence records it announces.
+    presence: presence::Leases,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -356,6 +397,7 @@ impl EtcdStore {
                 location,
                 client: OnceCell::new(),
                 sessions: Sessions::default(),
+                presence: presence::Leases::default(),
             }),
         })
     }
@@ -377,6 +419,7 @@ impl EtcdStore {
                 location: "etcd (the application's channel)".to_owned(),
                 client: OnceCell::new_with(Some(Client::on_channel(channel))),
                 sessions: Sessions::default(),
+                presence: presence::Leases::default(),
             }),
         }
     }
@@ -413,8 +456,8 @@ impl EtcdStore {
                 return Error::Config(format!(
                     "etcd at {location} refused {doing}: {}; check the user and password in the \
                      URL and that the user's role may read and write the election's prefix \
-                     (NAME/) and its handoff keys (the prefix baton-handoff:NAME:, with NAME \
-                     escaped)",
+                     (NAME/) and its handoff keys and presence records (the prefix \
+                     baton-handoff:NAME:, with NAME escaped)",
                     e.message()
                 ));
             }
@@ -446,11 +489,7 @@ impl EtcdStore {
         check_entry(key, kv)?;
         let client = self.client().await?;
         let ttl = match client.lease_time_to_live(kv.lease).await {
-            Ok(resp) if resp.ttl >= 0 => {
-                let reported = Duration::from_secs(resp.ttl as u64) + Duration::from_millis(500);
-                let granted = Duration::from_secs(resp.granted_ttl.max(1) as u64);
-                reported.min(granted)
-            }
+            Ok(resp) if resp.ttl >= 0 => time_left(resp.ttl, resp.granted_ttl),
             Ok(_) => return Ok(None),
             Err(e) if lease_not_found(&e) => return Ok(None),
             Err(e) => return Err(self.error(e, "reading the leader's lease", false)),
@@ -571,10 +610,7 @@ impl EtcdStore {
     async fn mark_ttl(&self, lease: i64) -> Result<Duration> {
         let client = self.client().await?;
         match client.lease_time_to_live(lease).await {
-            Ok(resp) if resp.ttl >= 0 => {
-                let reported = Duration::from_secs(resp.ttl as u64) + Duration::from_millis(500);
-                Ok(reported.min(Duration::from_secs(resp.granted_ttl.max(1) as u64)))
-            }
+            Ok(resp) if resp.ttl >= 0 => Ok(time_left(resp.ttl, resp.granted_ttl)),
             Ok(_) => Ok(Duration::ZERO),
             Err(e) if lease_not_found(&e) => Ok(Duration::ZERO),
             Err(e) => Err(self.error(e, "reading the handoff mark's lease", false)),
@@ -649,6 +685,13 @@ fn tls_problem(e: &Status) -> Option<String> {
         }
     };
     Some(format!("{text}; {fix}"))
+}
+
+/// The time a lease has left, from what `LeaseTimeToLive` answers (`ttl` >= 0, whole seconds,
+/// rounded down): half a second more, at most its granted TTL.
+fn time_left(ttl: i64, granted_ttl: i64) -> Duration {
+    let reported = Duration::from_secs(ttl.max(0).unsigned_abs()) + Duration::from_millis(500);
+    reported.min(Duration::from_secs(granted_ttl.max(1).unsigned_abs()))
 }
 
 /// Whether etcd answered that a lease does not exist (expired or revoked).
@@ -792,6 +835,57 @@ impl LeaseStore for EtcdStore {
             ),
             source: None,
         })
+    }
+
+    /// A live mark is `Reserved`; else a request counts while it names the fencing token of
+    /// the head of the queue (the holder), read in the same transaction.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let found = self.head_and_handoff(key).await?;
+        if let Some(kv) = &found.mark {
+            let mark = Mark::read(key, kv)?;
+            let ttl = self.mark_ttl(kv.lease).await?;
+            if !ttl.is_zero() {
+                return Ok(Some(PendingHandoff::Reserved(HandoffMark::new(
+                    mark.to, mark.from, ttl,
+                ))));
+            }
+            // It just ran out: ignored.
+        }
+        let (Some(head), Some(request)) = (&found.head, &found.request) else {
+            return Ok(None);
+        };
+        check_entry(key, head)?;
+        let request = HandoffRequest::read(key, request)?;
+        if request.token != head.create_revision {
+            // Left for an earlier term.
+            return Ok(None);
+        }
+        Ok(Some(PendingHandoff::Requested {
+            holder: String::from_utf8_lossy(&head.value).into_owned(),
+            to: request.to,
+        }))
+    }
+
+    /// The record is the key `baton-handoff:<key escaped>:candidate:<candidate escaped>`, on a
+    /// lease of its own of `ttl` (see the module docs, *Presence records*).
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        self.announce_presence(key, candidate, priority, ttl)
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        self.presence_records(key).await.map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        self.withdraw_presence(key, candidate).await
     }
 
     fn info(&self) -> StoreInfo {
