@@ -166,7 +166,9 @@ impl StoreFactory for SqlFactory {
         Some(self)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_handoff(true)
+        Capabilities::new()
+            .with_handoff(true)
+            .with_shows_handoff(true)
     }
 }
 

@@ -6,7 +6,9 @@
 //! What they share lives here: the URL options Baton reads itself, the table-name rule, change
 //! notices, the rule for the planned-handoff columns (`handoff_to`, `handoff_from`,
 //! `handoff_until`: empty, a mark on a freed row, or a request beside a held lease; anything
-//! else is [`Error::ForeignData`]), and how sqlx errors map onto Baton's [`Error`].
+//! else is [`Error::ForeignData`]; [`LeaseStore::pending_handoff`](crate::LeaseStore::pending_handoff)
+//! reads them: a request beside a live lease, or a live mark), and how sqlx errors map onto
+//! Baton's [`Error`].
 //!
 //! # URL options
 //!
@@ -50,7 +52,7 @@ use std::time::Duration;
 
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::wake::{Route, Subscription};
-use super::{Change, Changes, HandoffMark};
+use super::{Change, Changes, HandoffMark, LeaseRecord, PendingHandoff};
 use crate::connect::redact;
 use crate::{Error, Result};
 
@@ -270,6 +272,23 @@ impl Handoff {
             }
             _ => None,
         }
+    }
+}
+
+/// The handoff under way at a row ([`LeaseStore::pending_handoff`](crate::LeaseStore::pending_handoff)):
+/// a request beside its live lease (`live`), or a live mark on the freed row. A request
+/// beside a lease that ran out, and a mark that ran out, are none.
+pub(crate) fn pending(
+    live: Option<LeaseRecord>,
+    handoff: Option<&Handoff>,
+) -> Option<PendingHandoff> {
+    match (live, handoff?) {
+        (Some(record), Handoff::Request { to }) => Some(PendingHandoff::Requested {
+            holder: record.holder,
+            to: anyone(to),
+        }),
+        (None, mark @ Handoff::Mark { .. }) => mark.live_mark().map(PendingHandoff::Reserved),
+        _ => None,
     }
 }
 

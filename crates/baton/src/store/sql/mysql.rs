@@ -134,11 +134,12 @@ use super::mysql_lock::{
 };
 use super::{
     Effect, Feed, Handoff, SqlUrl, anyone, handoff_shape, left, lock, map_error, parse_handoff,
-    retrying, ttl_us,
+    pending, retrying, ttl_us,
 };
 use crate::store::batch::{self, Batcher};
 use crate::store::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, PendingHandoff, Renew,
+    StoreInfo,
 };
 use crate::{Error, FencingToken, Result};
 
@@ -1082,6 +1083,16 @@ impl LeaseStore for MysqlStore {
             message: format!("{doing}: the key kept changing hands; try again"),
             source: None,
         })
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        check_len("key", key)?;
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading the handoff at key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| pending(s.live(), s.handoff.as_ref())))
     }
 
     fn info(&self) -> StoreInfo {

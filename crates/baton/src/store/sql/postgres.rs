@@ -120,11 +120,12 @@ use tracing::debug;
 
 use super::{
     Effect, Feed, Handoff, Notice, SqlUrl, anyone, handoff_shape, left, map_error, parse_handoff,
-    retrying, ttl_us,
+    pending, retrying, ttl_us,
 };
 use crate::store::batch::{self, Batcher};
 use crate::store::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, PendingHandoff, Renew,
+    StoreInfo,
 };
 use crate::{Error, FencingToken, Result};
 
@@ -882,6 +883,15 @@ impl LeaseStore for PostgresStore {
             message: format!("{doing}: the key kept changing hands; try again"),
             source: None,
         })
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading the handoff at key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| pending(s.live(), s.handoff.as_ref())))
     }
 
     fn info(&self) -> StoreInfo {
