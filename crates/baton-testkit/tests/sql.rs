@@ -141,7 +141,13 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        admin(self.db, &format!("DROP TABLE IF EXISTS {}", self.table));
+        admin(
+            self.db,
+            &format!(
+                "DROP TABLE IF EXISTS {}, {}_candidates",
+                self.table, self.table
+            ),
+        );
         for role in &self.drop_roles {
             match self.db {
                 Db::Postgres => admin(self.db, &format!("DROP ROLE IF EXISTS {role}")),
