@@ -18,8 +18,32 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `table=NAME` | `baton_leases` | the lease table: lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 characters |
-//! | `create=false` | `true` | never create the table; a missing table is then a configuration error naming the SQL file |
+//! | `create=false` | `true` | never create a table; a missing lease table is then a configuration error naming the SQL file, and a missing presence table turns presence off (below) |
 //! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key while no leader holds its term lock (push handoff's fallback; `10ms`, `100ms`, `1s`) |
+//!
+//! # Presence records
+//!
+//! [`LeaseStore::announce`](crate::LeaseStore::announce), `candidates` and `withdraw` keep one
+//! row per candidate and key in a second table beside the lease table, named after it:
+//! `<table>_candidates` (`baton_leases_candidates` by default), so `table=` moves both. A
+//! lease table name of 53 characters or more would make that longer than the 63 characters
+//! both databases allow; the presence table is then the lease table's first 43 characters,
+//! `_`, eight hex digits of the 32-bit FNV-1a hash of its whole name, and `_candidates` (63
+//! characters; `candidates_table()` on the store gives it). Its rows are `(key, candidate,
+//! priority, expires_at)`, primary key `(key, candidate)`, with `expires_at` set and compared
+//! by the server's clock; a record that ran out is ignored, and the next announce at its key
+//! deletes it. The table is looked up at a store's first presence call (not by the election's
+//! own statements, which never touch it) and created when missing, as the lease table is.
+//!
+//! Presence is optional, so that deployments made before it keep working: when the table is
+//! missing and the URL says `create=false`, or the user may not create it, the store keeps no
+//! presence (the three calls answer `None` and write nothing; a warning says so when the right
+//! to create is missing). Baton then cannot tell a live candidate from a name and priorities do
+//! nothing; a DBA turns it on by creating the table from the store's SQL file and granting
+//! `SELECT, INSERT, UPDATE, DELETE` on it (the lookup is made once per store: processes
+//! started after that use it). A table of that name with other columns, and rows with a
+//! priority outside `0..=u32::MAX`, are [`Error::ForeignData`] on the presence calls and are
+//! never written to or deleted; the election itself goes on.
 //!
 //! # TLS
 //!

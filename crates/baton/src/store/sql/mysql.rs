@@ -25,6 +25,21 @@
 //! both `NULL`, or whose `token` is negative, were not written by Baton: they give
 //! [`Error::ForeignData`] and are never written to.
 //!
+//! A second InnoDB table, `<table>_candidates` (`baton_leases_candidates`), keeps presence
+//! records ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `VARCHAR(255) ... COLLATE utf8mb4_bin NOT NULL` | the election key |
+//! | `candidate` | `VARCHAR(255) ... COLLATE utf8mb4_bin NOT NULL` | the candidate's id; `PRIMARY KEY (key, candidate)` |
+//! | `priority` | `BIGINT NOT NULL` | its priority, 0 to 4294967295 |
+//! | `expires_at` | `DATETIME(6) NOT NULL` | when the record ends (UTC, server's clock) |
+//!
+//! An announce is two statements, each atomic on its own: an upsert of its own record
+//! (`INSERT ... ON DUPLICATE KEY UPDATE`), then a read of the key's records; a third, only
+//! when that read found records that ran out, deletes them (checking their end again by the
+//! server's clock). Presence never touches the lease table.
+//!
 //! # Planned handoff
 //!
 //! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
@@ -65,7 +80,11 @@
 //! opening the table at once one adds them and the other finds them. No row is rewritten. A
 //! user without `ALTER` on the table gets a configuration error quoting the statement to have
 //! run. Baton never drops a table or changes a column. The user needs
-//! `SELECT, INSERT, UPDATE` on the table.
+//! `SELECT, INSERT, UPDATE` on the lease table and `SELECT, INSERT, UPDATE, DELETE` on the
+//! presence table (and `CREATE` only if Baton is to create them). Without the presence table,
+//! and without the right to create it (or with `create=false`), presence is off and nothing
+//! fails. The presence table is checked as the lease table is (other columns, types,
+//! collation or primary key: [`Error::ForeignData`] on the presence calls only).
 //!
 //! # Writes and time
 //!

@@ -23,6 +23,19 @@
 //! not both set or both `NULL`, or whose `token` is below 1, were not written by Baton: they
 //! give [`Error::ForeignData`] and are never written to.
 //!
+//! A second table, `<table>_candidates` (`baton_leases_candidates`), keeps presence records
+//! ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `text NOT NULL` | the election key |
+//! | `candidate` | `text NOT NULL` | the candidate's id; `PRIMARY KEY (key, candidate)` |
+//! | `priority` | `bigint NOT NULL` | its priority, 0 to 4294967295 |
+//! | `expires_at` | `timestamptz NOT NULL` | when the record ends, by the server's clock |
+//!
+//! An announce is one statement: a `WITH` that deletes the key's records that ran out,
+//! upserts its own and returns the live ones. Presence never touches the lease table.
+//!
 //! # Planned handoff
 //!
 //! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
@@ -57,8 +70,12 @@
 //! at once: one adds them, the other finds them), which rewrites no row. A role that may not
 //! (it does not own the table) gets a configuration error quoting the statement to have run.
 //! Baton never drops a table or changes a column.
-//! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the table (and `CREATE` on the
-//! schema only if Baton is to create it).
+//! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the lease table, and
+//! `SELECT, INSERT, UPDATE, DELETE` on the presence table (and `CREATE` on the schema only if
+//! Baton is to create them). Without the presence table, and without the right to create it
+//! (or with `create=false`), presence is off and nothing fails. The presence table is checked
+//! as the lease table is (a relation of its name with other columns, or without a unique
+//! index on `(key, candidate)`, is [`Error::ForeignData`] on the presence calls only).
 //!
 //! # Writes and time
 //!
