@@ -1672,7 +1672,11 @@ impl SqlTable {
 
 impl Drop for SqlTable {
     fn drop(&mut self) {
-        let mut statements = vec![format!("DROP TABLE IF EXISTS {}", self.table)];
+        // The lease table and its presence records (`<table>_candidates`).
+        let mut statements = vec![
+            format!("DROP TABLE IF EXISTS {}", self.table),
+            format!("DROP TABLE IF EXISTS {}_candidates", self.table),
+        ];
         for user in &self.users {
             statements.push(match self.sql {
                 Sql::Postgres => format!("DROP ROLE IF EXISTS {user}"),

@@ -142,6 +142,10 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         admin(self.db, &format!("DROP TABLE IF EXISTS {}", self.table));
+        admin(
+            self.db,
+            &format!("DROP TABLE IF EXISTS {}", presence_table(&self.table)),
+        );
         for role in &self.drop_roles {
             match self.db {
                 Db::Postgres => admin(self.db, &format!("DROP ROLE IF EXISTS {role}")),
@@ -166,7 +170,10 @@ impl StoreFactory for SqlFactory {
         Some(self)
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_handoff(true)
+        Capabilities::new()
+            .with_handoff(true)
+            .with_shows_handoff(true)
+            .with_presence(true)
     }
 }
 
@@ -2172,4 +2179,375 @@ async fn from_pool_checks_the_table_name() {
         MysqlStore::from_pool(pool, ""),
         Err(Error::Config(_))
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence records (D134): the table beside the lease table, off where it cannot be.
+
+/// The presence table's name as the module documentation gives the rule (computed here on
+/// its own, so that a change to the rule, which would split a deployment's processes between
+/// two tables, fails a test): `<table>_candidates`, or, past 63 characters, the table's first
+/// 43 characters, `_`, 8 hex digits of the 32-bit FNV-1a hash of the name, `_candidates`.
+fn presence_table(table: &str) -> String {
+    let plain = format!("{table}_candidates");
+    if plain.len() <= 63 {
+        return plain;
+    }
+    let hash = table.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{}_{hash:08x}_candidates", &table[..43])
+}
+
+impl Scratch {
+    /// Whether table `name` exists in the test database.
+    async fn has_table(&self, name: &str) -> bool {
+        let n: i64 = match self.db {
+            Db::Postgres => sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
+            )
+            .bind(name)
+            .fetch_one(&self.pg().await)
+            .await
+            .unwrap(),
+            Db::Mysql => sqlx::query_scalar(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = 'test' AND table_name = ?",
+            )
+            .bind(name)
+            .fetch_one(&self.my().await)
+            .await
+            .unwrap(),
+        };
+        n == 1
+    }
+
+    /// The rows of the presence table as `candidate:priority`, sorted.
+    async fn presence_rows(&self) -> Vec<String> {
+        let p = presence_table(&self.table);
+        match self.db {
+            Db::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT candidate || ':' || priority FROM {p} ORDER BY 1"
+            )))
+            .fetch_all(&self.pg().await)
+            .await
+            .unwrap(),
+            Db::Mysql => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST(CONCAT(candidate, ':', priority) AS CHAR) FROM {p} ORDER BY 1"
+            )))
+            .fetch_all(&self.my().await)
+            .await
+            .unwrap(),
+        }
+    }
+}
+
+/// Names and priorities of `live`, which a store with presence must answer.
+fn names(live: Option<Vec<baton::Presence>>) -> Vec<(String, u32)> {
+    let mut names: Vec<(String, u32)> = live
+        .expect("the store keeps presence records here")
+        .into_iter()
+        .map(|p| (p.candidate, p.priority))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `create=false` without a presence table: presence is off (`None`, never an error) and the
+/// election works as before; once the table exists (another store created it), a new store
+/// with `create=false` keeps records in it.
+async fn presence_is_off_without_its_table_under_create_false(db: Db) {
+    let s = Scratch::new(db);
+    // The lease table, made by a store that creates nothing else until a presence call.
+    s.store().read("setup").await.unwrap();
+    let presence = presence_table(&s.table);
+    assert!(!s.has_table(&presence).await);
+    let store = s.store_at(&s.url_with("&create=false"));
+    assert_eq!(store.candidates("jobs").await.unwrap(), None);
+    assert_eq!(
+        store
+            .announce("jobs", "a", 1, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        None
+    );
+    store.withdraw("jobs", "a").await.unwrap();
+    let mut a = store.join("jobs", "a").await.unwrap();
+    let lease = acquired(a.try_acquire(Duration::from_secs(5)).await.unwrap());
+    a.release(&lease).await.unwrap();
+    assert!(!s.has_table(&presence).await, "create=false made a table");
+    assert_eq!(names(s.store().candidates("jobs").await.unwrap()), []);
+    assert!(s.has_table(&presence).await);
+    let store = s.store_at(&s.url_with("&create=false"));
+    assert_eq!(
+        names(
+            store
+                .announce("jobs", "a", 1, Duration::from_secs(5))
+                .await
+                .unwrap()
+        ),
+        [("a".to_owned(), 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_presence_is_off_without_its_table_under_create_false() {
+    presence_is_off_without_its_table_under_create_false(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_presence_is_off_without_its_table_under_create_false() {
+    presence_is_off_without_its_table_under_create_false(Db::Mysql).await;
+}
+
+/// A table of the presence table's name with other columns: every presence call is
+/// ForeignData naming it, the table stays as it was, and the election is not affected.
+async fn a_foreign_presence_table_is_reported_and_left_alone(db: Db) {
+    let s = Scratch::new(db);
+    let presence = presence_table(&s.table);
+    s.exec(match db {
+        Db::Postgres => format!("CREATE TABLE {presence} (key text PRIMARY KEY, who text)"),
+        Db::Mysql => format!("CREATE TABLE {presence} (`key` VARCHAR(100) PRIMARY KEY, who TEXT)"),
+    })
+    .await;
+    s.exec(format!("INSERT INTO {presence} VALUES ('jobs', 'theirs')"))
+        .await;
+    let store = s.store();
+    for result in [
+        store.candidates("jobs").await.map(drop),
+        store
+            .announce("jobs", "a", 1, Duration::from_secs(5))
+            .await
+            .map(drop),
+        store.withdraw("jobs", "theirs").await,
+    ] {
+        match result {
+            Err(Error::ForeignData { key, found }) => {
+                assert!(key.contains(&presence), "{key}");
+                assert!(
+                    found.contains("who") && found.contains("priority"),
+                    "{found}"
+                );
+            }
+            other => panic!("expected ForeignData, got {other:?}"),
+        }
+    }
+    let mut a = store.join("jobs", "a").await.unwrap();
+    acquired(a.try_acquire(Duration::from_secs(5)).await.unwrap());
+    let count = format!("SELECT count(*) FROM {presence} WHERE who = 'theirs'");
+    let n: i64 = match db {
+        Db::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+            .fetch_one(&s.pg().await)
+            .await
+            .unwrap(),
+        Db::Mysql => sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+            .fetch_one(&s.my().await)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(n, 1, "the foreign table must stay as it was");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_foreign_presence_table_is_reported_and_left_alone() {
+    a_foreign_presence_table_is_reported_and_left_alone(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_foreign_presence_table_is_reported_and_left_alone() {
+    a_foreign_presence_table_is_reported_and_left_alone(Db::Mysql).await;
+}
+
+/// A presence row with a priority Baton could not have written (another's, or at the
+/// announcing candidate's own place, live or spent) is ForeignData, and no announce, prune or
+/// withdraw changes it.
+async fn foreign_presence_rows_are_reported_and_left_alone(db: Db) {
+    let s = Scratch::new(db);
+    let store = s.store();
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        names(store.announce("jobs", "a", 1, ttl).await.unwrap()),
+        [("a".to_owned(), 1)]
+    );
+    let presence = presence_table(&s.table);
+    let (soon, past) = match db {
+        Db::Postgres => (
+            "clock_timestamp() + interval '1 hour'",
+            "clock_timestamp() - interval '1 hour'",
+        ),
+        Db::Mysql => (
+            "UTC_TIMESTAMP(6) + INTERVAL 1 HOUR",
+            "UTC_TIMESTAMP(6) - INTERVAL 1 HOUR",
+        ),
+    };
+    for (candidate, priority, until) in [("m", -1_i64, soon), ("z", 4_294_967_296, past)] {
+        s.exec(format!(
+            "INSERT INTO {presence} VALUES ('jobs', '{candidate}', {priority}, {until})"
+        ))
+        .await;
+        for result in [
+            store.candidates("jobs").await.map(drop),
+            store.announce("jobs", "a", 2, ttl).await.map(drop),
+            store.announce("jobs", candidate, 2, ttl).await.map(drop),
+        ] {
+            match result {
+                Err(Error::ForeignData { key, found }) => {
+                    assert_eq!(key, "jobs");
+                    assert!(
+                        found.contains(&presence)
+                            && (found.contains("priority -1") || found.contains("4294967296")),
+                        "{found}"
+                    );
+                }
+                other => panic!("expected ForeignData, got {other:?}"),
+            }
+        }
+        store.withdraw("jobs", candidate).await.unwrap();
+    }
+    assert_eq!(
+        s.presence_rows().await,
+        ["a:2", "m:-1", "z:4294967296"],
+        "Baton's own record is written; the foreign rows stay as they were"
+    );
+    // Another key is not affected.
+    assert_eq!(
+        names(store.announce("other", "a", 1, ttl).await.unwrap()),
+        [("a".to_owned(), 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_foreign_presence_rows_are_reported_and_left_alone() {
+    foreign_presence_rows_are_reported_and_left_alone(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_foreign_presence_rows_are_reported_and_left_alone() {
+    foreign_presence_rows_are_reported_and_left_alone(Db::Mysql).await;
+}
+
+/// The documented minimal rights: with `SELECT, INSERT, UPDATE` on the lease table only (a
+/// DBA made it) the election works and presence is off, not an error; once the DBA creates
+/// the presence table from the SQL file's definition and grants `SELECT, INSERT, UPDATE,
+/// DELETE` on it, a store keeps, prunes and withdraws records in it.
+async fn presence_needs_only_the_documented_rights(db: Db) {
+    let mut s = Scratch::new(db);
+    s.store().read("setup").await.unwrap();
+    let t = s.table.clone();
+    let presence = presence_table(&t);
+    let role = format!("baton_pr_{:08x}", fastrand::u32(..));
+    let url = match db {
+        Db::Postgres => {
+            s.exec(format!("CREATE ROLE {role} LOGIN")).await;
+            s.drop_roles.push(role.clone());
+            s.exec(format!("GRANT SELECT, INSERT, UPDATE ON {t} TO {role}"))
+                .await;
+            format!("postgres://{role}@127.0.0.1:5432/test?table={t}")
+        }
+        Db::Mysql => {
+            s.exec(format!("CREATE USER '{role}'@'%'")).await;
+            s.drop_roles.push(role.clone());
+            s.exec(format!(
+                "GRANT SELECT, INSERT, UPDATE ON test.{t} TO '{role}'@'%'"
+            ))
+            .await;
+            format!("mysql://{role}@127.0.0.1:3306/test?table={t}")
+        }
+    };
+    let store = s.store_at(&url);
+    let ttl = Duration::from_secs(5);
+    assert_eq!(store.announce("jobs", "a", 1, ttl).await.unwrap(), None);
+    assert_eq!(store.candidates("jobs").await.unwrap(), None);
+    let mut a = store.join("jobs", "a").await.unwrap();
+    acquired(a.try_acquire(ttl).await.unwrap());
+    assert!(!s.has_table(&presence).await);
+    // The DBA runs the SQL file's definition, with the table names of this deployment.
+    let file = match db {
+        Db::Postgres => include_str!("../../baton/sql/postgres.sql"),
+        Db::Mysql => include_str!("../../baton/sql/mysql.sql"),
+    };
+    let create = file
+        .split(';')
+        .find(|part| part.contains("CREATE TABLE IF NOT EXISTS baton_leases_candidates"))
+        .expect("the SQL file defines the presence table");
+    s.exec(create.replace("baton_leases_candidates", &presence))
+        .await;
+    s.exec(match db {
+        Db::Postgres => format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {presence} TO {role}"),
+        Db::Mysql => {
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON test.{presence} TO '{role}'@'%'")
+        }
+    })
+    .await;
+    let store = s.store_at(&url);
+    store
+        .announce("jobs", "b", 0, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        names(store.announce("jobs", "a", 1, ttl).await.unwrap()),
+        [("a".to_owned(), 1)]
+    );
+    assert_eq!(
+        s.presence_rows().await,
+        ["a:1"],
+        "the spent record was dropped"
+    );
+    store.withdraw("jobs", "a").await.unwrap();
+    assert_eq!(names(store.candidates("jobs").await.unwrap()), []);
+    assert!(s.presence_rows().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_presence_needs_only_the_documented_rights() {
+    presence_needs_only_the_documented_rights(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_presence_needs_only_the_documented_rights() {
+    presence_needs_only_the_documented_rights(Db::Mysql).await;
+}
+
+/// A lease table whose name leaves no room for `_candidates` within 63 characters gets a
+/// presence table named by the documented rule, which works.
+async fn a_long_table_name_gets_a_shortened_presence_table(db: Db) {
+    let mut s = Scratch::new(db);
+    s.table = format!("{}_{}", s.table, "x".repeat(63 - s.table.len() - 1));
+    assert_eq!(s.table.len(), 63);
+    let presence = presence_table(&s.table);
+    assert_eq!(presence.len(), 63);
+    let named = match db {
+        Db::Postgres => PostgresStore::open(&s.url())
+            .unwrap()
+            .candidates_table()
+            .to_owned(),
+        Db::Mysql => MysqlStore::open(&s.url())
+            .unwrap()
+            .candidates_table()
+            .to_owned(),
+    };
+    assert_eq!(named, presence);
+    let store = s.store();
+    assert_eq!(
+        names(
+            store
+                .announce("jobs", "a", 7, Duration::from_secs(5))
+                .await
+                .unwrap()
+        ),
+        [("a".to_owned(), 7)]
+    );
+    assert!(s.has_table(&presence).await);
+    assert_eq!(s.presence_rows().await, ["a:7"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_long_table_name_gets_a_shortened_presence_table() {
+    a_long_table_name_gets_a_shortened_presence_table(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_a_long_table_name_gets_a_shortened_presence_table() {
+    a_long_table_name_gets_a_shortened_presence_table(Db::Mysql).await;
 }

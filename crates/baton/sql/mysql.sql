@@ -43,6 +43,36 @@ CREATE TABLE IF NOT EXISTS baton_leases (
 --         ADD COLUMN handoff_from VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
 --         ADD COLUMN handoff_until DATETIME(6) NULL;
 
+-- Presence records: a second table, named after the lease table with _candidates appended
+-- (for a lease table name of 53 characters or more, which would make it longer than 63: the
+-- lease table's first 43 characters, _, 8 hex digits of the 32-bit FNV-1a hash of its whole
+-- name, _candidates; the store's candidates_table() gives it). One row per candidate that
+-- announces itself at a key, renewed every renew interval, alive until expires_at (UTC, the
+-- server's clock); `baton handoff --to` checks it, and priorities are compared through it.
+--
+-- Baton creates it beside the lease table when it may. Presence is optional: where the table
+-- is missing and Baton may not create it (the URL says create=false, or the user lacks
+-- CREATE), presence is off and elections work as before, but Baton cannot tell live
+-- candidates (`baton handoff --to` accepts any name) and priorities do nothing. To turn it on
+-- there, run this and grant the user (DELETE too: Baton drops records that ran out, and a
+-- stopping candidate removes its own):
+--
+--     GRANT SELECT, INSERT, UPDATE, DELETE ON mydb.baton_leases_candidates TO 'baton_app'@'%';
+--
+-- A table of that name with other columns, or rows with a priority outside 0..4294967295, are
+-- foreign data: Baton reports them and never writes to them.
+
+CREATE TABLE IF NOT EXISTS baton_leases_candidates (
+    `key`      VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    candidate  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    priority   BIGINT NOT NULL,        -- 0 to 4294967295
+    expires_at DATETIME(6) NOT NULL,   -- end of the record, UTC
+    PRIMARY KEY (`key`, candidate)
+) ENGINE=InnoDB;
+
 -- Who leads, and for how much longer:
 --     SELECT `key`, holder, token, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS remaining_s
 --     FROM baton_leases WHERE expires_at > UTC_TIMESTAMP(6);
+-- Who is running:
+--     SELECT `key`, candidate, priority FROM baton_leases_candidates
+--     WHERE expires_at > UTC_TIMESTAMP(6) ORDER BY `key`, priority DESC;

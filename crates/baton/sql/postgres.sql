@@ -40,6 +40,36 @@ CREATE TABLE IF NOT EXISTS baton_leases (
 --         ADD COLUMN IF NOT EXISTS handoff_from text,
 --         ADD COLUMN IF NOT EXISTS handoff_until timestamptz;
 
+-- Presence records: a second table, named after the lease table with _candidates appended
+-- (for a lease table name of 53 characters or more, which would make it longer than 63: the
+-- lease table's first 43 characters, _, 8 hex digits of the 32-bit FNV-1a hash of its whole
+-- name, _candidates; the store's candidates_table() gives it). One row per candidate that
+-- announces itself at a key, renewed every renew interval, alive until expires_at by the
+-- server's clock; `baton handoff --to` checks it, and priorities are compared through it.
+--
+-- Baton creates it beside the lease table when it may. Presence is optional: where the table
+-- is missing and Baton may not create it (the URL says create=false, or the role lacks CREATE
+-- on the schema), presence is off and elections work as before, but Baton cannot tell live
+-- candidates (`baton handoff --to` accepts any name) and priorities do nothing. To turn it on
+-- there, run this and grant the role (DELETE too: Baton drops records that ran out, and a
+-- stopping candidate removes its own):
+--
+--     GRANT SELECT, INSERT, UPDATE, DELETE ON baton_leases_candidates TO baton_app;
+--
+-- A table of that name with other columns, or rows with a priority outside 0..4294967295, are
+-- foreign data: Baton reports them and never writes to them.
+
+CREATE TABLE IF NOT EXISTS baton_leases_candidates (
+    key        text NOT NULL,          -- the election key
+    candidate  text NOT NULL,          -- the candidate's id
+    priority   bigint NOT NULL,        -- its priority (0 to 4294967295)
+    expires_at timestamptz NOT NULL,   -- end of the record (server clock)
+    PRIMARY KEY (key, candidate)
+);
+
 -- Who leads, and for how much longer:
 --     SELECT key, holder, token, expires_at - clock_timestamp() AS remaining
 --     FROM baton_leases WHERE expires_at > clock_timestamp();
+-- Who is running:
+--     SELECT key, candidate, priority FROM baton_leases_candidates
+--     WHERE expires_at > clock_timestamp() ORDER BY key, priority DESC;

@@ -6,7 +6,9 @@
 //! What they share lives here: the URL options Baton reads itself, the table-name rule, change
 //! notices, the rule for the planned-handoff columns (`handoff_to`, `handoff_from`,
 //! `handoff_until`: empty, a mark on a freed row, or a request beside a held lease; anything
-//! else is [`Error::ForeignData`]), and how sqlx errors map onto Baton's [`Error`].
+//! else is [`Error::ForeignData`]; [`LeaseStore::pending_handoff`](crate::LeaseStore::pending_handoff)
+//! reads them: a request beside a live lease, or a live mark), and how sqlx errors map onto
+//! Baton's [`Error`].
 //!
 //! # URL options
 //!
@@ -16,8 +18,32 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `table=NAME` | `baton_leases` | the lease table: lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 characters |
-//! | `create=false` | `true` | never create the table; a missing table is then a configuration error naming the SQL file |
+//! | `create=false` | `true` | never create a table; a missing lease table is then a configuration error naming the SQL file, and a missing presence table turns presence off (below) |
 //! | `poll=DUR` | `25ms` | MySQL only: how often a watching follower reads the key while no leader holds its term lock (push handoff's fallback; `10ms`, `100ms`, `1s`) |
+//!
+//! # Presence records
+//!
+//! [`LeaseStore::announce`](crate::LeaseStore::announce), `candidates` and `withdraw` keep one
+//! row per candidate and key in a second table beside the lease table, named after it:
+//! `<table>_candidates` (`baton_leases_candidates` by default), so `table=` moves both. A
+//! lease table name of 53 characters or more would make that longer than the 63 characters
+//! both databases allow; the presence table is then the lease table's first 43 characters,
+//! `_`, eight hex digits of the 32-bit FNV-1a hash of its whole name, and `_candidates` (63
+//! characters; `candidates_table()` on the store gives it). Its rows are `(key, candidate,
+//! priority, expires_at)`, primary key `(key, candidate)`, with `expires_at` set and compared
+//! by the server's clock; a record that ran out is ignored, and the next announce at its key
+//! deletes it. The table is looked up at a store's first presence call (not by the election's
+//! own statements, which never touch it) and created when missing, as the lease table is.
+//!
+//! Presence is optional, so that deployments made before it keep working: when the table is
+//! missing and the URL says `create=false`, or the user may not create it, the store keeps no
+//! presence (the three calls answer `None` and write nothing; a warning says so when the right
+//! to create is missing). Baton then cannot tell a live candidate from a name and priorities do
+//! nothing; a DBA turns it on by creating the table from the store's SQL file and granting
+//! `SELECT, INSERT, UPDATE, DELETE` on it (the lookup is made once per store: processes
+//! started after that use it). A table of that name with other columns, and rows with a
+//! priority outside `0..=u32::MAX`, are [`Error::ForeignData`] on the presence calls and are
+//! never written to or deleted; the election itself goes on.
 //!
 //! # TLS
 //!
@@ -50,7 +76,7 @@ use std::time::Duration;
 
 use super::cert::{CertFault, RENEW_OR_CHECK_CLOCKS};
 use super::wake::{Route, Subscription};
-use super::{Change, Changes, HandoffMark};
+use super::{Change, Changes, HandoffMark, LeaseRecord, PendingHandoff, Presence};
 use crate::connect::redact;
 use crate::{Error, Result};
 
@@ -221,6 +247,64 @@ pub(crate) fn validate_table(name: &str) -> Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Presence records (D134), in a second table named after the lease table.
+
+/// The longest table name both databases take (PostgreSQL's limit; MySQL's is 64).
+const MAX_TABLE_NAME: usize = 63;
+
+/// The name of the presence table beside lease table `table`: `<table>_candidates`, or, when
+/// that would be longer than 63 characters (a lease table name of 53 or more), the table's
+/// first 43 characters, `_`, eight hex digits of a 32-bit FNV-1a hash of the whole name, and
+/// `_candidates` (63 characters): every process derives the same name, and two long table
+/// names that start alike still get two presence tables.
+pub(crate) fn candidates_table(table: &str) -> String {
+    const SUFFIX: &str = "_candidates";
+    if table.len() + SUFFIX.len() <= MAX_TABLE_NAME {
+        return format!("{table}{SUFFIX}");
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in table.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    // Table names are ASCII (`validate_table`), so any byte index is a character boundary.
+    let head = &table[..MAX_TABLE_NAME - SUFFIX.len() - 9];
+    format!("{head}_{hash:08x}{SUFFIX}")
+}
+
+/// The largest priority (`u32::MAX`): a presence row with a priority outside `0..=` this was
+/// not written by Baton.
+pub(crate) const MAX_PRIORITY: i64 = u32::MAX as i64;
+
+/// Presence rows of one key as read (candidate, priority, microseconds left by the server's
+/// clock): the live records, sorted by candidate, and whether some ran out. A priority Baton
+/// could not have written is [`Error::ForeignData`] (`table` names the presence table, with
+/// its location).
+pub(crate) fn presence_rows(
+    key: &str,
+    table: &str,
+    rows: Vec<(String, i64, Option<i64>)>,
+) -> Result<(Vec<Presence>, bool)> {
+    let mut live = Vec::with_capacity(rows.len());
+    let mut spent = false;
+    for (candidate, priority, left_us) in rows {
+        let Ok(priority) = u32::try_from(priority) else {
+            return Err(Error::ForeignData {
+                key: key.to_owned(),
+                found: format!(
+                    "a row in presence table {table} for candidate {candidate:?} with priority {priority} (Baton writes 0 to {MAX_PRIORITY})"
+                ),
+            });
+        };
+        match left_us {
+            Some(us) if us > 0 => live.push(Presence::new(candidate, priority, left(us))),
+            _ => spent = true,
+        }
+    }
+    live.sort_by(|a, b| a.candidate.cmp(&b.candidate));
+    Ok((live, spent))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Planned handoff: the mark and the request (D133), in three nullable columns.
 
 /// The condition, in SQL both databases read, that a row's handoff columns are empty, a mark
@@ -270,6 +354,23 @@ impl Handoff {
             }
             _ => None,
         }
+    }
+}
+
+/// The handoff under way at a row ([`LeaseStore::pending_handoff`](crate::LeaseStore::pending_handoff)):
+/// a request beside its live lease (`live`), or a live mark on the freed row. A request
+/// beside a lease that ran out, and a mark that ran out, are none.
+pub(crate) fn pending(
+    live: Option<LeaseRecord>,
+    handoff: Option<&Handoff>,
+) -> Option<PendingHandoff> {
+    match (live, handoff?) {
+        (Some(record), Handoff::Request { to }) => Some(PendingHandoff::Requested {
+            holder: record.holder,
+            to: anyone(to),
+        }),
+        (None, mark @ Handoff::Mark { .. }) => mark.live_mark().map(PendingHandoff::Reserved),
+        _ => None,
     }
 }
 
@@ -829,6 +930,56 @@ mod tests {
             let e = parse_handoff(holder, to.clone(), from.clone(), until, Some(1))
                 .expect_err(&format!("{holder:?} {to:?} {from:?} {until}"));
             assert!(e.contains("handoff columns"), "{e}");
+        }
+    }
+
+    #[test]
+    fn presence_table_names_fit() {
+        assert_eq!(candidates_table("baton_leases"), "baton_leases_candidates");
+        let longest_plain = "t".repeat(52);
+        assert_eq!(
+            candidates_table(&longest_plain),
+            format!("{longest_plain}_candidates")
+        );
+        let a = candidates_table(&format!("{}a", "t".repeat(52)));
+        let b = candidates_table(&format!("{}b", "t".repeat(52)));
+        let longest = candidates_table(&"x".repeat(63));
+        for name in [&a, &b, &longest] {
+            assert_eq!(name.len(), 63, "{name}");
+            assert!(validate_table(name).is_ok(), "{name}");
+            assert!(name.ends_with("_candidates"), "{name}");
+        }
+        assert_ne!(a, b);
+        assert!(a.starts_with(&"t".repeat(43)));
+        // Stable across versions: every process must derive the same name.
+        assert_eq!(candidates_table(&"x".repeat(63)), longest);
+    }
+
+    #[test]
+    fn presence_rows_with_a_priority_baton_could_not_write_are_foreign() {
+        let rows = vec![
+            ("b".to_owned(), 0, Some(5)),
+            ("a".to_owned(), MAX_PRIORITY, Some(1_000_000)),
+            ("c".to_owned(), 2, Some(0)),
+            ("d".to_owned(), 2, None),
+        ];
+        let (live, spent) = presence_rows("k", "t_candidates", rows).unwrap();
+        assert!(spent);
+        assert_eq!(
+            live,
+            [
+                Presence::new("a", u32::MAX, Duration::from_secs(1)),
+                Presence::new("b", 0, Duration::from_micros(5)),
+            ]
+        );
+        for bad in [-1, MAX_PRIORITY + 1] {
+            match presence_rows("k", "t_candidates", vec![("x".to_owned(), bad, Some(9))]) {
+                Err(Error::ForeignData { key, found }) => {
+                    assert_eq!(key, "k");
+                    assert!(found.contains("t_candidates") && found.contains(&bad.to_string()));
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

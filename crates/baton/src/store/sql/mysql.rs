@@ -25,6 +25,21 @@
 //! both `NULL`, or whose `token` is negative, were not written by Baton: they give
 //! [`Error::ForeignData`] and are never written to.
 //!
+//! A second InnoDB table, `<table>_candidates` (`baton_leases_candidates`), keeps presence
+//! records ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `VARCHAR(255) ... COLLATE utf8mb4_bin NOT NULL` | the election key |
+//! | `candidate` | `VARCHAR(255) ... COLLATE utf8mb4_bin NOT NULL` | the candidate's id; `PRIMARY KEY (key, candidate)` |
+//! | `priority` | `BIGINT NOT NULL` | its priority, 0 to 4294967295 |
+//! | `expires_at` | `DATETIME(6) NOT NULL` | when the record ends (UTC, server's clock) |
+//!
+//! An announce is two statements, each atomic on its own: an upsert of its own record
+//! (`INSERT ... ON DUPLICATE KEY UPDATE`), then a read of the key's records; a third, only
+//! when that read found records that ran out, deletes them (checking their end again by the
+//! server's clock). Presence never touches the lease table.
+//!
 //! # Planned handoff
 //!
 //! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
@@ -65,7 +80,11 @@
 //! opening the table at once one adds them and the other finds them. No row is rewritten. A
 //! user without `ALTER` on the table gets a configuration error quoting the statement to have
 //! run. Baton never drops a table or changes a column. The user needs
-//! `SELECT, INSERT, UPDATE` on the table.
+//! `SELECT, INSERT, UPDATE` on the lease table and `SELECT, INSERT, UPDATE, DELETE` on the
+//! presence table (and `CREATE` only if Baton is to create them). Without the presence table,
+//! and without the right to create it (or with `create=false`), presence is off and nothing
+//! fails. The presence table is checked as the lease table is (other columns, types,
+//! collation or primary key: [`Error::ForeignData`] on the presence calls only).
 //!
 //! # Writes and time
 //!
@@ -133,12 +152,13 @@ use super::mysql_lock::{
     LockWait, MAX_WAITING_KEYS, TermLocks, Woken, lock_name, migration_lock_name,
 };
 use super::{
-    Effect, Feed, Handoff, SqlUrl, anyone, handoff_shape, left, lock, map_error, parse_handoff,
-    retrying, ttl_us,
+    Effect, Feed, Handoff, MAX_PRIORITY, SqlUrl, anyone, candidates_table, handoff_shape, left,
+    lock, map_error, parse_handoff, pending, presence_rows, retrying, ttl_us,
 };
 use crate::store::batch::{self, Batcher};
 use crate::store::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, PendingHandoff, Presence,
+    Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result};
 
@@ -312,8 +332,59 @@ const REQUEST_HANDOFF: &str = "
 UPDATE {t} SET handoff_to = ?, handoff_from = holder
 WHERE `key` = ? AND holder = ? AND token = ? AND expires_at > UTC_TIMESTAMP(6) AND {shape}";
 
+/// The presence table beside the lease table (`{c}`, see [`candidates_table`]): one row per
+/// candidate that announces itself at a key, alive until `expires_at` (UTC, server's clock).
+const CREATE_CANDIDATES: &str = "
+CREATE TABLE IF NOT EXISTS {c} (
+    `key`      VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    candidate  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    priority   BIGINT NOT NULL,
+    expires_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (`key`, candidate)
+) ENGINE=InnoDB";
+
+/// The columns [`CREATE_CANDIDATES`] makes: name, `COLUMN_TYPE` prefix, nullable, primary key.
+const CANDIDATE_COLUMNS: [(&str, &str, bool, bool); 4] = [
+    ("key", "varchar(255)", false, true),
+    ("candidate", "varchar(255)", false, true),
+    ("priority", "bigint", false, false),
+    ("expires_at", "datetime(6)", false, false),
+];
+
+/// Write candidate `?2`'s presence record at key `?1` (priority `?3`, alive `?4` µs by the
+/// server's clock). A row with a priority Baton could not have written (outside
+/// 0..=[`MAX_PRIORITY`]) is left as it was (`expires_at` is assigned first, while `priority`
+/// is still the old one), and [`CANDIDATES`] then reports it.
+const ANNOUNCE: &str = "
+INSERT INTO {c} (`key`, candidate, priority, expires_at)
+VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+ON DUPLICATE KEY UPDATE
+    expires_at = IF(priority BETWEEN 0 AND {max}, VALUES(expires_at), expires_at),
+    priority = IF(priority BETWEEN 0 AND {max}, VALUES(priority), priority)";
+
+/// Every presence row at key `?`: candidate, priority, µs left by the server's clock.
+const CANDIDATES: &str = "
+SELECT candidate, priority, CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED)
+FROM {c} WHERE `key` = ?";
+
+/// Drop the presence records at key `?` that ran out (by the server's clock, checked again
+/// here, so a record renewed since it was read stays).
+const PRUNE: &str = "
+DELETE FROM {c} WHERE `key` = ? AND expires_at <= UTC_TIMESTAMP(6) AND priority BETWEEN 0 AND {max}";
+
+/// Remove candidate `?2`'s presence record at key `?1`.
+const WITHDRAW: &str =
+    "DELETE FROM {c} WHERE `key` = ? AND candidate = ? AND priority BETWEEN 0 AND {max}";
+
 #[derive(Debug)]
 struct Sql {
+    /// The presence table's name ([`candidates_table`]).
+    candidates_table: String,
+    create_candidates: Arc<str>,
+    announce: Arc<str>,
+    candidates: Arc<str>,
+    prune: Arc<str>,
+    withdraw: Arc<str>,
     create: Arc<str>,
     select: Arc<str>,
     ensure: Arc<str>,
@@ -332,9 +403,12 @@ struct Sql {
 impl Sql {
     fn for_table(table: &str) -> Sql {
         let shape = handoff_shape("");
+        let candidates = candidates_table(table);
         let fill = |sql: &str| {
             Arc::from(
                 sql.replace("{t}", table)
+                    .replace("{c}", &candidates)
+                    .replace("{max}", &MAX_PRIORITY.to_string())
                     .replace("{shape}", &shape)
                     .replace("{flag}", FLAG_REQUEST),
             )
@@ -344,6 +418,12 @@ impl Sql {
                 .take_while(|&n| n <= MAX_RENEW_BATCH)
         };
         Sql {
+            create_candidates: fill(CREATE_CANDIDATES),
+            announce: fill(ANNOUNCE),
+            candidates: fill(CANDIDATES),
+            prune: fill(PRUNE),
+            withdraw: fill(WITHDRAW),
+            candidates_table: candidates.clone(),
             create: fill(CREATE_TABLE),
             select: fill(SELECT_LEASE),
             ensure: fill(ENSURE_ROW),
@@ -391,6 +471,8 @@ struct Inner {
     poll: Duration,
     sql: Sql,
     ready: OnceCell<()>,
+    /// Set once the presence table was looked up: whether this store keeps presence records.
+    presence: OnceCell<bool>,
     feed: Arc<Feed>,
     pollers: Mutex<HashMap<String, std::sync::Weak<Poller>>>,
     /// Pollers running (one per watched key).
@@ -504,6 +586,7 @@ impl MysqlStore {
                 sql: Sql::for_table(&url.table),
                 url,
                 ready: OnceCell::new(),
+                presence: OnceCell::new(),
                 feed: Arc::new(Feed::default()),
                 pollers: Mutex::new(HashMap::new()),
                 polling: Arc::default(),
@@ -551,6 +634,12 @@ impl MysqlStore {
         inner
             .term_locks
             .get_or_init(|| TermLocks::new(inner.pool.connect_options()))
+    }
+
+    /// The presence table's name: `<table>_candidates`, shortened with a hash when that
+    /// would be longer than 63 characters (see [the SQL stores](super)).
+    pub fn candidates_table(&self) -> &str {
+        &self.inner.sql.candidates_table
     }
 
     /// The pool, for callers that want to run their own statements on the same server.
@@ -860,6 +949,113 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether this store keeps presence records: the presence table is looked up (and
+    /// created when missing, if the URL allows) once per store. Missing, with `create=false`
+    /// or without the right to create it: `false`, and the presence calls answer `None`, so a
+    /// deployment whose user may use only the lease table keeps working. A table of that name
+    /// with other columns is [`Error::ForeignData`] on every presence call.
+    async fn presence(&self) -> Result<bool> {
+        self.presence
+            .get_or_try_init(|| self.prepare_presence())
+            .await
+            .copied()
+    }
+
+    async fn prepare_presence(&self) -> Result<bool> {
+        let doing = "looking up the presence table";
+        let table = &self.sql.candidates_table;
+        let kind = || async {
+            retrying(Effect::None, || {
+                sqlx::query_as::<_, (Option<String>, Option<String>)>(TABLE_KIND)
+                    .bind(table)
+                    .fetch_one(&self.pool)
+            })
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))
+        };
+        let (database, mut found) = kind().await?;
+        let Some(database) = database else {
+            return Err(Error::Config(format!(
+                "{} names no database: write mysql://user@host/DATABASE",
+                self.url.redacted
+            )));
+        };
+        if found.is_none() {
+            if !self.url.create {
+                debug!(table, "no presence table and create=false: presence is off");
+                return Ok(false);
+            }
+            match sqlx::query(q(&self.sql.create_candidates))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => debug!(table, "created the presence table"),
+                Err(e) if matches!(error_number(&e), Some(1142 | 1044 | 1227)) => {
+                    tracing::warn!(
+                        table,
+                        "this user may not create the presence table ({}): presence is off (baton handoff --to cannot tell live candidates, priorities do nothing); have it created with {SQL_FILE}",
+                        e.as_database_error()
+                            .map(|d| d.message().to_owned())
+                            .unwrap_or_default()
+                    );
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.error("creating the presence table", Effect::None, e)),
+            }
+            found = kind().await?.1;
+        }
+        let foreign = |found: String| Error::ForeignData {
+            key: format!("table {database}.{table} in {}", self.url.redacted),
+            found,
+        };
+        match found.as_deref() {
+            Some("BASE TABLE") => {}
+            Some(other) => {
+                return Err(foreign(format!(
+                    "a {other} named {table}, not a table, where Baton keeps presence records; rename it, or choose another lease table with ?table=NAME"
+                )));
+            }
+            None => return Ok(false),
+        }
+        let columns: Vec<Column> = retrying(Effect::None, || {
+            sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        if !layout(&columns, &CANDIDATE_COLUMNS) {
+            let found: Vec<String> = columns
+                .iter()
+                .map(|(name, ty, nullable, key, _)| {
+                    format!(
+                        "{name} {ty}{}{}",
+                        if nullable == "NO" { " NOT NULL" } else { "" },
+                        if key == "PRI" { " (primary key)" } else { "" }
+                    )
+                })
+                .collect();
+            return Err(foreign(format!(
+                "a table {table} with columns ({}) where Baton expects its presence records (key varchar(255) COLLATE utf8mb4_bin NOT NULL, candidate varchar(255) COLLATE utf8mb4_bin NOT NULL, priority bigint NOT NULL, expires_at datetime(6) NOT NULL, PRIMARY KEY (key, candidate)); rename that table, or choose another lease table with ?table=NAME",
+                found.join(", ")
+            )));
+        }
+        Ok(true)
+    }
+
+    /// The presence rows at `key` ([`CANDIDATES`]): the live records, and whether some ran out.
+    async fn presence_rows(&self, key: &str, doing: &str) -> Result<(Vec<Presence>, bool)> {
+        let rows: Vec<(String, i64, Option<i64>)> = retrying(Effect::None, || {
+            sqlx::query_as(q(&self.sql.candidates))
+                .bind(key)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let table = format!("{} in {}", self.sql.candidates_table, self.url.redacted);
+        presence_rows(key, &table, rows)
+    }
+
     /// Add the handoff columns to Baton's table from before them ([`ADD_HANDOFF_COLUMNS`]),
     /// under a named lock, after reading the columns again under it: of two stores opening
     /// the table at once, one adds them and the other finds them. Returns the columns then.
@@ -1082,6 +1278,83 @@ impl LeaseStore for MysqlStore {
             message: format!("{doing}: the key kept changing hands; try again"),
             source: None,
         })
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        check_len("key", key)?;
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading the handoff at key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| pending(s.live(), s.handoff.as_ref())))
+    }
+
+    /// Two statements: the upsert, then a read of the key's records; a third, only when
+    /// that read found some that ran out, deletes those.
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        check_len("key", key)?;
+        check_len("candidate id", candidate)?;
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(None);
+        }
+        let doing = format!("writing the presence record of {candidate:?} at key {key:?}");
+        retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.announce))
+                .bind(key)
+                .bind(candidate)
+                .bind(i64::from(priority))
+                .bind(ttl_us(ttl))
+                .execute(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        let (live, spent) = inner.presence_rows(key, &doing).await?;
+        if spent {
+            retrying(Effect::None, || {
+                sqlx::query(q(&inner.sql.prune))
+                    .bind(key)
+                    .execute(&inner.pool)
+            })
+            .await
+            .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        }
+        Ok(Some(live))
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        check_len("key", key)?;
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(None);
+        }
+        let doing = format!("reading the candidates at key {key:?}");
+        let (live, _) = inner.presence_rows(key, &doing).await?;
+        Ok(Some(live))
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(());
+        }
+        let doing = format!("removing the presence record of {candidate:?} at key {key:?}");
+        retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.withdraw))
+                .bind(key)
+                .bind(candidate)
+                .execute(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        Ok(())
     }
 
     fn info(&self) -> StoreInfo {

@@ -23,6 +23,19 @@
 //! not both set or both `NULL`, or whose `token` is below 1, were not written by Baton: they
 //! give [`Error::ForeignData`] and are never written to.
 //!
+//! A second table, `<table>_candidates` (`baton_leases_candidates`), keeps presence records
+//! ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `text NOT NULL` | the election key |
+//! | `candidate` | `text NOT NULL` | the candidate's id; `PRIMARY KEY (key, candidate)` |
+//! | `priority` | `bigint NOT NULL` | its priority, 0 to 4294967295 |
+//! | `expires_at` | `timestamptz NOT NULL` | when the record ends, by the server's clock |
+//!
+//! An announce is one statement: a `WITH` that deletes the key's records that ran out,
+//! upserts its own and returns the live ones. Presence never touches the lease table.
+//!
 //! # Planned handoff
 //!
 //! A handoff ([`Candidacy::hand_over`]) is the release's `UPDATE` that also fills the three
@@ -57,8 +70,12 @@
 //! at once: one adds them, the other finds them), which rewrites no row. A role that may not
 //! (it does not own the table) gets a configuration error quoting the statement to have run.
 //! Baton never drops a table or changes a column.
-//! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the table (and `CREATE` on the
-//! schema only if Baton is to create it).
+//! The role Baton connects as needs `SELECT, INSERT, UPDATE` on the lease table, and
+//! `SELECT, INSERT, UPDATE, DELETE` on the presence table (and `CREATE` on the schema only if
+//! Baton is to create them). Without the presence table, and without the right to create it
+//! (or with `create=false`), presence is off and nothing fails. The presence table is checked
+//! as the lease table is (a relation of its name with other columns, or without a unique
+//! index on `(key, candidate)`, is [`Error::ForeignData`] on the presence calls only).
 //!
 //! # Writes and time
 //!
@@ -119,12 +136,13 @@ use tokio::sync::{Mutex, OnceCell, oneshot};
 use tracing::debug;
 
 use super::{
-    Effect, Feed, Handoff, Notice, SqlUrl, anyone, handoff_shape, left, map_error, parse_handoff,
-    retrying, ttl_us,
+    Effect, Feed, Handoff, MAX_PRIORITY, Notice, SqlUrl, anyone, candidates_table, handoff_shape,
+    left, map_error, parse_handoff, pending, presence_rows, retrying, ttl_us,
 };
 use crate::store::batch::{self, Batcher};
 use crate::store::{
-    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, Renew, StoreInfo,
+    Acquire, Candidacy, Change, Changes, Lease, LeaseRecord, LeaseStore, PendingHandoff, Presence,
+    Renew, StoreInfo,
 };
 use crate::{Error, FencingToken, Result};
 
@@ -301,6 +319,74 @@ SELECT asked.holder, asked.token, asked.left_us FROM asked
 CROSS JOIN LATERAL pg_notify($3, CASE WHEN octet_length(asked.key) + octet_length($2::text) < 7000
     THEN 'q ' || length($2::text) || ' ' || $2::text || asked.key ELSE '' END) AS n";
 
+/// The presence table beside the lease table (`{c}`, see [`candidates_table`]): one row per
+/// candidate that announces itself at a key, alive until `expires_at` by the server's clock.
+const CREATE_CANDIDATES: &str = "
+CREATE TABLE IF NOT EXISTS {c} (
+    key        text NOT NULL,
+    candidate  text NOT NULL,
+    priority   bigint NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (key, candidate)
+)";
+
+/// The columns [`CREATE_CANDIDATES`] makes: name, `format_type`, NOT NULL.
+const CANDIDATE_COLUMNS: [(&str, &str, bool); 4] = [
+    ("key", "text", true),
+    ("candidate", "text", true),
+    ("priority", "bigint", true),
+    ("expires_at", "timestamp with time zone", true),
+];
+
+/// Whether relation `$1` has a unique index on exactly `(key, candidate)`, which
+/// [`ANNOUNCE`]'s `ON CONFLICT (key, candidate)` needs.
+const PAIR_IS_UNIQUE: &str = "
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+    WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnkeyatts = 2
+      AND i.indnatts = 2 AND i.indpred IS NULL
+      AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+           WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]))
+          = ARRAY['candidate', 'key'])";
+
+/// Write candidate `$2`'s presence record at key `$1` (priority `$3`, alive `$4` µs by the
+/// server's clock), drop the key's records that ran out, and return the key's live records
+/// (candidate, priority, µs left), all in one statement. A row with a priority Baton could not
+/// have written (outside 0..=[`MAX_PRIORITY`]) is never deleted nor updated, and is returned
+/// whether it is live or not, so the caller reports it. (Every part of the statement sees the
+/// table as it was before it: the record just written comes from `mine`.)
+const ANNOUNCE: &str = "
+WITH gone AS (
+    DELETE FROM {c}
+    WHERE key = $1 AND candidate <> $2 AND expires_at <= clock_timestamp()
+      AND priority BETWEEN 0 AND {max}
+), mine AS (
+    INSERT INTO {c} AS p (key, candidate, priority, expires_at)
+    VALUES ($1, $2, $3, clock_timestamp() + $4::bigint * interval '1 microsecond')
+    ON CONFLICT (key, candidate) DO UPDATE
+        SET priority = excluded.priority, expires_at = excluded.expires_at
+        WHERE p.priority BETWEEN 0 AND {max}
+    RETURNING candidate, priority,
+        (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint AS left_us
+)
+SELECT candidate, priority, left_us FROM mine
+UNION ALL
+SELECT candidate, priority, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+FROM {c}
+WHERE key = $1
+  AND (priority NOT BETWEEN 0 AND {max}
+       OR (candidate <> $2 AND expires_at > clock_timestamp()))";
+
+/// The live presence records at key `$1` (and any row Baton could not have written).
+const CANDIDATES: &str = "
+SELECT candidate, priority, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+FROM {c}
+WHERE key = $1 AND (priority NOT BETWEEN 0 AND {max} OR expires_at > clock_timestamp())";
+
+/// Remove candidate `$2`'s presence record at key `$1`.
+const WITHDRAW: &str =
+    "DELETE FROM {c} WHERE key = $1 AND candidate = $2 AND priority BETWEEN 0 AND {max}";
+
 /// The SQL of one table: the constants above with its name filled in.
 #[derive(Debug)]
 struct Sql {
@@ -312,19 +398,32 @@ struct Sql {
     hand_over: Arc<str>,
     request: Arc<str>,
     add_handoff_columns: Arc<str>,
+    /// The presence table's name ([`candidates_table`]).
+    candidates_table: String,
+    create_candidates: Arc<str>,
+    announce: Arc<str>,
+    candidates: Arc<str>,
+    withdraw: Arc<str>,
 }
 
 impl Sql {
     fn for_table(table: &str) -> Sql {
         let (shape, shape_l) = (handoff_shape(""), handoff_shape("l."));
+        let candidates = candidates_table(table);
         let fill = |sql: &str| {
             Arc::from(
                 sql.replace("{t}", table)
+                    .replace("{c}", &candidates)
+                    .replace("{max}", &MAX_PRIORITY.to_string())
                     .replace("{shape_l}", &shape_l)
                     .replace("{shape}", &shape),
             )
         };
         Sql {
+            create_candidates: fill(CREATE_CANDIDATES),
+            announce: fill(ANNOUNCE),
+            candidates: fill(CANDIDATES),
+            withdraw: fill(WITHDRAW),
             create: fill(CREATE_TABLE),
             select: fill(SELECT_LEASE),
             acquire: fill(ACQUIRE),
@@ -333,6 +432,7 @@ impl Sql {
             hand_over: fill(HAND_OVER),
             request: fill(REQUEST_HANDOFF),
             add_handoff_columns: fill(ADD_HANDOFF_COLUMNS),
+            candidates_table: candidates,
         }
     }
 }
@@ -395,6 +495,8 @@ struct Inner {
     sql: Arc<Sql>,
     /// Set once the table is known to be Baton's.
     ready: OnceCell<()>,
+    /// Set once the presence table was looked up: whether this store keeps presence records.
+    presence: OnceCell<bool>,
     /// Set with `ready`: from then on the pool prepares the election's statements on every
     /// connection it opens (see [`prepare_election`]).
     table_ready: Arc<AtomicBool>,
@@ -520,6 +622,7 @@ impl PostgresStore {
                 table_ready,
                 url,
                 ready: OnceCell::new(),
+                presence: OnceCell::new(),
                 feed: Arc::default(),
                 listener: Mutex::new(None),
                 renewals: Arc::default(),
@@ -530,6 +633,12 @@ impl PostgresStore {
     /// The lease table's name.
     pub fn table(&self) -> &str {
         &self.inner.url.table
+    }
+
+    /// The presence table's name: `<table>_candidates`, shortened with a hash when that
+    /// would be longer than 63 characters (see [the SQL stores](super)).
+    pub fn candidates_table(&self) -> &str {
+        &self.inner.sql.candidates_table
     }
 
     /// The pool, for callers that want to run their own statements on the same server.
@@ -721,6 +830,128 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether this store keeps presence records: the presence table is looked up (and
+    /// created when missing, if the URL allows) once per store. Missing, with `create=false`
+    /// or without the right to create it: `false`, and the presence calls answer `None`, so a
+    /// deployment whose role may use only the lease table keeps working. A relation of that
+    /// name with other columns is [`Error::ForeignData`] on every presence call.
+    async fn presence(&self) -> Result<bool> {
+        self.presence
+            .get_or_try_init(|| self.prepare_presence())
+            .await
+            .copied()
+    }
+
+    async fn prepare_presence(&self) -> Result<bool> {
+        let doing = "looking up the presence table";
+        let table = &self.sql.candidates_table;
+        let kind = || async {
+            retrying(Effect::None, || {
+                sqlx::query_scalar::<_, String>(RELATION_KIND)
+                    .bind(table)
+                    .fetch_optional(&self.pool)
+            })
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))
+        };
+        let mut found = kind().await?;
+        if found.is_none() {
+            if !self.url.create {
+                debug!(table, "no presence table and create=false: presence is off");
+                return Ok(false);
+            }
+            match sqlx::query(q(&self.sql.create_candidates))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => debug!(table, "created the presence table"),
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                    tracing::warn!(
+                        table,
+                        "this role may not create the presence table ({}): presence is off (baton handoff --to cannot tell live candidates, priorities do nothing); have it created with {SQL_FILE}",
+                        db.message()
+                    );
+                    return Ok(false);
+                }
+                // Created by another process at the same moment (see `prepare_table`).
+                Err(sqlx::Error::Database(db))
+                    if matches!(db.code().as_deref(), Some("23505" | "42P07" | "42710")) => {}
+                Err(e) => return Err(self.error("creating the presence table", Effect::None, e)),
+            }
+            found = kind().await?;
+        }
+        let foreign = |found: String| Error::ForeignData {
+            key: format!("table {table} in {}", self.url.redacted),
+            found,
+        };
+        match found.as_deref() {
+            Some("r" | "p") => {}
+            Some(kind) => {
+                return Err(foreign(format!(
+                    "a relation of kind {kind:?} (not a table) named {table}, where Baton keeps presence records; rename it, or choose another lease table with ?table=NAME"
+                )));
+            }
+            None => return Ok(false),
+        }
+        let columns: Vec<(String, String, bool)> = retrying(Effect::None, || {
+            sqlx::query_as(TABLE_COLUMNS)
+                .bind(table)
+                .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let expected: Vec<(String, String, bool)> = CANDIDATE_COLUMNS
+            .iter()
+            .map(|(n, t, nn)| ((*n).to_owned(), (*t).to_owned(), *nn))
+            .collect();
+        let unique = columns == expected
+            && retrying(Effect::None, || {
+                sqlx::query_scalar::<_, bool>(PAIR_IS_UNIQUE)
+                    .bind(table)
+                    .fetch_one(&self.pool)
+            })
+            .await
+            .map_err(|e| self.error(doing, Effect::None, e))?;
+        if !unique {
+            let show = |cols: &[(String, String, bool)]| {
+                cols.iter()
+                    .map(|(n, t, nn)| format!("{n} {t}{}", if *nn { " NOT NULL" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(foreign(format!(
+                "a table {table} with columns ({}) where Baton expects its presence records ({}, PRIMARY KEY (key, candidate)); rename that table, or choose another lease table with ?table=NAME",
+                show(&columns),
+                show(&expected)
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Presence rows as [`ANNOUNCE`] and [`CANDIDATES`] return them: the live records.
+    async fn presence_rows(
+        &self,
+        key: &str,
+        doing: &str,
+        sql: &Arc<str>,
+        candidate: Option<(&str, i64, i64)>,
+    ) -> Result<Vec<Presence>> {
+        let rows: Vec<(String, i64, Option<i64>)> = retrying(Effect::None, || {
+            let query = sqlx::query_as(q(sql)).bind(key);
+            match candidate {
+                Some((candidate, priority, ttl_us)) => {
+                    query.bind(candidate).bind(priority).bind(ttl_us)
+                }
+                None => query,
+            }
+            .fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| self.error(doing, Effect::None, e))?;
+        let table = format!("{} in {}", self.sql.candidates_table, self.url.redacted);
+        presence_rows(key, &table, rows).map(|(live, _)| live)
+    }
+
     /// Add the handoff columns to Baton's table from before them ([`ADD_HANDOFF_COLUMNS`]).
     /// A role that may not alter the table (it is not its owner) gets a configuration error
     /// with the statement to have run.
@@ -882,6 +1113,63 @@ impl LeaseStore for PostgresStore {
             message: format!("{doing}: the key kept changing hands; try again"),
             source: None,
         })
+    }
+
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        self.inner.ready().await?;
+        let stored = self
+            .inner
+            .select(key, &format!("reading the handoff at key {key:?}"))
+            .await?;
+        Ok(stored.and_then(|s| pending(s.live(), s.handoff.as_ref())))
+    }
+
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(None);
+        }
+        let doing = format!("writing the presence record of {candidate:?} at key {key:?}");
+        let args = (candidate, i64::from(priority), ttl_us(ttl));
+        inner
+            .presence_rows(key, &doing, &inner.sql.announce, Some(args))
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(None);
+        }
+        let doing = format!("reading the candidates at key {key:?}");
+        inner
+            .presence_rows(key, &doing, &inner.sql.candidates, None)
+            .await
+            .map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.presence().await? {
+            return Ok(());
+        }
+        let doing = format!("removing the presence record of {candidate:?} at key {key:?}");
+        retrying(Effect::None, || {
+            sqlx::query(q(&inner.sql.withdraw))
+                .bind(key)
+                .bind(candidate)
+                .execute(&inner.pool)
+        })
+        .await
+        .map_err(|e| inner.error(&doing, Effect::None, e))?;
+        Ok(())
     }
 
     fn info(&self) -> StoreInfo {
