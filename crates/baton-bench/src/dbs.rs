@@ -285,18 +285,18 @@ impl Server {
     /// Drop the bench's table (SQL); a no-op for etcd.
     pub async fn cleanup(&self) {
         let result = match self {
-            Server::Postgres { pool, table } => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-                    .execute(pool)
-                    .await
-                    .map(|_| ())
-            }
-            Server::Mysql { pool, table } => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-                    .execute(pool)
-                    .await
-                    .map(|_| ())
-            }
+            Server::Postgres { pool, table } => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {table}, {table}_candidates"
+            )))
+            .execute(pool)
+            .await
+            .map(|_| ()),
+            Server::Mysql { pool, table } => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {table}, {table}_candidates"
+            )))
+            .execute(pool)
+            .await
+            .map(|_| ()),
             Server::Etcd { .. } => Ok(()),
         };
         if let Err(e) = result {

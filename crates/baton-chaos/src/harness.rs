@@ -1342,7 +1342,8 @@ impl<'h> Run<'h> {
         let out = Command::new("psql")
             .args(["-h", &host, "-p", &port.to_string()])
             .args(["-U", "postgres", "-d", "test", "-q", "-c"])
-            .arg(format!("DROP TABLE IF EXISTS {table}"))
+            // With its presence records' table (D134; the name rule for short table names).
+            .arg(format!("DROP TABLE IF EXISTS {table}, {table}_candidates"))
             .stdin(Stdio::null())
             .output();
         match out {
