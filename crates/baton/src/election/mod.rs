@@ -362,8 +362,9 @@ impl LeaderElectionBuilder {
     ///
     /// Priorities are written in presence records, so setting one turns presence on
     /// ([`announce_presence`](Self::announce_presence)). They work on stores that keep
-    /// presence records (memory, SQLite, Redis) and between candidates that announce
-    /// themselves: a leader whose priority cannot be seen keeps the lease.
+    /// presence records (every store of this crate; [`LeaseStore::announce`]) and between
+    /// candidates that announce themselves: a leader whose priority cannot be seen keeps the
+    /// lease.
     pub fn priority(mut self, priority: u32) -> Self {
         self.priority = priority;
         self.presence.get_or_insert(true);
