@@ -53,6 +53,7 @@ impl StoreFactory for FakeFactory {
         Capabilities::new()
             .with_expiry_slack(Duration::from_millis(1500))
             .with_handoff(true)
+            .with_shows_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)

@@ -64,6 +64,7 @@ impl StoreFactory for FakeFactory {
             .with_min_ttl(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(2500))
             .with_handoff(true)
+            .with_shows_handoff(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)

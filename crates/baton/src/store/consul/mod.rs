@@ -127,8 +127,8 @@ use tracing::debug;
 use self::agent::{Agent, Kind, Reply};
 use self::url::{escape_path, escape_query, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Renew, StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -678,6 +678,31 @@ impl LeaseStore for ConsulStore {
                 self.inner.agent.location()
             ),
             source: None,
+        })
+    }
+
+    /// The lock's value: `request_to` in a Baton lease that still runs (by this store's
+    /// observation), or `mark_to` in the freed lock while its window runs.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let kv_key = lock_key(key);
+        let (pair, observed) = self.inner.get(&kv_key, None).await?;
+        let Some(pair) = pair else { return Ok(None) };
+        let now = boot_time();
+        Ok(match parse_lock(&kv_key, &pair)? {
+            Lock::Baton { record, .. } if !remaining(&observed, &record, now).is_zero() => {
+                record.request.clone().map(|to| PendingHandoff::Requested {
+                    holder: record.holder.clone(),
+                    to,
+                })
+            }
+            Lock::Free {
+                mark: Some(mark), ..
+            } => {
+                let left = (observed.at + mark.window).saturating_sub(now);
+                (!left.is_zero())
+                    .then(|| PendingHandoff::Reserved(HandoffMark::new(mark.to, mark.from, left)))
+            }
+            _ => None,
         })
     }
 

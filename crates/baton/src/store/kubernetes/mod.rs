@@ -166,8 +166,8 @@ use tracing::debug;
 
 use self::url::{Target, check_name, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Renew, StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -781,6 +781,27 @@ impl LeaseStore for KubernetesStore {
             format!("{key}: the Lease keeps changing"),
             "lost races",
         ))
+    }
+
+    /// The Lease's `baton.dev/handoff-*` annotations: a request beside a lease that still
+    /// runs (by this store's observation), or a mark on the freed Lease while its window runs.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        check_name(key)?;
+        let api = self.inner.api().await?;
+        let Some((_, record, observed)) = self.inner.get(&api, key).await? else {
+            return Ok(None);
+        };
+        let now = boot_time();
+        Ok(match &record.handoff {
+            Some(Handoff::Request { to }) if lease_record(&observed, now).is_some() => {
+                Some(PendingHandoff::Requested {
+                    holder: record.holder.clone(),
+                    to: to.clone(),
+                })
+            }
+            Some(Handoff::Mark { .. }) => live_mark(&observed, now).map(PendingHandoff::Reserved),
+            _ => None,
+        })
     }
 
     fn info(&self) -> StoreInfo {
