@@ -340,13 +340,21 @@ impl Inner {
     /// Delete `candidate`'s record, if Baton wrote it, with `cas` on the index read.
     pub(super) async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
         let kv_key = record_key(key, candidate);
-        self.presence_written
+        // The index this store last wrote: one `DELETE ?cas=` (a stopping process may not wait
+        // long); read afresh when it fails.
+        let mut cached = self
+            .presence_written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&kv_key);
+            .remove(&kv_key)
+            .map(|(_, index)| index);
         for _ in 0..MAX_RACES {
-            let Some((_, index)) = self.read_record(&kv_key, candidate).await? else {
-                return Ok(());
+            let index = match cached.take() {
+                Some(index) => index,
+                None => match self.read_record(&kv_key, candidate).await? {
+                    Some((_, index)) => index,
+                    None => return Ok(()),
+                },
             };
             if self.delete_cas(&kv_key, index).await? {
                 return Ok(());

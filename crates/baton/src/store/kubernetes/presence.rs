@@ -314,13 +314,20 @@ impl Inner {
     pub(super) async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
         let api = self.api().await?;
         let name = presence_name(key, candidate);
-        self.presence_written
+        // The record as this store last wrote it: one DELETE on its resourceVersion (a stopping
+        // process may not wait long); read afresh after a conflict.
+        let mut cached = self
+            .presence_written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&name);
         for _ in 0..MAX_RACES {
-            let Some(lease) = self.presence_lease(&api, key, &name, candidate).await? else {
-                return Ok(());
+            let lease = match cached.take() {
+                Some(lease) => lease,
+                None => match self.presence_lease(&api, key, &name, candidate).await? {
+                    Some(lease) => lease,
+                    None => return Ok(()),
+                },
             };
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
