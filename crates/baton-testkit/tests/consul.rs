@@ -1003,3 +1003,24 @@ async fn presence_records_are_pairs_of_their_own_and_foreign_ones_are_kept() {
     assert_eq!(client::value_of(entry), b"max_conn=10");
     assert_eq!(entry["CreateIndex"], entry["ModifyIndex"], "never written");
 }
+
+/// A record nobody renewed for long (its candidate was killed, and nobody deleted it) is not
+/// alive for a process that reads it for the first time, and a candidate's announce deletes it.
+#[tokio::test]
+async fn a_presence_record_written_long_ago_is_gone_and_deleted() {
+    let addr = addr();
+    let key = unique("presence-old");
+    let ghost = format!("/v1/kv/{key}/.candidates/ghost");
+    let value = br#"{"baton_presence":1,"candidate":"ghost","priority":3,"ttl_ms":15000,"renewal":7,"written_ms":1577836800000}"#;
+    assert_eq!(call(&addr, "PUT", &ghost, value).await.status, 200);
+    let store = ConsulStore::open(&shared_fake().store_url()).unwrap();
+    assert_eq!(store.candidates(&key).await.unwrap(), Some(Vec::new()));
+    let live = store
+        .announce(&key, "web-1", 0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(call(&addr, "GET", &ghost, b"").await.status, 404);
+    store.withdraw(&key, "web-1").await.unwrap();
+}

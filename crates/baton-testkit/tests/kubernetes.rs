@@ -847,3 +847,41 @@ async fn presence_records_are_leases_of_their_own_and_foreign_ones_are_kept() {
         "{refused:?}"
     );
 }
+
+/// A record nobody renewed for long (its candidate was killed, and nobody deleted it) is not
+/// alive for a process that reads it for the first time, and a candidate's announce deletes it.
+#[tokio::test]
+async fn a_presence_record_renewed_long_ago_is_gone_and_deleted() {
+    let base = shared_fake().url();
+    let store = KubernetesStore::open(&url_of(&base)).unwrap();
+    let key = unique("presence-old");
+    store
+        .announce(&key, "ghost", 3, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let listed = leases(&base)
+        .list(&kube::api::ListParams::default().labels(&format!("baton.dev/election={key}")))
+        .await
+        .unwrap();
+    let mut ghost = listed.items[0].clone();
+    let name = ghost.metadata.name.clone().unwrap();
+    let spec = ghost.spec.as_mut().unwrap();
+    let old: k8s_openapi::jiff::Timestamp = "2020-01-01T00:00:00Z".parse().unwrap();
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        old,
+    ));
+    leases(&base)
+        .replace(&name, &PostParams::default(), &ghost)
+        .await
+        .unwrap();
+    let fresh = KubernetesStore::open(&url_of(&base)).unwrap();
+    assert_eq!(fresh.candidates(&key).await.unwrap(), Some(Vec::new()));
+    let live = fresh
+        .announce(&key, "web-1", 0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert!(leases(&base).get_opt(&name).await.unwrap().is_none());
+    fresh.withdraw(&key, "web-1").await.unwrap();
+}

@@ -110,7 +110,7 @@
 //! value
 //!
 //! ```json
-//! {"baton_presence":1,"candidate":"web-1","priority":0,"ttl_ms":15000,"renewal":41}
+//! {"baton_presence":1,"candidate":"web-1","priority":0,"ttl_ms":15000,"renewal":41,"written_ms":1796650000000}
 //! ```
 //!
 //! An announce is one transaction (`cas` on the `ModifyIndex` the candidate last wrote; `0`
@@ -124,7 +124,11 @@
 //! changes the index: `renewal` + 1). Clock skew does not matter; a store that reads a record
 //! for the first time counts it alive for a whole TTL from then (`baton status` or `baton
 //! handoff --to` may take a candidate killed a moment ago for alive; a handoff to it runs out
-//! within a lease, D130). A session cannot carry the record instead: Consul's sessions last 10
+//! within a lease, D130). One wall-clock check, only to drop records long dead: a record whose
+//! `written_ms` (the writer's clock) is older than its TTL plus 60 s by the reader's clock
+//! counts as run out (a candidate killed hours ago, with nobody left to delete its pair, would
+//! otherwise show alive in every new process); a candidate's clock would have to be a minute
+//! behind for its live record to be missed. A session cannot carry the record instead: Consul's sessions last 10
 //! s at least and are invalidated only up to `2 x TTL` after their last renewal, so a record of
 //! a killed candidate would show for up to twice the lease (20 s at least), and every announce
 //! would cost a session renewal besides the write. The price of the observed rule: a killed

@@ -26,6 +26,27 @@ pub(super) type Written = HashMap<String, (Record, u64)>;
 /// (`ModifyIndex`, boot-clock instant).
 pub(super) type Seen = HashMap<String, HashMap<String, (u64, Duration)>>;
 
+/// How far a candidate's clock may be behind a reader's before the reader takes its record
+/// for one that ran out long ago (see [`long_gone`]).
+const SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Whether a record written at `written_ms` (the writer's wall clock) for `ttl` ran out longer
+/// ago than [`SKEW_ALLOWANCE`] by this machine's wall clock. Only this check compares clocks,
+/// and only to drop records no candidate has renewed for long (a candidate killed hours ago,
+/// with nobody left to delete its pair): the observation alone would count such a record
+/// alive for a whole TTL in every new process.
+fn long_gone(written_ms: i64, ttl: Duration, now_ms: i64) -> bool {
+    let limit = i64::try_from((ttl + SKEW_ALLOWANCE).as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(written_ms) > limit
+}
+
+/// Now, by this machine's wall clock, in ms since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The folder of `key`'s presence records.
 fn folder(key: &str) -> String {
     format!("{key}{CANDIDATES}")
@@ -45,6 +66,9 @@ pub(super) struct Record {
     priority: u32,
     ttl_ms: u64,
     renewal: u64,
+    /// When it was written, by the writer's wall clock (ms since the Unix epoch): only to drop
+    /// records long past their TTL ([`long_gone`]).
+    written_ms: u64,
 }
 
 impl Record {
@@ -55,6 +79,7 @@ impl Record {
             "priority": self.priority,
             "ttl_ms": self.ttl_ms,
             "renewal": self.renewal,
+            "written_ms": self.written_ms,
         })
         .to_string()
         .into_bytes()
@@ -73,12 +98,13 @@ fn parse(kv_key: &str, value: &[u8]) -> Result<Record> {
     let record = (|| {
         let v: Value = serde_json::from_slice(value).ok()?;
         let object = v.as_object()?;
-        const FIELDS: [&str; 5] = [
+        const FIELDS: [&str; 6] = [
             "baton_presence",
             "candidate",
             "priority",
             "ttl_ms",
             "renewal",
+            "written_ms",
         ];
         if v["baton_presence"] != 1 || !object.keys().all(|k| FIELDS.contains(&k.as_str())) {
             return None;
@@ -88,6 +114,7 @@ fn parse(kv_key: &str, value: &[u8]) -> Result<Record> {
             priority: u32::try_from(v["priority"].as_u64()?).ok()?,
             ttl_ms: v["ttl_ms"].as_u64()?,
             renewal: v["renewal"].as_u64()?,
+            written_ms: v["written_ms"].as_u64()?,
         };
         (!record.candidate.is_empty() && record.ttl_ms > 0).then_some(record)
     })();
@@ -218,6 +245,7 @@ impl Inner {
                 priority,
                 ttl_ms,
                 renewal,
+                written_ms: wall_ms(),
             };
             let ops = json!([{"KV": {
                 "Verb": "cas",
@@ -318,7 +346,13 @@ impl Inner {
             }
             let record = parse(&pair.key, &pair.value)?;
             let at = self.observe_presence(key, &pair.key, pair.modify_index, now);
-            let left = (at + Duration::from_millis(record.ttl_ms)).saturating_sub(now);
+            let ttl = Duration::from_millis(record.ttl_ms);
+            let written = i64::try_from(record.written_ms).unwrap_or(i64::MAX);
+            let left = if long_gone(written, ttl, i64::try_from(wall_ms()).unwrap_or(i64::MAX)) {
+                Duration::ZERO
+            } else {
+                (at + ttl).saturating_sub(now)
+            };
             keys.push(pair.key.clone());
             if left.is_zero() {
                 gone.push((pair.key, pair.modify_index));
@@ -373,6 +407,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_records_long_past_their_ttl_are_long_gone() {
+        let ttl = Duration::from_secs(15);
+        assert!(!long_gone(1_000_000, ttl, 1_000_000 + 75_000));
+        assert!(long_gone(1_000_000, ttl, 1_000_000 + 75_001));
+        assert!(
+            !long_gone(1_000_000, ttl, 0),
+            "a writer whose clock is ahead"
+        );
+    }
+
+    #[test]
     fn records_live_one_level_below_the_folder() {
         assert_eq!(record_key("app", "web-1"), "app/.candidates/web-1");
         assert_eq!(record_key("app", "a/b%c"), "app/.candidates/a%2Fb%25c");
@@ -381,6 +426,7 @@ mod tests {
             priority: 3,
             ttl_ms: 1500,
             renewal: 2,
+            written_ms: 1_000,
         };
         let kv_key = record_key("app", "a/b%c");
         assert_eq!(parse(&kv_key, &record.to_value()).unwrap(), record);
@@ -391,7 +437,8 @@ mod tests {
         for value in [
             &b"hello"[..],
             br#"{"baton_presence":1,"candidate":"a/b%c","priority":3,"ttl_ms":1,"renewal":0,"x":1}"#,
-            br#"{"baton_presence":1,"candidate":"a/b%c","priority":-1,"ttl_ms":1,"renewal":0}"#,
+            br#"{"baton_presence":1,"candidate":"a/b%c","priority":-1,"ttl_ms":1,"renewal":0,"written_ms":1}"#,
+            br#"{"baton_presence":1,"candidate":"a/b%c","priority":1,"ttl_ms":1,"renewal":0}"#,
         ] {
             assert!(
                 matches!(parse(&kv_key, value), Err(Error::ForeignData { .. })),

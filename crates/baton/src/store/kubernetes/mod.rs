@@ -139,7 +139,11 @@
 //! first saw its `resourceVersion`, on its own boot clock, so clock skew does not matter; a
 //! store that reads a record for the first time counts it alive for a whole TTL from then
 //! (`baton status` or `baton handoff --to` may take a candidate killed a moment ago for alive;
-//! a handoff to it runs out within a lease, D130). A stopping candidate deletes its record
+//! a handoff to it runs out within a lease, D130). One wall-clock check, only to drop records
+//! long dead: a record whose `renewTime` is older than its TTL plus 60 s by the reader's clock
+//! counts as run out (a candidate killed hours ago, with nobody left to delete its record,
+//! would otherwise show alive in every new process); a candidate's clock would have to be a
+//! minute behind for its live record to be missed. A stopping candidate deletes its record
 //! (`withdraw`, on the `resourceVersion` read); a candidate's announce deletes the records it
 //! saw run out (a candidate killed with SIGKILL), on their `resourceVersion`, so a record
 //! renewed meanwhile stays. A Lease at a record's name, or with the label, that Baton did not

@@ -29,6 +29,20 @@ const PRESENCE_OF_ANNOTATION: &str = "baton.dev/presence-of";
 /// The candidate's priority.
 const PRIORITY_ANNOTATION: &str = "baton.dev/priority";
 
+/// How far a candidate's clock may be behind a reader's before the reader takes its record
+/// for one that ran out long ago (see [`long_gone`]).
+pub(super) const SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Whether a record renewed at `renew` (the writer's wall clock) for `ttl` ran out longer ago
+/// than [`SKEW_ALLOWANCE`] by this machine's wall clock. Only this check compares clocks, and
+/// only to drop records a reader sees for the first time that no candidate has renewed for
+/// long (a candidate killed hours ago, with nobody left to delete its record): the
+/// observation alone would count such a record alive for a whole TTL in every new process.
+pub(super) fn long_gone(renew_ms: i64, ttl: Duration, now_ms: i64) -> bool {
+    let limit = i64::try_from((ttl + SKEW_ALLOWANCE).as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(renew_ms) > limit
+}
+
 /// When each presence Lease of each key was first seen at its resourceVersion: key → Lease
 /// name → (resourceVersion, boot-clock instant).
 pub(super) type Seen = HashMap<String, HashMap<String, (u64, Duration)>>;
@@ -288,7 +302,16 @@ impl Inner {
             let (candidate, priority, duration) = parse(key, lease)?;
             let rv = rv_of(lease);
             let at = self.observe_presence(key, &name, rv, now);
-            let left = (at + duration).saturating_sub(now);
+            let renew_ms = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map_or(i64::MIN, |t| t.0.as_millisecond());
+            let left = if long_gone(renew_ms, duration, now_micro().as_millisecond()) {
+                Duration::ZERO
+            } else {
+                (at + duration).saturating_sub(now)
+            };
             names.push(name.clone());
             if left.is_zero() {
                 gone.push((name, rv));
@@ -367,6 +390,16 @@ mod tests {
         assert_eq!(election_label("my-service"), "my-service");
         let label = election_label(&long);
         assert!(label.len() <= 63 && label.starts_with('h'), "{label}");
+    }
+
+    #[test]
+    fn only_records_long_past_their_ttl_are_long_gone() {
+        let ttl = Duration::from_secs(15);
+        assert!(!long_gone(1_000_000, ttl, 1_000_000 + 75_000));
+        assert!(long_gone(1_000_000, ttl, 1_000_000 + 75_001));
+        // A writer whose clock is ahead: never gone by the wall clock.
+        assert!(!long_gone(1_000_000, ttl, 0));
+        assert!(long_gone(i64::MIN, ttl, 0));
     }
 
     #[test]
