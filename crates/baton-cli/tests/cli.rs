@@ -1881,6 +1881,80 @@ fn handoff_moves_leadership_to_the_named_candidate_on_mysql() {
     handoff_moves_leadership_to_the_named_candidate(&scratch, &table.url());
 }
 
+// Kubernetes (a Lease per candidate) and Consul (pairs under PREFIX/.candidates/): presence
+// records, so priorities and the candidates `status` lists.
+
+fn a_higher_priority_takes_over_and_status_lists_the_candidates_on(scratch: &Scratch, store: &str) {
+    let baton = |args: &[&str]| {
+        let mut cmd = scratch.baton();
+        cmd.args(["--store", store, "--key", "prio-leader"])
+            .args(FAST)
+            .args(args);
+        cmd
+    };
+    let mut a = Running::spawn(baton(&[
+        "--id",
+        "a",
+        "--priority",
+        "1",
+        "campaign",
+        "--json",
+    ]));
+    let first = a.wait_event("became_leader", None);
+    let mut c = Running::spawn(baton(&[
+        "--id",
+        "c",
+        "--priority",
+        "7",
+        "campaign",
+        "--json",
+    ]));
+    let became = c.wait_event("became_leader", Some("c"));
+    assert!(became["token"].as_u64() > first["token"].as_u64());
+    let lost = a.wait_line("a's handoff", |l| l.contains("lost_leadership"));
+    assert!(lost.contains("handed_over"), "{lost}");
+    let candidates = || {
+        let out = run(&mut baton(&["status", "--json"]));
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut listed: Vec<(String, u64)> = status["candidates"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{status}"))
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_owned(),
+                    c["priority"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        listed.sort();
+        listed
+    };
+    assert_eq!(candidates(), [("a".into(), 1), ("c".into(), 7)]);
+    for r in [&a, &c] {
+        r.signal(Signal::INT);
+    }
+    for r in [&mut a, &mut c] {
+        let (status, _) = r.wait_exit();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn a_higher_priority_takes_over_and_status_lists_the_candidates_on_kubernetes() {
+    let scratch = Scratch::new("priority-kubernetes");
+    let server = baton_testkit::fake_k8s::FakeK8sProcess::start();
+    let url = format!("kubernetes+http://127.0.0.1:{}", server.port());
+    a_higher_priority_takes_over_and_status_lists_the_candidates_on(&scratch, &url);
+}
+
+#[test]
+fn a_higher_priority_takes_over_and_status_lists_the_candidates_on_consul() {
+    let scratch = Scratch::new("priority-consul");
+    let server = baton_testkit::fake_consul::FakeConsulProcess::start();
+    a_higher_priority_takes_over_and_status_lists_the_candidates_on(&scratch, &server.store_url());
+}
+
 /// What `baton handoff` answers when it cannot do what was asked: nobody leads (1), an id that
 /// cannot be one (2), the leader itself (0, nothing to do), an id no candidate runs under (2),
 /// a candidate that dies before it takes over (1 when the time runs out; the others then elect

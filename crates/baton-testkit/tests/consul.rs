@@ -53,6 +53,8 @@ impl StoreFactory for FakeFactory {
         Capabilities::new()
             .with_expiry_slack(Duration::from_millis(1500))
             .with_handoff(true)
+            .with_shows_handoff(true)
+            .with_presence(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -927,4 +929,98 @@ async fn consuls_urls_verify_the_agent_with_the_given_ca() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Presence records are pairs of their own under `PREFIX/.candidates/`, never the lock; a pair
+/// in that folder that Baton did not write is foreign data and stays as it was.
+#[tokio::test]
+async fn presence_records_are_pairs_of_their_own_and_foreign_ones_are_kept() {
+    let addr = addr();
+    let store = ConsulStore::open(&shared_fake().store_url()).unwrap();
+    let key = unique("presence");
+    let live = store
+        .announce(&key, "web/1", 5, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].candidate.as_str(), live[0].priority), ("web/1", 5));
+    let reply = call(&addr, "GET", &format!("/v1/kv/{key}?recurse"), b"").await;
+    let entries = reply.json();
+    let keys: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    let record = format!("{key}/.candidates/web%2F1");
+    assert_eq!(keys, [record.as_str()], "no write on the lock");
+    let value: Value = serde_json::from_slice(&client::value_of(&entries[0])).unwrap();
+    assert_eq!(value["candidate"], "web/1");
+    assert_eq!(value["priority"], 5);
+    assert_eq!(value["ttl_ms"], 15000);
+    assert!(entries[0].get("Session").is_none_or(Value::is_null));
+    // A second announce is a new write (a new ModifyIndex), so observers see it renewed.
+    let first = entries[0]["ModifyIndex"].as_u64().unwrap();
+    store
+        .announce(&key, "web/1", 5, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let reply = call(
+        &addr,
+        "GET",
+        &format!("/v1/kv/{}", record.replace('%', "%25")),
+        b"",
+    )
+    .await;
+    assert!(reply.json()[0]["ModifyIndex"].as_u64().unwrap() > first);
+    store.withdraw(&key, "web/1").await.unwrap();
+    let reply = call(&addr, "GET", &format!("/v1/kv/{key}?recurse"), b"").await;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+
+    // Another program's value in the folder.
+    let planted = format!("/v1/kv/{key}/.candidates/web-2");
+    assert_eq!(
+        call(&addr, "PUT", &planted, b"max_conn=10").await.status,
+        200
+    );
+    match store.candidates(&key).await {
+        Err(Error::ForeignData { .. }) => {}
+        other => panic!("a planted pair must be foreign data, not {other:?}"),
+    }
+    match store.withdraw(&key, "web-2").await {
+        Err(Error::ForeignData { .. }) => {}
+        other => panic!("a planted pair must be foreign data, not {other:?}"),
+    }
+    match store
+        .announce(&key, "web-2", 0, Duration::from_secs(15))
+        .await
+    {
+        Err(Error::ForeignData { .. }) => {}
+        other => panic!("a planted pair must be foreign data, not {other:?}"),
+    }
+    let entry = &call(&addr, "GET", &planted, b"").await.json()[0];
+    assert_eq!(client::value_of(entry), b"max_conn=10");
+    assert_eq!(entry["CreateIndex"], entry["ModifyIndex"], "never written");
+}
+
+/// A record nobody renewed for long (its candidate was killed, and nobody deleted it) is not
+/// alive for a process that reads it for the first time, and a candidate's announce deletes it.
+#[tokio::test]
+async fn a_presence_record_written_long_ago_is_gone_and_deleted() {
+    let addr = addr();
+    let key = unique("presence-old");
+    let ghost = format!("/v1/kv/{key}/.candidates/ghost");
+    let value = br#"{"baton_presence":1,"candidate":"ghost","priority":3,"ttl_ms":15000,"renewal":7,"written_ms":1577836800000}"#;
+    assert_eq!(call(&addr, "PUT", &ghost, value).await.status, 200);
+    let store = ConsulStore::open(&shared_fake().store_url()).unwrap();
+    assert_eq!(store.candidates(&key).await.unwrap(), Some(Vec::new()));
+    let live = store
+        .announce(&key, "web-1", 0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(call(&addr, "GET", &ghost, b"").await.status, 404);
+    store.withdraw(&key, "web-1").await.unwrap();
 }

@@ -64,6 +64,8 @@ impl StoreFactory for FakeFactory {
             .with_min_ttl(Duration::from_secs(1))
             .with_expiry_slack(Duration::from_millis(2500))
             .with_handoff(true)
+            .with_shows_handoff(true)
+            .with_presence(true)
     }
     fn foreign_writer(&self) -> Option<&dyn ForeignWriter> {
         Some(self)
@@ -760,4 +762,126 @@ async fn the_python_clients_elector_and_batons_never_lead_at_once() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Presence records are Leases of their own, listed by label, and the election's Lease is not
+/// touched by them; a labelled Lease Baton did not write is foreign data and stays as it was.
+#[tokio::test]
+async fn presence_records_are_leases_of_their_own_and_foreign_ones_are_kept() {
+    let base = shared_fake().url();
+    let store = KubernetesStore::open(&url_of(&base)).unwrap();
+    let key = unique("presence");
+    let live = store
+        .announce(&key, "web/1 (pod)", 5, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (live[0].candidate.as_str(), live[0].priority),
+        ("web/1 (pod)", 5)
+    );
+    let listed = leases(&base)
+        .list(&kube::api::ListParams::default().labels(&format!("baton.dev/election={key}")))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let record = &listed.items[0];
+    let name = record.metadata.name.clone().unwrap();
+    assert!(
+        name.starts_with(&format!("{key}-")) && name != key,
+        "{name}"
+    );
+    let spec = record.spec.clone().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("web/1 (pod)"));
+    assert_eq!(spec.lease_duration_seconds, Some(15));
+    assert_eq!(
+        record.metadata.annotations.as_ref().unwrap()["baton.dev/priority"],
+        "5"
+    );
+    assert!(
+        leases(&base).get_opt(&key).await.unwrap().is_none(),
+        "no write on the election's Lease"
+    );
+    store.withdraw(&key, "web/1 (pod)").await.unwrap();
+    assert!(leases(&base).get_opt(&name).await.unwrap().is_none());
+
+    // A Lease someone else labelled as a record of this election.
+    let planted: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{key}-planted"), "labels": {"baton.dev/election": key}},
+        "spec": {"holderIdentity": "node-1"}
+    }))
+    .unwrap();
+    let planted = leases(&base)
+        .create(&PostParams::default(), &planted)
+        .await
+        .unwrap();
+    match store.candidates(&key).await {
+        Err(Error::ForeignData { .. }) => {}
+        other => panic!("a planted record must be foreign data, not {other:?}"),
+    }
+    match store
+        .announce(&key, "web-2", 0, Duration::from_secs(15))
+        .await
+    {
+        Err(Error::ForeignData { .. }) => {}
+        other => panic!("a planted record must be foreign data, not {other:?}"),
+    }
+    let after = leases(&base)
+        .get(planted.metadata.name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        planted.metadata.resource_version
+    );
+    // The label's value must be a label value: the fake refuses what the API server refuses.
+    let bad: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": unique("bad-label"), "labels": {"baton.dev/election": "-x"}},
+        "spec": {}
+    }))
+    .unwrap();
+    let refused = leases(&base).create(&PostParams::default(), &bad).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "{refused:?}"
+    );
+}
+
+/// A record nobody renewed for long (its candidate was killed, and nobody deleted it) is not
+/// alive for a process that reads it for the first time, and a candidate's announce deletes it.
+#[tokio::test]
+async fn a_presence_record_renewed_long_ago_is_gone_and_deleted() {
+    let base = shared_fake().url();
+    let store = KubernetesStore::open(&url_of(&base)).unwrap();
+    let key = unique("presence-old");
+    store
+        .announce(&key, "ghost", 3, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let listed = leases(&base)
+        .list(&kube::api::ListParams::default().labels(&format!("baton.dev/election={key}")))
+        .await
+        .unwrap();
+    let mut ghost = listed.items[0].clone();
+    let name = ghost.metadata.name.clone().unwrap();
+    let spec = ghost.spec.as_mut().unwrap();
+    let old: k8s_openapi::jiff::Timestamp = "2020-01-01T00:00:00Z".parse().unwrap();
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        old,
+    ));
+    leases(&base)
+        .replace(&name, &PostParams::default(), &ghost)
+        .await
+        .unwrap();
+    let fresh = KubernetesStore::open(&url_of(&base)).unwrap();
+    assert_eq!(fresh.candidates(&key).await.unwrap(), Some(Vec::new()));
+    let live = fresh
+        .announce(&key, "web-1", 0, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert!(leases(&base).get_opt(&name).await.unwrap().is_none());
+    fresh.withdraw(&key, "web-1").await.unwrap();
 }

@@ -14,8 +14,11 @@ use serde_json::Value;
 use super::{Running, Scratch, free_port, http_get, run, text};
 
 /// The verbs the Role grants on leases (README, "Running in a cluster"): read and follow,
-/// create on the first acquire, conditional writes to acquire, renew and release.
-const LEASE_VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "patch"];
+/// create on the first acquire, conditional writes to acquire, renew and release; delete for the
+/// presence records only (a stopping candidate's, and those that ran out).
+const LEASE_VERBS: [&str; 7] = [
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
 
 /// A name the downward API could give a pod of the Deployment.
 const POD_NAME: &str = "baton-5d8f7c9b4-x2x7q";

@@ -276,6 +276,31 @@ pub fn qualified_name_errors(value: &str) -> Vec<String> {
     errs
 }
 
+/// `validation.IsValidLabelValue`'s regex message.
+const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric \
+    characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. \
+    'MyValue',  or 'my_value',  or '12345', regex used for validation is \
+    '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+
+/// The messages `IsValidLabelValue` gives for `value`; empty when it is valid.
+pub fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_owned());
+    }
+    let b = value.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    let matches = b.is_empty()
+        || (alnum(&b[0])
+            && alnum(&b[b.len() - 1])
+            && b.iter()
+                .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.')));
+    if !matches {
+        errs.push(LABEL_VALUE_MSG.to_owned());
+    }
+    errs
+}
+
 /// `ValidateLease` (create and update: `ValidateObjectMeta` with `NameIsDNSSubdomain`, then
 /// `ValidateLeaseSpec`). `object` is a decoded Lease with its name and namespace filled in.
 pub fn validate(object: &Value) -> Result<(), ApiError> {
@@ -291,6 +316,29 @@ pub fn validate(object: &Value) -> Result<(), ApiError> {
             errs.push(FieldError::invalid(
                 "metadata.name",
                 &format!("{name:?}"),
+                &msg,
+            ));
+        }
+    }
+    // `ValidateLabels` (`staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go`):
+    // each key a qualified name, each value `IsValidLabelValue`.
+    for (k, v) in object["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        for msg in qualified_name_errors(k) {
+            errs.push(FieldError::invalid(
+                "metadata.labels",
+                &format!("{k:?}"),
+                &msg,
+            ));
+        }
+        let v = v.as_str().unwrap_or("");
+        for msg in label_value_errors(v) {
+            errs.push(FieldError::invalid(
+                "metadata.labels",
+                &format!("{v:?}"),
                 &msg,
             ));
         }

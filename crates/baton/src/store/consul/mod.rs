@@ -98,6 +98,46 @@
 //!
 //! A record with the handoff fields is refused as foreign by Baton versions from before them.
 //!
+//! `pending_handoff` ([`LeaseStore::pending_handoff`]) reads the same fields: `request_to`
+//! while the holder's lease runs, the mark while its window runs, both by this store's
+//! observation.
+//!
+//! # Presence records
+//!
+//! A candidate's presence record ([`LeaseStore::announce`]) is a KV pair of its own, never
+//! the lock (a write there would make the leader's renewal transaction roll back):
+//! `PREFIX/.candidates/<id>` (the id with `%` and `/` escaped as `%25` and `%2F`), flags 0,
+//! value
+//!
+//! ```json
+//! {"baton_presence":1,"candidate":"web-1","priority":0,"ttl_ms":15000,"renewal":41,"written_ms":1796650000000}
+//! ```
+//!
+//! An announce is one transaction (`cas` on the `ModifyIndex` the candidate last wrote; `0`
+//! creates the pair; a conflict reads it again) and one `?recurse` read of the folder.
+//! `consul lock PREFIX` and the Go API's `Lock` read and write only `PREFIX/.lock`, so they
+//! ignore the folder (a semaphore, `consul lock -n`, counts only pairs held by a session; these
+//! have none).
+//!
+//! Consul KV has no TTL, so a record is judged as a Baton lease is: alive for `ttl_ms` from
+//! when this store first saw its `ModifyIndex`, on its own monotonic clock (every announce
+//! changes the index: `renewal` + 1). Clock skew does not matter; a store that reads a record
+//! for the first time counts it alive for a whole TTL from then (`baton status` or `baton
+//! handoff --to` may take a candidate killed a moment ago for alive; a handoff to it runs out
+//! within a lease, D130). One wall-clock check, only to drop records long dead: a record whose
+//! `written_ms` (the writer's clock) is older than its TTL plus 60 s by the reader's clock
+//! counts as run out (a candidate killed hours ago, with nobody left to delete its pair, would
+//! otherwise show alive in every new process); a candidate's clock would have to be a minute
+//! behind for its live record to be missed. A session cannot carry the record instead: Consul's sessions last 10
+//! s at least and are invalidated only up to `2 x TTL` after their last renewal, so a record of
+//! a killed candidate would show for up to twice the lease (20 s at least), and every announce
+//! would cost a session renewal besides the write. The price of the observed rule: a killed
+//! candidate's pair stays in the KV store until another candidate's announce sees it run out
+//! and deletes it (`DELETE ?cas=` on the index seen, so a record renewed meanwhile stays); a
+//! stopping candidate deletes its own (`withdraw`, `?cas=` too). A pair in the folder that is
+//! not a Baton record (or a record at another candidate's key) is [`Error::ForeignData`] and
+//! is never written or deleted; keys deeper in the folder are ignored.
+//!
 //! # URLs
 //!
 //! | URL | connects to |
@@ -107,10 +147,14 @@
 //!
 //! The token is sent in the `X-Consul-Token` header and never shown: not in errors, logs or
 //! `Debug` output. The `baton` command also takes it from `CONSUL_HTTP_TOKEN`. It needs
-//! `key:write` on the key and `session:write` on the agent's node. A 403 is a configuration
+//! `key:write` on the key and `session:write` on the agent's node; with presence records (the
+//! `baton` command keeps them), `key:write` on the prefix `PREFIX/.candidates/` too (a
+//! `key_prefix "PREFIX/"` rule with `write` covers both, and the folder's recursive read, even
+//! with `acl.enable_key_list_policy`). A 403 is a configuration
 //! error. `docs/decisions.md` (D94–D101) has the reasoning.
 
 mod agent;
+mod presence;
 mod url;
 
 use std::collections::HashMap;
@@ -127,8 +171,8 @@ use tracing::debug;
 use self::agent::{Agent, Kind, Reply};
 use self::url::{escape_path, escape_query, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -168,6 +212,10 @@ struct Inner {
     agent: Agent,
     /// When each key's `ModifyIndex` was first seen, on this machine's boot clock.
     observed: Mutex<HashMap<String, Observed>>,
+    /// When each presence record was first seen at its `ModifyIndex`.
+    presence: Mutex<presence::Seen>,
+    /// Each presence record this store wrote.
+    presence_written: Mutex<presence::Written>,
 }
 
 impl std::fmt::Debug for ConsulStore {
@@ -302,6 +350,8 @@ impl ConsulStore {
             inner: Arc::new(Inner {
                 agent,
                 observed: Mutex::new(HashMap::new()),
+                presence: Mutex::new(HashMap::new()),
+                presence_written: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -679,6 +729,54 @@ impl LeaseStore for ConsulStore {
             ),
             source: None,
         })
+    }
+
+    /// The lock's value: `request_to` in a Baton lease that still runs (by this store's
+    /// observation), or `mark_to` in the freed lock while its window runs.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        let kv_key = lock_key(key);
+        let (pair, observed) = self.inner.get(&kv_key, None).await?;
+        let Some(pair) = pair else { return Ok(None) };
+        let now = boot_time();
+        Ok(match parse_lock(&kv_key, &pair)? {
+            Lock::Baton { record, .. } if !remaining(&observed, &record, now).is_zero() => {
+                record.request.clone().map(|to| PendingHandoff::Requested {
+                    holder: record.holder.clone(),
+                    to,
+                })
+            }
+            Lock::Free {
+                mark: Some(mark), ..
+            } => {
+                let left = (observed.at + mark.window).saturating_sub(now);
+                (!left.is_zero())
+                    .then(|| PendingHandoff::Reserved(HandoffMark::new(mark.to, mark.from, left)))
+            }
+            _ => None,
+        })
+    }
+
+    /// A KV pair per candidate, `PREFIX/.candidates/<id>` (see the module documentation,
+    /// "Presence records").
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        self.inner
+            .announce(key, candidate, priority, ttl)
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        self.inner.candidates(key).await.map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        self.inner.withdraw(key, candidate).await
     }
 
     fn info(&self) -> StoreInfo {

@@ -117,6 +117,42 @@
 //! A client-go elector on the same Lease ignores Baton's mark (it may take a reserved Lease),
 //! as it ignores Baton's tokens; it never overwrites Baton's lease while it runs.
 //!
+//! `pending_handoff` ([`LeaseStore::pending_handoff`]) reads the same annotations: a request
+//! while the holder's lease runs, a mark while its window runs, both by this store's
+//! observation.
+//!
+//! # Presence records
+//!
+//! A candidate's presence record ([`LeaseStore::announce`]) is a Lease of its own, never the
+//! election's (a write there would make the leader's renewal conflict): `<key>-<hash>`, the
+//! hash (16 hex digits, FNV-1a of key and candidate) keeping any candidate id a valid name (a
+//! key too long for the suffix is cut to fit). It carries the label
+//! `baton.dev/election=<key>` (`h<hash of the key>` for a key longer than a label value's 63
+//! characters) and the annotations `baton.dev/presence-of: <key>` and `baton.dev/priority`;
+//! `holderIdentity` is the candidate, `leaseDurationSeconds` the record's TTL (whole seconds,
+//! rounded up, as for the lease), `acquireTime` its first write and `renewTime` its last.
+//! `kubectl get leases -l baton.dev/election=KEY` lists them. An announce is one `PUT` on the
+//! record as last written (a read and a retry after a conflict; a `POST` the first time) and
+//! one list on the label.
+//!
+//! A record is judged as the lease is: alive for `leaseDurationSeconds` from when this store
+//! first saw its `resourceVersion`, on its own boot clock, so clock skew does not matter; a
+//! store that reads a record for the first time counts it alive for a whole TTL from then
+//! (`baton status` or `baton handoff --to` may take a candidate killed a moment ago for alive;
+//! a handoff to it runs out within a lease, D130). One wall-clock check, only to drop records
+//! long dead: a record whose `renewTime` is older than its TTL plus 60 s by the reader's clock
+//! counts as run out (a candidate killed hours ago, with nobody left to delete its record,
+//! would otherwise show alive in every new process); a candidate's clock would have to be a
+//! minute behind for its live record to be missed. A stopping candidate deletes its record
+//! (`withdraw`, on the `resourceVersion` read); a candidate's announce deletes the records it
+//! saw run out (a candidate killed with SIGKILL), on their `resourceVersion`, so a record
+//! renewed meanwhile stays. A Lease at a record's name, or with the label, that Baton did not
+//! write for this key is [`Error::ForeignData`] and is never written or deleted.
+//!
+//! Not `LeaseCandidate` (KEP-4355's `coordination.k8s.io/v1beta1` object for exactly this):
+//! its API is off unless the cluster enables the `CoordinatedLeaderElection` feature gate and
+//! that API version, it has no priority, and its controller elects on the Lease it names.
+//!
 //! # Foreign data
 //!
 //! A Lease at the key that is not a leader-election record is left alone and reported as
@@ -136,7 +172,10 @@
 //! The namespace defaults to the pod's own (in a cluster), then the context's, then `default`.
 //! The client connects on first use, so the store can be built while the API server is down.
 //! TLS uses rustls with ring; there is no OpenSSL. The service account needs `get`, `list`,
-//! `watch`, `create`, `update` and `patch` on `leases` (`deploy/kubernetes/role.yaml`).
+//! `watch`, `create`, `update`, `patch` and `delete` on `leases` (`deploy/kubernetes/role.yaml`):
+//! `list` also reads the presence records, and `delete` is for them only (Baton never deletes
+//! the election's Lease). Without `delete` elections work, and records of stopped candidates
+//! stay behind (ignored once they run out).
 //!
 //! # Kubernetes versions
 //!
@@ -145,6 +184,7 @@
 //! an application that enables the `kubernetes` feature also depends on `k8s-openapi` with one
 //! `v1_*` feature (e.g. `k8s-openapi = { version = "0.29", features = ["v1_33"] }`).
 
+mod presence;
 mod url;
 
 /// kube's client, re-exported so that an application can hand [`KubernetesStore::from_client`]
@@ -166,8 +206,8 @@ use tracing::debug;
 
 use self::url::{Target, check_name, parse_url};
 use super::{
-    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore, Renew,
-    StoreInfo,
+    Acquire, Candidacy, Change, Changes, HandoffMark, Lease, LeaseRecord, LeaseStore,
+    PendingHandoff, Presence, Renew, StoreInfo,
 };
 use crate::clock::boot_time;
 use crate::{Error, FencingToken, Result, connect::redact};
@@ -213,6 +253,10 @@ struct Inner {
     api: OnceCell<Api<K8sLease>>,
     /// When each Lease's record was last seen to change, on this machine's boot clock.
     observed: Mutex<HashMap<String, Observed>>,
+    /// When each presence Lease was first seen at its resourceVersion.
+    presence: Mutex<presence::Seen>,
+    /// Each presence Lease this store wrote, as written: the next announce is a PUT on it.
+    presence_written: Mutex<HashMap<String, K8sLease>>,
 }
 
 impl std::fmt::Debug for KubernetesStore {
@@ -301,6 +345,8 @@ impl KubernetesStore {
                 location,
                 api,
                 observed: Mutex::new(HashMap::new()),
+                presence: Mutex::new(HashMap::new()),
+                presence_written: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -432,7 +478,7 @@ fn api_error(e: kube::Error, write: bool, location: &str) -> Error {
                     "{message}: the API server did not accept the credentials; check the kubeconfig's user or the service account's token"
                 )),
                 403 => Error::Config(format!(
-                    "{message}: grant get, list, watch, create, update and patch on leases (coordination.k8s.io) in this namespace, as deploy/kubernetes/role.yaml does"
+                    "{message}: grant get, list, watch, create, update, patch and delete on leases (coordination.k8s.io) in this namespace, as deploy/kubernetes/role.yaml does"
                 )),
                 400 | 404 | 422 => Error::Config(message),
                 _ if write => Error::indeterminate(STORE, message, status),
@@ -781,6 +827,53 @@ impl LeaseStore for KubernetesStore {
             format!("{key}: the Lease keeps changing"),
             "lost races",
         ))
+    }
+
+    /// The Lease's `baton.dev/handoff-*` annotations: a request beside a lease that still
+    /// runs (by this store's observation), or a mark on the freed Lease while its window runs.
+    async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
+        check_name(key)?;
+        let api = self.inner.api().await?;
+        let Some((_, record, observed)) = self.inner.get(&api, key).await? else {
+            return Ok(None);
+        };
+        let now = boot_time();
+        Ok(match &record.handoff {
+            Some(Handoff::Request { to }) if lease_record(&observed, now).is_some() => {
+                Some(PendingHandoff::Requested {
+                    holder: record.holder.clone(),
+                    to: to.clone(),
+                })
+            }
+            Some(Handoff::Mark { .. }) => live_mark(&observed, now).map(PendingHandoff::Reserved),
+            _ => None,
+        })
+    }
+
+    /// A Lease per candidate, `<key>-<hash>`, labelled `baton.dev/election=<key>` (see the
+    /// module documentation, "Presence records").
+    async fn announce(
+        &self,
+        key: &str,
+        candidate: &str,
+        priority: u32,
+        ttl: Duration,
+    ) -> Result<Option<Vec<Presence>>> {
+        check_name(key)?;
+        self.inner
+            .announce(key, candidate, priority, ttl)
+            .await
+            .map(Some)
+    }
+
+    async fn candidates(&self, key: &str) -> Result<Option<Vec<Presence>>> {
+        check_name(key)?;
+        self.inner.candidates(key).await.map(Some)
+    }
+
+    async fn withdraw(&self, key: &str, candidate: &str) -> Result<()> {
+        check_name(key)?;
+        self.inner.withdraw(key, candidate).await
     }
 
     fn info(&self) -> StoreInfo {
