@@ -211,10 +211,7 @@ pub async fn measure(
                 let fake = FakeK8s::serve(FakeK8sOptions::default());
                 let url = crate::kubernetes::store_url(&fake);
                 _k8s = Some(fake);
-                (
-                    url,
-                    "kubernetes+http://127.0.0.1:<port>?namespace=bench (the fake API server)",
-                )
+                (url, "kubernetes+http://127.0.0.1:<port>?namespace=bench")
             }
             _ => {
                 let fake = FakeConsul::serve(FakeConsulOptions::default());

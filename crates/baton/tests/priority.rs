@@ -229,3 +229,23 @@ async fn a_leader_never_hands_over_to_a_candidate_that_is_not_running() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_for_a_candidate_that_started_since_the_leaders_last_look_is_answered() {
+    let clock = Clock::tokio();
+    let store = MemoryStore::new();
+    let a = election(&store, "a", None, &clock);
+    a.start().await.unwrap();
+    settle().await;
+    // b starts after a's presence write: a's records do not show it yet.
+    let b = election(&store, "b", None, &clock);
+    b.start().await.unwrap();
+    settle().await;
+    store.request_handoff(KEY, Some("b")).await.unwrap();
+    // a listens: it renews at once, finds b missing from what it saw, looks again, hands over.
+    settle().await;
+    assert!(b.is_leader(), "the request was answered without waiting");
+    assert!(!a.is_leader());
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -857,12 +857,29 @@ fn store_call(
                             Ok(Renew::HandoffRequested { to })
                                 if !shared.admits_request(to.as_deref()) =>
                             {
-                                tracing::warn!(
-                                    key = %shared.config.key,
-                                    to = to.as_deref().unwrap_or(""),
-                                    "not handing over as asked: that candidate has no presence record (it is not running)"
-                                );
-                                Ok(Renew::Renewed)
+                                // The records seen last may be a renew interval old: a
+                                // candidate that started since is not in them. Look again
+                                // before refusing.
+                                if let Ok(live) = with_timeout(
+                                    clock,
+                                    limit,
+                                    shared.store.candidates(&shared.config.key),
+                                )
+                                .await
+                                {
+                                    *shared.presence.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        live;
+                                }
+                                if shared.admits_request(to.as_deref()) {
+                                    Ok(Renew::HandoffRequested { to })
+                                } else {
+                                    tracing::warn!(
+                                        key = %shared.config.key,
+                                        to = to.as_deref().unwrap_or(""),
+                                        "not handing over as asked: that candidate has no presence record (it is not running)"
+                                    );
+                                    Ok(Renew::Renewed)
+                                }
                             }
                             other => other,
                         };
