@@ -215,17 +215,20 @@ Exit codes: CMD's status (128 + N if a signal N ended it); 1 leadership lost wit
 
 const HANDOFF_HELP: &str = "\
 The request goes through the store: the leader hears of it at once where the store pushes
-(Redis), otherwise at its next renewal (within --renew of the leader), ends its term as a graceful stop does (its leader-only work stops first), and
-leaves the key reserved for --to for one lease. Without --to, any other candidate may take it.
-If --to does not come within that lease, the others hold an ordinary election.
+(Redis, PostgreSQL, etcd, Kubernetes, Consul), otherwise at its next renewal (within --renew
+of the leader: SQLite and MySQL across processes), ends its term as a graceful stop does (its
+leader-only work stops first), and leaves the key reserved for --to for one lease. Without
+--to, any other candidate may take it. --to must name a running candidate (every baton
+candidate keeps a presence record); if it dies before it takes over, the others hold an
+ordinary election once the lease runs out.
 
 Examples:
   baton handoff --to worker-2          move leadership to worker-2 before stopping this node
   baton handoff --timeout 1m --json    to anyone else; one JSON object on stdout
 
 Exit codes: 0 the candidate asked for (or, without --to, another one) leads; 1 nobody leads,
-the time ran out, or another candidate than --to took over; 2 bad input, or a store that does
-not take handoff requests.";
+the time ran out, or another candidate than --to took over; 2 bad input, including a --to that
+no running candidate has.";
 
 #[derive(Debug, Args)]
 pub struct HandoffArgs {

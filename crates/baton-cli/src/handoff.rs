@@ -1,7 +1,8 @@
 //! `baton handoff [--to ID] [--timeout DUR] [--json]`: ask the leader, through the store, to
 //! hand over to `ID` (or to any other candidate), and wait until the store shows the new
 //! leader. Exit 0 once it does; 1 when nobody leads, the time runs out, or another candidate
-//! than `ID` takes over; 2 on bad input or a store that takes no requests.
+//! than `ID` takes over; 2 on bad input, including an `ID` that no running candidate has
+//! (where the store keeps presence records: every store of the crate).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
