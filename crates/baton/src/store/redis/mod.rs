@@ -297,18 +297,20 @@ end
 return 0
 "#;
 
-/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = the candidate asked for (`''`: anyone else),
-/// `ARGV[2]` = change channel. Leaves the request beside a held lease (`handoff_to`, and
-/// `handoff_from` = the holder), publishes `handoff_requested:<to>`, and returns the holder's
-/// record, as [`READ`] does.
-const REQUEST_HANDOFF: &str = r#"
+/// The start of every script that reads a key as [`READ`] does (`KEYS` as for [`ACQUIRE`]):
+/// `K` absent or a string, the companion absent or a hash Baton could have written (exactly
+/// `holder` and a numeric `token` below 2^53; or those and a request naming the holder; or
+/// those and a mark). Leaves `kt`, `mt`, `meta` (the companion's five fields) and `n` (its
+/// length, 0 when absent) for the rest of the script.
+const SHAPE_CHECK: &str = r#"
 local kt = redis.call('TYPE', KEYS[1]).ok
 if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
 local mt = redis.call('TYPE', KEYS[2]).ok
 if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
 local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
+local n = 0
 if mt == 'hash' then
-  local n = redis.call('HLEN', KEYS[2])
+  n = redis.call('HLEN', KEYS[2])
   if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
       and tonumber(meta[2]) < 9007199254740992
       and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
@@ -317,12 +319,24 @@ if mt == 'hash' then
     return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
   end
 end
+"#;
+
+/// After [`SHAPE_CHECK`]: `{'free'}` when nobody holds `K`, else the holder (`holder`) and its
+/// `pttl`, with `K` checked to be the string the companion names (and no mark beside it).
+const HELD_CHECK: &str = r#"
 if kt == 'none' then return {'free'} end
 local holder = redis.call('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 or meta[1] ~= holder or meta[5] then
   return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
 end
+"#;
+
+/// `KEYS` as for [`ACQUIRE`]; `ARGV[1]` = the candidate asked for (`''`: anyone else),
+/// `ARGV[2]` = change channel. Leaves the request beside a held lease (`handoff_to`, and
+/// `handoff_from` = the holder), publishes `handoff_requested:<to>`, and returns the holder's
+/// record, as [`READ`] does. Runs after [`SHAPE_CHECK`] and [`HELD_CHECK`].
+const REQUEST_HANDOFF: &str = r#"
 if ARGV[1] ~= holder then
   redis.call('HSET', KEYS[2], 'handoff_to', ARGV[1], 'handoff_from', holder)
   redis.call('PUBLISH', ARGV[2], 'handoff_requested:' .. ARGV[1])
@@ -349,50 +363,16 @@ end
 return 0
 "#;
 
-/// `KEYS` as for [`ACQUIRE`].
+/// `KEYS` as for [`ACQUIRE`]. Runs after [`SHAPE_CHECK`] and [`HELD_CHECK`].
 const READ: &str = r#"
-local kt = redis.call('TYPE', KEYS[1]).ok
-if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
-local mt = redis.call('TYPE', KEYS[2]).ok
-if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
-local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
-if mt == 'hash' then
-  local n = redis.call('HLEN', KEYS[2])
-  if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
-      and tonumber(meta[2]) < 9007199254740992
-      and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
-        or (n == 5 and meta[3] and meta[4] and meta[5]
-          and string.match(meta[5], '^%d+$')))) then
-    return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
-  end
-end
-if kt == 'none' then return {'free'} end
-local holder = redis.call('GET', KEYS[1])
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or meta[1] ~= holder or meta[5] then
-  return {'foreign', 'a string Baton did not write at ' .. KEYS[1]}
-end
 return {'held', holder, meta[2], tostring(pttl)}
 "#;
 
 /// `KEYS` as for [`ACQUIRE`]. The handoff under way: `{'requested', holder, to}` (a request
 /// beside a held lease), `{'reserved', to, from, ms left}` (a live mark on a free key), or
-/// `{'none'}`; the same shape checks as [`READ`].
+/// `{'none'}`. Runs after [`SHAPE_CHECK`].
 const PENDING: &str = r#"
-local kt = redis.call('TYPE', KEYS[1]).ok
-if kt ~= 'none' and kt ~= 'string' then return {'foreign', 'a ' .. kt .. ' at ' .. KEYS[1]} end
-local mt = redis.call('TYPE', KEYS[2]).ok
-if mt ~= 'none' and mt ~= 'hash' then return {'foreign', 'a ' .. mt .. ' at ' .. KEYS[2]} end
 if mt == 'none' then return {'none'} end
-local meta = redis.call('HMGET', KEYS[2], 'holder', 'token', 'handoff_to', 'handoff_from', 'handoff_until')
-local n = redis.call('HLEN', KEYS[2])
-if not (meta[1] and meta[2] and string.match(meta[2], '^%d+$')
-    and tonumber(meta[2]) < 9007199254740992
-    and (n == 2 or (n == 4 and meta[3] and meta[4] and meta[4] == meta[1])
-      or (n == 5 and meta[3] and meta[4] and meta[5]
-        and string.match(meta[5], '^%d+$')))) then
-  return {'foreign', 'a hash Baton did not write at ' .. KEYS[2]}
-end
 if kt == 'string' then
   if n == 4 and redis.call('GET', KEYS[1]) == meta[1] then
     return {'requested', meta[1], meta[3]}
@@ -694,9 +674,11 @@ impl RedisStore {
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
                 hand_over: Script::new(HAND_OVER),
-                request_handoff: Script::new(REQUEST_HANDOFF),
-                read: Script::new(READ),
-                pending: Script::new(PENDING),
+                request_handoff: Script::new(&format!(
+                    "{SHAPE_CHECK}{HELD_CHECK}{REQUEST_HANDOFF}"
+                )),
+                read: Script::new(&format!("{SHAPE_CHECK}{HELD_CHECK}{READ}")),
+                pending: Script::new(&format!("{SHAPE_CHECK}{PENDING}")),
                 presence: Script::new(PRESENCE),
                 renew_many: Script::new(batch::RENEW_MANY),
                 renewals: batched.then(|| batch::spawn(inner.clone())),
