@@ -75,8 +75,20 @@ pub async fn run(settings: Settings, args: HandoffArgs) -> Result<ExitCode, Fail
         }
     };
 
-    // Subscribed first, so that a handoff made right after the request is not missed.
-    let mut changes: Option<Changes> = store.watch(key).await.ok().flatten();
+    // Subscribed before the request, so that a handoff made right after it is not missed; the
+    // check that `--to` is running goes out meanwhile, on the store's other connection where it
+    // has one (Redis: the subscription is a connection of its own), so that neither waits for
+    // the other.
+    let subscribe = async { store.watch(key).await.ok().flatten() };
+    let check = async {
+        match to {
+            Some(to) => session::check_candidate(store.as_ref(), &settings, to).await,
+            None => Ok(()),
+        }
+    };
+    let (changes, checked) = tokio::join!(subscribe, check);
+    checked?;
+    let mut changes: Option<Changes> = changes;
     asked_boot_ns.set(Some(output::stamp().1));
     let Some(asked) = session::request_handoff(store.as_ref(), &settings, to).await? else {
         report(None, None, None);

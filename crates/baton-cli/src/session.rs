@@ -24,23 +24,30 @@ pub fn open_store(settings: &Settings) -> Result<Arc<dyn LeaseStore>, Failure> {
     })
 }
 
+/// Check that `to` is a running candidate, where the store keeps presence records (every store
+/// of the crate): a name that is not running is bad input. A store without records admits any.
+pub async fn check_candidate(
+    store: &dyn LeaseStore,
+    settings: &Settings,
+    to: &str,
+) -> Result<(), Failure> {
+    probe(
+        baton::check_alive(store, &settings.key, to),
+        "cannot hand over the key",
+        "in",
+        settings,
+    )
+    .await
+}
+
 /// Ask the holder of the key to hand over to `to` (or anyone else): the holder's record, or
-/// `None` when nobody holds it. A store that takes no requests is bad input.
+/// `None` when nobody holds it. A store that takes no requests is bad input. Check `to` with
+/// [`check_candidate`] first.
 pub async fn request_handoff(
     store: &dyn LeaseStore,
     settings: &Settings,
     to: Option<&str>,
 ) -> Result<Option<LeaseRecord>, Failure> {
-    if let Some(to) = to {
-        // Where the store keeps presence records, a name that is not running is bad input.
-        probe(
-            baton::check_alive(store, &settings.key, to),
-            "cannot hand over the key",
-            "in",
-            settings,
-        )
-        .await?;
-    }
     probe(
         store.request_handoff(&settings.key, to),
         "cannot ask for a handoff of the key",
