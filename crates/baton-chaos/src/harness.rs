@@ -26,6 +26,9 @@
 //!   `BATON_FAKE_CONSUL` names another), with its KV pairs and sessions in a state file, which
 //!   a store restart SIGKILLs and starts again on the same port and state file. The key is the
 //!   pair `chaos/.lock`.
+//! * **Redis Sentinel** and **Redis Cluster**: a deployment of the run's own that fails over
+//!   ([`redis_ha`](baton_testkit::redis_ha)); the candidates reach its servers directly, and the
+//!   failover scenarios fail its master over under them.
 //!
 //! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
 //! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
@@ -53,6 +56,7 @@ use baton_testkit::etcd_server::EtcdServer;
 use baton_testkit::fake_consul::{FakeConsulOptions, FakeConsulProcess, fake_consul_binary};
 use baton_testkit::fake_k8s::{FakeK8sOptions, FakeK8sProcess, fake_k8s_binary};
 use baton_testkit::proxy::{FaultProxy, ProxyMode};
+use baton_testkit::redis_ha::RedisHa;
 use baton_testkit::servers::RedisServer;
 use rustix::process::{Pid, Signal};
 
@@ -186,7 +190,11 @@ impl Config {
             Store::Consul => ConsulStore::open("consul://127.0.0.1:1")
                 .expect("a valid Consul store URL")
                 .granted_ttl(self.lease),
-            Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
+            Store::Sqlite
+            | Store::Redis
+            | Store::Postgres
+            | Store::RedisSentinel
+            | Store::RedisCluster => self.lease,
         }
     }
 
@@ -385,6 +393,12 @@ struct Run<'h> {
     etcd: Option<EtcdServer>,
     fake_k8s: Option<FakeK8sProcess>,
     fake_consul: Option<FakeConsulProcess>,
+    /// A Redis Sentinel or Redis Cluster run's deployment.
+    ha: Option<RedisHa>,
+    /// Its store URL (kept apart: a failover holds the deployment while it spawns).
+    ha_url: Option<String>,
+    /// The runtime the proxies run on (a lossy failover starts some midway).
+    handle: tokio::runtime::Handle,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
     postgres_table: Option<String>,
     sqlite: Option<PathBuf>,
@@ -412,6 +426,7 @@ impl<'h> Run<'h> {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         let (mut redis, mut etcd, mut fake_k8s, mut fake_consul, mut postgres_table, mut sqlite) =
             (None, None, None, None, None, None);
+        let mut ha = None;
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -471,6 +486,14 @@ impl<'h> Run<'h> {
                 fake_consul = Some(server);
                 Some(([127, 0, 0, 1], port).into())
             }
+            Store::RedisSentinel => {
+                ha = Some(RedisHa::start_sentinel(&dir)?);
+                None
+            }
+            Store::RedisCluster => {
+                ha = Some(RedisHa::start_cluster(&dir)?);
+                None
+            }
         };
         let mut slots = Vec::new();
         for index in 0..cfg.candidates {
@@ -506,6 +529,9 @@ impl<'h> Run<'h> {
             etcd,
             fake_k8s,
             fake_consul,
+            ha_url: ha.as_ref().map(RedisHa::url),
+            ha,
+            handle: handle.clone(),
             postgres_table,
             sqlite,
             slots,
@@ -524,6 +550,9 @@ impl<'h> Run<'h> {
         if let Some(path) = &self.sqlite {
             return format!("sqlite:{}", path.display());
         }
+        if let Some(url) = &self.ha_url {
+            return url.clone();
+        }
         let proxy = self.slots[slot]
             .proxy
             .as_ref()
@@ -541,6 +570,9 @@ impl<'h> Run<'h> {
             Store::Etcd => format!("etcd://{proxy}"),
             Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
             Store::Consul => format!("consul://{proxy}"),
+            Store::RedisSentinel | Store::RedisCluster => {
+                unreachable!("a Redis Sentinel or Cluster run has a deployment")
+            }
         }
     }
 
@@ -875,6 +907,9 @@ impl<'h> Run<'h> {
                 Ok(resume)
             }
             Scenario::Handoff => self.handoff(slot, &id),
+            Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover => {
+                self.redis_failover(scenario, slot, &id)
+            }
             Scenario::Mixed => unreachable!("a mixed run draws one of the other classes"),
             Scenario::RollingRestart => {
                 let mut order: Vec<usize> = (0..self.slots.len()).collect();
@@ -1003,7 +1038,9 @@ impl<'h> Run<'h> {
     fn store_restart(&mut self) -> Result<Duration, String> {
         let down = self.duration(0..=2000);
         match self.spec.store {
-            Store::Sqlite => unreachable!("store restarts do not apply to SQLite"),
+            Store::Sqlite | Store::RedisSentinel | Store::RedisCluster => {
+                unreachable!("store restarts do not apply to {}", self.spec.store)
+            }
             Store::Redis => {
                 let server = self.redis.as_mut().expect("a Redis run has a server");
                 server.kill();
@@ -1131,6 +1168,104 @@ impl<'h> Run<'h> {
         }
     }
 
+    /// SIGKILL the candidate in `slot` (whose id is `id`) and record the kill.
+    fn kill_candidate(&mut self, slot: usize, id: &str) -> Duration {
+        let at = now();
+        if let Some(candidate) = self.slots[slot].current.as_mut() {
+            let _ = rustix::process::kill_process(candidate.pid(), Signal::KILL);
+            let _ = candidate.child.wait();
+            self.slots[slot].current = None;
+            self.obs.kills.push(Kill {
+                candidate: id.to_owned(),
+                at,
+            });
+        }
+        at
+    }
+
+    /// Fail the master of a Redis Sentinel or Cluster run over (see [`Scenario::Failover`],
+    /// [`Scenario::KillMaster`], [`Scenario::LossyFailover`]) while the leader in `slot`
+    /// holds the lease; returns when the new master served.
+    fn redis_failover(
+        &mut self,
+        scenario: Scenario,
+        slot: usize,
+        leader: &str,
+    ) -> Result<Duration, String> {
+        let _runtime = self.handle.clone();
+        let _runtime = _runtime.enter();
+        let mut ha = self
+            .ha
+            .take()
+            .expect("a Redis Sentinel or Cluster run has a deployment");
+        let result = self.redis_failover_on(&mut ha, scenario, slot, leader);
+        self.ha = Some(ha);
+        result
+    }
+
+    fn redis_failover_on(
+        &mut self,
+        ha: &mut RedisHa,
+        scenario: Scenario,
+        slot: usize,
+        leader: &str,
+    ) -> Result<Duration, String> {
+        match scenario {
+            Scenario::Failover => {
+                let start = now();
+                self.note("clean failover asked for");
+                let what = ha.failover(KEY)?;
+                let heal = now();
+                self.episode(what, None, start, heal);
+                Ok(heal)
+            }
+            Scenario::KillMaster => {
+                let (start, what) = ha.kill_master(KEY)?;
+                let heal = now();
+                self.episode(what, None, start, heal);
+                let down = self.duration(0..=2000);
+                self.sleep(down)?;
+                ha.restart_killed()?;
+                self.note("the killed master is back, as a replica");
+                Ok(heal)
+            }
+            Scenario::LossyFailover => {
+                let cut = ha.cut_replication(KEY)?;
+                let start = now();
+                self.note(&cut);
+                let d = self.duration(300..=2500);
+                if self.rng.bool() {
+                    // Another term begins on the master alone: its acquire is lost too.
+                    let before = Duration::from_millis(self.rng.u64(0..=d.as_millis() as u64 / 2));
+                    self.sleep(before)?;
+                    self.kill_candidate(slot, leader);
+                    self.note(format!(
+                        "SIGKILL of the leader {leader} while replication is cut"
+                    ));
+                    let delay = Duration::from_millis(self.rng.u64(100..=1000));
+                    self.sleep(delay)?;
+                    self.spawn(slot)?;
+                    self.sleep(d.saturating_sub(before + delay))?;
+                } else {
+                    self.sleep(d)?;
+                }
+                let (at, what) = ha.promote_lagging(KEY)?;
+                let heal = now();
+                self.episode(
+                    format!("{cut} for {}; then {what}", ms(at - start)),
+                    Some(leader.to_owned()),
+                    start,
+                    heal,
+                );
+                let down = self.duration(0..=2000);
+                self.sleep(down)?;
+                ha.restart_killed()?;
+                Ok(heal)
+            }
+            _ => unreachable!("{scenario} is not a failover"),
+        }
+    }
+
     /// Gracefully restart the candidate that holds the Redis lease without acting on it yet
     /// (no register write since `since`), if there is one; returns when it was gone.
     fn stop_guarded_holder(&mut self, since: Duration) -> Result<Option<Duration>, String> {
@@ -1185,6 +1320,9 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
+            Store::RedisSentinel | Store::RedisCluster => {
+                unreachable!("a slow store does not apply to {}", self.spec.store)
+            }
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
@@ -1330,6 +1468,7 @@ impl<'h> Run<'h> {
         self.etcd = None;
         self.fake_k8s = None;
         self.fake_consul = None;
+        self.ha = None;
         if let Some(table) = self.postgres_table.take() {
             self.drop_postgres_table(&table);
         }

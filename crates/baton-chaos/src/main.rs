@@ -15,7 +15,8 @@ const ABOUT: &str = "\
 Runs N real `baton run` candidates against a real store (SQLite; or, each reached through a
 fault proxy per candidate, a redis-server of its own, the machine's PostgreSQL on
 127.0.0.1:5432 in a table of the run's own, an etcd of its own, a fake Kubernetes API
-server of its own, or a fake Consul agent of its own), injects seeded faults, and checks from the leader-only workers' records
+server of its own, or a fake Consul agent of its own; or a Redis Sentinel deployment or a
+Redis Cluster of its own, reached directly), injects seeded faults, and checks from the leader-only workers' records
 that no two workers were ever alive at once, that fencing tokens strictly increase and stale
 writes are rejected, that no worker outlives its killed baton, and that a leader is back
 within lease + renew + 1s once a fault heals (on etcd the lease is the TTL etcd keeps: whole
@@ -23,7 +24,8 @@ seconds, at least 2s; on Kubernetes leaseDurationSeconds: whole seconds).";
 
 const AFTER: &str = "\
 Profiles:
-  --quick    every scenario once per store, one fault each (what CI runs)
+  --quick    every scenario once per store, one fault each (what CI runs); on
+             redis-sentinel and redis-cluster only lossy-failover
   --long     100 seeded schedules per store and scenario
 Examples:
   scripts/chaos --quick
@@ -31,6 +33,7 @@ Examples:
   scripts/chaos --store postgres,etcd --runs 3
   scripts/chaos --store kubernetes --runs 5 --jobs 2
   scripts/chaos --store consul --runs 5 --jobs 2
+  scripts/chaos --store redis-sentinel,redis-cluster --scenario lossy-failover --runs 10
   scripts/chaos --reproduce redis:partition-leader:42 --episodes 2 --keep-logs
   scripts/chaos --store etcd --scenario store-restart --keep-logs --candidate-log info,baton=debug
 Exit codes: 0 no violation; 1 violations (each printed with the command that reproduces it);
@@ -230,7 +233,12 @@ fn chaos(args: RunArgs) -> Result<ExitCode, String> {
             // Round-robin over the cells, so a run cut short by --max-time covers them evenly.
             for i in 0..runs {
                 for &store in &stores {
-                    for &scenario in scenarios.iter().filter(|s| s.applies_to(store)) {
+                    let quick_only = store.quick_scenario().filter(|_| args.quick);
+                    for &scenario in scenarios
+                        .iter()
+                        .filter(|s| s.applies_to(store))
+                        .filter(|s| quick_only.is_none_or(|q| q == **s))
+                    {
                         specs.push(RunSpec {
                             store,
                             scenario,

@@ -25,17 +25,26 @@ pub enum Store {
     /// sessions in a state file), reached by every candidate through a fault proxy of its own;
     /// the key is the pair `chaos/.lock`.
     Consul,
+    /// A Redis Sentinel deployment of the run's own: one master, two replicas and three
+    /// Sentinels (quorum 2, `down-after-milliseconds` 500), without persistence; candidates
+    /// find the master through the Sentinels (see [`redis_ha`](baton_testkit::redis_ha)).
+    RedisSentinel,
+    /// A Redis Cluster of the run's own: three masters and three replicas,
+    /// `cluster-node-timeout` 1000 ms, without persistence (see [`redis_ha`](baton_testkit::redis_ha)).
+    RedisCluster,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 6] = [
+    pub const ALL: [Store; 8] = [
         Store::Sqlite,
         Store::Redis,
         Store::Postgres,
         Store::Etcd,
         Store::Kubernetes,
         Store::Consul,
+        Store::RedisSentinel,
+        Store::RedisCluster,
     ];
 
     /// The name used on the command line.
@@ -47,6 +56,18 @@ impl Store {
             Store::Etcd => "etcd",
             Store::Kubernetes => "kubernetes",
             Store::Consul => "consul",
+            Store::RedisSentinel => "redis-sentinel",
+            Store::RedisCluster => "redis-cluster",
+        }
+    }
+
+    /// The one scenario `scripts/chaos --quick` runs on this store, where the quick profile
+    /// cannot afford every scenario: a lossy failover on Redis Sentinel and on Redis Cluster
+    /// (each run starts a deployment of six servers). `None`: every scenario that applies.
+    pub fn quick_scenario(self) -> Option<Scenario> {
+        match self {
+            Store::RedisSentinel | Store::RedisCluster => Some(Scenario::LossyFailover),
+            _ => None,
         }
     }
 
@@ -97,6 +118,22 @@ pub enum Scenario {
     /// requests; a handoff to a candidate that is not running is refused at once (exit 2)
     /// where the store keeps presence records, and otherwise leaves a mark that runs out.
     Handoff,
+    /// A clean failover of the election key's master while a leader holds the lease:
+    /// `SENTINEL FAILOVER`, or `CLUSTER FAILOVER` on the master's replica. Redis Sentinel and
+    /// Redis Cluster only.
+    Failover,
+    /// SIGKILL the election key's master while a leader holds the lease; the deployment
+    /// promotes a replica by itself, and the killed server comes back 0–2 s later, empty, as a
+    /// replica. Redis Sentinel and Redis Cluster only.
+    KillMaster,
+    /// A promotion that loses the last writes: the replication links of the election key's
+    /// master are cut for 0.3–2.5 s while the leader renews (and, half the time, the leader is
+    /// SIGKILLed in the meantime, so that another candidate acquires on the master alone);
+    /// then a lagging replica becomes master: behind Sentinel the master is SIGKILLed and
+    /// Sentinel promotes one, on a cluster the replica takes over with
+    /// `CLUSTER FAILOVER TAKEOVER` while the old master runs. Redis Sentinel and Redis Cluster
+    /// only.
+    LossyFailover,
     /// Every fault in turn at random: each episode draws one of the other classes that apply
     /// to the store (handoff requests among them), so faults of different kinds follow each
     /// other within one run, before the previous one's effects have all settled.
@@ -105,7 +142,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::KillLeader,
         Scenario::PartitionLeader,
         Scenario::ResetConnections,
@@ -114,6 +151,9 @@ impl Scenario {
         Scenario::PauseLeader,
         Scenario::RollingRestart,
         Scenario::Handoff,
+        Scenario::Failover,
+        Scenario::KillMaster,
+        Scenario::LossyFailover,
         Scenario::Mixed,
     ];
 
@@ -136,6 +176,9 @@ impl Scenario {
             Scenario::PauseLeader => "pause-leader",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Handoff => "handoff",
+            Scenario::Failover => "failover",
+            Scenario::KillMaster => "kill-master",
+            Scenario::LossyFailover => "lossy-failover",
             Scenario::Mixed => "mixed",
         }
     }
@@ -150,8 +193,29 @@ impl Scenario {
     /// not a fault its tokens are meant to survive. Every other store is reached over TCP
     /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
+    ///
+    /// Redis Sentinel and Redis Cluster candidates reach the servers directly (the deployment
+    /// tells them where its masters are), so the faults of one candidate's connections
+    /// (partition, resets, slow store) and whole-store restarts do not apply to them; the
+    /// failovers do, and apply to nothing else.
     pub fn applies_to(self, store: Store) -> bool {
+        let failover = matches!(
+            self,
+            Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover
+        );
         match store {
+            Store::RedisSentinel | Store::RedisCluster => {
+                failover
+                    || matches!(
+                        self,
+                        Scenario::KillLeader
+                            | Scenario::PauseLeader
+                            | Scenario::RollingRestart
+                            | Scenario::Handoff
+                            | Scenario::Mixed
+                    )
+            }
+            _ if failover => false,
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 true
             }
@@ -242,7 +306,12 @@ mod tests {
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
         for store in ["redis", "postgres", "etcd", "kubernetes", "consul"] {
-            for s in Scenario::ALL {
+            for s in Scenario::ALL.into_iter().filter(|s| {
+                !matches!(
+                    s,
+                    Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover
+                )
+            }) {
                 assert!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
                     "{store} {s}"
@@ -251,5 +320,21 @@ mod tests {
         }
         assert!(RunSpec::parse("sqlite:handoff:1").is_ok());
         assert!(RunSpec::parse("redis:handoff:1").is_ok());
+        for store in ["redis-sentinel", "redis-cluster"] {
+            for s in [
+                "failover",
+                "kill-master",
+                "lossy-failover",
+                "kill-leader",
+                "mixed",
+            ] {
+                assert!(
+                    RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
+                    "{store} {s}"
+                );
+            }
+            assert!(RunSpec::parse(&format!("{store}:partition-leader:3")).is_err());
+        }
+        assert!(RunSpec::parse("redis:lossy-failover:1").is_err());
     }
 }

@@ -87,6 +87,7 @@ pub mod mariadb_server;
 pub mod proxy;
 pub mod py_consul;
 pub mod py_elector;
+pub mod redis_ha;
 pub mod servers;
 pub mod tls;
 

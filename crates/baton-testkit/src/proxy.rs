@@ -112,7 +112,15 @@ impl FaultProxy {
     /// Must be called within a tokio runtime (from async code, or under
     /// [`Handle::enter`](tokio::runtime::Handle::enter)): the proxy's tasks are spawned on it.
     pub fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        FaultProxy::start_on(([127, 0, 0, 1], 0).into(), upstream)
+    }
+
+    /// Listen on `listen` (port 0: a free one) and forward to `upstream`, as
+    /// [`start`](Self::start) does. For a server that must be reached at an address of its
+    /// choosing, such as the address a Redis Cluster node announces for its replicas
+    /// (`127.0.0.2:PORT`, while its clients use `127.0.0.1:PORT`).
+    pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<FaultProxy> {
+        let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
@@ -128,7 +136,8 @@ impl FaultProxy {
         })
     }
 
-    /// Where clients connect: `127.0.0.1:PORT`.
+    /// Where clients connect: `127.0.0.1:PORT` (or the address given to
+    /// [`start_on`](Self::start_on)).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

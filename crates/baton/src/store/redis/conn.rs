@@ -119,11 +119,9 @@ pub(super) enum Connection {
         address: String,
     },
     /// A connection per cluster node, routed by key slot, which follows slot moves and
-    /// failovers and resubscribes after reconnecting.
-    Cluster {
-        conn: ClusterConnection,
-        address: String,
-    },
+    /// failovers and resubscribes after reconnecting; rebuilt when a master it knows was
+    /// demoted (see [`ClusterLink`]).
+    Cluster { link: ClusterLink, address: String },
     /// A [`ConnectionManager`] to the master Sentinel names, found again when it fails or
     /// moves.
     Sentinel(Arc<SentinelMaster>),
@@ -153,7 +151,7 @@ impl Connection {
             Kind::Cluster(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(Router(pubsub))
+                    .push_sender(Router(pubsub.clone()))
                     .connection_timeout(CONNECT_TIMEOUT)
                     // Every call is bounded by the engine; a few quick retries ride out a
                     // reconnect or a slot move, the engine retries the rest.
@@ -164,10 +162,10 @@ impl Connection {
                     builder = builder.certs(certs);
                 }
                 let client = builder.build().map_err(setup)?;
-                let conn = client.get_pending_async_connection_with_config(
-                    ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT),
-                );
-                Ok(Connection::Cluster { conn, address })
+                Ok(Connection::Cluster {
+                    link: ClusterLink::new(client, pubsub),
+                    address,
+                })
             }
             Kind::Sentinel {
                 sentinels,
@@ -226,10 +224,14 @@ impl Connection {
     /// Until Sentinel reconfigures it, a demoted master goes on accepting writes, so the old
     /// leader can go on renewing there for a while after the new master took over; a lease
     /// taken on the new master meanwhile must not be acted on at once.
+    /// On a Redis Cluster, how long ago a node answered `READONLY` (a failover demoted the
+    /// master this store wrote to): the old leader may have renewed on the demoted master
+    /// writes that the new one never received.
     pub fn since_failover(&self) -> Option<Duration> {
         match self {
             Connection::Sentinel(sentinel) => sentinel.moved_at().map(|at| at.elapsed()),
-            _ => None,
+            Connection::Cluster { link, .. } => link.demoted_at().map(|at| at.elapsed()),
+            Connection::Single { .. } => None,
         }
     }
 
@@ -245,18 +247,24 @@ impl Connection {
                 link: Link::Manager(conn.clone()),
                 address: address.clone(),
                 sentinel: None,
+                cluster: None,
             }),
-            Connection::Cluster { conn, address } => Ok(Call {
-                link: Link::Cluster(conn.clone()),
-                address: address.clone(),
-                sentinel: None,
-            }),
+            Connection::Cluster { link, address } => {
+                let (conn, generation) = link.current();
+                Ok(Call {
+                    link: Link::Cluster(conn),
+                    address: address.clone(),
+                    sentinel: None,
+                    cluster: Some((link, generation)),
+                })
+            }
             Connection::Sentinel(sentinel) => {
                 let current = sentinel.master().await?;
                 Ok(Call {
                     link: Link::Manager(current.conn),
                     address: current.address,
                     sentinel: Some((sentinel, current.generation)),
+                    cluster: None,
                 })
             }
         }
@@ -296,8 +304,8 @@ impl Connection {
                 let result = conn.clone().subscribe(channel).await;
                 result.map_err(|e| map_error(e, "SUBSCRIBE", address))?;
             }
-            Connection::Cluster { conn, address } => {
-                let result = conn.clone().subscribe(channel).await;
+            Connection::Cluster { link, address } => {
+                let result = link.current().0.subscribe(channel).await;
                 result.map_err(|e| map_error(e, "SUBSCRIBE", address))?;
             }
             Connection::Sentinel(sentinel) => {
@@ -385,12 +393,20 @@ struct Call<'a> {
     link: Link,
     address: String,
     sentinel: Option<(&'a SentinelMaster, u64)>,
+    /// On a cluster, the link and the generation of its connection the call went out on.
+    cluster: Option<(&'a ClusterLink, u64)>,
 }
 
 impl Call<'_> {
     fn finish<T>(mut self, result: RedisResult<T>, what: &str) -> Result<T> {
         let sentinel = self.sentinel.take();
+        let cluster = self.cluster.take();
         result.map_err(|e| {
+            if let Some((link, generation)) = cluster
+                && e.code() == Some("READONLY")
+            {
+                link.rebuild(generation);
+            }
             if let Some((sentinel, generation)) = sentinel
                 && master_may_have_moved(&e)
             {
@@ -406,6 +422,87 @@ impl Drop for Call<'_> {
         if let Some((sentinel, generation)) = self.sentinel.take() {
             sentinel.forget(generation);
         }
+    }
+}
+
+/// A Redis Cluster connection that is rebuilt when a node it takes for a master answers
+/// `READONLY`.
+///
+/// redis-rs sends `READONLY` on every connection to a cluster node (so that reads may go to
+/// replicas), and a script that declares no flags is not a write command to the cluster's
+/// routing: a master demoted to replica by a failover (`CLUSTER FAILOVER`, or a takeover) then
+/// runs Baton's scripts itself instead of redirecting them with `MOVED`, and each fails with
+/// `READONLY` at its first write. redis-rs neither retries that error nor reads the slot map
+/// again, so the store would send every call to the demoted master for as long as it lives
+/// (found by scripts/chaos, redis-cluster failover seed 1). A `READONLY` answer therefore
+/// replaces the connection by a new one, which reads the slot map afresh on its first call,
+/// and subscribes the change channels again on it.
+pub(super) struct ClusterLink {
+    client: redis::cluster::ClusterClient,
+    /// The connection, and how many times it was rebuilt.
+    current: Mutex<(ClusterConnection, u64)>,
+    /// When a node last answered `READONLY`.
+    demoted_at: Mutex<Option<Instant>>,
+    pubsub: Arc<PubSub>,
+}
+
+impl ClusterLink {
+    fn new(client: redis::cluster::ClusterClient, pubsub: Arc<PubSub>) -> ClusterLink {
+        let conn = Self::connect(&client);
+        ClusterLink {
+            client,
+            current: Mutex::new((conn, 0)),
+            demoted_at: Mutex::default(),
+            pubsub,
+        }
+    }
+
+    /// A new connection; it connects, and reads the slot map, on its first call.
+    fn connect(client: &redis::cluster::ClusterClient) -> ClusterConnection {
+        client.get_pending_async_connection_with_config(
+            ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT),
+        )
+    }
+
+    fn demoted_at(&self) -> Option<Instant> {
+        *self.demoted_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current(&self) -> (ClusterConnection, u64) {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        (current.0.clone(), current.1)
+    }
+
+    /// Replace the connection of `generation` (if no other call has already), subscribe the
+    /// channels again on the new one, and wake the watchers: messages may have been lost.
+    fn rebuild(&self, generation: u64) {
+        *self.demoted_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let conn = {
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            if current.1 != generation {
+                return;
+            }
+            let conn = Self::connect(&self.client);
+            *current = (conn.clone(), generation + 1);
+            conn
+        };
+        tracing::warn!(
+            "a Redis Cluster node answered READONLY: a failover demoted it; reading the slot \
+             map again"
+        );
+        let pubsub = self.pubsub.clone();
+        tokio::spawn(async move {
+            let mut subscribed = pubsub.subscribed.lock().await;
+            let channels: Vec<String> = subscribed.iter().cloned().collect();
+            for channel in channels {
+                if conn.clone().subscribe(&channel).await.is_err() {
+                    // The next subscribe() of the channel tries again.
+                    subscribed.remove(&channel);
+                }
+            }
+            drop(subscribed);
+            pubsub.wake_all();
+        });
     }
 }
 

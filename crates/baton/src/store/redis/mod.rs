@@ -124,6 +124,14 @@
 //! subscribes again when it rebuilds its connections. The restart guard asks the master of
 //! `K`'s slot.
 //!
+//! redis-rs sends `READONLY` on every node connection, so a master that a failover demoted to
+//! replica runs Baton's scripts itself (they declare no flags, so the cluster does not route
+//! them as writes) and answers `READONLY` instead of `MOVED`. Such an answer makes the store
+//! replace its cluster connection by a new one, which reads the slot map again, and subscribe
+//! its channels on it. Like a Sentinel store whose master moved (below), a store that met a
+//! demoted master holds any lease it acquires within one lease of that for a lease before
+//! acting on it.
+//!
 //! # Sentinel
 //!
 //! redis-rs's Sentinel support hands out plain connections, which do not reconnect, so Baton
@@ -144,7 +152,15 @@
 //! received the latest acquire or renewal. The lease is then lost: another candidate can
 //! acquire it while the old leader still believes it leads, until the old leader's deadline.
 //! If the token counter was lost too, the restart guard above holds the new holder back for a
-//! lease; if only the lease was lost, nothing in Redis can tell. **Fencing tokens** are what
+//! lease; if the new holder's store saw the failover (Sentinel named a new master while it was
+//! connected, or a cluster node answered `READONLY`), the rule above holds it back for a
+//! lease. Exclusion of the leaders' work can therefore break only when all of these hold: the
+//! new master lacks the old leader's last acquire or renewal, a candidate whose store did not
+//! see the failover (a process started just after it; on a cluster, also after a master was
+//! killed rather than demoted, when nothing answers `READONLY`) acquires there before the old
+//! leader's deadline, and the counter survived. Both then act until the old leader's next
+//! renewal finds its lease gone (at most the renew interval, then the time its work takes to
+//! stop). Nothing in Redis can tell that case apart. **Fencing tokens** are what
 //! protect resources then: the new leader's token is `max(previous + 1, TIME in µs)` on the new
 //! master, higher than the old leader's as long as the servers' clocks agree to within the time
 //! the failover took, so a resource that rejects lower tokens rejects the old leader. The same
@@ -1106,12 +1122,14 @@ impl Candidacy for RedisCandidacy {
                     .since_failover()
                     .is_some_and(|since| since < ttl)
                 {
-                    // The old leader may still be renewing on the demoted master.
+                    // The old leader may still be renewing on the demoted master, or have
+                    // renewed or acquired there what the new master never received.
                     tracing::warn!(
                         key = %self.key,
                         wait_ms = ttl.as_millis() as u64,
-                        "acquired just after a Sentinel failover; holding the lease without \
-                         acting for a lease, while the old master may still accept renewals"
+                        "acquired just after a failover (Sentinel's master moved, or a cluster \
+                         node was demoted); holding the lease without acting for a lease, while \
+                         the old leader may still think it leads"
                     );
                     act_after = ttl;
                 }
