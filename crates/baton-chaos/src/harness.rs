@@ -26,11 +26,15 @@
 //!   `BATON_FAKE_CONSUL` names another), with its KV pairs and sessions in a state file, which
 //!   a store restart SIGKILLs and starts again on the same port and state file. The key is the
 //!   pair `chaos/.lock`.
+//! * **MySQL**: the machine's MariaDB on `127.0.0.1:3306` (user `root`, database `test`, no
+//!   password), in a lease table of the run's own (`baton_chaos_<random>`), dropped with its
+//!   presence table when the run ends, and never restarted, as PostgreSQL's.
 //!
 //! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
 //! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
 //! connection, etcd's one HTTP/2 connection, the Kubernetes client's requests and its watch,
-//! the Consul client's requests and its blocking queries),
+//! the Consul client's requests and its blocking queries, MySQL's pool, its term-lock
+//! connection and its followers' `GET_LOCK` waits),
 //! so one candidate can be partitioned from the store while the others are not. Candidates die with the thread that
 //! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
 //!
@@ -186,7 +190,7 @@ impl Config {
             Store::Consul => ConsulStore::open("consul://127.0.0.1:1")
                 .expect("a valid Consul store URL")
                 .granted_ttl(self.lease),
-            Store::Sqlite | Store::Redis | Store::Postgres => self.lease,
+            Store::Sqlite | Store::Redis | Store::Postgres | Store::Mysql => self.lease,
         }
     }
 
@@ -387,6 +391,8 @@ struct Run<'h> {
     fake_consul: Option<FakeConsulProcess>,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
     postgres_table: Option<String>,
+    /// The lease table of a MySQL run, dropped by [`teardown`](Run::teardown).
+    mysql_table: Option<String>,
     sqlite: Option<PathBuf>,
     slots: Vec<Slot>,
     obs: Observations,
@@ -412,6 +418,7 @@ impl<'h> Run<'h> {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         let (mut redis, mut etcd, mut fake_k8s, mut fake_consul, mut postgres_table, mut sqlite) =
             (None, None, None, None, None, None);
+        let mut mysql_table = None;
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -471,6 +478,11 @@ impl<'h> Run<'h> {
                 fake_consul = Some(server);
                 Some(([127, 0, 0, 1], port).into())
             }
+            Store::Mysql => {
+                let addr = crate::mysql::server()?;
+                mysql_table = Some(crate::mysql::table_name());
+                Some(addr)
+            }
         };
         let mut slots = Vec::new();
         for index in 0..cfg.candidates {
@@ -507,6 +519,7 @@ impl<'h> Run<'h> {
             fake_k8s,
             fake_consul,
             postgres_table,
+            mysql_table,
             sqlite,
             slots,
             obs: Observations::default(),
@@ -541,6 +554,12 @@ impl<'h> Run<'h> {
             Store::Etcd => format!("etcd://{proxy}"),
             Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
             Store::Consul => format!("consul://{proxy}"),
+            Store::Mysql => crate::mysql::url(
+                proxy,
+                self.mysql_table
+                    .as_deref()
+                    .expect("a MySQL run has a table"),
+            ),
         }
     }
 
@@ -1109,10 +1128,12 @@ impl<'h> Run<'h> {
                 );
                 Ok(heal)
             }
-            Store::Postgres => {
+            Store::Postgres | Store::Mysql => {
                 // The machine's server is shared: it is not restarted. What the candidates
                 // see of a restart of a durable server is what they get: every connection
-                // (pools and LISTEN) reset, new ones refused, then the same data back.
+                // (pools, LISTEN, MySQL's term locks and lock waits) reset, new ones refused,
+                // then the same data back; MariaDB drops the named locks of the reset
+                // connections, as a restart does.
                 let start = self.set_proxies(None, ProxyMode::Reset);
                 self.sleep(down)?;
                 let heal = self.set_proxies(None, ProxyMode::Pass);
@@ -1185,7 +1206,12 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
+            Store::Redis
+            | Store::Postgres
+            | Store::Etcd
+            | Store::Kubernetes
+            | Store::Consul
+            | Store::Mysql => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1333,6 +1359,10 @@ impl<'h> Run<'h> {
         if let Some(table) = self.postgres_table.take() {
             self.drop_postgres_table(&table);
         }
+        if let Some(table) = self.mysql_table.take() {
+            let what = crate::mysql::drop_tables(&table);
+            self.note(what);
+        }
     }
 
     /// Drop a PostgreSQL run's lease table, with `psql` (as the SQL stores' tests do).
@@ -1439,7 +1469,7 @@ mod tests {
     #[test]
     fn etcd_bounds_use_the_ttl_etcd_keeps() {
         let mut cfg = Config::new(PathBuf::new(), PathBuf::new());
-        for store in [Store::Sqlite, Store::Redis, Store::Postgres] {
+        for store in [Store::Sqlite, Store::Redis, Store::Postgres, Store::Mysql] {
             assert_eq!(cfg.effective_lease(store), Duration::from_millis(1500));
             assert_eq!(cfg.bounds(store).liveness, Duration::from_millis(2800));
         }
