@@ -29,11 +29,15 @@
 //! * **Redis Sentinel** and **Redis Cluster**: a deployment of the run's own that fails over
 //!   ([`redis_ha`](baton_testkit::redis_ha)); the candidates reach its servers directly, and the
 //!   failover scenarios fail its master over under them.
+//! * **MySQL**: the machine's MariaDB on `127.0.0.1:3306` (user `root`, database `test`, no
+//!   password), in a lease table of the run's own (`baton_chaos_<random>`), dropped with its
+//!   presence table when the run ends, and never restarted, as PostgreSQL's.
 //!
 //! On every store but SQLite each candidate slot reaches the server through a [`FaultProxy`]
 //! of its own (every connection of the candidate: PostgreSQL's pool and its `LISTEN`
 //! connection, etcd's one HTTP/2 connection, the Kubernetes client's requests and its watch,
-//! the Consul client's requests and its blocking queries),
+//! the Consul client's requests and its blocking queries, MySQL's pool, its term-lock
+//! connection and its followers' `GET_LOCK` waits),
 //! so one candidate can be partitioned from the store while the others are not. Candidates die with the thread that
 //! runs the harness (the parent-death signal), so an interrupted harness leaves nothing behind.
 //!
@@ -193,6 +197,7 @@ impl Config {
             Store::Sqlite
             | Store::Redis
             | Store::Postgres
+            | Store::Mysql
             | Store::RedisSentinel
             | Store::RedisCluster => self.lease,
         }
@@ -401,6 +406,8 @@ struct Run<'h> {
     handle: tokio::runtime::Handle,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
     postgres_table: Option<String>,
+    /// The lease table of a MySQL run, dropped by [`teardown`](Run::teardown).
+    mysql_table: Option<String>,
     sqlite: Option<PathBuf>,
     slots: Vec<Slot>,
     obs: Observations,
@@ -427,6 +434,7 @@ impl<'h> Run<'h> {
         let (mut redis, mut etcd, mut fake_k8s, mut fake_consul, mut postgres_table, mut sqlite) =
             (None, None, None, None, None, None);
         let mut ha = None;
+        let mut mysql_table = None;
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -494,6 +502,11 @@ impl<'h> Run<'h> {
                 ha = Some(RedisHa::start_cluster(&dir)?);
                 None
             }
+            Store::Mysql => {
+                let addr = crate::mysql::server()?;
+                mysql_table = Some(crate::mysql::table_name());
+                Some(addr)
+            }
         };
         let mut slots = Vec::new();
         for index in 0..cfg.candidates {
@@ -533,6 +546,7 @@ impl<'h> Run<'h> {
             ha,
             handle: handle.clone(),
             postgres_table,
+            mysql_table,
             sqlite,
             slots,
             obs: Observations::default(),
@@ -573,6 +587,12 @@ impl<'h> Run<'h> {
             Store::RedisSentinel | Store::RedisCluster => {
                 unreachable!("a Redis Sentinel or Cluster run has a deployment")
             }
+            Store::Mysql => crate::mysql::url(
+                proxy,
+                self.mysql_table
+                    .as_deref()
+                    .expect("a MySQL run has a table"),
+            ),
         }
     }
 
@@ -1146,10 +1166,12 @@ impl<'h> Run<'h> {
                 );
                 Ok(heal)
             }
-            Store::Postgres => {
+            Store::Postgres | Store::Mysql => {
                 // The machine's server is shared: it is not restarted. What the candidates
                 // see of a restart of a durable server is what they get: every connection
-                // (pools and LISTEN) reset, new ones refused, then the same data back.
+                // (pools, LISTEN, MySQL's term locks and lock waits) reset, new ones refused,
+                // then the same data back; MariaDB drops the named locks of the reset
+                // connections, as a restart does.
                 let start = self.set_proxies(None, ProxyMode::Reset);
                 self.sleep(down)?;
                 let heal = self.set_proxies(None, ProxyMode::Pass);
@@ -1323,7 +1345,8 @@ impl<'h> Run<'h> {
             Store::RedisSentinel | Store::RedisCluster => {
                 unreachable!("a slow store does not apply to {}", self.spec.store)
             }
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
+            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul
+            | Store::Mysql => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1472,6 +1495,10 @@ impl<'h> Run<'h> {
         if let Some(table) = self.postgres_table.take() {
             self.drop_postgres_table(&table);
         }
+        if let Some(table) = self.mysql_table.take() {
+            let what = crate::mysql::drop_tables(&table);
+            self.note(what);
+        }
     }
 
     /// Drop a PostgreSQL run's lease table, with `psql` (as the SQL stores' tests do).
@@ -1578,7 +1605,7 @@ mod tests {
     #[test]
     fn etcd_bounds_use_the_ttl_etcd_keeps() {
         let mut cfg = Config::new(PathBuf::new(), PathBuf::new());
-        for store in [Store::Sqlite, Store::Redis, Store::Postgres] {
+        for store in [Store::Sqlite, Store::Redis, Store::Postgres, Store::Mysql] {
             assert_eq!(cfg.effective_lease(store), Duration::from_millis(1500));
             assert_eq!(cfg.bounds(store).liveness, Duration::from_millis(2800));
         }

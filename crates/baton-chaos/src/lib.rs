@@ -10,10 +10,10 @@
 //! * [`harness`] starts N candidates (the real `baton` binary) against one [`Store`]: an
 //!   SQLite file; a `redis-server` of its own; the machine's PostgreSQL, in a lease table of
 //!   the run's own; an `etcd` of its own; a fake Kubernetes API server of its own
-//!   (`baton-fake-k8s`); a fake Consul agent of its own (`baton-fake-consul`); or a Redis
-//!   Sentinel deployment or a Redis Cluster with replicas of its own
-//!   ([`redis_ha`](baton_testkit::redis_ha), reached directly, failed over by the failover
-//!   scenarios) (on the single-server stores, each candidate behind a
+//!   (`baton-fake-k8s`); a fake Consul agent of its own (`baton-fake-consul`); the machine's
+//!   MariaDB, in a lease table of the run's own; or a Redis Sentinel deployment or a Redis
+//!   Cluster with replicas of its own ([`redis_ha`](baton_testkit::redis_ha), reached directly,
+//!   failed over by the failover scenarios) (on the single-server stores, each candidate behind a
 //!   [`FaultProxy`](baton_testkit::proxy::FaultProxy) of its own), and injects one
 //!   [`Scenario`]'s faults on a schedule drawn from a seed.
 //! * [`worker`] is the command each candidate runs while it leads (`baton-chaos worker`): it
@@ -28,6 +28,7 @@
 
 pub mod check;
 pub mod harness;
+mod mysql;
 pub mod records;
 pub mod register;
 pub mod report;

@@ -15,7 +15,8 @@ const ABOUT: &str = "\
 Runs N real `baton run` candidates against a real store (SQLite; or, each reached through a
 fault proxy per candidate, a redis-server of its own, the machine's PostgreSQL on
 127.0.0.1:5432 in a table of the run's own, an etcd of its own, a fake Kubernetes API
-server of its own, or a fake Consul agent of its own; or a Redis Sentinel deployment or a
+server of its own, a fake Consul agent of its own, or the machine's MariaDB on
+127.0.0.1:3306 in a table of the run's own; or a Redis Sentinel deployment or a
 Redis Cluster of its own, reached directly), injects seeded faults, and checks from the leader-only workers' records
 that no two workers were ever alive at once, that fencing tokens strictly increase and stale
 writes are rejected, that no worker outlives its killed baton, and that a leader is back
@@ -34,6 +35,7 @@ Examples:
   scripts/chaos --store kubernetes --runs 5 --jobs 2
   scripts/chaos --store consul --runs 5 --jobs 2
   scripts/chaos --store redis-sentinel,redis-cluster --scenario lossy-failover --runs 10
+  scripts/chaos --store mysql --runs 10 --jobs 1
   scripts/chaos --reproduce redis:partition-leader:42 --episodes 2 --keep-logs
   scripts/chaos --store etcd --scenario store-restart --keep-logs --candidate-log info,baton=debug
 Exit codes: 0 no violation; 1 violations (each printed with the command that reproduces it);
@@ -100,7 +102,7 @@ struct RunArgs {
           conflicts_with_all = ["store", "scenario", "seed", "runs", "quick", "long"])]
     reproduce: Option<RunSpec>,
 
-    /// Faults per run [default: 1 with --quick, so that it stays quick over five stores;
+    /// Faults per run [default: 1 with --quick, so that it stays quick over every store;
     /// otherwise 2]
     #[arg(long)]
     episodes: Option<usize>,

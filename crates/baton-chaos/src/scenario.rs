@@ -25,6 +25,11 @@ pub enum Store {
     /// sessions in a state file), reached by every candidate through a fault proxy of its own;
     /// the key is the pair `chaos/.lock`.
     Consul,
+    /// The machine's MariaDB (or MySQL, `root@127.0.0.1:3306/test`), in a lease table of the
+    /// run's own (dropped afterwards, with its presence table), reached by every candidate
+    /// through a fault proxy of its own: the pool, the connection the leader's term lock is
+    /// held on and the followers' `GET_LOCK` waits all go through the same proxy.
+    Mysql,
     /// A Redis Sentinel deployment of the run's own: one master, two replicas and three
     /// Sentinels (quorum 2, `down-after-milliseconds` 500), without persistence; candidates
     /// find the master through the Sentinels (see [`redis_ha`](baton_testkit::redis_ha)).
@@ -36,13 +41,14 @@ pub enum Store {
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 8] = [
+    pub const ALL: [Store; 9] = [
         Store::Sqlite,
         Store::Redis,
         Store::Postgres,
         Store::Etcd,
         Store::Kubernetes,
         Store::Consul,
+        Store::Mysql,
         Store::RedisSentinel,
         Store::RedisCluster,
     ];
@@ -56,6 +62,7 @@ impl Store {
             Store::Etcd => "etcd",
             Store::Kubernetes => "kubernetes",
             Store::Consul => "consul",
+            Store::Mysql => "mysql",
             Store::RedisSentinel => "redis-sentinel",
             Store::RedisCluster => "redis-cluster",
         }
@@ -104,9 +111,11 @@ pub enum Scenario {
     /// (a watch from an older resourceVersion gets 410 Gone and lists again), as an API server
     /// whose etcd survives does. The fake Consul agent is SIGKILLed and restarted on its state
     /// file, keeping its KV pairs, sessions (their TTL timers started afresh) and index, as a
-    /// Consul server restart keeps its raft log. The machine's PostgreSQL is shared and is never restarted:
-    /// every candidate's proxy resets its connections and refuses new ones instead, which is
-    /// what a restart of a durable server looks like from the candidates (the data is kept).
+    /// Consul server restart keeps its raft log. The machine's PostgreSQL and MariaDB are
+    /// shared and are never restarted: every candidate's proxy resets its connections and
+    /// refuses new ones instead, which is what a restart of a durable server looks like from
+    /// the candidates (the data is kept; on MariaDB the named locks held on the reset
+    /// connections are dropped, as a restart drops them).
     StoreRestart,
     /// SIGSTOP the leader's `baton` and its worker for longer than the lease, then SIGCONT.
     PauseLeader,
@@ -192,7 +201,8 @@ impl Scenario {
     /// candidate itself: there is no connection to partition or reset, and wiping the file is
     /// not a fault its tokens are meant to survive. Every other store is reached over TCP
     /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
-    /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
+    /// outage of every candidate's connections, and so is a MySQL one, see
+    /// [`Scenario::StoreRestart`]).
     ///
     /// Redis Sentinel and Redis Cluster candidates reach the servers directly (the deployment
     /// tells them where its masters are), so the faults of one candidate's connections
@@ -216,7 +226,12 @@ impl Scenario {
                     )
             }
             _ if failover => false,
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
+            Store::Redis
+            | Store::Postgres
+            | Store::Etcd
+            | Store::Kubernetes
+            | Store::Consul
+            | Store::Mysql => {
                 true
             }
             Store::Sqlite => matches!(
@@ -305,7 +320,7 @@ mod tests {
         };
         assert_eq!(RunSpec::parse(&spec.id()), Ok(spec));
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
-        for store in ["redis", "postgres", "etcd", "kubernetes", "consul"] {
+        for store in ["redis", "postgres", "etcd", "kubernetes", "consul", "mysql"] {
             for s in Scenario::ALL.into_iter().filter(|s| {
                 !matches!(
                     s,

@@ -369,7 +369,11 @@ fn parse_lock(kv_key: &str, pair: &Pair) -> Result<Lock> {
             pair.flags
         )));
     }
-    let record = if pair.value.starts_with(b"{\"baton\"") {
+    // Baton's record is a JSON object with a `baton` field (serde_json writes it first, but
+    // any object with that field claims to be one, and must be one exactly).
+    let claims_record = serde_json::from_slice::<Value>(&pair.value)
+        .is_ok_and(|v| v.as_object().is_some_and(|o| o.contains_key("baton")));
+    let record = if claims_record {
         Some(parse_record(&pair.value).ok_or_else(|| {
             foreign(format!(
                 "a lock whose value looks like Baton's record but is not one: {}",
@@ -450,7 +454,13 @@ fn parse_record(value: &[u8]) -> Option<Record> {
         request: named("request_to")?,
         mark,
     };
-    (!record.holder.is_empty() && record.token > 0 && record.lease_ms > 0).then_some(record)
+    // A token of u64::MAX leaves no token to follow it: Baton never mints it (a token is at
+    // most its own write's index).
+    (!record.holder.is_empty()
+        && record.token > 0
+        && record.token < u64::MAX
+        && record.lease_ms > 0)
+        .then_some(record)
 }
 
 /// Another client's holder: its value when that is short printable text, else its session.
@@ -1199,7 +1209,8 @@ impl Candidacy for ConsulCandidacy {
         let mut record = record;
         for _ in 0..MAX_RACES {
             let next = Record {
-                renewal: record.renewal + 1,
+                // Only a change counter: a record of someone else's at u64::MAX wraps to 0.
+                renewal: record.renewal.wrapping_add(1),
                 ..record.clone()
             };
             let mut ops = vec![

@@ -239,7 +239,7 @@ impl Inner {
             }
             let (renewal, cas) = last
                 .as_ref()
-                .map_or((0, 0), |(r, index)| (r.renewal + 1, *index));
+                .map_or((0, 0), |(r, index)| (r.renewal.wrapping_add(1), *index));
             let record = Record {
                 candidate: candidate.to_owned(),
                 priority,

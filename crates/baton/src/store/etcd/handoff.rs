@@ -126,7 +126,13 @@ impl HandoffRequest {
             .flatten()
             .and_then(|fields| match fields.as_slice() {
                 [Some(token), to] => Some(HandoffRequest {
-                    token: token.parse().ok().filter(|t| *t > 0)?,
+                    // Digits only, as Baton writes it (Rust's parser also takes a `+`).
+                    token: token
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| token.parse().ok())
+                        .flatten()
+                        .filter(|t| *t > 0)?,
                     to: to.clone(),
                 }),
                 _ => None,

@@ -534,6 +534,10 @@ impl EtcdStore {
         // The head may be on its way out (its lease just expired): look again, briefly.
         for _ in 0..3 {
             let found = self.head_and_handoff(key).await?;
+            // A request Baton did not write is foreign data, whoever leads.
+            if let Some(request) = &found.request {
+                HandoffRequest::read(key, request)?;
+            }
             if let Some(mark) = &found.mark {
                 // A planned handoff's mark: nobody leads until a candidate it admits takes
                 // the key (and ends the mark), or it runs out.
@@ -780,6 +784,9 @@ impl LeaseStore for EtcdStore {
         let request_key = request_key(key);
         for _ in 0..5 {
             let found = self.head_and_handoff(key).await?;
+            if let Some(request) = &found.request {
+                HandoffRequest::read(key, request)?;
+            }
             if let Some(mark) = &found.mark {
                 // Handed over already: nobody holds the key.
                 Mark::read(key, mark)?;
@@ -841,6 +848,10 @@ impl LeaseStore for EtcdStore {
     /// the head of the queue (the holder), read in the same transaction.
     async fn pending_handoff(&self, key: &str) -> Result<Option<PendingHandoff>> {
         let found = self.head_and_handoff(key).await?;
+        // A request Baton did not write is foreign data, whoever leads.
+        if let Some(request) = &found.request {
+            HandoffRequest::read(key, request)?;
+        }
         if let Some(kv) = &found.mark {
             let mark = Mark::read(key, kv)?;
             let ttl = self.mark_ttl(kv.lease).await?;

@@ -543,11 +543,16 @@ fn parse_record(key: &str, lease: &K8sLease) -> Result<Record> {
     let handoff = parse_handoff(&holder, spec, &annotation).map_err(foreign)?;
     let high_water = match annotation(TOKEN_ANNOTATION) {
         None => 0,
-        Some(text) => text.parse::<u64>().map_err(|_| {
-            foreign(format!(
-                "the annotation {TOKEN_ANNOTATION}: {text:?} is not a fencing token"
-            ))
-        })?,
+        // Digits only, as Baton writes it (Rust's parser also takes a leading `+`), and below
+        // u64::MAX, which would leave no token to follow it.
+        Some(text) => digits(text)
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|t| *t < u64::MAX)
+            .ok_or_else(|| {
+                foreign(format!(
+                    "the annotation {TOKEN_ANNOTATION}: {text:?} is not a fencing token"
+                ))
+            })?,
     };
     let term = match annotation(TERM_ANNOTATION) {
         None => None,
@@ -586,7 +591,13 @@ fn parse_handoff<'a>(
         annotation(HANDOFF_TO_ANNOTATION),
         annotation(HANDOFF_FROM_ANNOTATION),
     ) {
-        (None, None) => return Ok(None),
+        // A mark's window and time come only with its candidate and leaver.
+        (None, None)
+            if annotation(HANDOFF_WINDOW_ANNOTATION).is_none()
+                && annotation(HANDOFF_AT_ANNOTATION).is_none() =>
+        {
+            return Ok(None);
+        }
         (Some(to), Some(from)) if !from.is_empty() => {
             ((!to.is_empty()).then(|| to.clone()), from.clone())
         }
@@ -599,9 +610,13 @@ fn parse_handoff<'a>(
     };
     let window = match annotation(HANDOFF_WINDOW_ANNOTATION) {
         None => None,
-        Some(text) => Some(Duration::from_millis(text.parse::<u64>().map_err(
-            |_| format!("the annotation {HANDOFF_WINDOW_ANNOTATION}: {text:?} is not a number"),
-        )?)),
+        Some(text) => Some(Duration::from_millis(
+            digits(text)
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    format!("the annotation {HANDOFF_WINDOW_ANNOTATION}: {text:?} is not a number")
+                })?,
+        )),
     };
     let at = match annotation(HANDOFF_AT_ANNOTATION) {
         None => None,
@@ -620,6 +635,11 @@ fn parse_handoff<'a>(
         None if !holder.is_empty() && from == holder => Some(Handoff::Request { to }),
         _ => None,
     })
+}
+
+/// `text` if it is digits only, as Baton writes numbers.
+fn digits(text: &str) -> Option<&str> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
 /// The `resourceVersion` of an object or list, as the number it is (etcd's revision).

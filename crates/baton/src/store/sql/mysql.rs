@@ -22,8 +22,10 @@
 //! The binary collation matters: with MySQL's default case-insensitive one, keys `Jobs` and
 //! `jobs` would be one election. A release sets `holder` and `expires_at` to `NULL` and keeps
 //! the row, so `token` survives it. Rows whose `holder` and `expires_at` are not both set or
-//! both `NULL`, or whose `token` is negative, were not written by Baton: they give
-//! [`Error::ForeignData`] and are never written to.
+//! both `NULL`, whose `token` is negative or the largest `BIGINT` (no token can follow it), or
+//! whose `expires_at` or `handoff_until` is a time the server cannot measure from now (the zero
+//! date `0000-00-00`, which MariaDB's default `sql_mode` stores), were not written by Baton:
+//! they give [`Error::ForeignData`] and are never written to.
 //!
 //! A second InnoDB table, `<table>_candidates` (`baton_leases_candidates`), keeps presence
 //! records ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
@@ -204,6 +206,21 @@ const COLUMNS: [(&str, &str, bool, bool); 9] = [
     ("handoff_until", "datetime(6)", true, false),
 ];
 
+/// The condition that a row is one Baton could have written, beyond its handoff columns
+/// ([`handoff_shape`]): a token below the largest `BIGINT` (no token could follow it), and
+/// times the server can compute with (MariaDB stores the zero date `0000-00-00`, whose distance
+/// to now is `NULL`). Every write's `WHERE` includes it, so such a row is never written to;
+/// [`Inner::select`] reports it as foreign data.
+fn row_shape() -> String {
+    format!(
+        "{} AND token < {} \
+         AND (expires_at IS NULL OR TIMESTAMPDIFF(MICROSECOND, '2000-01-01', expires_at) IS NOT NULL) \
+         AND (handoff_until IS NULL OR TIMESTAMPDIFF(MICROSECOND, '2000-01-01', handoff_until) IS NOT NULL)",
+        handoff_shape(""),
+        i64::MAX
+    )
+}
+
 /// How many of [`COLUMNS`] a table made before planned handoffs has.
 const COLUMNS_BEFORE_HANDOFF: usize = 6;
 
@@ -293,7 +310,7 @@ const MAX_RENEW_BATCH: usize = 128;
 fn renew_many_sql(table: &str, n: usize) -> String {
     let keys = vec!["?"; n].join(", ");
     let leases = vec!["(`key` = ? AND holder = ? AND token = ?)"; n].join(" OR ");
-    let shape = handoff_shape("");
+    let shape = row_shape();
     format!(
         "UPDATE {table}
 SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(6),
@@ -402,7 +419,7 @@ struct Sql {
 
 impl Sql {
     fn for_table(table: &str) -> Sql {
-        let shape = handoff_shape("");
+        let shape = row_shape();
         let candidates = candidates_table(table);
         let fill = |sql: &str| {
             Arc::from(
@@ -1151,6 +1168,18 @@ impl Inner {
             return Err(foreign(format!(
                 "token is {token} (Baton's tokens are never negative)"
             )));
+        }
+        if token == i64::MAX {
+            return Err(foreign(format!(
+                "token is {token}, the largest BIGINT: no token can follow it"
+            )));
+        }
+        // The zero date (and any time MySQL cannot measure from now) has no distance to now.
+        if (has_expiry != 0 && left_us.is_none()) || (has_until != 0 && until_us.is_none()) {
+            return Err(foreign(
+                "expires_at or handoff_until is not a time the server can compute with (the zero date?)"
+                    .to_owned(),
+            ));
         }
         if holder.is_some() != (has_expiry != 0) {
             return Err(foreign(if holder.is_some() {

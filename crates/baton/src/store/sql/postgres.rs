@@ -20,8 +20,9 @@
 //!
 //! A release sets `holder` and `expires_at` to `NULL` and keeps the row, so `token` survives it
 //! and every later acquisition gets a larger one. Rows in which `holder` and `expires_at` are
-//! not both set or both `NULL`, or whose `token` is below 1, were not written by Baton: they
-//! give [`Error::ForeignData`] and are never written to.
+//! not both set or both `NULL`, whose `token` is below 1 or the largest `bigint` (no token can
+//! follow it), or whose `expires_at` or `handoff_until` is `infinity` or `-infinity`, were not
+//! written by Baton: they give [`Error::ForeignData`] and are never written to.
 //!
 //! A second table, `<table>_candidates` (`baton_leases_candidates`), keeps presence records
 //! ([`LeaseStore::announce`], D134; see [presence records](super#presence-records)):
@@ -215,9 +216,12 @@ SELECT EXISTS (
 /// handoff columns, with the microseconds the mark has left.
 const SELECT_LEASE: &str = "
 SELECT holder, token, expires_at IS NOT NULL,
-       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint,
+       CASE WHEN isfinite(expires_at)
+            THEN (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint END,
        handoff_to, handoff_from, handoff_until IS NOT NULL,
-       (extract(epoch FROM handoff_until - clock_timestamp()) * 1000000)::bigint
+       CASE WHEN isfinite(handoff_until)
+            THEN (extract(epoch FROM handoff_until - clock_timestamp()) * 1000000)::bigint END,
+       coalesce(isfinite(expires_at), true) AND coalesce(isfinite(handoff_until), true)
 FROM {t} WHERE key = $1";
 
 /// Take key `$1` for candidate `$2` for `$3` µs if it is free (no row, released, or expired)
@@ -319,6 +323,21 @@ SELECT asked.holder, asked.token, asked.left_us FROM asked
 CROSS JOIN LATERAL pg_notify($3, CASE WHEN octet_length(asked.key) + octet_length($2::text) < 7000
     THEN 'q ' || length($2::text) || ' ' || $2::text || asked.key ELSE '' END) AS n";
 
+/// The condition that a row (`prefix` qualifies its columns) is one Baton could have written,
+/// beyond its handoff columns ([`handoff_shape`]): a token below the largest `bigint` (no token
+/// could follow it), and finite times (`infinity` cannot be subtracted from, and `-infinity`
+/// would make a held lease look expired). Every write's `WHERE` includes it, so such a row is
+/// never written to; [`Inner::select`] reports it as foreign data.
+fn row_shape(prefix: &str) -> String {
+    let p = prefix;
+    format!(
+        "{} AND {p}token < {} AND ({p}expires_at IS NULL OR isfinite({p}expires_at)) \
+         AND ({p}handoff_until IS NULL OR isfinite({p}handoff_until))",
+        handoff_shape(prefix),
+        i64::MAX
+    )
+}
+
 /// The presence table beside the lease table (`{c}`, see [`candidates_table`]): one row per
 /// candidate that announces itself at a key, alive until `expires_at` by the server's clock.
 const CREATE_CANDIDATES: &str = "
@@ -408,7 +427,7 @@ struct Sql {
 
 impl Sql {
     fn for_table(table: &str) -> Sql {
-        let (shape, shape_l) = (handoff_shape(""), handoff_shape("l."));
+        let (shape, shape_l) = (row_shape(""), row_shape("l."));
         let candidates = candidates_table(table);
         let fill = |sql: &str| {
             Arc::from(
@@ -1002,6 +1021,7 @@ impl Inner {
         let handoff_from: Option<String> = row.try_get(5).map_err(decode)?;
         let has_until: bool = row.try_get(6).map_err(decode)?;
         let until_us: Option<i64> = row.try_get(7).map_err(decode)?;
+        let finite: bool = row.try_get(8).map_err(decode)?;
         let foreign = |what: String| Error::ForeignData {
             key: key.to_owned(),
             found: format!("a row in table {} whose {what}", self.url.table),
@@ -1010,6 +1030,16 @@ impl Inner {
             return Err(foreign(format!(
                 "token is {token} (Baton's tokens start at 1)"
             )));
+        }
+        if token == i64::MAX {
+            return Err(foreign(format!(
+                "token is {token}, the largest bigint: no token can follow it"
+            )));
+        }
+        if !finite {
+            return Err(foreign(
+                "expires_at or handoff_until is infinity or -infinity".to_owned(),
+            ));
         }
         if holder.is_some() != has_expiry {
             return Err(foreign(if holder.is_some() {
