@@ -64,6 +64,8 @@ use crate::register::Register;
 use crate::scenario::{RunSpec, Scenario, Store};
 use crate::worker::OnTerm;
 
+mod etcd3;
+
 /// The election key every candidate campaigns for (on Kubernetes, a Lease's name).
 const KEY: &str = "chaos";
 
@@ -176,7 +178,7 @@ impl Config {
     /// The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
     pub fn effective_lease(&self, store: Store) -> Duration {
         match store {
-            Store::Etcd => baton::store::etcd::granted_ttl(self.lease),
+            Store::Etcd | Store::Etcd3 => baton::store::etcd::granted_ttl(self.lease),
             Store::Kubernetes => {
                 // Opening connects to nothing: the store only answers its rule here.
                 KubernetesStore::open("kubernetes+http://127.0.0.1:1")
@@ -209,6 +211,21 @@ impl Config {
             orphan: Duration::from_millis(250),
             stale_after_resume: self.kill_after() + Duration::from_secs(1),
         }
+    }
+
+    /// What the checker allows for `spec`: [`bounds`](Self::bounds), except for the faults of a
+    /// 3-member etcd's members (and mixed runs there, which draw them), whose liveness bound
+    /// also allows a Raft election and etcd's extension of every lease when a new Raft leader
+    /// takes office (three election timeouts; derived in `harness/etcd3.rs`): 6.3 s with the
+    /// defaults.
+    pub fn bounds_for(&self, spec: &RunSpec) -> Bounds {
+        let mut bounds = self.bounds(spec.store);
+        if spec.store == Store::Etcd3
+            && (spec.scenario.is_member_fault() || spec.scenario == Scenario::Mixed)
+        {
+            bounds.liveness += etcd3::member_fault_allowance();
+        }
+        bounds
     }
 
     /// The flags that make `scripts/chaos` run a spec exactly as this configuration does.
@@ -330,7 +347,7 @@ impl Harness {
         run.teardown();
         let obs = run.finish();
         outcome.faults = obs.episodes.len();
-        outcome.analysis = check::check(&obs, &self.config.bounds(spec.store));
+        outcome.analysis = check::check(&obs, &self.config.bounds_for(&spec));
         outcome.error = result.err();
         outcome.elapsed = baton::boot_time().saturating_sub(started);
         if outcome.failed() || self.config.keep_logs {
@@ -383,6 +400,8 @@ struct Run<'h> {
     register: Register,
     redis: Option<RedisServer>,
     etcd: Option<EtcdServer>,
+    /// The 3-member etcd and the candidates' proxies to its members.
+    etcd3: Option<etcd3::Etcd3>,
     fake_k8s: Option<FakeK8sProcess>,
     fake_consul: Option<FakeConsulProcess>,
     /// The lease table of a PostgreSQL run, dropped by [`teardown`](Run::teardown).
@@ -412,6 +431,7 @@ impl<'h> Run<'h> {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         let (mut redis, mut etcd, mut fake_k8s, mut fake_consul, mut postgres_table, mut sqlite) =
             (None, None, None, None, None, None);
+        let mut cluster = None;
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -445,6 +465,11 @@ impl<'h> Run<'h> {
                 let port = server.port();
                 etcd = Some(server);
                 Some(([127, 0, 0, 1], port).into())
+            }
+            Store::Etcd3 => {
+                // Proxies of its own per candidate and member: no slot proxy.
+                cluster = Some(etcd3::Etcd3::start(cfg.candidates)?);
+                None
             }
             Store::Kubernetes => {
                 // Where it is: BATON_FAKE_K8S, or next to this binary (scripts/chaos builds it
@@ -504,6 +529,7 @@ impl<'h> Run<'h> {
             register,
             redis,
             etcd,
+            etcd3: cluster,
             fake_k8s,
             fake_consul,
             postgres_table,
@@ -524,6 +550,9 @@ impl<'h> Run<'h> {
         if let Some(path) = &self.sqlite {
             return format!("sqlite:{}", path.display());
         }
+        if let Some(cluster) = &self.etcd3 {
+            return cluster.url(slot);
+        }
         let proxy = self.slots[slot]
             .proxy
             .as_ref()
@@ -539,6 +568,7 @@ impl<'h> Run<'h> {
                     .expect("a PostgreSQL run has a table")
             ),
             Store::Etcd => format!("etcd://{proxy}"),
+            Store::Etcd3 => unreachable!("an etcd3 run's URLs come from its cluster"),
             Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
             Store::Consul => format!("consul://{proxy}"),
         }
@@ -707,7 +737,7 @@ impl<'h> Run<'h> {
     /// old term's worker may write on for a moment while its `baton` stops it, and that is no
     /// recovery.
     fn wait_for_recovery(&mut self, heal: Duration, before: u64) -> Result<(), String> {
-        let until = now() + self.cfg.bounds(self.spec.store).liveness + Duration::from_secs(2);
+        let until = now() + self.cfg.bounds_for(&self.spec).liveness + Duration::from_secs(2);
         let lease = self.cfg.effective_lease(self.spec.store);
         while now() < until {
             let survived = now() > heal + lease;
@@ -761,7 +791,7 @@ impl<'h> Run<'h> {
             let settle = Duration::from_millis(self.rng.u64(300..=1200));
             self.sleep(settle)?;
             let Some((slot, writer)) =
-                self.wait_for_leader(self.cfg.bounds(self.spec.store).liveness)?
+                self.wait_for_leader(self.cfg.bounds_for(&self.spec).liveness)?
             else {
                 // The checker reports the missing leader (the previous fault's liveness).
                 continue;
@@ -875,6 +905,9 @@ impl<'h> Run<'h> {
                 Ok(resume)
             }
             Scenario::Handoff => self.handoff(slot, &id),
+            Scenario::PartitionMember => self.partition_member(slot, &id),
+            Scenario::KillRaftLeader => self.kill_raft_leader(),
+            Scenario::RestartMembers => self.restart_members(),
             Scenario::Mixed => unreachable!("a mixed run draws one of the other classes"),
             Scenario::RollingRestart => {
                 let mut order: Vec<usize> = (0..self.slots.len()).collect();
@@ -1003,7 +1036,9 @@ impl<'h> Run<'h> {
     fn store_restart(&mut self) -> Result<Duration, String> {
         let down = self.duration(0..=2000);
         match self.spec.store {
-            Store::Sqlite => unreachable!("store restarts do not apply to SQLite"),
+            Store::Sqlite | Store::Etcd3 => {
+                unreachable!("store restarts do not apply to SQLite or the 3-member etcd")
+            }
             Store::Redis => {
                 let server = self.redis.as_mut().expect("a Redis run has a server");
                 server.kill();
@@ -1173,6 +1208,9 @@ impl<'h> Run<'h> {
                 proxy.set_mode(mode);
             }
         }
+        if let Some(cluster) = &self.etcd3 {
+            cluster.set_mode(slot, mode);
+        }
         let at = now();
         let whom = match slot {
             Some(i) => format!("proxy of slot {i}"),
@@ -1185,7 +1223,12 @@ impl<'h> Run<'h> {
     fn slow_store(&mut self) -> Result<Duration, String> {
         let d = self.duration(1000..=4000);
         match self.spec.store {
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
+            Store::Redis
+            | Store::Postgres
+            | Store::Etcd
+            | Store::Kubernetes
+            | Store::Consul
+            | Store::Etcd3 => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1328,6 +1371,7 @@ impl<'h> Run<'h> {
         }
         self.redis = None;
         self.etcd = None;
+        self.etcd3 = None;
         self.fake_k8s = None;
         self.fake_consul = None;
         if let Some(table) = self.postgres_table.take() {

@@ -25,17 +25,23 @@ pub enum Store {
     /// sessions in a state file), reached by every candidate through a fault proxy of its own;
     /// the key is the pair `chaos/.lock`.
     Consul,
+    /// An etcd cluster of the run's own: three members, each with a data directory of its own,
+    /// whose peer links go through fault proxies (so one member can be cut off from the
+    /// others); every candidate's URL lists all three members' client endpoints, each through
+    /// a fault proxy of the candidate's own, starting with a member of its own.
+    Etcd3,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 6] = [
+    pub const ALL: [Store; 7] = [
         Store::Sqlite,
         Store::Redis,
         Store::Postgres,
         Store::Etcd,
         Store::Kubernetes,
         Store::Consul,
+        Store::Etcd3,
     ];
 
     /// The name used on the command line.
@@ -47,6 +53,7 @@ impl Store {
             Store::Etcd => "etcd",
             Store::Kubernetes => "kubernetes",
             Store::Consul => "consul",
+            Store::Etcd3 => "etcd3",
         }
     }
 
@@ -101,11 +108,23 @@ pub enum Scenario {
     /// to the store (handoff requests among them), so faults of different kinds follow each
     /// other within one run, before the previous one's effects have all settled.
     Mixed,
+    /// A 3-member etcd: cut the member the leader's client talks to off from its two peers
+    /// (a minority of one; its clients still reach it) for 0.2–5 s. The leader cannot renew
+    /// there and must step down on time; a follower on the majority takes over.
+    PartitionMember,
+    /// A 3-member etcd: SIGKILL the Raft leader member (found from the members' metrics), and
+    /// start it again on its data directory 0–2 s later. The other two elect a new Raft
+    /// leader meanwhile.
+    KillRaftLeader,
+    /// A 3-member etcd: SIGKILL every member in turn (in a seeded order), each down 0–1.5 s,
+    /// started again on its data directory and healthy before the next: the cluster keeps its
+    /// quorum throughout, and every client's member goes away once.
+    RestartMembers,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::KillLeader,
         Scenario::PartitionLeader,
         Scenario::ResetConnections,
@@ -115,6 +134,9 @@ impl Scenario {
         Scenario::RollingRestart,
         Scenario::Handoff,
         Scenario::Mixed,
+        Scenario::PartitionMember,
+        Scenario::KillRaftLeader,
+        Scenario::RestartMembers,
     ];
 
     /// The classes a [`Scenario::Mixed`] run draws from on `store`.
@@ -137,6 +159,9 @@ impl Scenario {
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Handoff => "handoff",
             Scenario::Mixed => "mixed",
+            Scenario::PartitionMember => "partition-member",
+            Scenario::KillRaftLeader => "kill-raft-leader",
+            Scenario::RestartMembers => "restart-members",
         }
     }
 
@@ -150,11 +175,19 @@ impl Scenario {
     /// not a fault its tokens are meant to survive. Every other store is reached over TCP
     /// through a proxy per candidate and takes every fault (a PostgreSQL "restart" is an
     /// outage of every candidate's connections, see [`Scenario::StoreRestart`]).
+    ///
+    /// The faults of a cluster's members (partition-member, kill-raft-leader,
+    /// restart-members) apply to the 3-member etcd alone; it takes every other class but the
+    /// store restart (its members restart one at a time: restart-members).
     pub fn applies_to(self, store: Store) -> bool {
+        if self.is_member_fault() {
+            return store == Store::Etcd3;
+        }
         match store {
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul => {
                 true
             }
+            Store::Etcd3 => self != Scenario::StoreRestart,
             Store::Sqlite => matches!(
                 self,
                 Scenario::KillLeader
@@ -165,6 +198,23 @@ impl Scenario {
                     | Scenario::Mixed
             ),
         }
+    }
+}
+
+impl Scenario {
+    /// Whether this is a fault of one member of a cluster (see [`applies_to`](Self::applies_to)).
+    pub fn is_member_fault(self) -> bool {
+        matches!(
+            self,
+            Scenario::PartitionMember | Scenario::KillRaftLeader | Scenario::RestartMembers
+        )
+    }
+
+    /// Whether `scripts/chaos --quick` runs this cell: every cell, except that on the 3-member
+    /// etcd it runs only the faults of its members (the other classes run there as they do on
+    /// the single etcd, which the quick profile covers), so the profile stays near 4 minutes.
+    pub fn in_quick_profile(self, store: Store) -> bool {
+        self.applies_to(store) && (store != Store::Etcd3 || self.is_member_fault())
     }
 }
 
@@ -243,12 +293,27 @@ mod tests {
         assert!(RunSpec::parse("sqlite:partition-leader:1").is_err());
         for store in ["redis", "postgres", "etcd", "kubernetes", "consul"] {
             for s in Scenario::ALL {
-                assert!(
+                assert_eq!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
+                    !s.is_member_fault(),
                     "{store} {s}"
                 );
             }
         }
+        for s in Scenario::ALL {
+            assert_eq!(
+                RunSpec::parse(&format!("etcd3:{s}:3")).is_ok(),
+                s != Scenario::StoreRestart,
+                "etcd3 {s}"
+            );
+            assert_eq!(
+                s.in_quick_profile(Store::Etcd3),
+                s.is_member_fault(),
+                "etcd3 {s}"
+            );
+            assert_eq!(s.in_quick_profile(Store::Redis), !s.is_member_fault());
+        }
+        assert!(RunSpec::parse("sqlite:kill-raft-leader:1").is_err());
         assert!(RunSpec::parse("sqlite:handoff:1").is_ok());
         assert!(RunSpec::parse("redis:handoff:1").is_ok());
     }
