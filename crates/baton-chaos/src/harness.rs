@@ -1371,7 +1371,9 @@ impl<'h> Run<'h> {
         }
         self.redis = None;
         self.etcd = None;
-        self.etcd3 = None;
+        if let Some(cluster) = self.etcd3.take() {
+            cluster.keep_logs(&self.dir);
+        }
         self.fake_k8s = None;
         self.fake_consul = None;
         if let Some(table) = self.postgres_table.take() {

@@ -205,11 +205,14 @@ impl EtcdCluster {
                 &format!("http://127.0.0.1:{}", member.metrics_port),
             ])
             .arg("--pre-vote")
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
-                std::fs::File::create(self.dir.join(format!("{}.log", member.name)))
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(format!("{}.log", member.name)))
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
             );
@@ -346,6 +349,13 @@ impl EtcdCluster {
         self.kill(index);
         self.spawn(index)?;
         self.wait_healthy(Some(index))
+    }
+
+    /// What member `index` has logged so far (its standard error, at etcd's `info` level: Raft
+    /// elections and lost peers included), for a failed test or chaos run to keep.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.members[index].name)))
+            .unwrap_or_default()
     }
 
     /// An `etcdctl` command (API v3) aimed at every member, to add arguments to and run.

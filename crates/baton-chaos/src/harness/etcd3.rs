@@ -113,6 +113,17 @@ impl Etcd3 {
         }
     }
 
+    /// Write the members' logs into the run's directory (`etcd-m<i>.log`), which is kept when
+    /// the run fails.
+    pub(super) fn keep_logs(&self, dir: &std::path::Path) {
+        for member in 0..MEMBERS {
+            let _ = std::fs::write(
+                dir.join(format!("etcd-m{member}.log")),
+                self.cluster.log(member),
+            );
+        }
+    }
+
     /// The bytes `slot`'s proxies have carried to each member so far.
     fn sent(&self, slot: usize) -> Vec<u64> {
         self.proxies[slot]
