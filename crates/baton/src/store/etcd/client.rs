@@ -863,6 +863,36 @@ mod tests {
         assert!(request((), None).metadata().get(TOKEN_KEY).is_none());
     }
 
+    #[tokio::test]
+    async fn a_failed_call_leaves_its_member_once_and_ends_the_watches_there() {
+        let channel = || Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let members = Members::new(vec![channel(), channel(), channel()]);
+        let first = members.current();
+        assert_eq!(first.index, 0);
+        members.leave(0, "no leader");
+        assert!(first.left.is_cancelled(), "the watches on member 0 end");
+        let second = members.current();
+        assert_eq!(second.index, 1);
+        assert!(!second.left.is_cancelled());
+        // Another call that failed on member 0 together with the first moves nothing.
+        members.leave(0, "no leader");
+        assert_eq!(members.current().index, 1);
+        assert!(!second.left.is_cancelled());
+        // Watches opened on member 0 later are not ended by the earlier leave.
+        members.leave(1, "timed out");
+        members.leave(2, "timed out");
+        let again = members.current();
+        assert_eq!(again.index, 0);
+        assert!(!again.left.is_cancelled());
+
+        // One member: nowhere to go, nothing ends.
+        let alone = Members::new(vec![channel()]);
+        let only = alone.current();
+        alone.leave(0, "no leader");
+        assert_eq!(alone.current().index, 0);
+        assert!(!only.left.is_cancelled());
+    }
+
     #[test]
     fn every_request_requires_a_leader() {
         for token in [None, Some("abc.123".parse().unwrap())] {
