@@ -72,6 +72,8 @@ use crate::register::Register;
 use crate::scenario::{RunSpec, Scenario, Store};
 use crate::worker::OnTerm;
 
+mod etcd3;
+
 /// The election key every candidate campaigns for (on Kubernetes, a Lease's name).
 const KEY: &str = "chaos";
 
@@ -184,7 +186,7 @@ impl Config {
     /// The engine's own deadline (and so `--kill-after`) still comes from `--lease`.
     pub fn effective_lease(&self, store: Store) -> Duration {
         match store {
-            Store::Etcd => baton::store::etcd::granted_ttl(self.lease),
+            Store::Etcd | Store::Etcd3 => baton::store::etcd::granted_ttl(self.lease),
             Store::Kubernetes => {
                 // Opening connects to nothing: the store only answers its rule here.
                 KubernetesStore::open("kubernetes+http://127.0.0.1:1")
@@ -222,6 +224,21 @@ impl Config {
             orphan: Duration::from_millis(250),
             stale_after_resume: self.kill_after() + Duration::from_secs(1),
         }
+    }
+
+    /// What the checker allows for `spec`: [`bounds`](Self::bounds), except for the faults of a
+    /// 3-member etcd's members (and mixed runs there, which draw them), whose liveness bound
+    /// also allows a Raft election and etcd's extension of every lease when a new Raft leader
+    /// takes office (three election timeouts; derived in `harness/etcd3.rs`): 6.3 s with the
+    /// defaults.
+    pub fn bounds_for(&self, spec: &RunSpec) -> Bounds {
+        let mut bounds = self.bounds(spec.store);
+        if spec.store == Store::Etcd3
+            && (spec.scenario.is_member_fault() || spec.scenario == Scenario::Mixed)
+        {
+            bounds.liveness += etcd3::member_fault_allowance();
+        }
+        bounds
     }
 
     /// The flags that make `scripts/chaos` run a spec exactly as this configuration does.
@@ -343,7 +360,7 @@ impl Harness {
         run.teardown();
         let obs = run.finish();
         outcome.faults = obs.episodes.len();
-        outcome.analysis = check::check(&obs, &self.config.bounds(spec.store));
+        outcome.analysis = check::check(&obs, &self.config.bounds_for(&spec));
         outcome.error = result.err();
         outcome.elapsed = baton::boot_time().saturating_sub(started);
         if outcome.failed() || self.config.keep_logs {
@@ -396,6 +413,8 @@ struct Run<'h> {
     register: Register,
     redis: Option<RedisServer>,
     etcd: Option<EtcdServer>,
+    /// The 3-member etcd and the candidates' proxies to its members.
+    etcd3: Option<etcd3::Etcd3>,
     fake_k8s: Option<FakeK8sProcess>,
     fake_consul: Option<FakeConsulProcess>,
     /// A Redis Sentinel or Redis Cluster run's deployment.
@@ -435,6 +454,7 @@ impl<'h> Run<'h> {
             (None, None, None, None, None, None);
         let mut ha = None;
         let mut mysql_table = None;
+        let mut cluster = None;
         let upstream: Option<std::net::SocketAddr> = match spec.store {
             Store::Sqlite => {
                 sqlite = Some(dir.join("leases.db"));
@@ -468,6 +488,11 @@ impl<'h> Run<'h> {
                 let port = server.port();
                 etcd = Some(server);
                 Some(([127, 0, 0, 1], port).into())
+            }
+            Store::Etcd3 => {
+                // Proxies of its own per candidate and member: no slot proxy.
+                cluster = Some(etcd3::Etcd3::start(cfg.candidates)?);
+                None
             }
             Store::Kubernetes => {
                 // Where it is: BATON_FAKE_K8S, or next to this binary (scripts/chaos builds it
@@ -540,6 +565,7 @@ impl<'h> Run<'h> {
             register,
             redis,
             etcd,
+            etcd3: cluster,
             fake_k8s,
             fake_consul,
             ha_url: ha.as_ref().map(RedisHa::url),
@@ -567,6 +593,9 @@ impl<'h> Run<'h> {
         if let Some(url) = &self.ha_url {
             return url.clone();
         }
+        if let Some(cluster) = &self.etcd3 {
+            return cluster.url(slot);
+        }
         let proxy = self.slots[slot]
             .proxy
             .as_ref()
@@ -582,6 +611,7 @@ impl<'h> Run<'h> {
                     .expect("a PostgreSQL run has a table")
             ),
             Store::Etcd => format!("etcd://{proxy}"),
+            Store::Etcd3 => unreachable!("an etcd3 run's URLs come from its cluster"),
             Store::Kubernetes => format!("kubernetes+http://{proxy}?namespace={K8S_NAMESPACE}"),
             Store::Consul => format!("consul://{proxy}"),
             Store::RedisSentinel | Store::RedisCluster => {
@@ -759,7 +789,7 @@ impl<'h> Run<'h> {
     /// old term's worker may write on for a moment while its `baton` stops it, and that is no
     /// recovery.
     fn wait_for_recovery(&mut self, heal: Duration, before: u64) -> Result<(), String> {
-        let until = now() + self.cfg.bounds(self.spec.store).liveness + Duration::from_secs(2);
+        let until = now() + self.cfg.bounds_for(&self.spec).liveness + Duration::from_secs(2);
         let lease = self.cfg.effective_lease(self.spec.store);
         while now() < until {
             let survived = now() > heal + lease;
@@ -813,7 +843,7 @@ impl<'h> Run<'h> {
             let settle = Duration::from_millis(self.rng.u64(300..=1200));
             self.sleep(settle)?;
             let Some((slot, writer)) =
-                self.wait_for_leader(self.cfg.bounds(self.spec.store).liveness)?
+                self.wait_for_leader(self.cfg.bounds_for(&self.spec).liveness)?
             else {
                 // The checker reports the missing leader (the previous fault's liveness).
                 continue;
@@ -930,6 +960,9 @@ impl<'h> Run<'h> {
             Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover => {
                 self.redis_failover(scenario, slot, &id)
             }
+            Scenario::PartitionMember => self.partition_member(slot, &id),
+            Scenario::KillRaftLeader => self.kill_raft_leader(),
+            Scenario::RestartMembers => self.restart_members(),
             Scenario::Mixed => unreachable!("a mixed run draws one of the other classes"),
             Scenario::RollingRestart => {
                 let mut order: Vec<usize> = (0..self.slots.len()).collect();
@@ -1058,7 +1091,7 @@ impl<'h> Run<'h> {
     fn store_restart(&mut self) -> Result<Duration, String> {
         let down = self.duration(0..=2000);
         match self.spec.store {
-            Store::Sqlite | Store::RedisSentinel | Store::RedisCluster => {
+            Store::Sqlite | Store::RedisSentinel | Store::RedisCluster | Store::Etcd3 => {
                 unreachable!("store restarts do not apply to {}", self.spec.store)
             }
             Store::Redis => {
@@ -1330,6 +1363,9 @@ impl<'h> Run<'h> {
                 proxy.set_mode(mode);
             }
         }
+        if let Some(cluster) = &self.etcd3 {
+            cluster.set_mode(slot, mode);
+        }
         let at = now();
         let whom = match slot {
             Some(i) => format!("proxy of slot {i}"),
@@ -1346,7 +1382,8 @@ impl<'h> Run<'h> {
                 unreachable!("a slow store does not apply to {}", self.spec.store)
             }
             Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul
-            | Store::Mysql => {
+            | Store::Mysql
+            | Store::Etcd3 => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.
                 let one_way = Duration::from_millis(self.rng.u64(200..=600));
                 let start = self.set_proxies(None, ProxyMode::Delay(one_way));
@@ -1489,6 +1526,9 @@ impl<'h> Run<'h> {
         }
         self.redis = None;
         self.etcd = None;
+        if let Some(cluster) = self.etcd3.take() {
+            cluster.keep_logs(&self.dir);
+        }
         self.fake_k8s = None;
         self.fake_consul = None;
         self.ha = None;

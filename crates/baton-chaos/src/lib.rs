@@ -9,7 +9,8 @@
 //!
 //! * [`harness`] starts N candidates (the real `baton` binary) against one [`Store`]: an
 //!   SQLite file; a `redis-server` of its own; the machine's PostgreSQL, in a lease table of
-//!   the run's own; an `etcd` of its own; a fake Kubernetes API server of its own
+//!   the run's own; an `etcd` of its own, or a 3-member etcd cluster of its own whose members
+//!   can be cut off from their peers; a fake Kubernetes API server of its own
 //!   (`baton-fake-k8s`); a fake Consul agent of its own (`baton-fake-consul`); the machine's
 //!   MariaDB, in a lease table of the run's own; or a Redis Sentinel deployment or a Redis
 //!   Cluster with replicas of its own ([`redis_ha`](baton_testkit::redis_ha), reached directly,

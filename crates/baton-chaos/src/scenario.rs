@@ -37,11 +37,16 @@ pub enum Store {
     /// A Redis Cluster of the run's own: three masters and three replicas,
     /// `cluster-node-timeout` 1000 ms, without persistence (see [`redis_ha`](baton_testkit::redis_ha)).
     RedisCluster,
+    /// An etcd cluster of the run's own: three members, each with a data directory of its own,
+    /// whose peer links go through fault proxies (so one member can be cut off from the
+    /// others); every candidate's URL lists all three members' client endpoints, each through
+    /// a fault proxy of the candidate's own, starting with a member of its own.
+    Etcd3,
 }
 
 impl Store {
     /// Every store, in table order.
-    pub const ALL: [Store; 9] = [
+    pub const ALL: [Store; 10] = [
         Store::Sqlite,
         Store::Redis,
         Store::Postgres,
@@ -51,6 +56,7 @@ impl Store {
         Store::Mysql,
         Store::RedisSentinel,
         Store::RedisCluster,
+        Store::Etcd3,
     ];
 
     /// The name used on the command line.
@@ -65,6 +71,7 @@ impl Store {
             Store::Mysql => "mysql",
             Store::RedisSentinel => "redis-sentinel",
             Store::RedisCluster => "redis-cluster",
+            Store::Etcd3 => "etcd3",
         }
     }
 
@@ -147,6 +154,18 @@ pub enum Scenario {
     /// to the store (handoff requests among them), so faults of different kinds follow each
     /// other within one run, before the previous one's effects have all settled.
     Mixed,
+    /// A 3-member etcd: cut the member the leader's client talks to off from its two peers
+    /// (a minority of one; its clients still reach it) for 0.2–5 s. The leader cannot renew
+    /// there and must step down on time; a follower on the majority takes over.
+    PartitionMember,
+    /// A 3-member etcd: SIGKILL the Raft leader member (found from the members' metrics), and
+    /// start it again on its data directory 0–2 s later. The other two elect a new Raft
+    /// leader meanwhile.
+    KillRaftLeader,
+    /// A 3-member etcd: SIGKILL every member in turn (in a seeded order), each down 0–1.5 s,
+    /// started again on its data directory and healthy before the next: the cluster keeps its
+    /// quorum throughout, and every client's member goes away once.
+    RestartMembers,
 }
 
 impl Scenario {
@@ -164,6 +183,9 @@ impl Scenario {
         Scenario::KillMaster,
         Scenario::LossyFailover,
         Scenario::Mixed,
+        Scenario::PartitionMember,
+        Scenario::KillRaftLeader,
+        Scenario::RestartMembers,
     ];
 
     /// The classes a [`Scenario::Mixed`] run draws from on `store`.
@@ -189,6 +211,9 @@ impl Scenario {
             Scenario::KillMaster => "kill-master",
             Scenario::LossyFailover => "lossy-failover",
             Scenario::Mixed => "mixed",
+            Scenario::PartitionMember => "partition-member",
+            Scenario::KillRaftLeader => "kill-raft-leader",
+            Scenario::RestartMembers => "restart-members",
         }
     }
 
@@ -208,7 +233,14 @@ impl Scenario {
     /// tells them where its masters are), so the faults of one candidate's connections
     /// (partition, resets, slow store) and whole-store restarts do not apply to them; the
     /// failovers do, and apply to nothing else.
+    ///
+    /// The faults of a cluster's members (partition-member, kill-raft-leader,
+    /// restart-members) apply to the 3-member etcd alone; it takes every other class but the
+    /// store restart (its members restart one at a time: restart-members).
     pub fn applies_to(self, store: Store) -> bool {
+        if self.is_member_fault() {
+            return store == Store::Etcd3;
+        }
         let failover = matches!(
             self,
             Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover
@@ -234,6 +266,7 @@ impl Scenario {
             | Store::Mysql => {
                 true
             }
+            Store::Etcd3 => self != Scenario::StoreRestart,
             Store::Sqlite => matches!(
                 self,
                 Scenario::KillLeader
@@ -244,6 +277,26 @@ impl Scenario {
                     | Scenario::Mixed
             ),
         }
+    }
+}
+
+impl Scenario {
+    /// Whether this is a fault of one member of a cluster (see [`applies_to`](Self::applies_to)).
+    pub fn is_member_fault(self) -> bool {
+        matches!(
+            self,
+            Scenario::PartitionMember | Scenario::KillRaftLeader | Scenario::RestartMembers
+        )
+    }
+
+    /// Whether `scripts/chaos --quick` runs this cell: every cell, except that on the 3-member
+    /// etcd it runs only the faults of its members (the other classes run there as they do on
+    /// the single etcd, which the quick profile covers), and on Redis Sentinel and Redis Cluster
+    /// only [`Store::quick_scenario`], so the profile stays near 4 minutes.
+    pub fn in_quick_profile(self, store: Store) -> bool {
+        self.applies_to(store)
+            && store.quick_scenario().is_none_or(|q| q == self)
+            && (store != Store::Etcd3 || self.is_member_fault())
     }
 }
 
@@ -327,12 +380,35 @@ mod tests {
                     Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover
                 )
             }) {
-                assert!(
+                assert_eq!(
                     RunSpec::parse(&format!("{store}:{s}:3")).is_ok(),
+                    !s.is_member_fault(),
                     "{store} {s}"
                 );
             }
         }
+        for s in Scenario::ALL {
+            assert_eq!(
+                RunSpec::parse(&format!("etcd3:{s}:3")).is_ok(),
+                s != Scenario::StoreRestart
+                    && !matches!(
+                        s,
+                        Scenario::Failover | Scenario::KillMaster | Scenario::LossyFailover
+                    ),
+                "etcd3 {s}"
+            );
+            assert_eq!(
+                s.in_quick_profile(Store::Etcd3),
+                s.is_member_fault(),
+                "etcd3 {s}"
+            );
+            assert_eq!(s.in_quick_profile(Store::Redis), s.applies_to(Store::Redis));
+            assert_eq!(
+                s.in_quick_profile(Store::RedisCluster),
+                s == Scenario::LossyFailover
+            );
+        }
+        assert!(RunSpec::parse("sqlite:kill-raft-leader:1").is_err());
         assert!(RunSpec::parse("sqlite:handoff:1").is_ok());
         assert!(RunSpec::parse("redis:handoff:1").is_ok());
         for store in ["redis-sentinel", "redis-cluster"] {

@@ -79,6 +79,7 @@
 //! ([`fake_k8s::FakeK8sProcess`]), so any Kubernetes client can be pointed at it.
 
 pub mod conformance;
+pub mod etcd_cluster;
 pub mod etcd_server;
 pub mod fake_consul;
 pub mod fake_k8s;

@@ -17,6 +17,11 @@
 //! A connection the proxy cannot forward (the server is down) is reset, as a refused
 //! connection would be.
 //!
+//! A proxy started with [`FaultProxy::start_routed`] asks a [`Router`] for the mode of each
+//! connection it accepts, from the client's address, so that connections from different
+//! clients can be treated differently (the peer links of an etcd cluster, where one member is
+//! cut off from the others: [`crate::etcd_cluster`]).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //!
@@ -83,7 +88,13 @@ struct Counters {
     accepted: AtomicU64,
     open: AtomicU64,
     resets: AtomicU64,
+    /// Bytes delivered from clients to the server.
+    sent: AtomicU64,
 }
+
+/// Picks the mode channel a newly accepted connection follows, from the client's address;
+/// `None`: the proxy's own mode ([`FaultProxy::set_mode`]).
+pub type Router = Arc<dyn Fn(SocketAddr) -> Option<watch::Receiver<ProxyMode>> + Send + Sync>;
 
 /// A TCP proxy on `127.0.0.1` (a free port) in front of one upstream address. Its tasks run on
 /// the tokio runtime it was started in; dropping the proxy closes its listener and every
@@ -112,7 +123,7 @@ impl FaultProxy {
     /// Must be called within a tokio runtime (from async code, or under
     /// [`Handle::enter`](tokio::runtime::Handle::enter)): the proxy's tasks are spawned on it.
     pub fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
-        FaultProxy::start_on(([127, 0, 0, 1], 0).into(), upstream)
+        Self::launch(([127, 0, 0, 1], 0).into(), upstream, None)
     }
 
     /// Listen on `listen` (port 0: a free one) and forward to `upstream`, as
@@ -120,13 +131,33 @@ impl FaultProxy {
     /// choosing, such as the address a Redis Cluster node announces for its replicas
     /// (`127.0.0.2:PORT`, while its clients use `127.0.0.1:PORT`).
     pub fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<FaultProxy> {
+        Self::launch(listen, upstream, None)
+    }
+
+    /// [`start`](Self::start), but every accepted connection follows the mode channel `router`
+    /// picks for it (from the client's address), or the proxy's own mode when it picks none.
+    pub fn start_routed(upstream: SocketAddr, router: Router) -> io::Result<FaultProxy> {
+        Self::launch(([127, 0, 0, 1], 0).into(), upstream, Some(router))
+    }
+
+    fn launch(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        router: Option<Router>,
+    ) -> io::Result<FaultProxy> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
         let (mode, rx) = watch::channel(ProxyMode::Pass);
         let counters = Arc::new(Counters::default());
-        let accept = tokio::spawn(accept_loop(listener, upstream, rx, counters.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            rx,
+            router,
+            counters.clone(),
+        ));
         Ok(FaultProxy {
             addr,
             upstream,
@@ -172,6 +203,12 @@ impl FaultProxy {
     pub fn resets(&self) -> u64 {
         self.counters.resets.load(Ordering::Relaxed)
     }
+
+    /// Bytes delivered from clients to the server so far: which of several proxies a client
+    /// is using shows in how this grows.
+    pub fn bytes_sent(&self) -> u64 {
+        self.counters.sent.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -185,10 +222,11 @@ async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     mode: watch::Receiver<ProxyMode>,
+    router: Option<Router>,
     counters: Arc<Counters>,
 ) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        let Ok((client, from)) = listener.accept().await else {
             // Out of file descriptors, say: try again shortly rather than spin.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -196,7 +234,10 @@ async fn accept_loop(
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         counters.open.fetch_add(1, Ordering::Relaxed);
         let counters = counters.clone();
-        let mode = mode.clone();
+        let mode = router
+            .as_ref()
+            .and_then(|route| route(from))
+            .unwrap_or_else(|| mode.clone());
         tokio::spawn(async move {
             serve(client, upstream, mode, &counters).await;
             counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -255,8 +296,13 @@ async fn serve(
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
         let both = futures_util::future::join(
-            pump(client_read, server_write, mode.clone()),
-            pump(server_read, client_write, mode.clone()),
+            pump(
+                client_read,
+                server_write,
+                mode.clone(),
+                Some(&counters.sent),
+            ),
+            pump(server_read, client_write, mode.clone(), None),
         );
         tokio::select! {
             _ = both => false,
@@ -273,8 +319,12 @@ async fn serve(
 /// Copy one direction: read chunks as they come (unless blackholed), deliver each once its
 /// delay has passed (unless blackholed), and pass a half-close on once everything before it was
 /// delivered.
-async fn pump<R, W>(mut from: R, mut to: W, mut mode: watch::Receiver<ProxyMode>)
-where
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut mode: watch::Receiver<ProxyMode>,
+    delivered: Option<&AtomicU64>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -303,10 +353,13 @@ where
                 }
             }
             () = sleep_until(due.unwrap_or_else(Instant::now)), if !held && due.is_some() => {
-                if let Some((_, chunk)) = queue.pop_front()
-                    && to.write_all(&chunk).await.is_err()
-                {
-                    return;
+                if let Some((_, chunk)) = queue.pop_front() {
+                    if to.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    if let Some(delivered) = delivered {
+                        delivered.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
                 }
             }
             read = from.read(&mut buf), if can_read => match read {

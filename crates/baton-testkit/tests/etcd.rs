@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use baton::store::etcd::EtcdStore;
 use baton::{BoxError, Error, Event, LeaderElection, LeaseStore, LossReason, Result};
 use baton_testkit::conformance::{Capabilities, ForeignWriter, StoreFactory};
+use baton_testkit::etcd_cluster::EtcdCluster;
 use baton_testkit::etcd_server::{EtcdServer, shared_etcd};
 use baton_testkit::faulty::{FaultControl, FaultyStore, Op};
 use baton_testkit::servers::{TlsFiles, scratch_dir};
@@ -1838,4 +1839,141 @@ async fn a_record_is_replaced_by_a_new_process_and_withdrawn_from_any() {
     assert_eq!(names(&first, &name).await, [("web".to_owned(), 2)]);
     second.withdraw(&name, "web").await.unwrap();
     assert_eq!(names(&first, &name).await, []);
+}
+
+/// `etcd://` with every member of `cluster`, member `first` first (the member the client
+/// talks to until a call there fails), then the others in order.
+fn cluster_url(cluster: &EtcdCluster, first: usize) -> String {
+    let hosts: Vec<String> = (0..cluster.size())
+        .map(|i| {
+            cluster
+                .client_addr((first + i) % cluster.size())
+                .to_string()
+        })
+        .collect();
+    format!("etcd://{}", hosts.join(","))
+}
+
+/// Poll `a` and `b` until `done` or `limit`, failing if both ever lead at once.
+async fn exclusive_until(
+    a: &LeaderElection,
+    b: &LeaderElection,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        assert!(
+            !(a.is_leader() && b.is_leader()),
+            "two leaders at once, {:?} into the fault",
+            start.elapsed()
+        );
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done()
+}
+
+/// Issue #19: a leader whose client talks to a member cut off from its two peers cannot renew
+/// (the member has no quorum): it steps down within its lease of the last renewal, and the
+/// follower, whose client talks to a member of the majority, takes over once etcd frees the
+/// leader's entry there; never both at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_on_a_member_cut_off_from_its_quorum_steps_down_and_the_majority_takes_over() {
+    let cluster = EtcdCluster::start(3);
+    let name = unique("cut-leader");
+    let lease = Duration::from_secs(2);
+    let a = election(&cluster_url(&cluster, 0), &name, "a", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    let token = a.fencing_token().unwrap();
+    let b = election(&cluster_url(&cluster, 1), &name, "b", lease);
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await,
+        "b follows a"
+    );
+
+    let cut = Instant::now();
+    cluster.partition(0);
+    // The last renewal was sent before the cut, and the deadline is less than a lease after it.
+    let stepped_down = exclusive_until(&a, &b, lease, || !a.is_leader()).await;
+    let took = cut.elapsed();
+    assert!(
+        stepped_down,
+        "a must step down within its lease of the last renewal ({took:?})"
+    );
+    // etcd frees a's entry a TTL (2 s) after the last keepalive it carried out (plus its 500 ms
+    // expiry sweep), or sooner when a's next attempt, sent to another member, deletes it.
+    let took_over = exclusive_until(&a, &b, Duration::from_secs(8), || b.is_leader()).await;
+    println!(
+        "a stepped down {took:?} after the cut; b led {:?} after it",
+        cut.elapsed()
+    );
+    assert!(took_over, "b, on the majority, takes over");
+    assert!(b.fencing_token().unwrap() > token);
+    cluster.heal();
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+/// Issue #19: every watch requires a leader, so etcd ends a watch on a member cut off from its
+/// quorum rather than keeping it open and silent: a store with that member alone sees its
+/// change stream end; and a follower whose client talks to that member still learns that the
+/// leader (on the majority) released, and takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_on_a_cut_off_member_ends_and_its_follower_still_takes_over() {
+    let cluster = EtcdCluster::start(3);
+    let name = unique("cut-watch");
+    let lease = Duration::from_secs(2);
+    let a = election(&cluster_url(&cluster, 1), &name, "a", lease);
+    a.start().await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
+    let b = election(&cluster_url(&cluster, 0), &name, "b", lease);
+    b.start().await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || b.current_leader_id().as_deref()
+            == Some("a"))
+        .await,
+        "b follows a"
+    );
+    // A change stream on member 0 alone: nowhere else to go, so only etcd can end it.
+    let lone = EtcdStore::open(&format!("etcd://{}", cluster.client_addr(0))).unwrap();
+    let mut changes = lone.watch(&name).await.unwrap().expect("etcd pushes");
+
+    let cut = Instant::now();
+    cluster.partition(0);
+    // a, on the majority, renews on; it releases a moment later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.is_leader(), "a's member keeps its quorum");
+    a.stop().await.unwrap();
+    let released = cut.elapsed();
+
+    // etcd ends the watches of a member that has had no leader for three election timeouts
+    // (1 s each by default), checked once per election timeout, after the member itself
+    // noticed (one to two election timeouts): well within 10 s.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while changes.next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the watch on the cut-off member must end (require-leader)"
+    );
+    let watch_ended = cut.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || b.is_leader()).await,
+        "b, whose member is cut off, still learns that a released and takes over"
+    );
+    println!(
+        "a released {released:?} after the cut; the lone watch ended after {watch_ended:?}; b led \
+         after {:?}",
+        cut.elapsed()
+    );
+    cluster.heal();
+    b.stop().await.unwrap();
 }

@@ -1,13 +1,31 @@
-//! A thin etcd v3 client over tonic: the calls the store makes, on one channel to every
-//! endpoint, with etcd's token authentication.
+//! A thin etcd v3 client over tonic: the calls the store makes, on one channel per endpoint
+//! (per member), with etcd's token authentication.
 //!
 //! The messages and the per-service clients are generated ([`super::pb`]); this module adds
 //! what etcd's Go client and the `etcd-client` crate add around them, and nothing else:
 //!
-//! * **Channel.** One tonic [`Channel`] balances over all endpoints and connects lazily. Each
-//!   endpoint: a 5 s connect timeout, and HTTP/2 pings every 5 s, also while no call is in
-//!   flight, with a 3 s timeout, so a dead connection (a stopped or partitioned server) is
-//!   noticed while a follower's watch sits idle.
+//! * **Members.** One lazily connected tonic [`Channel`] per endpoint (per member of the
+//!   cluster), and every call goes to one of them, the *current* member: the first endpoint of
+//!   the URL at first. When a call fails with `UNAVAILABLE` (the member is down or unreachable,
+//!   or etcd answers that it has no leader or that the request timed out), the client leaves
+//!   that member: the next endpoint becomes current, and every watch open on the member it left
+//!   ends with an error, so that a follower watches again on a member that works. A call that
+//!   etcd cannot have carried out (the connection was refused, or the member refused it for
+//!   want of a leader) is sent again at once to the next member, once per member. One endpoint
+//!   (or an application's channel): nothing to leave. A call its caller gives up on after it
+//!   hung for a second or more (the session's background keepalive waits 2 s) also leaves the
+//!   member: a member cut off from its quorum holds the calls it took before it noticed. Each
+//!   endpoint: a 5 s connect
+//!   timeout, and HTTP/2 pings every 5 s, also while no call is in flight, with a 3 s timeout,
+//!   so a dead connection (a stopped or partitioned server) is noticed while a follower's watch
+//!   sits idle.
+//! * **Require leader.** Every call and stream carries etcd's require-leader metadata
+//!   (`hasleader: true`, Go's `clientv3.WithRequireLeader`). A member cut off from its quorum
+//!   then refuses new calls at once (`UNAVAILABLE`, "etcdserver: no leader") instead of holding
+//!   them for its request timeout (7 s with etcd's defaults), and ends the watches open on it
+//!   (after three election timeouts without a leader) instead of keeping them open, silent,
+//!   for as long as the partition lasts: a follower watching there would never hear that the
+//!   leader's entry went away on the majority side.
 //! * **TLS** (`etcds://`): rustls (ring), trusting the CA given or, without one, the system's
 //!   trust store; an optional client certificate.
 //! * **Authentication.** With a user, [`Client::connect`] asks `Auth.Authenticate` for a token
@@ -23,14 +41,17 @@
 //! (rustls's reason for a failed handshake, say) in its source chain.
 
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, future, stream};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::debug;
 
 use super::pb::etcdserverpb::{
     AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse,
@@ -53,6 +74,21 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The metadata key etcd reads the authentication token from.
 const TOKEN_KEY: &str = "token";
+
+/// The metadata key, and its value, that make etcd refuse a call, and end a stream, while the
+/// member has no leader (`rpctypes.MetadataRequireLeaderKey` and `MetadataHasLeader`).
+const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
+
+/// How long a call may hang before its caller giving up on it makes the client leave the
+/// member: a member cut off from its quorum holds the calls it took before it noticed for its
+/// request timeout (7 s with etcd's defaults), and nothing else tells. The session's background
+/// keepalive gives up after 2 s; a leader's renewal gives up sooner, at its step-down time, and
+/// does not count: etcd answers the calls that follow "no leader" soon enough.
+const ABANDONED_AFTER: Duration = Duration::from_secs(1);
+
+/// etcd's answer to a call with require-leader on a member without a leader
+/// (`rpctypes.ErrGRPCNoLeader`, code `UNAVAILABLE`): refused before it was carried out.
+const NO_LEADER: &str = "etcdserver: no leader";
 
 /// etcd's answer to a call with an invalid or expired token, where it loses the status code
 /// (`UNKNOWN`): `rpctypes.ErrInvalidAuthToken`.
@@ -119,11 +155,103 @@ pub(super) fn endpoints(
         .collect()
 }
 
-/// A client of one etcd cluster. Clones share the channel and the token.
+/// A client of one etcd cluster. Clones share the channels, the current member and the token.
 #[derive(Clone)]
 pub(super) struct Client {
-    channel: Channel,
+    members: Arc<Members>,
     auth: Option<Arc<Auth>>,
+}
+
+/// One channel per member, and which of them calls go to (see the module docs).
+struct Members {
+    channels: Vec<Channel>,
+    /// The index of the current member.
+    current: AtomicUsize,
+    /// Per member: cancelled when the client leaves it, which ends the watches open on it (and
+    /// then replaced by a fresh token for the watches opened there later).
+    left: Vec<Mutex<CancellationToken>>,
+}
+
+/// A call in flight on a member: when its caller drops it unfinished after [`ABANDONED_AFTER`]
+/// or more, the client leaves the member.
+struct Abandoned<'m> {
+    members: &'m Members,
+    index: usize,
+    sent: Instant,
+    done: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.sent.elapsed() >= ABANDONED_AFTER {
+            self.members
+                .leave(self.index, "a call there was given up after it hung");
+        }
+    }
+}
+
+/// One member, as a call picked it.
+struct Member {
+    index: usize,
+    channel: Channel,
+    /// Cancelled when the client leaves the member.
+    left: CancellationToken,
+}
+
+impl Members {
+    fn new(channels: Vec<Channel>) -> Members {
+        let left = channels
+            .iter()
+            .map(|_| Mutex::new(CancellationToken::new()))
+            .collect();
+        Members {
+            channels,
+            current: AtomicUsize::new(0),
+            left,
+        }
+    }
+
+    /// The current member.
+    fn current(&self) -> Member {
+        let index = self.current.load(Ordering::Acquire) % self.channels.len();
+        let left = self.left[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Member {
+            index,
+            channel: self.channels[index].clone(),
+            left,
+        }
+    }
+
+    /// Leave member `index` after a call on it failed (`why`): unless another call left it
+    /// already, the next member becomes current and the watches on this one end. Nothing
+    /// happens with one member (there is nowhere else to go).
+    fn leave(&self, index: usize, why: &str) {
+        let count = self.channels.len();
+        if count < 2 {
+            return;
+        }
+        let next = (index + 1) % count;
+        if self
+            .current
+            .compare_exchange(index, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        debug!(
+            member = index,
+            next, why, "leaving an etcd member after a failed call"
+        );
+        let old = std::mem::take(
+            &mut *self.left[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        old.cancel();
+    }
 }
 
 /// The credentials and the token they got.
@@ -148,57 +276,109 @@ impl Client {
     /// A client on a channel the application built, without authentication.
     pub fn on_channel(channel: Channel) -> Client {
         Client {
-            channel,
+            members: Arc::new(Members::new(vec![channel])),
             auth: None,
         }
     }
 
-    /// A client over `endpoints`; with `credentials`, authenticates first (the only request:
-    /// otherwise the channel connects on the first call). Needs a tokio runtime.
+    /// A client over `endpoints` (at least one), one channel per endpoint; with
+    /// `credentials`, authenticates first (the only request: otherwise the channels connect on
+    /// their first call). Needs a tokio runtime.
     pub async fn connect(
         endpoints: &[Endpoint],
         credentials: Option<&Credentials>,
     ) -> Result<Client, Status> {
-        let channel = Channel::balance_list(endpoints.iter().cloned());
-        let auth = match credentials {
-            Some(credentials) => {
-                let token = authenticate(&channel, credentials).await?;
-                Some(Arc::new(Auth {
-                    credentials: credentials.clone(),
-                    token: RwLock::new(Some(token)),
-                    refresh: tokio::sync::Mutex::new(()),
-                }))
-            }
-            None => None,
+        if endpoints.is_empty() {
+            return Err(Status::invalid_argument("no etcd endpoint"));
+        }
+        let channels = endpoints.iter().map(Endpoint::connect_lazy).collect();
+        let mut client = Client {
+            members: Arc::new(Members::new(channels)),
+            auth: None,
         };
-        Ok(Client { channel, auth })
+        if let Some(credentials) = credentials {
+            let token = client
+                .on_members(
+                    |member| async move { authenticate(&member.channel, credentials).await },
+                )
+                .await?;
+            client.auth = Some(Arc::new(Auth {
+                credentials: credentials.clone(),
+                token: RwLock::new(Some(token)),
+                refresh: tokio::sync::Mutex::new(()),
+            }));
+        }
+        Ok(client)
     }
 
-    /// Send `message` with `send`, with the token; when etcd says the token is invalid,
-    /// authenticate again and send it once more.
+    /// Run `attempt` on the current member; when it fails with `UNAVAILABLE`, leave the
+    /// member, and when etcd cannot have carried it out there, run it on the next one, at
+    /// most once per member.
+    async fn on_members<T, F, Fut>(&self, attempt: F) -> Result<T, Status>
+    where
+        F: Fn(Member) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut tries = self.members.channels.len();
+        loop {
+            let member = self.members.current();
+            let index = member.index;
+            let mut abandoned = Abandoned {
+                members: &self.members,
+                index,
+                sent: Instant::now(),
+                done: false,
+            };
+            let result = attempt(member).await;
+            abandoned.done = true;
+            match result {
+                Err(status) if member_failed(&status) => {
+                    self.members.leave(index, status.message());
+                    tries -= 1;
+                    if tries == 0 || !never_carried_out(&status) {
+                        return Err(status);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Send `message` with `send` to the current member (see [`on_members`](Self::on_members)),
+    /// with the token; when etcd says the token is invalid, authenticate again and send it once
+    /// more.
     async fn call<M, T, F, Fut>(&self, message: M, send: F) -> Result<T, Status>
     where
         M: Clone,
         F: Fn(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_member(message, |member, request| send(member.channel, request))
+            .await
+    }
+
+    /// [`call`](Self::call), with the member the message goes to.
+    async fn call_member<M, T, F, Fut>(&self, message: M, send: F) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Member, Request<M>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let Some(auth) = &self.auth else {
-            return send(self.channel.clone(), Request::new(message)).await;
+            return self
+                .on_members(|member| send(member, request(message.clone(), None)))
+                .await;
         };
         let token = auth.token();
-        let first = send(
-            self.channel.clone(),
-            with_token(message.clone(), token.as_ref()),
-        )
-        .await;
+        let first = self
+            .on_members(|member| send(member, request(message.clone(), token.as_ref())))
+            .await;
         match first {
             Err(status) if token_is_invalid(&status) => {
                 self.authenticate_again(auth, token).await?;
-                send(
-                    self.channel.clone(),
-                    with_token(message, auth.token().as_ref()),
-                )
-                .await
+                let token = auth.token();
+                self.on_members(|member| send(member, request(message.clone(), token.as_ref())))
+                    .await
             }
             other => other,
         }
@@ -214,7 +394,11 @@ impl Client {
         if auth.token() != stale {
             return Ok(());
         }
-        let token = authenticate(&self.channel, &auth.credentials).await?;
+        let token = self
+            .on_members(
+                |member| async move { authenticate(&member.channel, &auth.credentials).await },
+            )
+            .await?;
         *auth.token.write().unwrap_or_else(PoisonError::into_inner) = Some(token);
         Ok(())
     }
@@ -326,7 +510,8 @@ impl Client {
                 )),
             })
             .collect();
-        self.call(creates, |channel, request| async move {
+        let members = &self.members;
+        self.call_member(creates, |member, request| async move {
             let (metadata, extensions, creates) = request.into_parts();
             // The request side stays open while the watch is wanted, and ends when the
             // `WatchStream` is dropped: only with both sides done does the HTTP/2 stream close
@@ -339,7 +524,7 @@ impl Client {
                 })
                 .filter_map(|()| future::ready(None)),
             );
-            let responses = WatchClient::new(channel)
+            let responses = WatchClient::new(member.channel)
                 .watch(Request::from_parts(metadata, extensions, requests))
                 .await?
                 .into_inner();
@@ -347,6 +532,9 @@ impl Client {
                 responses,
                 peeked: None,
                 _dropped: dropped,
+                member: member.index,
+                members: members.clone(),
+                left: member.left,
             })
         })
         .await
@@ -408,15 +596,38 @@ pub(super) struct WatchStream {
     peeked: Option<Option<WatchResponse>>,
     /// Ends the request side of the watch's stream when dropped.
     _dropped: oneshot::Sender<()>,
+    /// The member the watch is on (its index), and the client's members, to leave it when the
+    /// stream fails.
+    member: usize,
+    members: Arc<Members>,
+    /// Cancelled when the client leaves the member: the watch then ends with an error.
+    left: CancellationToken,
 }
 
 impl WatchStream {
-    /// The next response; `None` when etcd ended the stream.
+    /// The next response; `None` when etcd ended the stream. An error when the stream failed
+    /// (etcd ends the watches of a member that has been without a leader for a while with
+    /// `UNAVAILABLE`, "etcdserver: no leader", since every watch requires a leader), or when
+    /// the client left the member the watch is on.
     pub async fn message(&mut self) -> Result<Option<WatchResponse>, Status> {
         if let Some(first) = self.peeked.take() {
             return Ok(first);
         }
-        self.responses.message().await
+        let next = tokio::select! {
+            biased;
+            () = self.left.cancelled() => {
+                return Err(Status::unavailable(
+                    "the client left the etcd member this watch was on, after a call there failed",
+                ));
+            }
+            next = self.responses.message() => next,
+        };
+        if let Err(status) = &next
+            && member_failed(status)
+        {
+            self.members.leave(self.member, status.message());
+        }
+        next
     }
 }
 
@@ -439,12 +650,32 @@ async fn authenticate(
         .map_err(|_| Status::internal("etcd answered with a token that is not ASCII"))
 }
 
-fn with_token<M>(message: M, token: Option<&MetadataValue<Ascii>>) -> Request<M> {
+/// A request of `message` that requires a leader, with the token if there is one.
+fn request<M>(message: M, token: Option<&MetadataValue<Ascii>>) -> Request<M> {
     let mut request = Request::new(message);
+    let (key, value) = REQUIRE_LEADER;
+    request
+        .metadata_mut()
+        .insert(key, MetadataValue::from_static(value));
     if let Some(token) = token {
         request.metadata_mut().insert(TOKEN_KEY, token.clone());
     }
     request
+}
+
+/// Whether a call failed in a way that says the member cannot serve (it is down or
+/// unreachable, has no leader, or could not get a request through its quorum in time): every
+/// `UNAVAILABLE`. The client then leaves the member.
+fn member_failed(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+}
+
+/// Whether a failed call cannot have been carried out by etcd, so that sending it to another
+/// member is safe even for a write: the connection was never made, or the member refused the
+/// call for want of a leader before looking at it (the require-leader check).
+fn never_carried_out(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && (status.message().contains(NO_LEADER) || status.message().contains("connect"))
 }
 
 /// Whether etcd refused a call for its token (expired, or unknown to a restarted etcd). The
@@ -627,8 +858,64 @@ mod tests {
     #[test]
     fn the_token_travels_as_metadata() {
         let token: MetadataValue<Ascii> = "abc.123".parse().unwrap();
-        let request = with_token((), Some(&token));
-        assert_eq!(request.metadata().get(TOKEN_KEY), Some(&token));
-        assert!(with_token((), None).metadata().is_empty());
+        let with = request((), Some(&token));
+        assert_eq!(with.metadata().get(TOKEN_KEY), Some(&token));
+        assert!(request((), None).metadata().get(TOKEN_KEY).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_leaves_its_member_once_and_ends_the_watches_there() {
+        let channel = || Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let members = Members::new(vec![channel(), channel(), channel()]);
+        let first = members.current();
+        assert_eq!(first.index, 0);
+        members.leave(0, "no leader");
+        assert!(first.left.is_cancelled(), "the watches on member 0 end");
+        let second = members.current();
+        assert_eq!(second.index, 1);
+        assert!(!second.left.is_cancelled());
+        // Another call that failed on member 0 together with the first moves nothing.
+        members.leave(0, "no leader");
+        assert_eq!(members.current().index, 1);
+        assert!(!second.left.is_cancelled());
+        // Watches opened on member 0 later are not ended by the earlier leave.
+        members.leave(1, "timed out");
+        members.leave(2, "timed out");
+        let again = members.current();
+        assert_eq!(again.index, 0);
+        assert!(!again.left.is_cancelled());
+
+        // One member: nowhere to go, nothing ends.
+        let alone = Members::new(vec![channel()]);
+        let only = alone.current();
+        alone.leave(0, "no leader");
+        assert_eq!(alone.current().index, 0);
+        assert!(!only.left.is_cancelled());
+    }
+
+    #[test]
+    fn every_request_requires_a_leader() {
+        for token in [None, Some("abc.123".parse().unwrap())] {
+            let request = request((), token.as_ref());
+            assert_eq!(
+                request
+                    .metadata()
+                    .get("hasleader")
+                    .map(|v| v.to_str().unwrap()),
+                Some("true")
+            );
+        }
+    }
+
+    #[test]
+    fn only_calls_etcd_cannot_have_carried_out_go_to_the_next_member() {
+        assert!(never_carried_out(&Status::unavailable(NO_LEADER)));
+        assert!(never_carried_out(&Status::unavailable("tcp connect error")));
+        // Sent and maybe applied: the member is left, but the call is not sent again.
+        let timed_out = Status::unavailable("etcdserver: request timed out");
+        assert!(member_failed(&timed_out) && !never_carried_out(&timed_out));
+        assert!(!member_failed(&Status::failed_precondition(
+            "etcdserver: requested lease not found"
+        )));
     }
 }
