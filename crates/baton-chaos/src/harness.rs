@@ -1381,7 +1381,11 @@ impl<'h> Run<'h> {
             Store::RedisSentinel | Store::RedisCluster => {
                 unreachable!("a slow store does not apply to {}", self.spec.store)
             }
-            Store::Redis | Store::Postgres | Store::Etcd | Store::Kubernetes | Store::Consul
+            Store::Redis
+            | Store::Postgres
+            | Store::Etcd
+            | Store::Kubernetes
+            | Store::Consul
             | Store::Mysql
             | Store::Etcd3 => {
                 // Each way: a round trip then takes 2x, longer than the renew interval.

@@ -170,7 +170,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::KillLeader,
         Scenario::PartitionLeader,
         Scenario::ResetConnections,
@@ -263,9 +263,7 @@ impl Scenario {
             | Store::Etcd
             | Store::Kubernetes
             | Store::Consul
-            | Store::Mysql => {
-                true
-            }
+            | Store::Mysql => true,
             Store::Etcd3 => self != Scenario::StoreRestart,
             Store::Sqlite => matches!(
                 self,

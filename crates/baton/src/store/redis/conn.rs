@@ -121,7 +121,10 @@ pub(super) enum Connection {
     /// A connection per cluster node, routed by key slot, which follows slot moves and
     /// failovers and resubscribes after reconnecting; rebuilt when a master it knows was
     /// demoted (see [`ClusterLink`]).
-    Cluster { link: ClusterLink, address: String },
+    Cluster {
+        link: Box<ClusterLink>,
+        address: String,
+    },
     /// A [`ConnectionManager`] to the master Sentinel names, found again when it fails or
     /// moves.
     Sentinel(Arc<SentinelMaster>),
@@ -163,7 +166,7 @@ impl Connection {
                 }
                 let client = builder.build().map_err(setup)?;
                 Ok(Connection::Cluster {
-                    link: ClusterLink::new(client, pubsub),
+                    link: Box::new(ClusterLink::new(client, pubsub)),
                     address,
                 })
             }
