@@ -23,8 +23,7 @@
 //!
 //! A missing binary is a loud failure, never a skip, as for [`crate::etcd_server`].
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,15 +87,7 @@ impl Member {
 
     /// The body of a plain-HTTP `GET` on the metrics port.
     fn http_get(&self, path: &str) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply
-            .split_once("\r\n\r\n")
-            .map_or(reply.as_str(), |(_, body)| body)
-            .to_owned())
+        crate::etcd_server::metrics_get(self.metrics_port, path, Duration::from_secs(2))
     }
 
     /// Whether `/health` answers `"health":"true"` (the member has a leader).

@@ -213,15 +213,7 @@ impl EtcdServer {
 
     /// The body of a plain-HTTP `GET` on the metrics port.
     fn http_get(&self, path: &str) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply
-            .split_once("\r\n\r\n")
-            .map_or(reply.as_str(), |(_, body)| body)
-            .to_owned())
+        metrics_get(self.metrics_port, path, Duration::from_secs(5))
     }
 
     /// `127.0.0.1:PORT` (`https://127.0.0.1:PORT` over TLS), for `etcdctl --endpoints`.
@@ -391,4 +383,18 @@ pub fn grpc_messages_from_metrics(text: &str) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// The body of a plain-HTTP `GET` of `path` on an etcd's metrics port, waiting up to `timeout`
+/// for the reply (also used by [`crate::etcd_cluster`]).
+pub(crate) fn metrics_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply
+        .split_once("\r\n\r\n")
+        .map_or(reply.as_str(), |(_, body)| body)
+        .to_owned())
 }
