@@ -1928,12 +1928,19 @@ async fn a_leader_on_a_member_cut_off_from_its_quorum_steps_down_and_the_majorit
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_on_a_cut_off_member_ends_and_its_follower_still_takes_over() {
     let cluster = EtcdCluster::start(3);
+    // a's member must keep its quorum through the cut, with no Raft election on its side (one
+    // takes up to two election timeouts, which a's 2 s lease may not survive): a talks to the
+    // Raft leader, and the member cut off is another one.
+    let raft_leader = cluster
+        .wait_for_raft_leader(Duration::from_secs(10))
+        .expect("the cluster elects a Raft leader");
+    let cut_off = (raft_leader + 1) % 3;
     let name = unique("cut-watch");
     let lease = Duration::from_secs(2);
-    let a = election(&cluster_url(&cluster, 1), &name, "a", lease);
+    let a = election(&cluster_url(&cluster, raft_leader), &name, "a", lease);
     a.start().await.unwrap();
     assert!(wait_until(Duration::from_secs(10), || a.is_leader()).await);
-    let b = election(&cluster_url(&cluster, 0), &name, "b", lease);
+    let b = election(&cluster_url(&cluster, cut_off), &name, "b", lease);
     b.start().await.unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || b.current_leader_id().as_deref()
@@ -1941,12 +1948,12 @@ async fn a_watch_on_a_cut_off_member_ends_and_its_follower_still_takes_over() {
         .await,
         "b follows a"
     );
-    // A change stream on member 0 alone: nowhere else to go, so only etcd can end it.
-    let lone = EtcdStore::open(&format!("etcd://{}", cluster.client_addr(0))).unwrap();
+    // A change stream on the cut-off member alone: nowhere else to go, so only etcd can end it.
+    let lone = EtcdStore::open(&format!("etcd://{}", cluster.client_addr(cut_off))).unwrap();
     let mut changes = lone.watch(&name).await.unwrap().expect("etcd pushes");
 
     let cut = Instant::now();
-    cluster.partition(0);
+    cluster.partition(cut_off);
     // a, on the majority, renews on; it releases a moment later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a.is_leader(), "a's member keeps its quorum");

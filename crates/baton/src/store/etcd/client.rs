@@ -14,7 +14,9 @@
 //!   want of a leader) is sent again at once to the next member, once per member. One endpoint
 //!   (or an application's channel): nothing to leave. A call its caller gives up on after it
 //!   hung for a second or more (the session's background keepalive waits 2 s) also leaves the
-//!   member: a member cut off from its quorum holds the calls it took before it noticed. Each
+//!   member: a member cut off from its quorum holds the calls it took before it noticed.
+//!   Calls still in flight on a member when the client leaves it end then, as `UNAVAILABLE`,
+//!   and are not sent again (they may have been carried out): their callers retry. Each
 //!   endpoint: a 5 s connect
 //!   timeout, and HTTP/2 pings every 5 s, also while no call is in flight, with a 3 s timeout,
 //!   so a dead connection (a stopped or partitioned server) is noticed while a follower's watch
@@ -85,6 +87,10 @@ const REQUIRE_LEADER: (&str, &str) = ("hasleader", "true");
 /// keepalive gives up after 2 s; a leader's renewal gives up sooner, at its step-down time, and
 /// does not count: etcd answers the calls that follow "no leader" soon enough.
 const ABANDONED_AFTER: Duration = Duration::from_secs(1);
+
+/// The error of a call that was in flight on a member when the client left it.
+const LEFT_MEMBER: &str = "the etcd client left the member this call was sent to after another \
+     call there failed";
 
 /// etcd's answer to a call with require-leader on a member without a leader
 /// (`rpctypes.ErrGRPCNoLeader`, code `UNAVAILABLE`): refused before it was carried out.
@@ -329,7 +335,18 @@ impl Client {
                 sent: Instant::now(),
                 done: false,
             };
-            let result = attempt(member).await;
+            // A call still in flight when the client leaves its member (another call found the
+            // member failed) ends then, as `UNAVAILABLE`: a member cut off from its quorum
+            // holds the calls it took before it noticed for its request timeout (7 s with
+            // etcd's defaults), and the caller would wait that long for an answer it can get
+            // from the next member now. Such a call may have been carried out, so it is not
+            // sent again here: its caller retries, or treats a write as indeterminate.
+            let left = member.left.clone();
+            let result = tokio::select! {
+                biased;
+                result = attempt(member) => result,
+                () = left.cancelled() => Err(Status::unavailable(LEFT_MEMBER)),
+            };
             abandoned.done = true;
             match result {
                 Err(status) if member_failed(&status) => {

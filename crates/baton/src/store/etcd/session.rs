@@ -21,7 +21,10 @@
 //!   renewals alone. The engine's deadline for that renewal fell earlier (it is the engine's
 //!   send instant plus the lease, less drift and a margin), so the entry is never deleted
 //!   while its engine may still think it leads. A renewal whose answer comes after the
-//!   watchdog took the entry is answered `Lost` (both sides decide under one lock).
+//!   watchdog took the entry is answered `Lost` (both sides decide under one lock). A
+//!   deletion that has no answer within the keepalive's 2 s is given up and sent again
+//!   (every `DELETE_RETRY`): a member cut off from its quorum would hold it for its request
+//!   timeout (7 s), and giving it up after a second makes the client move to the next member.
 //! * **Batched renewals.** A renewal waits up to [`WINDOW`] for others (at most
 //!   [`MAX_BATCH`]); the batch then sends one keepalive per session it touches and one `Txn`
 //!   whose compares check every entry's create revision (its failure branch reads every entry,
@@ -379,19 +382,21 @@ async fn keep_alive_loop(session: Weak<Session>, store: EtcdStore) {
             let (doomed, next) = s.expire(Instant::now());
             drop(s);
             if !doomed.is_empty() {
-                let results = join_all(
-                    doomed
-                        .iter()
-                        .map(|(entry, rev)| store.delete_entry(entry, *rev)),
-                )
+                let results = join_all(doomed.iter().map(|(entry, rev)| {
+                    tokio::time::timeout(KEEPALIVE_TIMEOUT, store.delete_entry(entry, *rev))
+                }))
                 .await;
                 let done: Vec<_> = doomed
                     .into_iter()
                     .zip(results)
                     .filter_map(|(d, r)| match r {
-                        Ok(()) => Some(d),
-                        Err(e) => {
+                        Ok(Ok(())) => Some(d),
+                        Ok(Err(e)) => {
                             debug!(error = %e, "deleting a stale leader's entry failed; retrying");
+                            None
+                        }
+                        Err(_) => {
+                            debug!("deleting a stale leader's entry timed out; retrying");
                             None
                         }
                     })
