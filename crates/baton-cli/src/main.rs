@@ -63,11 +63,22 @@ fn main() -> ExitCode {
     {
         return fail(&failure);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The one-shot commands (`status`, `handoff`, `config`) make a few requests and exit: one
+    // thread does it, and starting no worker threads saves a short command most of its
+    // runtime's start (docs/decisions.md D155). The long-running ones get two workers, so an
+    // election's timers never wait behind a busy child's output or a slow store call.
+    let one_shot = matches!(
+        cli.command,
+        Command::Status(_) | Command::Handoff(_) | Command::Config(_)
+    );
+    let mut builder = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             return fail(&Failure::new(format!(
