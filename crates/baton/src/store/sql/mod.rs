@@ -295,9 +295,20 @@ pub(crate) fn presence_rows(
                 ),
             });
         };
-        match left_us {
-            Some(us) if us > 0 => live.push(Presence::new(candidate, priority, left(us))),
-            _ => spent = true,
+        // No time left at all: an end the server cannot compute with (PostgreSQL's
+        // infinities, MariaDB's zero date), which Baton never writes.
+        let Some(us) = left_us else {
+            return Err(Error::ForeignData {
+                key: key.to_owned(),
+                found: format!(
+                    "a row in presence table {table} for candidate {candidate:?} whose expires_at is not a time the server can compute with (infinity, or the zero date)"
+                ),
+            });
+        };
+        if us > 0 {
+            live.push(Presence::new(candidate, priority, left(us)));
+        } else {
+            spent = true;
         }
     }
     live.sort_by(|a, b| a.candidate.cmp(&b.candidate));
@@ -961,7 +972,6 @@ mod tests {
             ("b".to_owned(), 0, Some(5)),
             ("a".to_owned(), MAX_PRIORITY, Some(1_000_000)),
             ("c".to_owned(), 2, Some(0)),
-            ("d".to_owned(), 2, None),
         ];
         let (live, spent) = presence_rows("k", "t_candidates", rows).unwrap();
         assert!(spent);
@@ -980,6 +990,18 @@ mod tests {
                 }
                 other => panic!("{bad}: {other:?}"),
             }
+        }
+        // An end the server cannot compute with (infinity, MariaDB's zero date) comes back
+        // with no time left at all: foreign, never a record that ran out (which announce
+        // would delete).
+        match presence_rows("k", "t_candidates", vec![("d".to_owned(), 2, None)]) {
+            Err(Error::ForeignData { found, .. }) => {
+                assert!(
+                    found.contains("\"d\"") && found.contains("expires_at"),
+                    "{found}"
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 

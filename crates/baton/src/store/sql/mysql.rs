@@ -368,16 +368,25 @@ const CANDIDATE_COLUMNS: [(&str, &str, bool, bool); 4] = [
     ("expires_at", "datetime(6)", false, false),
 ];
 
+/// The condition that a presence row is one Baton could have written: a priority of 0 to
+/// [`MAX_PRIORITY`], and an end the server can compute with (MariaDB stores the zero date
+/// `0000-00-00`, whose distance to now is `NULL`). Every write's `WHERE` (or `IF`) includes it,
+/// so such a row is never written to nor deleted; [`CANDIDATES`] returns it with no time left
+/// (`NULL`), and the caller reports it as foreign data.
+const PRESENCE_SHAPE: &str = "priority BETWEEN 0 AND {max} \
+     AND TIMESTAMPDIFF(MICROSECOND, '2000-01-01', expires_at) IS NOT NULL";
+
 /// Write candidate `?2`'s presence record at key `?1` (priority `?3`, alive `?4` µs by the
-/// server's clock). A row with a priority Baton could not have written (outside
-/// 0..=[`MAX_PRIORITY`]) is left as it was (`expires_at` is assigned first, while `priority`
-/// is still the old one), and [`CANDIDATES`] then reports it.
+/// server's clock). A row Baton could not have written ([`PRESENCE_SHAPE`]) is left as it was
+/// (`expires_at` is assigned first, while `priority` is still the old one, and a row it keeps
+/// keeps its end, so the second test gives the same answer), and [`CANDIDATES`] then reports
+/// it.
 const ANNOUNCE: &str = "
 INSERT INTO {c} (`key`, candidate, priority, expires_at)
 VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
 ON DUPLICATE KEY UPDATE
-    expires_at = IF(priority BETWEEN 0 AND {max}, VALUES(expires_at), expires_at),
-    priority = IF(priority BETWEEN 0 AND {max}, VALUES(priority), priority)";
+    expires_at = IF({pshape}, VALUES(expires_at), expires_at),
+    priority = IF({pshape}, VALUES(priority), priority)";
 
 /// Every presence row at key `?`: candidate, priority, µs left by the server's clock.
 const CANDIDATES: &str = "
@@ -387,11 +396,11 @@ FROM {c} WHERE `key` = ?";
 /// Drop the presence records at key `?` that ran out (by the server's clock, checked again
 /// here, so a record renewed since it was read stays).
 const PRUNE: &str = "
-DELETE FROM {c} WHERE `key` = ? AND expires_at <= UTC_TIMESTAMP(6) AND priority BETWEEN 0 AND {max}";
+DELETE FROM {c} WHERE `key` = ? AND expires_at <= UTC_TIMESTAMP(6) AND {pshape}";
 
-/// Remove candidate `?2`'s presence record at key `?1`.
-const WITHDRAW: &str =
-    "DELETE FROM {c} WHERE `key` = ? AND candidate = ? AND priority BETWEEN 0 AND {max}";
+/// Remove candidate `?2`'s presence record at key `?1` (a row Baton could not have written
+/// stays).
+const WITHDRAW: &str = "DELETE FROM {c} WHERE `key` = ? AND candidate = ? AND {pshape}";
 
 #[derive(Debug)]
 struct Sql {
@@ -425,6 +434,7 @@ impl Sql {
             Arc::from(
                 sql.replace("{t}", table)
                     .replace("{c}", &candidates)
+                    .replace("{pshape}", PRESENCE_SHAPE)
                     .replace("{max}", &MAX_PRIORITY.to_string())
                     .replace("{shape}", &shape)
                     .replace("{flag}", FLAG_REQUEST),

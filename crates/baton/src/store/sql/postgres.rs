@@ -377,34 +377,42 @@ SELECT EXISTS (
 const ANNOUNCE: &str = "
 WITH gone AS (
     DELETE FROM {c}
-    WHERE key = $1 AND candidate <> $2 AND expires_at <= clock_timestamp()
-      AND priority BETWEEN 0 AND {max}
+    WHERE key = $1 AND candidate <> $2 AND expires_at <= clock_timestamp() AND {pshape}
 ), mine AS (
     INSERT INTO {c} AS p (key, candidate, priority, expires_at)
     VALUES ($1, $2, $3, clock_timestamp() + $4::bigint * interval '1 microsecond')
     ON CONFLICT (key, candidate) DO UPDATE
         SET priority = excluded.priority, expires_at = excluded.expires_at
-        WHERE p.priority BETWEEN 0 AND {max}
+        WHERE p.priority BETWEEN 0 AND {max} AND isfinite(p.expires_at)
     RETURNING candidate, priority,
         (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint AS left_us
 )
 SELECT candidate, priority, left_us FROM mine
 UNION ALL
-SELECT candidate, priority, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+SELECT candidate, priority, {left_us}
 FROM {c}
 WHERE key = $1
-  AND (priority NOT BETWEEN 0 AND {max}
-       OR (candidate <> $2 AND expires_at > clock_timestamp()))";
+  AND (NOT ({pshape}) OR (candidate <> $2 AND expires_at > clock_timestamp()))";
 
 /// The live presence records at key `$1` (and any row Baton could not have written).
 const CANDIDATES: &str = "
-SELECT candidate, priority, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+SELECT candidate, priority, {left_us}
 FROM {c}
-WHERE key = $1 AND (priority NOT BETWEEN 0 AND {max} OR expires_at > clock_timestamp())";
+WHERE key = $1 AND (NOT ({pshape}) OR expires_at > clock_timestamp())";
 
-/// Remove candidate `$2`'s presence record at key `$1`.
-const WITHDRAW: &str =
-    "DELETE FROM {c} WHERE key = $1 AND candidate = $2 AND priority BETWEEN 0 AND {max}";
+/// Remove candidate `$2`'s presence record at key `$1` (a row Baton could not have written
+/// stays).
+const WITHDRAW: &str = "DELETE FROM {c} WHERE key = $1 AND candidate = $2 AND {pshape}";
+
+/// The condition that a presence row is one Baton could have written: a priority of 0 to
+/// [`MAX_PRIORITY`] and a finite end (`infinity` and `-infinity` cannot be subtracted from,
+/// and `-infinity` would look long expired). Such a row is never updated nor deleted, and is
+/// returned with no time left (`NULL`, [`PRESENCE_LEFT_US`]) so the caller reports it.
+const PRESENCE_SHAPE: &str = "priority BETWEEN 0 AND {max} AND isfinite(expires_at)";
+
+/// A presence row's µs left by the server's clock, `NULL` for an end that is not finite.
+const PRESENCE_LEFT_US: &str = "CASE WHEN isfinite(expires_at) \
+     THEN (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint END";
 
 /// The SQL of one table: the constants above with its name filled in.
 #[derive(Debug)]
@@ -433,6 +441,8 @@ impl Sql {
             Arc::from(
                 sql.replace("{t}", table)
                     .replace("{c}", &candidates)
+                    .replace("{left_us}", PRESENCE_LEFT_US)
+                    .replace("{pshape}", PRESENCE_SHAPE)
                     .replace("{max}", &MAX_PRIORITY.to_string())
                     .replace("{shape_l}", &shape_l)
                     .replace("{shape}", &shape),
