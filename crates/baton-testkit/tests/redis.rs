@@ -1668,18 +1668,23 @@ async fn after_a_cluster_failover_the_store_follows_the_slot_to_the_new_master()
     .expect("the release is heard within 5 s");
     assert!(heard.is_some(), "the watch goes on");
     // The other store's connection may still take the demoted node for the master (its read
-    // above ran there: a script that only reads runs on a replica): its first write meets
-    // READONLY and rebuilds the connection, and the next acquire succeeds.
+    // above ran there: a script that only reads runs on a replica). Until that replica has
+    // applied the release, an acquire there reads a's lease as it was (replication is
+    // asynchronous: CI once saw `Held` by "a" right after the release was heard), which only
+    // makes b wait; once it has, the acquire's write meets READONLY and rebuilds the
+    // connection, and the next acquire succeeds on the new master.
     let mut answers = Vec::new();
     loop {
         let answer = b.try_acquire(ttl).await;
         let acquired = matches!(answer, Ok(Acquire::Acquired(_)));
+        let stale =
+            matches!(&answer, Ok(Acquire::Held(r)) if r.holder == "a" && r.token == lease.token);
         answers.push(format!("{answer:?}"));
         if acquired {
             break;
         }
         assert!(
-            answers.len() < 3 && format!("{answer:?}").contains("read-only replica"),
+            answers.len() < 10 && (stale || format!("{answer:?}").contains("read-only replica")),
             "after {what}, acquires answered {answers:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
