@@ -314,6 +314,10 @@ struct Hold {
     next_renew: Duration,
     /// Whether a renewal is out.
     renewing: bool,
+    /// A handoff request was pushed while a renewal was out: that renewal may have read the
+    /// key before the request was written, so unless its answer brings a request, renew
+    /// again at once rather than at the next renew interval.
+    request_pushed: bool,
 }
 
 /// One election's state: its [`Phase`] and what all phases share.
@@ -787,12 +791,16 @@ impl Election {
     fn on_changed(&mut self, change: Option<Change>, now: Duration, out: &mut Vec<Action>) {
         if let Phase::Holding(h) = &mut self.phase {
             match change {
-                // Asked to hand over: renew now, and the renewal brings the request (a renewal
-                // already out brings it, or the next one does).
+                // Asked to hand over: renew now, and the renewal brings the request.
                 Some(Change::HandoffRequested { .. }) if h.leading && !h.renewing => {
                     debug!("a handoff was requested; renewing at once to read it");
                     h.next_renew = now;
                     self.on_timer(now, out);
+                }
+                // A renewal is out, and it may have read the key before the request was
+                // written: when its answer brings no request, renew again at once.
+                Some(Change::HandoffRequested { .. }) if h.leading => {
+                    h.request_pushed = true;
                 }
                 // The stream ended: renewals still bring requests, at their own pace.
                 None => self.unsubscribe(out),
@@ -863,6 +871,7 @@ impl Election {
             last_ok: sent,
             next_renew: sent + timing.renew,
             renewing: false,
+            request_pushed: false,
             lease: Arc::new(lease),
         });
         self.hold_top(now, out);
@@ -913,10 +922,18 @@ impl Election {
             return;
         };
         h.renewing = false;
+        let request_pushed = std::mem::take(&mut h.request_pushed);
         match outcome {
             Ok(Renew::Renewed) => {
                 h.last_ok = sent;
-                h.next_renew = sent + timing.renew;
+                h.next_renew = if request_pushed {
+                    debug!(
+                        "a handoff was requested while a renewal was out; renewing again to read it"
+                    );
+                    now
+                } else {
+                    sent + timing.renew
+                };
                 self.renewed = sent;
                 self.clear_error(out);
                 self.hold_top(now, out);

@@ -1619,3 +1619,65 @@ fn random_sequences_reach_every_step_down() {
         assert!(seen.contains(&reason), "no {reason} in {seen:?}");
     }
 }
+
+/// A handoff request pushed while a renewal is out may have been written after that renewal
+/// read the key: when the renewal's answer brings no request, the leader renews again at once
+/// (which brings it) instead of at the next renew interval.
+#[test]
+fn a_request_pushed_while_a_renewal_is_out_is_read_at_once() {
+    for pushed in [false, true] {
+        let config = Config {
+            listen_while_leading: true,
+            ..config(false)
+        };
+        let (mut e, _) = Election::start(config, idle(), fastrand::Rng::with_seed(1), ms(0));
+        e.probe = false;
+        e.step(Input::Joined(Ok(())), ms(0));
+        let a = e.step(Input::Subscribed(Ok(true)), ms(0));
+        assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)));
+        let a = e.step(
+            Input::Acquired {
+                sent: ms(0),
+                complete: true,
+                outcome: Ok(Acquire::Acquired(lease(1))),
+            },
+            ms(0),
+        );
+        assert_eq!(began(&a), Some(FencingToken(1)));
+        let a = e.step(Input::Timer, secs(5));
+        assert!(renew_timeout(&a).is_some(), "the renewal goes out at 5 s");
+        if pushed {
+            let a = e.step(
+                Input::Changed(Some(Change::HandoffRequested {
+                    to: Some("b".into()),
+                })),
+                secs(5) + ms(1),
+            );
+            assert_eq!(renew_timeout(&a), None, "one renewal out at a time");
+        }
+        let a = e.step(
+            Input::Renewed {
+                sent: secs(5),
+                outcome: Ok(Renew::Renewed),
+            },
+            secs(5) + ms(2),
+        );
+        let next = if pushed { secs(5) + ms(2) } else { secs(10) };
+        assert_eq!(timer_of(&a), Some(Some(next)), "pushed: {pushed}");
+        let a = e.step(Input::Timer, next);
+        assert!(renew_timeout(&a).is_some(), "pushed: {pushed}");
+        // The next answer brings the request; the leader hands over as when asked directly.
+        if pushed {
+            let a = e.step(
+                Input::Renewed {
+                    sent: next,
+                    outcome: Ok(Renew::HandoffRequested {
+                        to: Some("b".into()),
+                    }),
+                },
+                next + ms(1),
+            );
+            assert_eq!(end_reason(&a), Some(LossReason::HandedOver), "{a:?}");
+        }
+    }
+}
