@@ -62,15 +62,24 @@ fn unavailable() -> Error {
 
 /// An election started at 0 with a fixed seed.
 fn started() -> Election {
-    let (state, actions) =
-        Election::start(config(false), idle(), fastrand::Rng::with_seed(1), ms(0));
+    started_with(config(false))
+}
+
+/// An election with `config` started at 0 with a fixed seed.
+fn started_with(config: Config) -> Election {
+    let (state, actions) = Election::start(config, idle(), fastrand::Rng::with_seed(1), ms(0));
     assert!(matches!(actions[..], [Action::Join]));
     state
 }
 
 /// An election that joined, subscribed (`subscribed`) and is trying to acquire at 0.
 fn acquiring(subscribed: bool) -> Election {
-    let mut e = started();
+    acquiring_with(config(false), subscribed)
+}
+
+/// [`acquiring`], with `config`.
+fn acquiring_with(config: Config, subscribed: bool) -> Election {
+    let mut e = started_with(config);
     // Past the run's first attempt, which goes out before subscribing (its own tests below).
     e.probe = false;
     let a = e.step(Input::Joined(Ok(())), ms(0));
@@ -1630,11 +1639,7 @@ fn a_request_pushed_while_a_renewal_is_out_is_read_at_once() {
             listen_while_leading: true,
             ..config(false)
         };
-        let (mut e, _) = Election::start(config, idle(), fastrand::Rng::with_seed(1), ms(0));
-        e.probe = false;
-        e.step(Input::Joined(Ok(())), ms(0));
-        let a = e.step(Input::Subscribed(Ok(true)), ms(0));
-        assert!(a.iter().any(|a| matches!(a, Action::TryAcquire)));
+        let mut e = acquiring_with(config, true);
         let a = e.step(
             Input::Acquired {
                 sent: ms(0),

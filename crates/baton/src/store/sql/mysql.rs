@@ -213,12 +213,18 @@ const COLUMNS: [(&str, &str, bool, bool); 9] = [
 /// [`Inner::select`] reports it as foreign data.
 fn row_shape() -> String {
     format!(
-        "{} AND token < {} \
-         AND (expires_at IS NULL OR TIMESTAMPDIFF(MICROSECOND, '2000-01-01', expires_at) IS NOT NULL) \
-         AND (handoff_until IS NULL OR TIMESTAMPDIFF(MICROSECOND, '2000-01-01', handoff_until) IS NOT NULL)",
+        "{} AND token < {} AND (expires_at IS NULL OR {}) AND (handoff_until IS NULL OR {})",
         handoff_shape(""),
-        i64::MAX
+        i64::MAX,
+        computable("expires_at"),
+        computable("handoff_until"),
     )
+}
+
+/// The condition that the time in `column` is one the server can compute with: not the zero
+/// date `0000-00-00` (MariaDB stores it), whose distance to any time is `NULL`.
+fn computable(column: &str) -> String {
+    format!("TIMESTAMPDIFF(MICROSECOND, '2000-01-01', {column}) IS NOT NULL")
 }
 
 /// How many of [`COLUMNS`] a table made before planned handoffs has.
@@ -373,11 +379,15 @@ const CANDIDATE_COLUMNS: [(&str, &str, bool, bool); 4] = [
 /// `0000-00-00`, whose distance to now is `NULL`). Every write's `WHERE` (or `IF`) includes it,
 /// so such a row is never written to nor deleted; [`CANDIDATES`] returns it with no time left
 /// (`NULL`), and the caller reports it as foreign data.
-const PRESENCE_SHAPE: &str = "priority BETWEEN 0 AND {max} \
-     AND TIMESTAMPDIFF(MICROSECOND, '2000-01-01', expires_at) IS NOT NULL";
+fn presence_shape() -> String {
+    format!(
+        "priority BETWEEN 0 AND {MAX_PRIORITY} AND {}",
+        computable("expires_at")
+    )
+}
 
 /// Write candidate `?2`'s presence record at key `?1` (priority `?3`, alive `?4` µs by the
-/// server's clock). A row Baton could not have written ([`PRESENCE_SHAPE`]) is left as it was
+/// server's clock). A row Baton could not have written ([`presence_shape`]) is left as it was
 /// (`expires_at` is assigned first, while `priority` is still the old one, and a row it keeps
 /// keeps its end, so the second test gives the same answer), and [`CANDIDATES`] then reports
 /// it.
@@ -429,12 +439,13 @@ struct Sql {
 impl Sql {
     fn for_table(table: &str) -> Sql {
         let shape = row_shape();
+        let presence_shape = presence_shape();
         let candidates = candidates_table(table);
         let fill = |sql: &str| {
             Arc::from(
                 sql.replace("{t}", table)
                     .replace("{c}", &candidates)
-                    .replace("{pshape}", PRESENCE_SHAPE)
+                    .replace("{pshape}", &presence_shape)
                     .replace("{max}", &MAX_PRIORITY.to_string())
                     .replace("{shape}", &shape)
                     .replace("{flag}", FLAG_REQUEST),
