@@ -246,16 +246,9 @@ async fn restart_that_loses_data_keeps_tokens_monotonic_and_never_two_leaders() 
 async fn a_release_wakes_the_follower_at_once_by_push() {
     let store = RedisStore::open(&shared_redis().url()).unwrap();
     let key = unique_key("push");
-    let long = |id: &str| {
-        LeaderElection::builder(store.clone(), &key)
-            .lease_duration(Duration::from_secs(30))
-            .instance_id(id)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (long("a"), long("b"));
-    a.start().await.unwrap();
-    assert!(wait_until(Duration::from_secs(30), || a.is_leader()).await);
+    let (a, b) = (long(&store, &key, "a"), long(&store, &key, "b"));
+    // The shared server may have started moments ago: `lead` waits out the restart guard.
+    lead(&a).await;
     b.start().await.unwrap();
     assert!(!b.is_leader());
     let released = Instant::now();
