@@ -153,6 +153,7 @@ impl Connection {
             }
             Kind::Cluster(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes)
+                    .tcp_settings(tcp_settings())
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(Router(pubsub.clone()))
                     .connection_timeout(CONNECT_TIMEOUT)
@@ -216,7 +217,7 @@ impl Connection {
             .redis_settings()
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings)).map_err(setup)?;
+        let client = client(info.set_redis_settings(settings), &None).map_err(setup)?;
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config(&pubsub))
             .map_err(setup)?;
         Ok(Connection::Single { conn, address })
@@ -329,7 +330,18 @@ impl Connection {
     }
 }
 
+/// Baton's TCP settings: `TCP_NODELAY` on, as Redis itself sets it on its side. redis-rs leaves
+/// Nagle's algorithm on, which holds a request written while an earlier one is unanswered (a
+/// renewal behind a presence update, a handoff behind a renewal) until the earlier reply's
+/// acknowledgement: a round trip of delay on exactly the calls a handoff waits for.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 fn client(info: ConnectionInfo, certs: &Option<TlsCertificates>) -> RedisResult<Client> {
+    // Keeps what else an application's client set (keepalive, say).
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let info = info.set_tcp_settings(tcp);
     match certs {
         Some(certs) => Client::build_with_tls(info, certs.clone()),
         None => Client::open(info),
