@@ -1305,13 +1305,8 @@ async fn etcd_random_keys_are_foreign_and_never_overwritten() {
                     Ok(())
                 };
                 for (call, result) in calls.all() {
-                    let unlooked = match call {
-                        // It looks at the head only beside a request and without a mark.
-                        "pending_handoff" => true,
-                        // Under a mark nobody leads: they answer so without the queue.
-                        "read" | "request_handoff" => plant.mark.is_some(),
-                        _ => false,
-                    };
+                    // It looks at the head only beside a request and without a mark.
+                    let unlooked = call == "pending_handoff";
                     if unlooked && beside_ok && !head_ok {
                         // The head may go unread: either answer is right.
                         prop_assert!(
@@ -1325,11 +1320,10 @@ async fn etcd_random_keys_are_foreign_and_never_overwritten() {
                     }
                     // `read` and `request_handoff` look at the head of the queue, `try_acquire`
                     // at the head and the candidate's predecessor (every planted entry is one of
-                    // the two), and `pending_handoff` at the mark and the request only.
-                    // A request Baton did not write does not stop an acquisition (the renewals
-                    // ignore what they cannot read as a request); it is never touched.
+                    // the two), all three at the mark and the request, and `pending_handoff` at
+                    // the mark and the request only.
                     let ok = match call {
-                        "try_acquire" => queue_ok && plant.mark_ok(),
+                        "try_acquire" => queue_ok && beside_ok,
                         "pending_handoff" => beside_ok,
                         _ => head_ok && beside_ok,
                     };

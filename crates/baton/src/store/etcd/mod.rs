@@ -564,8 +564,12 @@ impl EtcdStore {
             }
             if let Some(mark) = &found.mark {
                 // A planned handoff's mark: nobody leads until a candidate it admits takes
-                // the key (and ends the mark), or it runs out.
+                // the key (and ends the mark), or it runs out. The head was read in the same
+                // transaction: what Baton did not write there is reported all the same.
                 Mark::read(key, mark)?;
+                if let Some(head) = &found.head {
+                    check_entry(key, head)?;
+                }
                 return Ok(None);
             }
             let Some(head) = found.head else {
@@ -812,8 +816,12 @@ impl LeaseStore for EtcdStore {
                 HandoffRequest::read(key, request)?;
             }
             if let Some(mark) = &found.mark {
-                // Handed over already: nobody holds the key.
+                // Handed over already: nobody holds the key. What Baton did not write at the
+                // head is reported all the same.
                 Mark::read(key, mark)?;
+                if let Some(head) = &found.head {
+                    check_entry(key, head)?;
+                }
                 return Ok(None);
             }
             let Some(head) = found.head else {
@@ -1157,6 +1165,7 @@ impl EtcdCandidacy {
                 client::range_op(client::get(&entry.key)),
                 client::range_op(ahead),
                 client::range_op(client::get(&mark_key(&self.key))),
+                client::range_op(client::get(&request_key(&self.key))),
             ],
             failure: Vec::new(),
         };
@@ -1169,10 +1178,12 @@ impl EtcdCandidacy {
         let own = gets.next().unwrap_or_default().into_iter().next();
         let ahead = gets.next().unwrap_or_default();
         let mark = gets.next().unwrap_or_default().into_iter().next();
+        let request = gets.next().unwrap_or_default().into_iter().next();
         Ok(Positions {
             own: own.filter(|kv| kv.create_revision == entry.rev),
             ahead,
             mark,
+            request,
             revision,
         })
     }
@@ -1193,6 +1204,8 @@ struct Positions {
     ahead: Vec<KeyValue>,
     /// The election's handoff mark, if one is live.
     mark: Option<KeyValue>,
+    /// What is at the election's request key, read only to report foreign data there.
+    request: Option<KeyValue>,
     revision: i64,
 }
 
@@ -1262,6 +1275,12 @@ impl Candidacy for EtcdCandidacy {
             check_entry(&self.key, &head)?;
             if let Some(predecessor) = positions.ahead.last() {
                 check_entry(&self.key, predecessor)?;
+            }
+            // What Baton did not write at the request key fails the acquisition as it fails
+            // `read` and `request_handoff`: the candidate would lead an election whose requests
+            // nobody can leave. It is never touched.
+            if let Some(request) = &positions.request {
+                HandoffRequest::read(&self.key, request)?;
             }
             let at_head = head.key == entry.key.as_bytes();
             if let Some(mark_kv) = &positions.mark {
