@@ -562,14 +562,9 @@ impl EtcdStore {
             if let Some(request) = &found.request {
                 HandoffRequest::read(key, request)?;
             }
-            if let Some(mark) = &found.mark {
+            if found.under_mark(key)? {
                 // A planned handoff's mark: nobody leads until a candidate it admits takes
-                // the key (and ends the mark), or it runs out. The head was read in the same
-                // transaction: what Baton did not write there is reported all the same.
-                Mark::read(key, mark)?;
-                if let Some(head) = &found.head {
-                    check_entry(key, head)?;
-                }
+                // the key (and ends the mark), or it runs out.
                 return Ok(None);
             }
             let Some(head) = found.head else {
@@ -690,6 +685,21 @@ struct HeadAndHandoff {
     head: Option<KeyValue>,
     mark: Option<KeyValue>,
     request: Option<KeyValue>,
+}
+
+impl HeadAndHandoff {
+    /// Whether a handoff mark is live (then nobody leads). A mark, and the head read in the same
+    /// transaction, that Baton did not write are [`Error::ForeignData`] all the same.
+    fn under_mark(&self, key: &str) -> Result<bool> {
+        let Some(mark) = &self.mark else {
+            return Ok(false);
+        };
+        Mark::read(key, mark)?;
+        if let Some(head) = &self.head {
+            check_entry(key, head)?;
+        }
+        Ok(true)
+    }
 }
 
 /// A TLS handshake that failed for a reason retrying cannot fix, explained: the error's text
@@ -815,13 +825,8 @@ impl LeaseStore for EtcdStore {
             if let Some(request) = &found.request {
                 HandoffRequest::read(key, request)?;
             }
-            if let Some(mark) = &found.mark {
-                // Handed over already: nobody holds the key. What Baton did not write at the
-                // head is reported all the same.
-                Mark::read(key, mark)?;
-                if let Some(head) = &found.head {
-                    check_entry(key, head)?;
-                }
+            if found.under_mark(key)? {
+                // Handed over already: nobody holds the key.
                 return Ok(None);
             }
             let Some(head) = found.head else {

@@ -153,7 +153,7 @@ impl Connection {
             }
             Kind::Cluster(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes)
-                    .tcp_settings(tcp_settings())
+                    .tcp_settings(nodelay(&Default::default()))
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(Router(pubsub.clone()))
                     .connection_timeout(CONNECT_TIMEOUT)
@@ -330,17 +330,17 @@ impl Connection {
     }
 }
 
-/// Baton's TCP settings: `TCP_NODELAY` on, as Redis itself sets it on its side. redis-rs leaves
-/// Nagle's algorithm on, which holds a request written while an earlier one is unanswered (a
-/// renewal behind a presence update, a handoff behind a renewal) until the earlier reply's
-/// acknowledgement: a round trip of delay on exactly the calls a handoff waits for.
-fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+/// `tcp` with `TCP_NODELAY` on, as Redis itself sets it on its side; the rest (an
+/// application's keepalive, say) is kept. redis-rs leaves Nagle's algorithm on, which holds a
+/// request written while an earlier one is unanswered (a renewal behind a presence update, a
+/// handoff behind a renewal) until the earlier reply's acknowledgement: a round trip of delay
+/// on exactly the calls a handoff waits for (docs/decisions.md D156).
+fn nodelay(tcp: &redis::io::tcp::TcpSettings) -> redis::io::tcp::TcpSettings {
+    tcp.clone().set_nodelay(true)
 }
 
 fn client(info: ConnectionInfo, certs: &Option<TlsCertificates>) -> RedisResult<Client> {
-    // Keeps what else an application's client set (keepalive, say).
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let tcp = nodelay(info.tcp_settings());
     let info = info.set_tcp_settings(tcp);
     match certs {
         Some(certs) => Client::build_with_tls(info, certs.clone()),
